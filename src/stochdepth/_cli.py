@@ -1,0 +1,181 @@
+"""The command line: ``python -m stochdepth train`` (also the ``stochdepth`` script)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import os
+import random
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+import torch
+
+from ._model import DynamicNet
+from ._protocol import DepthSampler
+from ._spec import sampler_from_spec
+from ._trainer import train
+
+PROG = "stochdepth"
+EXIT_USAGE = 2
+_MAX_SEED = 2**64 - 1  # torch.manual_seed takes no more
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _int_in(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an int >= ``minimum`` (and <= ``maximum``, if given)."""
+    expected = f"an int >= {minimum}" if maximum is None else f"an int in [{minimum}, {maximum}]"
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return convert
+
+
+def _float_above(minimum: float, *, inclusive: bool) -> Callable[[str], float]:
+    """An argparse ``type``: a finite float above (or at, if ``inclusive``) ``minimum``."""
+
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (value >= minimum if inclusive else value > minimum)):
+            bound = ">=" if inclusive else ">"
+            raise argparse.ArgumentTypeError(
+                f"expected a finite number {bound} {minimum:g}, got {text!r}"
+            )
+        return value
+
+    return convert
+
+
+def _sampler(text: str) -> DepthSampler:
+    """An argparse ``type``: a sampler spec, built with :func:`sampler_from_spec`."""
+    try:
+        return sampler_from_spec(text)
+    except (TypeError, ValueError, LookupError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser of ``stochdepth``'s command line."""
+    from . import __version__
+
+    parser = _Parser(
+        prog=PROG,
+        description="Layers whose depth is drawn at random on every forward pass.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run = commands.add_parser(
+        "train",
+        help="train the article's DynamicNet and print its loss every --log-every steps",
+        description=(
+            "Train the article's DynamicNet (N, D_in, H, D_out = 64, 1000, 100, 10) on "
+            "random data with MSELoss(reduction='sum') and momentum SGD, printing 't loss' "
+            "as the article does. With --seed N it calls torch.manual_seed(N) and "
+            "random.seed(N) first and prints what the article's program prints when "
+            "seeded the same way."
+        ),
+    )
+    run.add_argument(
+        "--seed",
+        type=_int_in(0, _MAX_SEED),
+        metavar="N",
+        help="seed torch and Python's random with N first (default: unseeded)",
+    )
+    run.add_argument("--steps", type=_int_in(0), default=500, metavar="N", help="default: 500")
+    run.add_argument(
+        "--log-every",
+        type=_int_in(0),
+        default=100,
+        metavar="N",
+        help="print 't loss' every N steps; 0 prints nothing (default: 100)",
+    )
+    run.add_argument(
+        "--lr", type=_float_above(0.0, inclusive=False), default=1e-4, help="default: 1e-4"
+    )
+    run.add_argument(
+        "--momentum",
+        type=_float_above(0.0, inclusive=True),
+        default=0.9,
+        help="default: 0.9",
+    )
+    run.add_argument(
+        "--sampler",
+        type=_sampler,
+        default=None,
+        metavar="SPEC",
+        help=(
+            "the depth sampler, NAME or NAME:key=value,...: uniform:low=0,high=3 (the "
+            "default), fixed:depth=2, seeded:low=0,high=3,seed=7"
+        ),
+    )
+    run.add_argument(
+        "--progress",
+        action="store_true",
+        help="draw a progress bar on stderr (needs tqdm: the 'progress' extra)",
+    )
+    return parser
+
+
+def _train(args: argparse.Namespace) -> None:
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+        random.seed(args.seed)
+    N, D_in, H, D_out = 64, 1000, 100, 10  # noqa: N806 - the article's names
+    x = torch.randn(N, D_in)
+    y = torch.randn(N, D_out)
+    model = DynamicNet(D_in, H, D_out, sampler=args.sampler)
+    train(
+        model,
+        x,
+        y,
+        steps=args.steps,
+        lr=args.lr,
+        momentum=args.momentum,
+        log_every=args.log_every,
+        progress=args.progress,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line.
+
+    Args:
+        argv: The arguments, without the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 on success. Bad arguments exit with status 2 and a
+        one-line message, through ``SystemExit``.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.progress and importlib.util.find_spec("tqdm") is None:
+        parser.exit(
+            EXIT_USAGE,
+            f"{PROG} train: error: --progress draws its bar with tqdm, which is not installed: "
+            f"pip install tqdm\n",
+        )
+    try:
+        _train(args)
+    except BrokenPipeError:  # `stochdepth train | head`: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return 0

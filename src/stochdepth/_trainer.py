@@ -1,0 +1,193 @@
+"""The reference trainer: the article's training loop, with its history returned."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, NamedTuple, TextIO
+
+import torch
+from torch import Tensor, nn
+
+from ._block import RepeatedBlock
+from ._protocol import DepthSampler, check_sampler
+from ._validation import check_int, check_real, describe
+
+_PROGRESS_WINDOW = 25
+
+
+class StepRecord(NamedTuple):
+    """What one training step did.
+
+    Attributes:
+        step: The step's index, from 0.
+        loss: The loss of that step's forward pass, before the update.
+        depth: The depth the model's :class:`~stochdepth.RepeatedBlock` used; with
+            several blocks, the total number of repeats they applied; ``None`` for a
+            model without one.
+    """
+
+    step: int
+    loss: float
+    depth: int | None
+
+
+def train(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    steps: int = 500,
+    lr: float = 1e-4,
+    momentum: float = 0.9,
+    log_every: int | None = 100,
+    sampler: DepthSampler | None = None,
+    progress: bool = False,
+    file: TextIO | None = None,
+) -> list[StepRecord]:
+    """Train ``model`` to map ``x`` to ``y`` with the article's loop.
+
+    Each step is the article's: forward, ``MSELoss(reduction="sum")``,
+    ``zero_grad()``, ``backward()``, and a momentum SGD step; every ``log_every``
+    steps it prints ``t loss`` as the article does (``99 3.70...``). With the
+    article's data, model and seeds, the printed lines are the article's digit for
+    digit. The model is put in training mode for the run, and its previous mode is
+    restored afterwards.
+
+    Args:
+        model: The model to train in place.
+        x: The inputs, one batch.
+        y: The targets; the model's output must have exactly this shape.
+        steps: How many steps to run, an int >= 0.
+        lr: The learning rate, > 0.
+        momentum: SGD momentum, >= 0.
+        log_every: Print ``t loss`` when ``t % log_every == log_every - 1``;
+            ``None`` or 0 prints nothing.
+        sampler: If given, it becomes the sampler of every
+            :class:`~stochdepth.RepeatedBlock` in ``model`` before the first step
+            (and stays theirs afterwards).
+        progress: Draw a progress bar on stderr with the running loss and the mean
+            depth; it needs ``tqdm``, the ``progress`` extra.
+        file: Where the ``t loss`` lines go (default: ``sys.stdout``).
+
+    Returns:
+        One :class:`StepRecord` per step: ``(step, loss, depth)``.
+
+    Raises:
+        TypeError: An argument has the wrong type.
+        ValueError: An argument is out of range, ``sampler`` was given for a model
+            without a ``RepeatedBlock``, or the model's output and ``y`` differ in
+            shape.
+        ImportError: ``progress=True`` and tqdm is not installed.
+
+    Example:
+        >>> import torch
+        >>> from stochdepth import DynamicNet, FixedDepth, train
+        >>> x, y = torch.randn(8, 5), torch.randn(8, 2)
+        >>> history = train(DynamicNet(5, 4, 2, FixedDepth(1)), x, y, steps=3, log_every=None)
+        >>> [record.depth for record in history]
+        [1, 1, 1]
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {describe(model)}")
+    for name, tensor in (("x", x), ("y", y)):
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {describe(tensor)}")
+    steps = check_int("steps", steps)
+    lr = check_real("lr", lr, minimum=0.0, inclusive=False)
+    momentum = check_real("momentum", momentum, minimum=0.0)
+    log_every = 0 if log_every is None else check_int("log_every", log_every)
+    blocks = [module for module in model.modules() if isinstance(module, RepeatedBlock)]
+    if sampler is not None:
+        if not blocks:
+            raise ValueError(
+                f"sampler was given, but model has no RepeatedBlock to use it: "
+                f"{type(model).__name__}"
+            )
+        sampler = check_sampler(sampler)
+        for block in blocks:
+            block.sampler = sampler
+    bar = _progress_bar(steps) if progress else None
+    write = print if bar is None else bar.write
+    out = sys.stdout if file is None else file
+
+    criterion = nn.MSELoss(reduction="sum")
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    losses: list[float] = []
+    pending: list[Tensor] = []  # detached losses not yet read: no device sync per step
+    depths: list[int | None] = []
+    was_training = model.training
+    model.train()
+    try:
+        for t in range(steps):
+            y_pred = model(x)
+            if not isinstance(y_pred, Tensor) or y_pred.shape != y.shape:
+                raise ValueError(_output_mismatch(y_pred, y))
+            loss = criterion(y_pred, y)
+            pending.append(loss.detach())
+            depths.append(_total_depth(blocks))
+            if log_every and t % log_every == log_every - 1:
+                _flush(pending, losses)
+                write(f"{t} {losses[-1]}", file=out)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if bar is not None:
+                bar.update(1)
+                if len(pending) >= _PROGRESS_WINDOW or t == steps - 1:
+                    _show_progress(bar, pending, losses, depths)
+        _flush(pending, losses)
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
+    return [
+        StepRecord(t, loss, depth)
+        for t, (loss, depth) in enumerate(zip(losses, depths, strict=True))
+    ]
+
+
+def _total_depth(blocks: list[RepeatedBlock]) -> int | None:
+    if len(blocks) == 1:
+        return blocks[0].last_depth
+    if not blocks:
+        return None
+    return sum(block.last_depth or 0 for block in blocks)
+
+
+def _flush(pending: list[Tensor], losses: list[float]) -> None:
+    if pending:
+        losses.extend(torch.stack(pending).tolist())
+        pending.clear()
+
+
+def _output_mismatch(y_pred: object, y: Tensor) -> str:
+    got = f"shape {tuple(y_pred.shape)}" if isinstance(y_pred, Tensor) else describe(y_pred)
+    return (
+        f"the model's output must have the shape of y, {tuple(y.shape)}, got {got}; "
+        f"MSELoss would otherwise broadcast them into a wrong loss"
+    )
+
+
+def _progress_bar(steps: int) -> Any:
+    try:
+        from tqdm import tqdm
+    except ImportError as error:
+        raise ImportError(
+            "progress=True draws its bar with tqdm, which is not installed: "
+            "pip install tqdm (or the 'progress' extra: pip install '.[progress]' "
+            "in stochdepth's repository)"
+        ) from error
+    return tqdm(total=steps, desc="train", unit="step", file=sys.stderr)
+
+
+def _show_progress(
+    bar: Any, pending: list[Tensor], losses: list[float], depths: list[int | None]
+) -> None:
+    window = len(pending)
+    _flush(pending, losses)
+    recent = losses[-window:] if window else losses[-1:]
+    used = [depth for depth in depths if depth is not None]
+    postfix = {"loss": f"{sum(recent) / max(len(recent), 1):.4g}"}
+    if used:
+        postfix["mean_depth"] = f"{sum(used) / len(used):.2f}"
+    bar.set_postfix(postfix, refresh=False)

@@ -1,0 +1,96 @@
+"""Argument checks shared by the samplers, the block, the model and the trainer.
+
+Every check names the argument, says what was expected and shows what was given, so
+that a bad value fails where it is passed instead of producing a wrong tensor later.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+
+def describe(value: object) -> str:
+    """Return ``repr(value)`` and its type, for error messages."""
+    return f"{value!r} of type {type(value).__name__}"
+
+
+def check_int(name: str, value: object, *, minimum: int | None = 0) -> int:
+    """Return ``value`` as an ``int``, or raise an error naming ``name``.
+
+    Integers of any integral type (``numpy.int64`` included) are accepted; ``bool``,
+    floats and strings are not, even when they hold a whole number.
+
+    Args:
+        name: The argument's name, as the caller would write it.
+        value: The value to check.
+        minimum: The smallest value allowed, or ``None`` for no lower bound.
+
+    Returns:
+        ``value`` converted to a Python ``int``.
+
+    Raises:
+        TypeError: ``value`` is not an integer.
+        ValueError: ``value`` is below ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {describe(value)}")
+    result = int(value)
+    if minimum is not None and result < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {result}")
+    return result
+
+
+def check_bounds(low: object, high: object) -> tuple[int, int]:
+    """Check an inclusive depth range ``[low, high]``.
+
+    Args:
+        low: The smallest depth, a non-negative int.
+        high: The largest depth, an int >= ``low``.
+
+    Returns:
+        ``(low, high)`` as Python ints.
+
+    Raises:
+        TypeError: A bound is not an int.
+        ValueError: A bound is negative, or ``high < low``.
+    """
+    low_int = check_int("low", low)
+    high_int = check_int("high", high)
+    if high_int < low_int:
+        raise ValueError(f"high must be >= low, got low={low_int} and high={high_int}")
+    return low_int, high_int
+
+
+def check_real(
+    name: str,
+    value: object,
+    *,
+    minimum: float,
+    inclusive: bool = True,
+) -> float:
+    """Return ``value`` as a finite ``float``, or raise an error naming ``name``.
+
+    Args:
+        name: The argument's name, as the caller would write it.
+        value: The value to check: an int or a float (not a bool).
+        minimum: The lower bound.
+        inclusive: Whether ``minimum`` itself is allowed.
+
+    Returns:
+        ``value`` converted to a Python ``float``.
+
+    Raises:
+        TypeError: ``value`` is not a real number.
+        ValueError: ``value`` is not finite, or is below (or at, when not
+            ``inclusive``) ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {describe(value)}")
+    result = float(value)
+    if not math.isfinite(result):
+        raise ValueError(f"{name} must be finite, got {result}")
+    if result < minimum or (not inclusive and result == minimum):
+        bound = ">=" if inclusive else ">"
+        raise ValueError(f"{name} must be {bound} {minimum}, got {result}")
+    return result

@@ -1,0 +1,56 @@
+"""The article's program, "9_dynamic_graph.py", kept as it was for comparison.
+
+``DynamicNet`` below is the article's class verbatim. ``run`` is the article's script
+with one addition: ``torch.manual_seed(seed)`` and ``random.seed(seed)`` first, when a
+seed is given. Run as a script (``python tests/article9.py [SEED]``) it prints the
+article's five lines.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+
+import torch
+
+
+class DynamicNet(torch.nn.Module):
+    def __init__(self, D_in, H, D_out):
+        super(DynamicNet, self).__init__()
+        self.input_linear = torch.nn.Linear(D_in, H)
+        self.middle_linear = torch.nn.Linear(H, H)
+        self.output_linear = torch.nn.Linear(H, D_out)
+
+    def forward(self, x):
+        h_relu = self.input_linear(x).clamp(min=0)
+        for _ in range(random.randint(0, 3)):
+            h_relu = self.middle_linear(h_relu).clamp(min=0)
+        y_pred = self.output_linear(h_relu)
+        return y_pred
+
+
+def run(seed: int | None = None, steps: int = 500) -> list[str]:
+    """Run the article's program; return the lines it prints."""
+    if seed is not None:
+        torch.manual_seed(seed)
+        random.seed(seed)
+    N, D_in, H, D_out = 64, 1000, 100, 10
+    x = torch.randn(N, D_in)
+    y = torch.randn(N, D_out)
+    model = DynamicNet(D_in, H, D_out)
+    criterion = torch.nn.MSELoss(reduction="sum")
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    lines = []
+    for t in range(steps):
+        y_pred = model(x)
+        loss = criterion(y_pred, y)
+        if t % 100 == 99:
+            lines.append(f"{t} {loss.item()}")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return lines
+
+
+if __name__ == "__main__":
+    print("\n".join(run(int(sys.argv[1]) if len(sys.argv) > 1 else None)))

@@ -1,0 +1,39 @@
+"""Hypothesis profiles and shared fixtures.
+
+Profiles: ``quick`` (the default here, 25 examples a test), ``thorough`` (500), and
+Hypothesis's own ``ci`` profile, which loads itself when the ``CI`` environment
+variable is set and is not overridden here. Choose one with ``HYPOTHESIS_PROFILE``:
+
+    HYPOTHESIS_PROFILE=thorough python -m pytest
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import settings
+
+settings.register_profile("quick", max_examples=25, deadline=None)
+settings.register_profile("thorough", max_examples=500, deadline=None)
+
+if "HYPOTHESIS_PROFILE" in os.environ:
+    settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
+elif not os.environ.get("CI"):
+    settings.load_profile("quick")
+
+# Small tensors: more threads only add noise and start-up time on 2-core machines.
+torch.set_num_threads(1)
+
+CUDA_DEVICES = [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+NO_CUDA_REASON = (
+    "no CUDA device: torch.cuda.is_available() is False on this machine, so there is "
+    "nothing to compare the CPU against"
+)
+
+
+@pytest.fixture(params=CUDA_DEVICES or [pytest.param(None, marks=pytest.mark.skip(NO_CUDA_REASON))])
+def cuda_device(request: pytest.FixtureRequest) -> torch.device:
+    """Every CUDA device in turn; skipped, with the reason, where there is none."""
+    return torch.device(request.param)

@@ -1,0 +1,285 @@
+"""CPU/CUDA parity: the same weights, input and depths give the same results on both.
+
+Each test builds a model on the CPU, copies it to a CUDA device, runs both on the same
+input at the same depths, and compares outputs and gradients (of the input and of
+every parameter) with ``torch.testing.assert_close`` at these tolerances:
+
+* float64: ``rtol=1e-10, atol=1e-12``;
+* float32: ``rtol=1e-4, atol=1e-5`` (CUDA kernels may sum in another order).
+
+Depths, parameters that get no gradient (``.grad is None`` at depth 0), sampler
+sequences and state_dict contents must match exactly.
+
+The ``cuda_device`` fixture (tests/conftest.py) yields every CUDA device in turn and
+is skipped, with its reason, on a machine without one.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import Tensor, nn
+
+from stochdepth import DynamicNet, RepeatedBlock, SeededDepth
+
+from strategies import LAYERS, bounds, depths, features, inputs, leading_dims, seeds
+
+TOLERANCES: dict[torch.dtype, dict[str, float]] = {
+    torch.float64: {"rtol": 1e-10, "atol": 1e-12},
+    torch.float32: {"rtol": 1e-4, "atol": 1e-5},
+}
+dtypes = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+torch_seeds = st.integers(min_value=0, max_value=2**32 - 1)
+draw_counts = st.integers(min_value=0, max_value=8)
+
+# Hypothesis warns when a function-scoped fixture meets @given, because the fixture is
+# not re-run between examples. `cuda_device` only returns a constant torch.device for
+# its parameter and holds no state, so sharing it across the examples is safe.
+# No deadline: the first CUDA call of a process can take seconds.
+on_device = settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+
+
+def make_layer(name: str, n: int, seed: int, dtype: torch.dtype) -> nn.Module:
+    """``LAYERS[name](n)`` with weights from ``seed``, leaving the global RNG alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LAYERS[name](n).to(dtype)
+
+
+def assert_matches_cpu(got: Tensor | None, want: Tensor | None, what: str) -> None:
+    """``got`` (on the device) equals ``want`` (on the CPU) within the dtype's tolerance."""
+    if want is None:
+        assert got is None, what
+        return
+    assert got is not None, what
+    assert got.device.type == "cuda", what
+    torch.testing.assert_close(got.cpu(), want, msg=what, **TOLERANCES[want.dtype])
+
+
+def run_backward(
+    model: nn.Module, x: Tensor, weight: Tensor, **kwargs: Any
+) -> tuple[Tensor, Tensor]:
+    """Return ``model(x)`` and the gradient of ``(model(x) * weight).sum()`` for ``x``."""
+    x = x.detach().clone().requires_grad_()
+    out = model(x, **kwargs)
+    (out * weight.to(out.device)).sum().backward()
+    assert x.grad is not None
+    return out.detach(), x.grad
+
+
+def assert_parameter_grads_match(on_device_: nn.Module, on_cpu: nn.Module) -> None:
+    pairs = zip(on_device_.named_parameters(), on_cpu.named_parameters(), strict=True)
+    for (name, got), (_, want) in pairs:
+        assert_matches_cpu(got.grad, want.grad, f"grad of {name}")
+
+
+def as_cpu(state: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a (nested) state with every tensor moved to the CPU."""
+    return {
+        key: as_cpu(value)
+        if isinstance(value, dict)
+        else value.cpu()
+        if isinstance(value, Tensor)
+        else value
+        for key, value in state.items()
+    }
+
+
+@on_device
+@dtypes
+@pytest.mark.parametrize("name", sorted(LAYERS))
+@given(data=st.data(), n=features, depth=depths, seed=torch_seeds)
+def test_repeated_block_outputs_and_gradients_match_cpu(
+    cuda_device: torch.device,
+    dtype: torch.dtype,
+    name: str,
+    data: st.DataObject,
+    n: int,
+    depth: int,
+    seed: int,
+) -> None:
+    on_cpu = RepeatedBlock(make_layer(name, n, seed, dtype))
+    on_dev = copy.deepcopy(on_cpu).to(cuda_device)
+    x = data.draw(inputs(n, dtype))
+    weight = torch.randn(x.shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+
+    want, want_grad = run_backward(on_cpu, x, weight, depth=depth)
+    got, got_grad = run_backward(on_dev, x.to(cuda_device), weight, depth=depth)
+
+    assert on_cpu.last_depth == on_dev.last_depth == depth
+    assert_matches_cpu(got, want, "output")
+    assert_matches_cpu(got_grad, want_grad, "grad of x")
+    assert_parameter_grads_match(on_dev, on_cpu)
+
+
+@on_device
+@dtypes
+@given(
+    sizes=st.tuples(features, features, features),
+    lead=leading_dims,
+    batch=st.integers(min_value=1, max_value=5),
+    depth=depths,
+    seed=torch_seeds,
+)
+def test_dynamic_net_outputs_and_gradients_match_cpu(
+    cuda_device: torch.device,
+    dtype: torch.dtype,
+    sizes: tuple[int, int, int],
+    lead: tuple[int, ...],
+    batch: int,
+    depth: int,
+    seed: int,
+) -> None:
+    d_in, hidden, d_out = sizes
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        on_cpu = DynamicNet(d_in, hidden, d_out).to(dtype)
+    on_dev = copy.deepcopy(on_cpu).to(cuda_device)
+    x = torch.randn(*lead, batch, d_in, dtype=dtype, generator=generator)
+    weight = torch.randn(*lead, batch, d_out, dtype=dtype, generator=generator)
+
+    want, want_grad = run_backward(on_cpu, x, weight, depth=depth)
+    got, got_grad = run_backward(on_dev, x.to(cuda_device), weight, depth=depth)
+
+    assert got.shape == want.shape == (*lead, batch, d_out)
+    assert on_cpu.middle.last_depth == on_dev.middle.last_depth == depth
+    assert_matches_cpu(got, want, "output")
+    assert_matches_cpu(got_grad, want_grad, "grad of x")
+    assert_parameter_grads_match(on_dev, on_cpu)
+
+
+@on_device
+@dtypes
+@given(seed=seeds, weight_seed=torch_seeds, bound=bounds(), count=draw_counts, n=features)
+def test_seeded_depth_sequence_is_the_same_on_cpu_and_cuda(
+    cuda_device: torch.device,
+    dtype: torch.dtype,
+    seed: int,
+    weight_seed: int,
+    bound: tuple[int, int],
+    count: int,
+    n: int,
+) -> None:
+    layer = make_layer("linear-tanh", n, weight_seed, dtype)
+    on_cpu = RepeatedBlock(layer, SeededDepth(*bound, seed=seed))
+    on_dev = RepeatedBlock(copy.deepcopy(layer), SeededDepth(*bound, seed=seed)).to(cuda_device)
+    twin = SeededDepth(*bound, seed=seed)
+    x = torch.randn(2, n, dtype=dtype, generator=torch.Generator().manual_seed(weight_seed))
+    x_dev = x.to(cuda_device)
+    for step in range(count):
+        want, got = on_cpu(x), on_dev(x_dev)
+        assert on_dev.last_depth == on_cpu.last_depth == twin.sample(), step
+        assert_matches_cpu(got, want, f"output of step {step}")
+    generator_state = on_dev.state_dict()["_extra_state"]["sampler"]["generator_state"]
+    assert generator_state.device.type == "cpu"
+
+
+@on_device
+@dtypes
+@given(seed=seeds, bound=bounds(), count=draw_counts, sizes=st.tuples(features, features))
+def test_dynamic_net_with_seeded_depth_trains_the_same_on_cpu_and_cuda(
+    cuda_device: torch.device,
+    dtype: torch.dtype,
+    seed: int,
+    bound: tuple[int, int],
+    count: int,
+    sizes: tuple[int, int],
+) -> None:
+    d_in, hidden = sizes
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed % 2**32)
+        on_cpu = DynamicNet(d_in, hidden, 2, sampler=SeededDepth(*bound, seed=seed)).to(dtype)
+    on_dev = copy.deepcopy(on_cpu).to(cuda_device)
+    x = torch.randn(3, d_in, dtype=dtype, generator=torch.Generator().manual_seed(seed % 2**32))
+    weight = torch.ones(3, 2, dtype=dtype)
+    for step in range(count):
+        on_cpu.zero_grad(set_to_none=True)
+        on_dev.zero_grad(set_to_none=True)
+        want, want_grad = run_backward(on_cpu, x, weight)
+        got, got_grad = run_backward(on_dev, x.to(cuda_device), weight)
+        assert on_cpu.middle.last_depth == on_dev.middle.last_depth, step
+        assert_matches_cpu(got, want, f"output of step {step}")
+        assert_matches_cpu(got_grad, want_grad, f"grad of x at step {step}")
+        assert_parameter_grads_match(on_dev, on_cpu)
+
+
+@on_device
+@dtypes
+@given(
+    seed=seeds,
+    other_seed=seeds,
+    weight_seeds=st.tuples(torch_seeds, torch_seeds),
+    bound=bounds(),
+    before=draw_counts,
+    after=draw_counts,
+    n=features,
+)
+def test_state_dict_after_to_device_round_trips(
+    cuda_device: torch.device,
+    dtype: torch.dtype,
+    seed: int,
+    other_seed: int,
+    weight_seeds: tuple[int, int],
+    bound: tuple[int, int],
+    before: int,
+    after: int,
+    n: int,
+) -> None:
+    original = RepeatedBlock(
+        make_layer("layernorm-linear", n, weight_seeds[0], dtype), SeededDepth(*bound, seed=seed)
+    ).to(cuda_device)
+    x = torch.randn(2, n, dtype=dtype, generator=torch.Generator().manual_seed(weight_seeds[1]))
+    x_dev = x.to(cuda_device)
+    for _ in range(before):
+        original(x_dev)
+
+    state = original.state_dict()
+    for key, value in state.items():
+        if isinstance(value, Tensor):
+            assert value.device == cuda_device, key
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    saved = buffer.getvalue()
+
+    continuation = []
+    outputs = []
+    for _ in range(after):
+        outputs.append(original(x_dev))
+        continuation.append(original.last_depth)
+
+    def load(map_location: torch.device | None) -> dict[str, Any]:
+        loaded: dict[str, Any] = torch.load(
+            io.BytesIO(saved), weights_only=True, map_location=map_location
+        )
+        return loaded
+
+    def fresh() -> RepeatedBlock:
+        layer = make_layer("layernorm-linear", n, weight_seeds[1], dtype)
+        return RepeatedBlock(layer, SeededDepth(*bound, seed=other_seed))
+
+    on_dev = fresh().to(cuda_device)
+    on_dev.load_state_dict(load(None))
+    on_cpu = fresh()
+    on_cpu.load_state_dict(load(None))
+    # A state moved to the device as a whole (sampler state included) loads on the CPU too.
+    on_cpu_from_device_state = fresh()
+    on_cpu_from_device_state.load_state_dict(load(cuda_device))
+
+    for name, value in as_cpu(original.state_dict()).items():
+        if isinstance(value, Tensor):
+            assert torch.equal(on_dev.state_dict()[name].cpu(), value), name
+            assert torch.equal(on_cpu.state_dict()[name], value), name
+    for copy_ in (on_dev, on_cpu, on_cpu_from_device_state):
+        assert isinstance(copy_.sampler, SeededDepth)
+        assert copy_.sampler.seed == seed
+        for step, (depth, want) in enumerate(zip(continuation, outputs, strict=True)):
+            got = copy_(x.to(next(copy_.parameters()).device))
+            assert copy_.last_depth == depth, step
+            torch.testing.assert_close(got.cpu(), want.cpu(), **TOLERANCES[dtype])

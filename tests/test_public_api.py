@@ -1,0 +1,65 @@
+"""The public API: the names, where they say they live, and the installed metadata."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import re
+from pathlib import Path
+
+import stochdepth
+
+CONTRACT = {
+    "DepthSampler",
+    "UniformDepth",
+    "FixedDepth",
+    "SeededDepth",
+    "RepeatedBlock",
+    "DynamicNet",
+    "train",
+}
+
+
+def test_all_holds_the_contract_and_nothing_missing() -> None:
+    assert set(stochdepth.__all__) >= CONTRACT
+    assert sorted(stochdepth.__all__) == stochdepth.__all__
+    for name in stochdepth.__all__:
+        assert hasattr(stochdepth, name), name
+    public = {name for name in vars(stochdepth) if not name.startswith("_")}
+    assert public == set(stochdepth.__all__) - {"__version__"}
+
+
+def test_public_objects_say_they_live_in_stochdepth() -> None:
+    for name in set(stochdepth.__all__) - {"__version__"}:
+        obj = getattr(stochdepth, name)
+        assert obj.__module__ == "stochdepth", name
+    assert repr(stochdepth.RepeatedBlock) == "<class 'stochdepth.RepeatedBlock'>"
+
+
+def test_public_objects_have_google_style_docstrings() -> None:
+    for name in set(stochdepth.__all__) - {"__version__"}:
+        doc = inspect.getdoc(getattr(stochdepth, name))
+        assert doc, name
+        obj = getattr(stochdepth, name)
+        takes_arguments = callable(obj) and name not in ("DepthSampler", "StepRecord")
+        if takes_arguments:
+            assert "Args:" in doc, name
+
+
+def test_version_is_the_installed_distributions() -> None:
+    assert stochdepth.__version__ == importlib.metadata.version("stochdepth")
+
+
+def test_runtime_dependencies_are_torch_and_typing_extensions_only() -> None:
+    requirements = importlib.metadata.requires("stochdepth") or []
+    runtime = {re.split(r"[<>=!~; ]", req)[0] for req in requirements if "extra ==" not in req}
+    assert runtime == {"torch", "typing-extensions"}
+
+
+def test_the_package_ships_py_typed() -> None:
+    assert (Path(stochdepth.__file__).parent / "py.typed").is_file()
+
+
+def test_the_console_script_is_the_command_line() -> None:
+    scripts = importlib.metadata.entry_points(group="console_scripts", name="stochdepth")
+    assert [entry.value for entry in scripts] == ["stochdepth._cli:main"]
