@@ -104,8 +104,9 @@ class RepeatedBlock(nn.Module):
             The layer applied ``depth`` times to ``x``; ``x`` itself at depth 0.
 
         Raises:
-            TypeError: ``x`` is not a tensor, ``depth`` is not an int, or the sampler
-                returned something other than an int.
+            TypeError: ``x`` is not a tensor, ``depth`` is not an int, the sampler
+                returned something other than an int, or the layer returned something
+                other than a tensor.
             ValueError: ``depth`` is negative, the sampler returned a depth outside
                 its bounds, or the layer changed the shape of its input.
         """

@@ -13,29 +13,8 @@ from ._validation import check_bounds, check_int, describe
 _MAX_SEED = 2**64 - 1
 
 
-class UniformDepth:
-    """Uniform depth over ``[low, high]`` from Python's global ``random``, as the article.
-
-    Each :meth:`sample` is exactly ``random.randint(low, high)``, so after
-    ``random.seed(s)`` the sequence of depths is the one the article's ``DynamicNet``
-    draws. It keeps no state of its own: seed it with ``random.seed``.
-
-    Args:
-        low: The smallest depth, a non-negative int.
-        high: The largest depth, an int >= ``low``.
-
-    Raises:
-        TypeError: A bound is not an int.
-        ValueError: A bound is negative, or ``high < low``.
-
-    Example:
-        >>> import random
-        >>> from stochdepth import UniformDepth
-        >>> sampler = UniformDepth(0, 3)
-        >>> random.seed(0)
-        >>> [sampler.sample() for _ in range(5)]
-        [3, 3, 0, 2, 3]
-    """
+class _DepthRange:
+    """An inclusive range of depths ``[low, high]``, checked once; the uniform samplers' base."""
 
     __slots__ = ("_high", "_low")
 
@@ -61,6 +40,33 @@ class UniformDepth:
     def max_depth(self) -> int:
         """Same as :attr:`high`."""
         return self._high
+
+
+class UniformDepth(_DepthRange):
+    """Uniform depth over ``[low, high]`` from Python's global ``random``, as the article.
+
+    Each :meth:`sample` is exactly ``random.randint(low, high)``, so after
+    ``random.seed(s)`` the sequence of depths is the one the article's ``DynamicNet``
+    draws. It keeps no state of its own: seed it with ``random.seed``.
+
+    Args:
+        low: The smallest depth, a non-negative int.
+        high: The largest depth, an int >= ``low``.
+
+    Raises:
+        TypeError: A bound is not an int.
+        ValueError: A bound is negative, or ``high < low``.
+
+    Example:
+        >>> import random
+        >>> from stochdepth import UniformDepth
+        >>> sampler = UniformDepth(0, 3)
+        >>> random.seed(0)
+        >>> [sampler.sample() for _ in range(5)]
+        [3, 3, 0, 2, 3]
+    """
+
+    __slots__ = ()
 
     def sample(self) -> int:
         """Draw one depth with ``random.randint(low, high)``."""
@@ -114,7 +120,7 @@ class FixedDepth:
         return f"FixedDepth(depth={self._depth})"
 
 
-class SeededDepth:
+class SeededDepth(_DepthRange):
     """Uniform depth over ``[low, high]`` from a ``torch.Generator`` of its own.
 
     The sequence depends only on ``seed``: not on Python's ``random``, not on the
@@ -140,38 +146,18 @@ class SeededDepth:
         True
     """
 
-    __slots__ = ("_generator", "_high", "_low", "_seed")
+    __slots__ = ("_generator", "_seed")
 
     def __init__(self, low: int = 0, high: int = 3, *, seed: int) -> None:
-        self._low, self._high = check_bounds(low, high)
+        super().__init__(low, high)
         self._seed = _check_seed(seed)
         self._generator = torch.Generator(device="cpu")
         self._generator.manual_seed(self._seed)
 
     @property
-    def low(self) -> int:
-        """The smallest depth."""
-        return self._low
-
-    @property
-    def high(self) -> int:
-        """The largest depth."""
-        return self._high
-
-    @property
     def seed(self) -> int:
         """The seed the generator started from (restored by :meth:`load_state_dict`)."""
         return self._seed
-
-    @property
-    def min_depth(self) -> int:
-        """Same as :attr:`low`."""
-        return self._low
-
-    @property
-    def max_depth(self) -> int:
-        """Same as :attr:`high`."""
-        return self._high
 
     def sample(self) -> int:
         """Draw one depth from the sampler's own generator."""
