@@ -6,8 +6,11 @@ import numbers
 from collections.abc import Mapping
 from typing import Any, Literal, cast
 
+import torch
 from torch import Tensor, nn
 
+from . import _repeats
+from ._draws import draw_batch, draw_one
 from ._protocol import DepthSampler, check_sampler, has_state
 from ._samplers import UniformDepth
 from ._validation import check_int, describe
@@ -15,7 +18,12 @@ from ._validation import check_int, describe
 EvalDepth = int | Literal["max", "min", "sample"]
 """What depth a block uses in eval mode: a fixed int, or a policy name."""
 
+Mode = Literal["skip", "masked"]
+"""How a block applies its repeats: only those used, or all of them, masked."""
+
 _EVAL_POLICIES = ("max", "min", "sample")
+_MODES = ("skip", "masked")
+_INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 _EXTRA_STATE_KEY = "_extra_state"
 
 
@@ -42,6 +50,28 @@ class RepeatedBlock(nn.Module):
             checked against :class:`~stochdepth.DepthSampler` here, once.
         eval_depth: The eval-mode depth: an int >= 0, ``"max"`` (default),
             ``"min"`` or ``"sample"``.
+        mode: ``"skip"`` (default): the layer runs exactly ``depth`` times, so the
+            graph changes with the depth, and at depth 0 the layer is unused (its
+            parameters get no gradient, ``.grad`` stays ``None``). ``"masked"``: the
+            layer runs ``sampler.max_depth`` times and repeat ``i`` is kept only
+            where ``i < depth`` (``torch.where``), so the graph is the same at every
+            depth: ``torch.compile(fullgraph=True)`` and ``torch.export`` take it,
+            with the depth as a tensor argument. Outputs and gradients equal skip
+            mode's, except that unused repeats give zero gradients instead of none.
+            See the performance page of the docs.
+        per_sample: Draw a depth for every row (dimension 0) of the input instead
+            of one for the batch. In skip mode the layer then runs, at each repeat,
+            only on the rows still active, so the work follows the mean depth. The
+            layer must treat rows independently (no ``BatchNorm``). Samplers with
+            ``sample_batch(n)`` draw the rows' depths at once; others are asked
+            ``n`` times.
+        checkpoint: Recompute the repeats in the backward pass instead of keeping
+            their activations (``torch.utils.checkpoint``, non-reentrant):
+            ``True`` checkpoints segments of ``ceil(sqrt(depth))`` repeats, so the
+            activations kept grow as ``sqrt(depth)``; an int ``k >= 1`` checkpoints
+            segments of ``k`` repeats. Gradients are bitwise those of
+            ``checkpoint=False``. Not available with ``per_sample=True`` in skip
+            mode.
 
     Attributes:
         layer: The repeated module.
@@ -49,17 +79,22 @@ class RepeatedBlock(nn.Module):
             saved in this block's ``state_dict`` (under ``_extra_state``), so a
             restored block continues the same sequence of depths.
         eval_depth: The eval-mode depth policy.
-        last_depth: The depth the last forward pass used (``None`` before the first).
+        last_depth: The depth the last forward pass used (``None`` before the first):
+            an int, or with ``per_sample=True`` a tensor of the rows' depths; in
+            masked mode, the depth tensor when one was given.
         depth_histogram: How many training-mode forward passes used each depth
-            (telemetry, not saved in the ``state_dict``; see
-            :meth:`reset_depth_histogram`).
+            (with ``per_sample=True``, how many rows; telemetry, not saved in the
+            ``state_dict``; see :meth:`reset_depth_histogram`).
 
     Raises:
         TypeError: ``layer`` is not an ``nn.Module``, ``sampler`` does not satisfy
-            :class:`~stochdepth.DepthSampler`, or ``eval_depth`` is neither an int
-            nor a policy name.
-        ValueError: ``eval_depth`` is negative or an unknown policy name, or the
-            sampler's bounds are negative or reversed.
+            :class:`~stochdepth.DepthSampler`, ``eval_depth`` is neither an int
+            nor a policy name, or ``mode``, ``per_sample`` or ``checkpoint`` has the
+            wrong type.
+        ValueError: ``eval_depth`` is negative or an unknown policy name, the
+            sampler's bounds are negative or reversed, ``mode`` is unknown,
+            ``checkpoint`` is an int below 1, or ``checkpoint`` was asked for with
+            ``per_sample=True`` in skip mode.
 
     Example:
         >>> import torch
@@ -75,8 +110,9 @@ class RepeatedBlock(nn.Module):
     layer: nn.Module
     sampler: DepthSampler
     eval_depth: EvalDepth
-    last_depth: int | None
+    last_depth: int | Tensor | None
     _depth_counts: dict[int, int]
+    _plain: bool
 
     def __init__(
         self,
@@ -84,6 +120,9 @@ class RepeatedBlock(nn.Module):
         sampler: DepthSampler | None = None,
         *,
         eval_depth: EvalDepth = "max",
+        mode: Mode = "skip",
+        per_sample: bool = False,
+        checkpoint: bool | int = False,
     ) -> None:
         super().__init__()
         if not isinstance(layer, nn.Module):
@@ -93,6 +132,18 @@ class RepeatedBlock(nn.Module):
         self.eval_depth = _check_eval_depth(eval_depth)
         self.last_depth = None
         self._depth_counts = {}
+        self._mode = _check_mode(mode)
+        if not isinstance(per_sample, bool):
+            raise TypeError(f"per_sample must be a bool, got {describe(per_sample)}")
+        self._per_sample = per_sample
+        self._checkpoint = _check_checkpoint(checkpoint)
+        if per_sample and self._mode == "skip" and self._checkpoint is not False:
+            raise ValueError(
+                "checkpoint is not available with per_sample=True in mode='skip', got "
+                f"checkpoint={checkpoint!r}; use mode='masked' to checkpoint per-row depths"
+            )
+        # The default: one depth for the batch, exactly the repeats used, no checkpoints.
+        self._plain = self._mode == "skip" and not per_sample and self._checkpoint is False
         self.register_load_state_dict_pre_hook(  # type: ignore[no-untyped-call]
             _default_missing_sampler_state
         )
@@ -117,20 +168,180 @@ class RepeatedBlock(nn.Module):
         """
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {describe(x)}")
-        if depth is None:
-            depth = self._draw() if self.training else self._eval_depth()
+        if not self._plain:
+            return self._forward_mode(x, depth)
+        if torch.compiler.is_compiling():
+            depth = self._choose_depth_outside_graph(depth)
+            if depth == 0:
+                # One op, so that Dynamo compiles this depth's (empty) graph: a frame
+                # without ops would make it skip this code, at every depth, for good.
+                return x.view_as(x)
         else:
-            depth = check_int("depth", depth)
-        self.last_depth = depth
-        if self.training:
-            counts = self._depth_counts
-            counts[depth] = counts.get(depth, 0) + 1
+            depth = self._choose_depth(depth)
+        layer = self.layer
         for repeat in range(depth):
-            out = self.layer(x)
+            out = layer(x)
             if not isinstance(out, Tensor) or out.shape != x.shape:
                 raise self._shape_error(x, out, repeat, depth)
             x = out
         return x
+
+    @property
+    def mode(self) -> Mode:
+        """How the repeats run: ``"skip"`` or ``"masked"`` (set at construction)."""
+        return self._mode
+
+    @property
+    def per_sample(self) -> bool:
+        """Whether every row draws its own depth (set at construction)."""
+        return self._per_sample
+
+    @property
+    def checkpoint(self) -> bool | int:
+        """The checkpointing option given at construction: ``False``, ``True`` or ``k``."""
+        return self._checkpoint
+
+    def _choose_depth(self, depth: object) -> int:
+        """Draw, or take the eval policy's, or check the given depth; record it."""
+        if depth is None:
+            depth = draw_one(self.sampler) if self.training else self._eval_depth()
+        elif type(depth) is not int or depth < 0:
+            depth = check_int("depth", depth)
+        # Not through nn.Module.__setattr__: a plain attribute, and this is the hot path.
+        self.__dict__["last_depth"] = depth
+        if self.training:
+            counts = self._depth_counts
+            counts[depth] = counts.get(depth, 0) + 1
+        return depth
+
+    # Under torch.compile the depth is drawn outside the compiled graph: a graph break
+    # here, so that every call draws anew (Dynamo would otherwise bake one draw into
+    # the graph) and the repeats after it compile to one graph per distinct depth.
+    _choose_depth_outside_graph = _repeats.outside_graph(_choose_depth)
+
+    def _forward_mode(self, x: Tensor, depth: object) -> Tensor:
+        """The forward pass of every mode but the default one."""
+        if self._per_sample:
+            if self._mode == "skip":
+                if torch.compiler.is_compiling():
+                    return self._per_row_outside_graph(x, depth)
+                return self._per_row(x, depth)
+            return self._masked(x, self._row_depths_on(x, depth))
+        if self._mode == "masked":
+            return self._masked(x, self._batch_depth_on(x, depth))
+        if torch.compiler.is_compiling():
+            used = self._choose_depth_outside_graph(depth)
+            if used == 0:
+                return x.view_as(x)  # as in forward: a frame without ops is skipped for good
+        else:
+            used = self._choose_depth(depth)
+        if not torch.is_grad_enabled():
+            return _repeats.skip(self.layer, x, 0, used, used, self._shape_error)
+        every = None if self._checkpoint is True else int(self._checkpoint)
+        return _repeats.segments(self.layer, x, used, every, self._shape_error)
+
+    def _masked(self, x: Tensor, depth: Tensor) -> Tensor:
+        every = None if self._checkpoint is True else int(self._checkpoint)
+        return _repeats.masked(
+            self.layer,
+            x,
+            depth,
+            self._max_depth(),
+            self._shape_error,
+            checkpointed=self._checkpoint is not False,
+            checkpoint_every=every,
+        )
+
+    def _max_depth(self) -> int:
+        return check_int("sampler.max_depth", self.sampler.max_depth)
+
+    def _batch_depth_on(self, x: Tensor, depth: object) -> Tensor:
+        """Masked mode, one depth: the depth as a 0-d int64 tensor on ``x``'s device."""
+        if isinstance(depth, Tensor):
+            return self._given_depth_tensor(x, depth, ())
+        if torch.compiler.is_compiling():
+            return self._batch_depth_tensor_outside_graph(x, depth)
+        return self._batch_depth_tensor(x, depth)
+
+    def _batch_depth_tensor(self, x: Tensor, depth: object) -> Tensor:
+        value = self._choose_depth(depth)
+        self._check_within_max(value)
+        return torch.tensor(value, dtype=torch.int64, device=x.device)
+
+    _batch_depth_tensor_outside_graph = _repeats.outside_graph(_batch_depth_tensor)
+
+    def _row_depths_on(self, x: Tensor, depth: object) -> Tensor:
+        """Masked mode, per row: the rows' depths as an int64 tensor on ``x``'s device."""
+        if isinstance(depth, Tensor):
+            return self._given_depth_tensor(x, depth, (_rows(x),))
+        if torch.compiler.is_compiling():
+            return self._row_depth_tensor_outside_graph(x, depth)
+        return self._row_depth_tensor(x, depth)
+
+    def _row_depth_tensor(self, x: Tensor, depth: object) -> Tensor:
+        depths = self._choose_row_depths(_rows(x), depth)
+        if depths.numel():
+            self._check_within_max(int(depths.max()))
+        return depths.to(x.device)
+
+    _row_depth_tensor_outside_graph = _repeats.outside_graph(_row_depth_tensor)
+
+    def _check_within_max(self, value: int) -> None:
+        high = self._max_depth()
+        if value > high:
+            raise ValueError(
+                f"depth must be <= sampler.max_depth={high} in mode='masked' (the graph "
+                f"holds max_depth repeats), got {value}"
+            )
+
+    def _given_depth_tensor(self, x: Tensor, depth: Tensor, shape: tuple[int, ...]) -> Tensor:
+        """Check a depth tensor given to masked mode; checked by value in eager mode only."""
+        if depth.dtype not in _INTEGER_DTYPES or tuple(depth.shape) != shape:
+            raise TypeError(
+                f"depth must be an int or an integer tensor of shape {shape} in this mode, "
+                f"got a tensor of dtype {depth.dtype} and shape {tuple(depth.shape)}"
+            )
+        if not torch.compiler.is_compiling():
+            if depth.numel():
+                low, high = (int(v) for v in torch.aminmax(depth))
+                if low < 0:
+                    raise ValueError(f"depth must be >= 0, got a tensor holding {low}")
+                self._check_within_max(high)
+            self.last_depth = depth
+        return depth.to(device=x.device, dtype=torch.int64)
+
+    def _per_row(self, x: Tensor, depth: object) -> Tensor:
+        """Per-row depths in skip mode: each repeat runs on the active rows only."""
+        depths = self._choose_row_depths(_rows(x), depth)
+        return _repeats.per_row(self.layer, x, depths, self._shape_error)
+
+    # Data-dependent row counts: run eagerly inside a compiled model (one graph break).
+    _per_row_outside_graph = _repeats.outside_graph(_per_row)
+
+    def _choose_row_depths(self, rows: int, depth: object) -> Tensor:
+        """The rows' depths (a CPU int64 tensor): drawn, the eval policy's, or given."""
+        if isinstance(depth, Tensor):
+            if depth.dtype not in _INTEGER_DTYPES or tuple(depth.shape) != (rows,):
+                raise TypeError(
+                    f"depth must be an int or an integer tensor of shape ({rows},) with "
+                    f"per_sample=True, got a tensor of dtype {depth.dtype} and shape "
+                    f"{tuple(depth.shape)}"
+                )
+            depths = depth.to(device="cpu", dtype=torch.int64)
+            if rows and int(depths.min()) < 0:
+                raise ValueError(f"depth must be >= 0, got a tensor holding {int(depths.min())}")
+        elif depth is None and (self.training or self.eval_depth == "sample"):
+            depths = draw_batch(self.sampler, rows)
+        else:
+            value = check_int("depth", depth) if depth is not None else self._eval_depth()
+            depths = torch.full((rows,), value, dtype=torch.int64)
+        self.last_depth = depths
+        if self.training and rows:
+            counts = self._depth_counts
+            for value, count in enumerate(torch.bincount(depths).tolist()):
+                if count:
+                    counts[value] = counts.get(value, 0) + count
+        return depths
 
     @property
     def depth_histogram(self) -> dict[int, int]:
@@ -159,11 +370,7 @@ class RepeatedBlock(nn.Module):
         self._depth_counts = {}
 
     def _draw(self) -> int:
-        sampler = self.sampler
-        depth = sampler.sample()
-        if type(depth) is not int or not sampler.min_depth <= depth <= sampler.max_depth:
-            depth = _check_drawn(sampler, depth)
-        return depth
+        return draw_one(self.sampler)
 
     def _eval_depth(self) -> int:
         policy = _check_eval_depth(self.eval_depth)
@@ -226,9 +433,18 @@ class RepeatedBlock(nn.Module):
         sampler.load_state_dict(sampler_state)
 
     def extra_repr(self) -> str:
-        """Show the sampler and the eval-mode depth in ``print(block)``."""
+        """Show the sampler, the eval-mode depth and any non-default mode in ``print(block)``."""
         sampler = "" if isinstance(self.sampler, nn.Module) else f"sampler={self.sampler!r}, "
-        return f"{sampler}eval_depth={self.eval_depth!r}"
+        options = "".join(
+            f", {name}={value!r}"
+            for name, value, default in (
+                ("mode", self._mode, "skip"),
+                ("per_sample", self._per_sample, False),
+                ("checkpoint", self._checkpoint, False),
+            )
+            if value != default
+        )
+        return f"{sampler}eval_depth={self.eval_depth!r}{options}"
 
 
 def _check_eval_depth(value: object) -> EvalDepth:
@@ -242,20 +458,32 @@ def _check_eval_depth(value: object) -> EvalDepth:
     return check_int("eval_depth", value)
 
 
-def _check_drawn(sampler: DepthSampler, depth: object) -> int:
-    """The slow path of a draw: accept other integer types, or say what is wrong."""
-    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral):
+def _check_mode(value: object) -> Mode:
+    if not isinstance(value, str):
         raise TypeError(
-            f"sampler {sampler!r} returned {describe(depth)} from sample(); a depth must be an int"
+            f"mode must be one of {', '.join(map(repr, _MODES))}, got {describe(value)}"
         )
-    value = int(depth)
-    low, high = sampler.min_depth, sampler.max_depth
-    if not low <= value <= high:
+    if value not in _MODES:
+        raise ValueError(f"mode must be one of {', '.join(map(repr, _MODES))}, got {value!r}")
+    return cast(Mode, value)
+
+
+def _check_checkpoint(value: object) -> bool | int:
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"checkpoint must be a bool or an int >= 1 (repeats per segment), got {describe(value)}"
+        )
+    return check_int("checkpoint", value, minimum=1)
+
+
+def _rows(x: Tensor) -> int:
+    if x.ndim == 0:
         raise ValueError(
-            f"sampler {sampler!r} returned depth {value} from sample(), outside its "
-            f"bounds [min_depth={low}, max_depth={high}]"
+            "per_sample=True draws a depth for every row (dimension 0) of x, but x is a 0-d tensor"
         )
-    return value
+    return x.shape[0]
 
 
 def _default_missing_sampler_state(

@@ -81,6 +81,22 @@ class UniformDepth(_DepthRange):
         """Draw one depth with ``random.randint(low, high)``."""
         return random.randint(self._low, self._high)
 
+    def sample_batch(self, n: int) -> torch.Tensor:
+        """Draw ``n`` depths at once, also from Python's global ``random``.
+
+        It uses ``random.choices(range(low, high + 1), k=n)`` (one ``random()`` a
+        value), so ``random.seed`` makes it reproducible too; the values are not
+        those ``n`` calls of :meth:`sample` would return.
+
+        Args:
+            n: How many depths, an int >= 0.
+
+        Returns:
+            A CPU tensor of dtype ``torch.int64`` and shape ``(n,)``.
+        """
+        values = random.choices(range(self._low, self._high + 1), k=check_int("n", n))
+        return torch.tensor(values, dtype=torch.int64)
+
     def __repr__(self) -> str:
         return f"UniformDepth(low={self._low}, high={self._high})"
 
@@ -124,6 +140,10 @@ class FixedDepth:
     def sample(self) -> int:
         """Return :attr:`depth`."""
         return self._depth
+
+    def sample_batch(self, n: int) -> torch.Tensor:
+        """Return ``n`` copies of :attr:`depth`, a CPU ``torch.int64`` tensor."""
+        return torch.full((check_int("n", n),), self._depth, dtype=torch.int64)
 
     def probabilities(self) -> dict[int, float]:
         """Return the law of :meth:`sample`: ``{depth: 1.0}``."""
@@ -177,6 +197,18 @@ class SeededDepth(_DepthRange, GeneratorSampler):
     def sample(self) -> int:
         """Draw one depth from the sampler's own generator."""
         return int(torch.randint(self._low, self._high + 1, (), generator=self._generator))
+
+    def sample_batch(self, n: int) -> torch.Tensor:
+        """Draw ``n`` depths at once from the sampler's own generator.
+
+        Args:
+            n: How many depths, an int >= 0.
+
+        Returns:
+            A CPU tensor of dtype ``torch.int64`` and shape ``(n,)``.
+        """
+        size = (check_int("n", n),)
+        return torch.randint(self._low, self._high + 1, size, generator=self._generator)
 
     def _params(self) -> dict[str, Any]:
         return {"low": self._low, "high": self._high}
@@ -246,6 +278,12 @@ class BernoulliDepth(GeneratorSampler):
     def sample(self) -> int:
         """Draw one depth, the number of surviving repeats."""
         return int(torch.binomial(self._count, self._prob, generator=self._generator))
+
+    def sample_batch(self, n: int) -> torch.Tensor:
+        """Draw ``n`` depths at once (a CPU ``torch.int64`` tensor of shape ``(n,)``)."""
+        size = (check_int("n", n),)
+        count, prob = self._count.expand(size), self._prob.expand(size)
+        return torch.binomial(count, prob, generator=self._generator).to(torch.int64)
 
     def probabilities(self) -> dict[int, float]:
         """Return the law of :meth:`sample`: ``{depth: probability}``, Binomial."""
@@ -324,6 +362,14 @@ class GeometricDepth(GeneratorSampler):
         # The smallest k with P(depth <= k) > u, from 1 - (1 - p)^(k + 1) > u * mass.
         k = math.floor(math.log1p(-u * self._mass) / self._log_q)
         return min(max(k, 0), self._max_depth)
+
+    def sample_batch(self, n: int) -> torch.Tensor:
+        """Draw ``n`` depths at once (a CPU ``torch.int64`` tensor of shape ``(n,)``)."""
+        u = torch.rand(check_int("n", n), dtype=torch.float64, generator=self._generator)
+        if self._log_q == -math.inf:
+            return torch.zeros(n, dtype=torch.int64)
+        k = torch.floor(torch.log1p(-u * self._mass) / self._log_q)
+        return k.clamp(0, self._max_depth).to(torch.int64)
 
     def probabilities(self) -> dict[int, float]:
         """Return the law of :meth:`sample`: ``{depth: probability}``."""
@@ -443,6 +489,12 @@ class ScheduledDepth(GeneratorSampler):
         """Draw one depth, uniform over ``[low, bound_at(step)]``."""
         high = self.bound_at(self._step)
         return int(torch.randint(self._low, high + 1, (), generator=self._generator))
+
+    def sample_batch(self, n: int) -> torch.Tensor:
+        """Draw ``n`` depths at once, uniform over ``[low, bound_at(step)]``."""
+        high = self.bound_at(self._step)
+        size = (check_int("n", n),)
+        return torch.randint(self._low, high + 1, size, generator=self._generator)
 
     def probabilities(self) -> dict[int, float]:
         """Return the law of :meth:`sample` at the current step: ``{depth: probability}``."""

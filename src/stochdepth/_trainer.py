@@ -23,7 +23,9 @@ class StepRecord(NamedTuple):
         loss: The loss of that step's forward pass, before the update.
         depth: The depth the model's :class:`~stochdepth.RepeatedBlock` used; with
             several blocks, the total number of repeats they applied; ``None`` for a
-            model without one.
+            model without one. A block with ``per_sample=True`` counts its deepest
+            row's depth (the repeats it ran); its rows' depths are in its
+            ``depth_histogram``.
     """
 
     step: int
@@ -216,10 +218,20 @@ def train(
 
 def _total_depth(blocks: list[RepeatedBlock]) -> int | None:
     if len(blocks) == 1:
-        return blocks[0].last_depth
+        depth = blocks[0].last_depth
+        return depth if depth is None or type(depth) is int else _repeats_applied(depth)
     if not blocks:
         return None
-    return sum(block.last_depth or 0 for block in blocks)
+    return sum(_repeats_applied(block.last_depth) for block in blocks)
+
+
+def _repeats_applied(depth: int | Tensor | None) -> int:
+    """A block's depth as an int: a per-row block counts its deepest row's repeats."""
+    if depth is None:
+        return 0
+    if isinstance(depth, Tensor):
+        return int(depth.max()) if depth.numel() else 0
+    return depth
 
 
 def _flush(pending: list[Tensor], losses: list[float]) -> None:

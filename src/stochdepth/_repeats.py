@@ -1,0 +1,201 @@
+"""The ways a :class:`~stochdepth.RepeatedBlock` applies its layer: the repeat loops.
+
+* :func:`skip`: apply the layer ``depth`` times (``depth`` a Python int); the graph
+  has exactly the repeats used. The default.
+* :func:`masked`: apply the layer ``max_depth`` times and keep, at each repeat, the
+  new value only where the repeat is within the depth (``torch.where``); the graph
+  does not depend on the depth, which enters as a tensor (one per batch, or one per
+  row).
+* :func:`per_row`: each row of the batch has its own depth; at each repeat the layer
+  runs only on the rows still active (a prefix of the rows sorted by depth), so the
+  work follows the mean depth, not the maximum.
+* :func:`segments`: split ``depth`` repeats into checkpointed segments
+  (``torch.utils.checkpoint``, non-reentrant), so that only each segment's input is
+  kept for the backward pass.
+
+Every application checks that the layer returned a tensor of its input's shape; the
+check raises through ``error(x, out, repeat, depth)``, which builds the message.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+ShapeError = Callable[[Tensor, object, int, int], Exception]
+"""Builds the error for a layer that changed its input's shape: ``(x, out, repeat, depth)``."""
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def outside_graph(function: _F) -> _F:
+    """``torch.compiler.disable(function)``: Dynamo runs it eagerly, with a graph break.
+
+    Used for what must happen on every call at run time, never once at trace time:
+    drawing the depth, recording it, and the data-dependent per-row loop.
+    """
+    return cast(_F, torch.compiler.disable(function))  # type: ignore[no-untyped-call]
+
+
+def skip(
+    layer: nn.Module, x: Tensor, start: int, stop: int, depth: int, error: ShapeError
+) -> Tensor:
+    """Apply ``layer`` for repeats ``start..stop-1`` (of ``depth``); checks every output.
+
+    Args:
+        layer: The repeated module.
+        x: The input of repeat ``start``.
+        start: The first repeat's index.
+        stop: One past the last repeat's index.
+        depth: The total depth, for error messages.
+        error: Builds the error raised when the layer changes the shape.
+
+    Returns:
+        The output of repeat ``stop - 1``; ``x`` itself when ``start >= stop``.
+    """
+    for repeat in range(start, stop):
+        out = layer(x)
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            raise error(x, out, repeat, depth)
+        x = out
+    return x
+
+
+def segment_length(depth: int, checkpoint_every: int | None) -> int:
+    """How many repeats one checkpointed segment holds.
+
+    Args:
+        depth: The number of repeats.
+        checkpoint_every: The segment length asked for, or ``None`` for
+            ``ceil(sqrt(depth))``, which keeps ``O(sqrt(depth))`` activations alive.
+
+    Returns:
+        The segment length, at least 1.
+    """
+    if checkpoint_every is None:
+        return max(1, math.isqrt(depth - 1) + 1) if depth > 0 else 1
+    return checkpoint_every
+
+
+def segments(
+    layer: nn.Module,
+    x: Tensor,
+    depth: int,
+    checkpoint_every: int | None,
+    error: ShapeError,
+) -> Tensor:
+    """Apply ``layer`` ``depth`` times in checkpointed segments.
+
+    During the forward pass each segment keeps only its input; the backward pass
+    recomputes one segment at a time. The recomputation runs the same kernels on the
+    same values, so the gradients are bitwise those of :func:`skip`.
+
+    Args:
+        layer: The repeated module.
+        x: The input.
+        depth: The number of repeats.
+        checkpoint_every: Repeats per segment, or ``None`` for ``ceil(sqrt(depth))``.
+        error: Builds the error raised when the layer changes the shape.
+
+    Returns:
+        The layer applied ``depth`` times; ``x`` itself at depth 0.
+    """
+    length = segment_length(depth, checkpoint_every)
+    for start in range(0, depth, length):
+        stop = min(start + length, depth)
+        x = cast(Tensor, checkpoint(skip, layer, x, start, stop, depth, error, use_reentrant=False))
+    return x
+
+
+def masked(
+    layer: nn.Module,
+    x: Tensor,
+    depth: Tensor,
+    max_depth: int,
+    error: ShapeError,
+    *,
+    checkpointed: bool = False,
+    checkpoint_every: int | None = None,
+) -> Tensor:
+    """Apply ``layer`` ``max_depth`` times, keeping repeat ``i`` only where ``i < depth``.
+
+    Args:
+        layer: The repeated module; it runs ``max_depth`` times on every row.
+        x: The input.
+        depth: A 0-d integer tensor (one depth for the batch) or a 1-d one of
+            ``x.shape[0]`` values (one depth per row), on ``x``'s device.
+        max_depth: How many repeats the graph holds.
+        error: Builds the error raised when the layer changes the shape.
+        checkpointed: Whether to checkpoint the repeats in segments.
+        checkpoint_every: Repeats per checkpointed segment, or ``None`` for
+            ``ceil(sqrt(max_depth))``.
+
+    Returns:
+        Each row of ``x`` after its depth's repeats. The unused repeats contribute
+        exact zeros to the gradients (not ``None``).
+    """
+    if depth.ndim == 1:
+        depth = depth.view(-1, *([1] * (x.ndim - 1)))
+
+    def run(x: Tensor, start: int, stop: int) -> Tensor:
+        for repeat in range(start, stop):
+            out = layer(x)
+            if not isinstance(out, Tensor) or out.shape != x.shape:
+                raise error(x, out, repeat, max_depth)
+            x = torch.where(depth > repeat, out, x)
+        return x
+
+    if not checkpointed or not torch.is_grad_enabled():
+        return run(x, 0, max_depth)
+    length = segment_length(max_depth, checkpoint_every)
+    for start in range(0, max_depth, length):
+        stop = min(start + length, max_depth)
+        x = cast(Tensor, checkpoint(run, x, start, stop, use_reentrant=False))
+    return x
+
+
+def per_row(layer: nn.Module, x: Tensor, depths: Tensor, error: ShapeError) -> Tensor:
+    """Apply ``layer`` to each row of ``x`` its own number of times, only where needed.
+
+    The rows are sorted by depth, deepest first (one gather); repeat ``i`` then runs
+    the layer on the prefix of rows whose depth exceeds ``i``, and the rows that stop
+    there are set aside. One concatenation and one gather put the rows back in order.
+    The layer runs on ``sum(depths)`` rows in all.
+
+    Args:
+        layer: The repeated module; it must treat rows (dimension 0) independently.
+        x: The input, rows along dimension 0.
+        depths: A CPU ``torch.int64`` tensor of ``x.shape[0]`` depths >= 0.
+        error: Builds the error raised when the layer changes the shape.
+
+    Returns:
+        Each row of ``x`` after its depth's repeats; ``x`` itself when every depth is 0.
+    """
+    rows = x.shape[0]
+    if rows == 0:
+        return x
+    counts = torch.bincount(depths)
+    deepest = counts.numel() - 1
+    # active[i]: how many rows have depth > i, for i in 0..deepest.
+    active: list[int] = (rows - torch.cumsum(counts, 0)).tolist()
+    if deepest == 0 or active[deepest - 1] == rows:
+        return skip(layer, x, 0, deepest, deepest, error)  # every row has the same depth
+    order = torch.argsort(depths, descending=True, stable=True).to(x.device)
+    h = x.index_select(0, order)
+    pieces = [h[active[0] :]]  # depth 0: the input rows themselves
+    h = h[: active[0]]
+    for repeat in range(deepest):
+        out = layer(h)
+        if not isinstance(out, Tensor) or out.shape != h.shape:
+            raise error(h, out, repeat, deepest)
+        keep = active[repeat + 1]
+        pieces.append(out[keep:])
+        h = out[:keep]
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(rows, device=order.device)
+    return torch.cat(pieces[::-1]).index_select(0, inverse)
