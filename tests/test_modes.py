@@ -418,3 +418,43 @@ def test_repr_shows_the_options_that_are_not_the_default() -> None:
     assert "mode='masked', per_sample=True, checkpoint=2" in repr(block)
     assert (block.mode, block.per_sample, block.checkpoint) == ("masked", True, 2)
     assert "mode=" not in repr(RepeatedBlock(nn.Linear(2, 2)))
+
+
+# --------------------------------------------------------------------------- CUDA
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"mode": "masked"},
+        {"per_sample": True},
+        {"per_sample": True, "mode": "masked"},
+        {"checkpoint": True},
+        {"checkpoint": 2, "mode": "masked"},
+    ],
+    ids=str,
+)
+def test_every_mode_gives_the_cpus_results_on_cuda(
+    cuda_device: torch.device, options: dict[str, object]
+) -> None:
+    layer = make_layer("linear-tanh", 6, 0)
+    on_cpu = RepeatedBlock(layer, SeededDepth(0, 5, seed=3), **options)  # type: ignore[arg-type]
+    on_dev = RepeatedBlock(
+        make_layer("linear-tanh", 6, 0).to(cuda_device), SeededDepth(0, 5, seed=3), **options
+    )  # type: ignore[arg-type]
+    x = torch.randn(7, 6)
+    weight = torch.randn(7, 6)
+    for step in range(4):
+        want = backward(on_cpu, x, weight)
+        got = backward(on_dev, x.to(cuda_device), weight.to(cuda_device))
+        if isinstance(on_cpu.last_depth, Tensor):
+            assert torch.equal(on_dev.last_depth.cpu(), on_cpu.last_depth)  # type: ignore[union-attr]
+        else:
+            assert on_dev.last_depth == on_cpu.last_depth, step
+        for have, expected in zip(
+            [got[0], got[1], *got[2]], [want[0], want[1], *want[2]], strict=True
+        ):
+            assert (have is None) == (expected is None), step
+            if have is not None and expected is not None:
+                assert have.device.type == cuda_device.type
+                torch.testing.assert_close(have.cpu(), expected, rtol=1e-4, atol=1e-5)

@@ -18,7 +18,7 @@ class DepthSampler(Protocol):
     anything. ``min_depth`` and ``max_depth`` are the inclusive bounds of what
     :meth:`sample` can return; the block checks every draw against them.
 
-    Two optional members extend it; a sampler without them still works:
+    Optional members extend it; a sampler without them still works:
 
     - ``state_dict()`` returning a dict, and ``load_state_dict(state)``: a sampler
       that keeps random state of its own (such as :class:`~stochdepth.SeededDepth`)
@@ -26,6 +26,9 @@ class DepthSampler(Protocol):
     - ``set_step(step: int)``: :func:`~stochdepth.train` calls it with each training
       step's index before the step, so that a schedule (such as
       :class:`~stochdepth.ScheduledDepth`) can follow training.
+    - ``sample_batch(n: int) -> torch.Tensor``: ``n`` depths at once, an int64 tensor
+      of shape ``(n,)``, for a block with ``per_sample=True``; without it, the block
+      calls ``sample()`` ``n`` times. Every built-in sampler has it.
 
     Example:
         >>> import stochdepth

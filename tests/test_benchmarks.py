@@ -1,0 +1,42 @@
+"""The benchmark script runs and prints every row, so that it cannot rot.
+
+Only that: timings belong to the benchmark's report, not to assertions here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from processes import run_python
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+
+ROWS = [
+    "1 overhead: package train() vs article loop, per step",
+    "1 overhead: package train() vs article loop with ReLU for clamp",
+    "2 compile: skip mode, torch.compile(model)",
+    "2 compile: masked mode, torch.compile(model)",
+    "2 compile: masked mode, fullgraph=True, depth as a tensor",
+    "3 per-sample: per-row 0..8 (skip) vs batch depth 8",
+    "3 per-sample: per-row 0..8 (skip) vs mask-everything (masked)",
+    "4 memory: depth 1: checkpoint=True vs plain",
+    "4 memory: depth 8: checkpoint=True vs plain",
+    "4 memory: depth 64: checkpoint=True vs plain",
+]
+
+
+def test_quick_benchmark_prints_every_row_and_the_machine() -> None:
+    result = run_python(SCRIPT, "--quick", "--threads", "1", check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = result.stdout
+    assert "command: python benchmarks/run.py --quick --threads 1" in table
+    assert "torch threads 1" in table
+    assert "torch 2." in table
+    assert "logical cores" in table
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert len(lines) == 2 + len(ROWS)
+    for row, line in zip(ROWS, lines[2:], strict=True):
+        assert line.startswith(f"| {row} |"), line
+        cells = [cell.strip() for cell in line.split("|")[1:-1]]
+        assert cells[5] != "error", line
+        assert cells[3], f"no ratio in {line}"
