@@ -163,7 +163,7 @@ def ms(seconds: float) -> str:
 
 def mib(size: float) -> str:
     """Bytes shown as MiB."""
-    return f"{size / 2**20:.2f} MiB"
+    return f"{size / 2**20:.3f} MiB"
 
 
 # --------------------------------------------------------------------------- 1. overhead

@@ -138,8 +138,10 @@ def test_more_depths_than_the_recompile_limit_stay_correct() -> None:
     limit = torch._dynamo.config.recompile_limit
     torch.manual_seed(0)
     block = RepeatedBlock(nn.Linear(3, 3), FixedDepth(0))
-    compiled = torch.compile(block, backend="eager")
+    counter = CompileCounter()
+    compiled = torch.compile(block, backend=counter)
     x = torch.randn(2, 3)
     for depth in range(limit + 3):
         torch.testing.assert_close(compiled(x, depth), block(x, depth), rtol=0, atol=0)
         assert block.last_depth == depth
+    assert counter.frame_count == limit  # depths 0 to limit - 1, one graph each
