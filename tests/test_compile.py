@@ -85,7 +85,10 @@ def test_masked_mode_compiles_fullgraph_to_one_graph_for_every_depth() -> None:
     compiled = torch.compile(block, backend=counter, fullgraph=True)
     x = torch.randn(3, 6)
     for depth in [0, 3, 1, 4, 2, 0]:
-        assert torch.equal(compiled(x, torch.tensor(depth)), block(x, depth))
+        given = torch.tensor(depth)
+        out = compiled(x, given)
+        assert block.last_depth is given  # set under compile too
+        assert torch.equal(out, block(x, depth))
     assert counter.frame_count == 1
     explanation = torch._dynamo.explain(block)(x, torch.tensor(2))
     assert explanation.graph_count == 1

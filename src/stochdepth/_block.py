@@ -301,12 +301,12 @@ class RepeatedBlock(nn.Module):
                 f"depth must be an int or an integer tensor of shape {shape} in this mode, "
                 f"got a tensor of dtype {depth.dtype} and shape {tuple(depth.shape)}"
             )
-        if not torch.compiler.is_compiling():
-            if depth.numel():
-                low, high = (int(v) for v in torch.aminmax(depth))
-                if low < 0:
-                    raise ValueError(f"depth must be >= 0, got a tensor holding {low}")
-                self._check_within_max(high)
+        if not torch.compiler.is_compiling() and depth.numel():
+            low, high = (int(v) for v in torch.aminmax(depth))
+            if low < 0:
+                raise ValueError(f"depth must be >= 0, got a tensor holding {low}")
+            self._check_within_max(high)
+        if not torch.compiler.is_exporting():  # an exported program has no attributes to set
             self.last_depth = depth
         return depth.to(device=x.device, dtype=torch.int64)
 
@@ -328,8 +328,9 @@ class RepeatedBlock(nn.Module):
                     f"{tuple(depth.shape)}"
                 )
             depths = depth.to(device="cpu", dtype=torch.int64)
-            if rows and int(depths.min()) < 0:
-                raise ValueError(f"depth must be >= 0, got a tensor holding {int(depths.min())}")
+            low = int(depths.min()) if rows else 0
+            if low < 0:
+                raise ValueError(f"depth must be >= 0, got a tensor holding {low}")
         elif depth is None and (self.training or self.eval_depth == "sample"):
             depths = draw_batch(self.sampler, rows)
         else:
