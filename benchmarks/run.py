@@ -402,7 +402,9 @@ def per_sample(bench: Bench) -> None:
     with bench.row("3 per-sample", "per-row 0..8 (skip) vs mask-everything (masked)") as row:
         row.a, row.b = ms(medians["masked"]), ms(medians["rows"])
         row.ratio = medians["rows"] / medians["masked"]
-        row.note = "masked: the layer runs 8 times on every row, torch.where keeps each row's own repeats"
+        row.note = (
+            "masked: the layer runs 8 times on every row, torch.where keeps each row's own repeats"
+        )
 
 
 # --------------------------------------------------------------------------- 4. memory

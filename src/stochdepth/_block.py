@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _repeats
-from ._draws import draw_batch, draw_one
+from ._draws import check_drawn, draw_batch, draw_one
 from ._protocol import DepthSampler, check_sampler, has_state
 from ._samplers import UniformDepth
 from ._validation import check_int, describe
@@ -179,9 +179,10 @@ class RepeatedBlock(nn.Module):
         else:
             depth = self._choose_depth(depth)
         layer = self.layer
+        shape = x.shape  # every accepted output has it, so one Size object serves all repeats
         for repeat in range(depth):
             out = layer(x)
-            if not isinstance(out, Tensor) or out.shape != x.shape:
+            if not isinstance(out, Tensor) or out.shape != shape:
                 raise self._shape_error(x, out, repeat, depth)
             x = out
         return x
@@ -204,7 +205,13 @@ class RepeatedBlock(nn.Module):
     def _choose_depth(self, depth: object) -> int:
         """Draw, or take the eval policy's, or check the given depth; record it."""
         if depth is None:
-            depth = draw_one(self.sampler) if self.training else self._eval_depth()
+            if self.training:  # draw_one, inlined: this is the hot path
+                sampler = self.sampler
+                depth = sampler.sample()
+                if type(depth) is not int or not sampler.min_depth <= depth <= sampler.max_depth:
+                    depth = check_drawn(sampler, depth)
+            else:
+                depth = self._eval_depth()
         elif type(depth) is not int or depth < 0:
             depth = check_int("depth", depth)
         # Not through nn.Module.__setattr__: a plain attribute, and this is the hot path.
@@ -306,7 +313,7 @@ class RepeatedBlock(nn.Module):
             if low < 0:
                 raise ValueError(f"depth must be >= 0, got a tensor holding {low}")
             self._check_within_max(high)
-        if not torch.compiler.is_exporting():  # an exported program has no attributes to set
+        if not _repeats.exporting():  # an exported program has no attributes to set
             self.last_depth = depth
         return depth.to(device=x.device, dtype=torch.int64)
 

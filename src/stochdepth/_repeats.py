@@ -42,6 +42,12 @@ def outside_graph(function: _F) -> _F:
     return cast(_F, torch.compiler.disable(function))  # type: ignore[no-untyped-call]
 
 
+def exporting() -> bool:
+    """Whether ``torch.export`` is tracing (``torch.compiler.is_exporting``, torch >= 2.5)."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting()) if is_exporting is not None else False
+
+
 def skip(
     layer: nn.Module, x: Tensor, start: int, stop: int, depth: int, error: ShapeError
 ) -> Tensor:
@@ -58,9 +64,10 @@ def skip(
     Returns:
         The output of repeat ``stop - 1``; ``x`` itself when ``start >= stop``.
     """
+    shape = x.shape
     for repeat in range(start, stop):
         out = layer(x)
-        if not isinstance(out, Tensor) or out.shape != x.shape:
+        if not isinstance(out, Tensor) or out.shape != shape:
             raise error(x, out, repeat, depth)
         x = out
     return x
