@@ -193,16 +193,17 @@ def per_row(layer: nn.Module, x: Tensor, depths: Tensor, error: ShapeError) -> T
     if deepest == 0 or active[deepest - 1] == rows:
         return skip(layer, x, 0, deepest, deepest, error)  # every row has the same depth
     order = torch.argsort(depths, descending=True, stable=True).to(x.device)
-    h = x.index_select(0, order)
-    pieces = [h[active[0] :]]  # depth 0: the input rows themselves
-    h = h[: active[0]]
+    # split, not two slices: its backward is one concatenation, where each slice's
+    # backward would fill a zero tensor of the whole input's size.
+    h, done = x.index_select(0, order).split([active[0], rows - active[0]])
+    pieces = [done]  # depth 0: the input rows themselves
     for repeat in range(deepest):
         out = layer(h)
         if not isinstance(out, Tensor) or out.shape != h.shape:
             raise error(h, out, repeat, deepest)
         keep = active[repeat + 1]
-        pieces.append(out[keep:])
-        h = out[:keep]
+        h, done = out.split([keep, out.shape[0] - keep])
+        pieces.append(done)
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(rows, device=order.device)
     return torch.cat(pieces[::-1]).index_select(0, inverse)
