@@ -195,14 +195,14 @@ def per_row(layer: nn.Module, x: Tensor, depths: Tensor, error: ShapeError) -> T
     order = torch.argsort(depths, descending=True, stable=True).to(x.device)
     # split, not two slices: its backward is one concatenation, where each slice's
     # backward would fill a zero tensor of the whole input's size.
-    h, done = x.index_select(0, order).split([active[0], rows - active[0]])
+    h, done = torch.split(x.index_select(0, order), [active[0], rows - active[0]])
     pieces = [done]  # depth 0: the input rows themselves
     for repeat in range(deepest):
         out = layer(h)
         if not isinstance(out, Tensor) or out.shape != h.shape:
             raise error(h, out, repeat, deepest)
         keep = active[repeat + 1]
-        h, done = out.split([keep, out.shape[0] - keep])
+        h, done = torch.split(out, [keep, out.shape[0] - keep])
         pieces.append(done)
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(rows, device=order.device)
