@@ -26,7 +26,7 @@ from stochdepth import (
     train,
 )
 
-from processes import QUIET_ENV, TIMEOUT
+from processes import QUIET_ENV, TIMEOUT, run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "examples" / "sampler-plugin"
@@ -77,14 +77,7 @@ def _plugin_installed() -> Iterator[None]:
 
 
 def run_module(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stochdepth", *args],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env=QUIET_ENV,
-        check=False,
-    )
+    return run_python("-m", "stochdepth", *args, check=False)
 
 
 def test_the_plugin_is_installed_with_its_entry_point() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import subprocess
 import sys
 import textwrap
@@ -35,7 +34,7 @@ from stochdepth import (
     unregister_sampler,
 )
 
-from processes import QUIET_ENV, TIMEOUT
+from processes import run_python
 
 BUILTINS = {
     "uniform": UniformDepth,
@@ -402,15 +401,8 @@ def test_each_broken_plugin_warns_once_per_discovery(make_plugin: PluginMaker) -
 
 
 def run_cli(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**QUIET_ENV, "PYTHONPATH": os.pathsep.join([str(path), QUIET_ENV.get("PYTHONPATH", "")])}
-    return subprocess.run(
-        [sys.executable, "-m", "stochdepth", *args],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env=env,
-        check=False,
-    )
+    """Run ``python -m stochdepth ARGS`` with the fake plugins of ``path`` importable."""
+    return run_python("-m", "stochdepth", *args, check=False, env={"PYTHONPATH": str(path)})
 
 
 def test_the_command_line_uses_and_lists_plugins(make_plugin: PluginMaker) -> None:
