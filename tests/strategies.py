@@ -52,9 +52,8 @@ def samplers(draw: st.DrawFn) -> DepthSampler:
         return BernoulliDepth(high, draw(st.floats(0.0, 1.0)), seed=draw(seeds))
     if kind == "geometric":
         return GeometricDepth(draw(st.floats(0.05, 1.0)), high, seed=draw(seeds))
-    sampler = ScheduledDepth(high, low, draw(st.integers(0, 20)), low=low, seed=draw(seeds))
-    sampler.set_step(draw(st.integers(0, 30)))
-    return sampler
+    # A fresh schedule, at step 0 like every other sampler here before its first draw.
+    return ScheduledDepth(high, low, draw(st.integers(0, 20)), low=low, seed=draw(seeds))
 
 
 LAYERS: dict[str, Callable[[int], nn.Module]] = {
