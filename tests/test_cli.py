@@ -23,7 +23,11 @@ import article9
 from processes import QUIET_ENV, TIMEOUT
 
 SCRIPT = Path(sys.executable).with_name("stochdepth")
-SAMPLER_NAMES = ("uniform", "fixed", "seeded")
+SAMPLER_NAMES = ("uniform", "fixed", "seeded", "bernoulli", "geometric", "scheduled")
+# What `train` prints on stderr at the end (unless --no-summary), and nothing else.
+SUMMARY = re.compile(
+    r"stochdepth train: \d+ steps(, final loss \S+, mean depth \d+\.\d{3}, depths( \d+:\d+)+)?\n"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -104,7 +108,8 @@ def test_default_run_prints_the_article_lines(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     status, out, err = run_main(capsys, "train", "--seed", "0")
-    assert (status, err) == (0, "")
+    assert status == 0
+    assert SUMMARY.fullmatch(err), err
     pairs = parse_log(out)
     assert [t for t, _ in pairs] == [99, 199, 299, 399, 499]
     assert out.splitlines() == article_lines(monkeypatch, 0, 500, None)
@@ -117,7 +122,8 @@ def test_a_line_every_log_every_steps(
     status, out, err = run_main(
         capsys, "train", "--seed", "1", "--steps", str(steps), "--log-every", str(log_every)
     )
-    assert (status, err) == (0, "")
+    assert status == 0
+    assert SUMMARY.fullmatch(err), err
     assert [t for t, _ in parse_log(out)] == logged_steps(steps, log_every)
 
 
@@ -132,11 +138,19 @@ def test_log_lines_are_the_losses_of_a_longer_log(capsys: pytest.CaptureFixture[
 
 @pytest.mark.parametrize("steps", ["0", "30"])
 def test_log_every_zero_prints_nothing(capsys: pytest.CaptureFixture[str], steps: str) -> None:
-    assert run_main(capsys, "train", "--steps", steps, "--log-every", "0") == (0, "", "")
+    assert run_main(capsys, "train", "--steps", steps, "--log-every", "0", "--no-summary") == (
+        0,
+        "",
+        "",
+    )
 
 
 def test_zero_steps_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_main(capsys, "train", "--steps", "0", "--log-every", "1") == (0, "", "")
+    assert run_main(capsys, "train", "--steps", "0", "--log-every", "1", "--no-summary") == (
+        0,
+        "",
+        "",
+    )
 
 
 def test_seed_makes_runs_identical(capsys: pytest.CaptureFixture[str]) -> None:
@@ -162,7 +176,8 @@ def test_fixed_sampler_runs_the_article_loop_at_that_depth(
     status, out, err = run_main(
         capsys, "train", "--seed", "3", "--steps", "100", "--sampler", f"fixed:depth={depth}"
     )
-    assert (status, err) == (0, "")
+    assert status == 0
+    assert SUMMARY.fullmatch(err), err
     assert out.splitlines() == article_lines(monkeypatch, 3, 100, lambda: depth)
 
 
@@ -179,7 +194,8 @@ def test_seeded_sampler_runs_the_article_loop_with_its_depths(
 ) -> None:
     spec = "seeded:low=0,high=3,seed=7"
     status, out, err = run_main(capsys, "train", "--seed", "4", "--steps", "100", "--sampler", spec)
-    assert (status, err) == (0, "")
+    assert status == 0
+    assert SUMMARY.fullmatch(err), err
     reference = SeededDepth(0, 3, seed=7)
     assert out.splitlines() == article_lines(monkeypatch, 4, 100, reference.sample)
 
@@ -319,7 +335,8 @@ def test_largest_seed_is_accepted(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, err = run_main(
         capsys, "train", "--seed", str(2**64 - 1), "--steps", "10", "--log-every", "10"
     )
-    assert (status, err) == (0, "")
+    assert status == 0
+    assert SUMMARY.fullmatch(err), err
     assert [t for t, _ in parse_log(out)] == [9]
 
 
@@ -333,7 +350,8 @@ def test_module_and_script_print_what_main_prints(capsys: pytest.CaptureFixture[
     assert [t for t, _ in parse_log(expected)] == [9, 19]
     for entry in ENTRY_POINTS:
         result = run_child(entry, *args)
-        assert (result.returncode, result.stderr) == (0, ""), entry
+        assert result.returncode == 0, entry
+        assert SUMMARY.fullmatch(result.stderr), (entry, result.stderr)
         assert result.stdout == expected, entry
 
 

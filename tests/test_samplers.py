@@ -477,7 +477,10 @@ def test_any_non_int_bound_is_a_type_error(value: object, which: str) -> None:
 def test_any_non_int_depth_or_seed_is_a_type_error(value: object) -> None:
     with pytest.raises(TypeError, match=rf"\bdepth must be an int, got {shows(value)}"):
         FixedDepth(value)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=rf"\bseed must be an int, got {shows(value)}"):
+    seed_error = (
+        "needs parameter 'seed'" if value is None else f"seed must be an int, got {shows(value)}"
+    )
+    with pytest.raises(TypeError, match=rf"\b{seed_error}"):
         SeededDepth(0, 3, seed=value)  # type: ignore[arg-type]
 
 

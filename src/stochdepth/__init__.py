@@ -3,12 +3,24 @@
 import importlib.metadata as _metadata
 
 from ._block import RepeatedBlock as RepeatedBlock
+from ._errors import SamplerPluginError as SamplerPluginError
+from ._errors import SamplerPluginWarning as SamplerPluginWarning
+from ._errors import UnknownSamplerError as UnknownSamplerError
 from ._model import DynamicNet as DynamicNet
 from ._protocol import DepthSampler as DepthSampler
+from ._registry import available_samplers as available_samplers
+from ._registry import get_sampler as get_sampler
+from ._registry import refresh_samplers as refresh_samplers
+from ._registry import register_sampler as register_sampler
+from ._registry import unregister_sampler as unregister_sampler
+from ._samplers import BernoulliDepth as BernoulliDepth
 from ._samplers import FixedDepth as FixedDepth
+from ._samplers import GeometricDepth as GeometricDepth
+from ._samplers import ScheduledDepth as ScheduledDepth
 from ._samplers import SeededDepth as SeededDepth
 from ._samplers import UniformDepth as UniformDepth
 from ._trainer import StepRecord as StepRecord
+from ._trainer import TrainingHistory as TrainingHistory
 from ._trainer import train as train
 
 try:
@@ -17,15 +29,27 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from a sour
     __version__ = "0+unknown"
 
 __all__ = [
+    "BernoulliDepth",
     "DepthSampler",
     "DynamicNet",
     "FixedDepth",
+    "GeometricDepth",
     "RepeatedBlock",
+    "SamplerPluginError",
+    "SamplerPluginWarning",
+    "ScheduledDepth",
     "SeededDepth",
     "StepRecord",
+    "TrainingHistory",
     "UniformDepth",
+    "UnknownSamplerError",
     "__version__",
+    "available_samplers",
+    "get_sampler",
+    "refresh_samplers",
+    "register_sampler",
     "train",
+    "unregister_sampler",
 ]
 
 # Show the public names as `stochdepth.X`, not the private modules they live in.

@@ -50,6 +50,9 @@ class RepeatedBlock(nn.Module):
             restored block continues the same sequence of depths.
         eval_depth: The eval-mode depth policy.
         last_depth: The depth the last forward pass used (``None`` before the first).
+        depth_histogram: How many training-mode forward passes used each depth
+            (telemetry, not saved in the ``state_dict``; see
+            :meth:`reset_depth_histogram`).
 
     Raises:
         TypeError: ``layer`` is not an ``nn.Module``, ``sampler`` does not satisfy
@@ -73,6 +76,7 @@ class RepeatedBlock(nn.Module):
     sampler: DepthSampler
     eval_depth: EvalDepth
     last_depth: int | None
+    _depth_counts: dict[int, int]
 
     def __init__(
         self,
@@ -88,6 +92,7 @@ class RepeatedBlock(nn.Module):
         self.sampler = UniformDepth() if sampler is None else check_sampler(sampler)
         self.eval_depth = _check_eval_depth(eval_depth)
         self.last_depth = None
+        self._depth_counts = {}
         self.register_load_state_dict_pre_hook(  # type: ignore[no-untyped-call]
             _default_missing_sampler_state
         )
@@ -117,12 +122,41 @@ class RepeatedBlock(nn.Module):
         else:
             depth = check_int("depth", depth)
         self.last_depth = depth
+        if self.training:
+            counts = self._depth_counts
+            counts[depth] = counts.get(depth, 0) + 1
         for repeat in range(depth):
             out = self.layer(x)
             if not isinstance(out, Tensor) or out.shape != x.shape:
                 raise self._shape_error(x, out, repeat, depth)
             x = out
         return x
+
+    @property
+    def depth_histogram(self) -> dict[int, int]:
+        """How many training-mode forward passes used each depth, by depth.
+
+        Every forward pass in training mode counts, whether its depth was drawn or
+        given; eval mode does not count. Compare it with the sampler's law to check
+        that the sampler does what you think.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> from stochdepth import RepeatedBlock, SeededDepth
+            >>> block = RepeatedBlock(nn.Linear(4, 4), SeededDepth(0, 3, seed=0))
+            >>> for _ in range(100):
+            ...     _ = block(torch.randn(2, 4))
+            >>> sorted(block.depth_histogram) == [0, 1, 2, 3]
+            True
+            >>> sum(block.depth_histogram.values())
+            100
+        """
+        return dict(sorted(self._depth_counts.items()))
+
+    def reset_depth_histogram(self) -> None:
+        """Forget the counts of :attr:`depth_histogram`."""
+        self._depth_counts = {}
 
     def _draw(self) -> int:
         sampler = self.sampler

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import math
 import os
 import random
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -15,7 +17,7 @@ import torch
 
 from ._model import DynamicNet
 from ._protocol import DepthSampler
-from ._spec import sampler_from_spec
+from ._registry import BUILTIN_SAMPLERS, available_samplers, get_sampler, lookup_sampler
 from ._trainer import train
 
 PROG = "stochdepth"
@@ -65,11 +67,12 @@ def _float_above(minimum: float, *, inclusive: bool) -> Callable[[str], float]:
 
 
 def _sampler(text: str) -> DepthSampler:
-    """An argparse ``type``: a sampler spec, built with :func:`sampler_from_spec`."""
+    """An argparse ``type``: a sampler spec, built with :func:`get_sampler`."""
     try:
-        return sampler_from_spec(text)
-    except (TypeError, ValueError, LookupError) as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+        return get_sampler(text)
+    except Exception as error:  # a plugin's constructor may raise anything: one line
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,15 +126,45 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         help=(
             "the depth sampler, NAME or NAME:key=value,...: uniform:low=0,high=3 (the "
-            "default), fixed:depth=2, seeded:low=0,high=3,seed=7"
+            "default), fixed:depth=2, seeded:low=0,high=3,seed=7, "
+            "bernoulli:max_depth=6,p=0.8; any name that 'stochdepth samplers' lists"
         ),
+    )
+    run.add_argument(
+        "--summary",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="print the mean depth and the depth histogram on stderr at the end (default: on)",
     )
     run.add_argument(
         "--progress",
         action="store_true",
         help="draw a progress bar on stderr (needs tqdm: the 'progress' extra)",
     )
+    commands.add_parser(
+        "samplers",
+        help="list the samplers --sampler takes: built-in, registered and from plugins",
+        description=(
+            "List the sampler names that --sampler takes, one per line with the first "
+            "line of its documentation: the built-in ones and those that installed "
+            "packages provide through the 'stochdepth.samplers' entry point."
+        ),
+    )
     return parser
+
+
+def _samplers() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        names = available_samplers()
+    for warning in caught:
+        print(f"{PROG} samplers: warning: {warning.message}", file=sys.stderr)
+    width = max(map(len, names), default=0)
+    for name in names:
+        factory = lookup_sampler(name)
+        doc = (inspect.getdoc(factory) or "").partition("\n")[0].replace("``", "")
+        origin = "" if name in BUILTIN_SAMPLERS else f"  [{factory.__module__}]"
+        print(f"{name:<{width}}  {doc}{origin}".rstrip())
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -142,7 +175,7 @@ def _train(args: argparse.Namespace) -> None:
     x = torch.randn(N, D_in)
     y = torch.randn(N, D_out)
     model = DynamicNet(D_in, H, D_out, sampler=args.sampler)
-    train(
+    history = train(
         model,
         x,
         y,
@@ -152,6 +185,8 @@ def _train(args: argparse.Namespace) -> None:
         log_every=args.log_every,
         progress=args.progress,
     )
+    if args.summary:
+        print(f"{PROG} train: {history.summary()}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -166,14 +201,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.progress and importlib.util.find_spec("tqdm") is None:
+    if args.command == "train" and args.progress and importlib.util.find_spec("tqdm") is None:
         parser.exit(
             EXIT_USAGE,
             f"{PROG} train: error: --progress draws its bar with tqdm, which is not installed: "
             f"pip install tqdm\n",
         )
     try:
-        _train(args)
+        if args.command == "samplers":
+            _samplers()
+        else:
+            _train(args)
     except BrokenPipeError:  # `stochdepth train | head`: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -18,9 +18,14 @@ class DepthSampler(Protocol):
     anything. ``min_depth`` and ``max_depth`` are the inclusive bounds of what
     :meth:`sample` can return; the block checks every draw against them.
 
-    A sampler that keeps random state of its own (such as
-    :class:`~stochdepth.SeededDepth`) also has ``state_dict()`` returning a dict and
-    ``load_state_dict(state)``; a block saves that state in its own ``state_dict``.
+    Two optional members extend it; a sampler without them still works:
+
+    - ``state_dict()`` returning a dict, and ``load_state_dict(state)``: a sampler
+      that keeps random state of its own (such as :class:`~stochdepth.SeededDepth`)
+      has them, and a block saves that state in its own ``state_dict``.
+    - ``set_step(step: int)``: :func:`~stochdepth.train` calls it with each training
+      step's index before the step, so that a schedule (such as
+      :class:`~stochdepth.ScheduledDepth`) can follow training.
 
     Example:
         >>> import stochdepth
@@ -60,6 +65,18 @@ class _SupportsState(Protocol):
 def has_state(sampler: object) -> TypeIs[_SupportsState]:
     """Whether ``sampler`` saves and restores state through ``state_dict``."""
     return isinstance(sampler, _SupportsState)
+
+
+@runtime_checkable
+class _SupportsStep(Protocol):
+    """A sampler that follows the training step (a schedule)."""
+
+    def set_step(self, step: int) -> None: ...
+
+
+def has_set_step(sampler: object) -> TypeIs[_SupportsStep]:
+    """Whether ``sampler`` wants to be told the training step through ``set_step``."""
+    return isinstance(sampler, _SupportsStep)
 
 
 def check_sampler(sampler: object, name: str = "sampler") -> DepthSampler:

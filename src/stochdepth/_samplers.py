@@ -1,16 +1,21 @@
-"""The built-in depth samplers: uniform from Python's ``random``, fixed, and seeded."""
+"""The built-in depth samplers.
+
+Uniform from Python's ``random`` (the article's), fixed, and the samplers that draw
+from a ``torch.Generator`` of their own: seeded uniform, Bernoulli (stochastic depth's
+survival view), truncated geometric (a halting prior) and scheduled (a curriculum).
+"""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from ._validation import check_bounds, check_int, describe
-
-_MAX_SEED = 2**64 - 1
+from ._generator import GeneratorSampler
+from ._validation import check_bounds, check_int, check_probability
 
 
 class _DepthRange:
@@ -40,6 +45,10 @@ class _DepthRange:
     def max_depth(self) -> int:
         """Same as :attr:`high`."""
         return self._high
+
+    def probabilities(self) -> dict[int, float]:
+        """Return the law of ``sample()``: ``{depth: probability}``, uniform."""
+        return dict.fromkeys(range(self._low, self._high + 1), 1.0 / (self._high - self._low + 1))
 
 
 class UniformDepth(_DepthRange):
@@ -116,11 +125,15 @@ class FixedDepth:
         """Return :attr:`depth`."""
         return self._depth
 
+    def probabilities(self) -> dict[int, float]:
+        """Return the law of :meth:`sample`: ``{depth: 1.0}``."""
+        return {self._depth: 1.0}
+
     def __repr__(self) -> str:
         return f"FixedDepth(depth={self._depth})"
 
 
-class SeededDepth(_DepthRange):
+class SeededDepth(_DepthRange, GeneratorSampler):
     """Uniform depth over ``[low, high]`` from a ``torch.Generator`` of its own.
 
     The sequence depends only on ``seed``: not on Python's ``random``, not on the
@@ -134,10 +147,14 @@ class SeededDepth(_DepthRange):
         low: The smallest depth, a non-negative int.
         high: The largest depth, an int >= ``low``.
         seed: The generator's seed, an int in ``[0, 2**64 - 1]``.
+        generator: Instead of ``seed``, a CPU ``torch.Generator`` to draw from (used
+            as is, not copied). One of ``seed`` and ``generator`` is required.
 
     Raises:
-        TypeError: A bound or the seed is not an int.
-        ValueError: A bound is negative, ``high < low``, or the seed is out of range.
+        TypeError: A bound or the seed is not an int, or neither (or both) of
+            ``seed`` and ``generator`` were given.
+        ValueError: A bound is negative, ``high < low``, the seed is out of range, or
+            the generator is not on the CPU.
 
     Example:
         >>> from stochdepth import SeededDepth
@@ -146,86 +163,301 @@ class SeededDepth(_DepthRange):
         True
     """
 
-    __slots__ = ("_generator", "_seed")
-
-    def __init__(self, low: int = 0, high: int = 3, *, seed: int) -> None:
+    def __init__(
+        self,
+        low: int = 0,
+        high: int = 3,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__(low, high)
-        self._seed = _check_seed(seed)
-        self._generator = torch.Generator(device="cpu")
-        self._generator.manual_seed(self._seed)
-
-    @property
-    def seed(self) -> int:
-        """The seed the generator started from (restored by :meth:`load_state_dict`)."""
-        return self._seed
+        self._init_generator(seed, generator, required=True)
 
     def sample(self) -> int:
         """Draw one depth from the sampler's own generator."""
         return int(torch.randint(self._low, self._high + 1, (), generator=self._generator))
 
-    def state_dict(self) -> dict[str, Any]:
-        """Return the seed and the generator's current state.
+    def _params(self) -> dict[str, Any]:
+        return {"low": self._low, "high": self._high}
 
-        Returns:
-            ``{"seed": int, "generator_state": torch.ByteTensor}``; it holds only
-            ints and tensors, so it loads with ``torch.load(weights_only=True)``.
-        """
-        return {"seed": self._seed, "generator_state": self._generator.get_state()}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a state returned by :meth:`state_dict`; later draws continue from it.
+class BernoulliDepth(GeneratorSampler):
+    """Each of ``max_depth`` repeats survives with probability ``p``: stochastic depth.
+
+    This is the survival-probability view of stochastic depth (Huang et al., 2016)
+    and of LayerDrop, where every layer is kept with probability ``p``. The repeats
+    of a :class:`~stochdepth.RepeatedBlock` share their weights, so only how many
+    survive matters: the depth is Binomial(``max_depth``, ``p``), with mean
+    ``max_depth * p`` and variance ``max_depth * p * (1 - p)``.
+
+    Args:
+        max_depth: The number of repeats that may survive, an int >= 0.
+        p: Each repeat's survival probability, in ``[0, 1]``.
+        seed: The generator's seed, an int in ``[0, 2**64 - 1]``.
+        generator: Instead of ``seed``, a CPU ``torch.Generator`` to draw from.
+            With neither, the seed is drawn from torch's global generator, so
+            ``torch.manual_seed`` makes the sampler reproducible.
+
+    Raises:
+        TypeError: An argument has the wrong type, or both ``seed`` and
+            ``generator`` were given.
+        ValueError: ``max_depth`` is negative, ``p`` is not in ``[0, 1]``, the seed is
+            out of range, or the generator is not on the CPU.
+
+    Example:
+        >>> from stochdepth import BernoulliDepth
+        >>> sampler = BernoulliDepth(8, p=0.75, seed=0)
+        >>> all(0 <= sampler.sample() <= 8 for _ in range(100))
+        True
+        >>> round(sum(sampler.probabilities().values()), 12)
+        1.0
+    """
+
+    def __init__(
+        self,
+        max_depth: int,
+        p: float = 0.5,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self._max_depth = check_int("max_depth", max_depth)
+        self._p = check_probability("p", p)
+        self._init_generator(seed, generator, required=False)
+        self._count = torch.tensor(float(self._max_depth), dtype=torch.float64)
+        self._prob = torch.tensor(self._p, dtype=torch.float64)
+
+    @property
+    def p(self) -> float:
+        """Each repeat's survival probability."""
+        return self._p
+
+    @property
+    def min_depth(self) -> int:
+        """Always 0: every repeat may be dropped."""
+        return 0
+
+    @property
+    def max_depth(self) -> int:
+        """The number of repeats that may survive."""
+        return self._max_depth
+
+    def sample(self) -> int:
+        """Draw one depth, the number of surviving repeats."""
+        return int(torch.binomial(self._count, self._prob, generator=self._generator))
+
+    def probabilities(self) -> dict[int, float]:
+        """Return the law of :meth:`sample`: ``{depth: probability}``, Binomial."""
+        n, p = self._max_depth, self._p
+        return {k: math.comb(n, k) * p**k * (1.0 - p) ** (n - k) for k in range(n + 1)}
+
+    def _params(self) -> dict[str, Any]:
+        return {"max_depth": self._max_depth, "p": self._p}
+
+
+class GeometricDepth(GeneratorSampler):
+    """A halting prior: after each repeat, stop with probability ``p``.
+
+    The depth ``k`` (the number of repeats applied before halting) has
+    P(k) proportional to ``p * (1 - p) ** k``, the geometric prior PonderNet puts on
+    its halting step, truncated to ``k <= max_depth`` and renormalised (not clamped:
+    ``max_depth`` gets no extra mass). Without truncation its mean would be
+    ``(1 - p) / p``; :meth:`probabilities` gives the truncated law exactly.
+
+    Args:
+        p: The halting probability after each repeat, in ``(0, 1]``; ``p = 1`` always
+            gives depth 0.
+        max_depth: The truncation point, an int >= 0.
+        seed: The generator's seed, an int in ``[0, 2**64 - 1]``.
+        generator: Instead of ``seed``, a CPU ``torch.Generator`` to draw from.
+            With neither, the seed is drawn from torch's global generator.
+
+    Raises:
+        TypeError: An argument has the wrong type, or both ``seed`` and
+            ``generator`` were given.
+        ValueError: ``p`` is not in ``(0, 1]``, ``max_depth`` is negative, the seed is
+            out of range, or the generator is not on the CPU.
+
+    Example:
+        >>> from stochdepth import GeometricDepth
+        >>> sampler = GeometricDepth(0.5, max_depth=3, seed=0)
+        >>> {k: round(q, 4) for k, q in sampler.probabilities().items()}
+        {0: 0.5333, 1: 0.2667, 2: 0.1333, 3: 0.0667}
+    """
+
+    def __init__(
+        self,
+        p: float,
+        max_depth: int,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self._p = check_probability("p", p, allow_zero=False)
+        self._max_depth = check_int("max_depth", max_depth)
+        self._init_generator(seed, generator, required=False)
+        # log(1 - p), and the untruncated mass of [0, max_depth], 1 - (1 - p)^(max_depth + 1)
+        self._log_q = -math.inf if self._p == 1.0 else math.log1p(-self._p)
+        self._mass = -math.expm1((self._max_depth + 1) * self._log_q)
+
+    @property
+    def p(self) -> float:
+        """The halting probability after each repeat."""
+        return self._p
+
+    @property
+    def min_depth(self) -> int:
+        """Always 0: the first halt may come before any repeat."""
+        return 0
+
+    @property
+    def max_depth(self) -> int:
+        """The truncation point."""
+        return self._max_depth
+
+    def sample(self) -> int:
+        """Draw one depth by inverting the truncated law's distribution function."""
+        u = float(torch.rand((), dtype=torch.float64, generator=self._generator))
+        if self._log_q == -math.inf:
+            return 0
+        # The smallest k with P(depth <= k) > u, from 1 - (1 - p)^(k + 1) > u * mass.
+        k = math.floor(math.log1p(-u * self._mass) / self._log_q)
+        return min(max(k, 0), self._max_depth)
+
+    def probabilities(self) -> dict[int, float]:
+        """Return the law of :meth:`sample`: ``{depth: probability}``."""
+        q = 1.0 - self._p
+        return {k: self._p * q**k / self._mass for k in range(self._max_depth + 1)}
+
+    def _params(self) -> dict[str, Any]:
+        return {"p": self._p, "max_depth": self._max_depth}
+
+
+class ScheduledDepth(GeneratorSampler):
+    """A curriculum: uniform depth over ``[low, bound]``, the bound moving with the step.
+
+    The bound goes linearly from ``start`` at step 0 to ``end`` at step ``steps``
+    and stays at ``end`` afterwards: ``bound(t) = start + (end - start) * min(t,
+    steps) // steps``, rounded down. It is non-decreasing in ``t`` when
+    ``end >= start`` (grow the network as training goes, the usual curriculum) and
+    non-increasing otherwise. :func:`stochdepth.train` calls :meth:`set_step` with
+    each step's index before the step; in a loop of your own, call it yourself.
+    Until then the step is 0.
+
+    Args:
+        start: The bound at step 0, an int >= ``low``.
+        end: The bound from step ``steps`` on, an int >= ``low``.
+        steps: How many steps the bound takes to go from ``start`` to ``end``, an
+            int >= 0 (0: ``end`` from the start).
+        low: The smallest depth, an int >= 0.
+        seed: The generator's seed, an int in ``[0, 2**64 - 1]``.
+        generator: Instead of ``seed``, a CPU ``torch.Generator`` to draw from.
+            With neither, the seed is drawn from torch's global generator.
+
+    Raises:
+        TypeError: An argument has the wrong type, or both ``seed`` and
+            ``generator`` were given.
+        ValueError: An argument is negative, ``start`` or ``end`` is below ``low``,
+            the seed is out of range, or the generator is not on the CPU.
+
+    Example:
+        >>> from stochdepth import ScheduledDepth
+        >>> sampler = ScheduledDepth(start=1, end=5, steps=100, seed=0)
+        >>> [sampler.bound_at(t) for t in (0, 24, 25, 50, 100, 1000)]
+        [1, 1, 2, 3, 5, 5]
+        >>> sampler.set_step(50)
+        >>> 0 <= sampler.sample() <= 3
+        True
+    """
+
+    def __init__(
+        self,
+        start: int,
+        end: int,
+        steps: int,
+        *,
+        low: int = 0,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self._start = check_int("start", start)
+        self._end = check_int("end", end)
+        self._steps = check_int("steps", steps)
+        self._low = check_int("low", low)
+        if min(self._start, self._end) < self._low:
+            raise ValueError(
+                f"start and end must be >= low, got start={self._start}, end={self._end} "
+                f"and low={self._low}"
+            )
+        self._step = 0
+        self._init_generator(seed, generator, required=False)
+
+    @property
+    def min_depth(self) -> int:
+        """Same as ``low``."""
+        return self._low
+
+    @property
+    def max_depth(self) -> int:
+        """The largest bound of the schedule, ``max(start, end)``."""
+        return max(self._start, self._end)
+
+    @property
+    def step(self) -> int:
+        """The current step, set by :meth:`set_step`."""
+        return self._step
+
+    def set_step(self, step: int) -> None:
+        """Move the schedule to ``step`` (the trainer calls this before every step).
 
         Args:
-            state: A mapping with the keys ``seed`` and ``generator_state``.
+            step: The training step's index, an int >= 0.
 
         Raises:
-            TypeError: ``state`` is not a mapping, or ``generator_state`` is not a
-                tensor.
-            ValueError: A key is missing, ``generator_state`` is not of dtype
-                ``torch.uint8``, or the generator rejects the state.
+            TypeError: ``step`` is not an int.
+            ValueError: ``step`` is negative.
         """
-        if not isinstance(state, Mapping):
-            raise TypeError(f"state must be a mapping, got {describe(state)}")
-        missing = sorted({"seed", "generator_state"} - set(state))
-        if missing:
-            raise ValueError(
-                f"state for SeededDepth lacks {', '.join(map(repr, missing))}; "
-                f"got keys {sorted(state)}"
-            )
-        seed = _check_seed(state["seed"], name="state['seed']")
-        generator_state = state["generator_state"]
-        if not isinstance(generator_state, torch.Tensor):
-            raise TypeError(
-                f"state['generator_state'] must be a torch.ByteTensor, "
-                f"got {describe(generator_state)}"
-            )
-        if generator_state.dtype != torch.uint8:
-            raise ValueError(
-                f"state['generator_state'] must be a torch.ByteTensor (dtype torch.uint8), "
-                f"got a tensor of dtype {generator_state.dtype}"
-            )
-        try:
-            self._generator.set_state(generator_state.detach().cpu())
-        except RuntimeError as error:
-            raise ValueError(
-                f"state['generator_state'] is not a CPU generator state: {error}"
-            ) from error
-        self._seed = seed
+        self._step = check_int("step", step)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"low": self._low, "high": self._high, **self.state_dict()}
+    def bound_at(self, step: int) -> int:
+        """Return the largest depth the schedule allows at ``step``.
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self._low, self._high = state["low"], state["high"]
-        self._generator = torch.Generator(device="cpu")
-        self.load_state_dict(state)
+        Args:
+            step: A training step's index, an int >= 0.
 
-    def __repr__(self) -> str:
-        return f"SeededDepth(low={self._low}, high={self._high}, seed={self._seed})"
+        Returns:
+            ``start + (end - start) * min(step, steps) // steps``, or ``end`` when
+            ``steps`` is 0.
 
+        Raises:
+            TypeError: ``step`` is not an int.
+            ValueError: ``step`` is negative.
+        """
+        step = check_int("step", step)
+        if step >= self._steps:
+            return self._end
+        return self._start + (self._end - self._start) * step // self._steps
 
-def _check_seed(seed: object, name: str = "seed") -> int:
-    value = check_int(name, seed)
-    if value > _MAX_SEED:
-        raise ValueError(f"{name} must be an int in [0, 2**64 - 1], got {value}")
-    return value
+    def sample(self) -> int:
+        """Draw one depth, uniform over ``[low, bound_at(step)]``."""
+        high = self.bound_at(self._step)
+        return int(torch.randint(self._low, high + 1, (), generator=self._generator))
+
+    def probabilities(self) -> dict[int, float]:
+        """Return the law of :meth:`sample` at the current step: ``{depth: probability}``."""
+        high = self.bound_at(self._step)
+        return dict.fromkeys(range(self._low, high + 1), 1.0 / (high - self._low + 1))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the seed, the generator's state and the current step."""
+        return {**super().state_dict(), "step": self._step}
+
+    def _state_keys(self) -> tuple[str, ...]:
+        return (*super()._state_keys(), "step")
+
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
+        self._step = check_int("state['step']", state["step"])
+
+    def _params(self) -> dict[str, Any]:
+        return {"start": self._start, "end": self._end, "steps": self._steps, "low": self._low}

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ._block import RepeatedBlock
-from ._protocol import DepthSampler, check_sampler
+from ._protocol import DepthSampler, check_sampler, has_set_step
 from ._validation import check_int, check_real, describe
 
 _PROGRESS_WINDOW = 25
@@ -31,6 +31,62 @@ class StepRecord(NamedTuple):
     depth: int | None
 
 
+class TrainingHistory(list[StepRecord]):
+    """What :func:`train` returns: one :class:`StepRecord` per step, and depth telemetry.
+
+    It is a ``list`` of records, with the depth statistics of the run on top, so
+    that a user can see that the sampler does what they think.
+
+    Example:
+        >>> import torch
+        >>> from stochdepth import DynamicNet, SeededDepth, train
+        >>> x, y = torch.randn(8, 5), torch.randn(8, 2)
+        >>> model = DynamicNet(5, 4, 2, SeededDepth(0, 3, seed=0))
+        >>> history = train(model, x, y, steps=200, log_every=None)
+        >>> sorted(history.depth_histogram)
+        [0, 1, 2, 3]
+        >>> 1.0 < history.mean_depth < 2.0
+        True
+    """
+
+    __slots__ = ()
+
+    @property
+    def depths(self) -> list[int]:
+        """The depth of every step that had one (steps of models without a block have none)."""
+        return [record.depth for record in self if record.depth is not None]
+
+    @property
+    def mean_depth(self) -> float | None:
+        """The mean depth over the steps, or ``None`` when no step had a depth."""
+        depths = self.depths
+        return sum(depths) / len(depths) if depths else None
+
+    @property
+    def depth_histogram(self) -> dict[int, int]:
+        """How many steps used each depth, by depth."""
+        counts: dict[int, int] = {}
+        for depth in self.depths:
+            counts[depth] = counts.get(depth, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def summary(self) -> str:
+        """Return a one-line summary: steps, final loss, mean depth and histogram.
+
+        Returns:
+            For example ``"500 steps, final loss 0.1915, mean depth 1.49, depths
+            0:124 1:127 2:119 3:130"``.
+        """
+        if not self:
+            return "0 steps"
+        parts = [f"{len(self)} steps", f"final loss {self[-1].loss:.6g}"]
+        mean = self.mean_depth
+        if mean is not None:
+            histogram = " ".join(f"{d}:{n}" for d, n in self.depth_histogram.items())
+            parts += [f"mean depth {mean:.3f}", f"depths {histogram}"]
+        return ", ".join(parts)
+
+
 def train(
     model: nn.Module,
     x: Tensor,
@@ -43,7 +99,8 @@ def train(
     sampler: DepthSampler | None = None,
     progress: bool = False,
     file: TextIO | None = None,
-) -> list[StepRecord]:
+    summary: bool = False,
+) -> TrainingHistory:
     """Train ``model`` to map ``x`` to ``y`` with the article's loop.
 
     Each step is the article's: forward, ``MSELoss(reduction="sum")``,
@@ -51,7 +108,8 @@ def train(
     steps it prints ``t loss`` as the article does (``99 3.70...``). With the
     article's data, model and seeds, the printed lines are the article's digit for
     digit. The model is put in training mode for the run, and its previous mode is
-    restored afterwards.
+    restored afterwards. Before each step, every block's sampler that has
+    ``set_step`` (such as :class:`~stochdepth.ScheduledDepth`) is told the step.
 
     Args:
         model: The model to train in place.
@@ -68,9 +126,13 @@ def train(
         progress: Draw a progress bar on stderr with the running loss and the mean
             depth; it needs ``tqdm``, the ``progress`` extra.
         file: Where the ``t loss`` lines go (default: ``sys.stdout``).
+        summary: After the run, also print :meth:`TrainingHistory.summary` (the
+            mean depth and the depth histogram) to ``file``.
 
     Returns:
-        One :class:`StepRecord` per step: ``(step, loss, depth)``.
+        One :class:`StepRecord` per step, ``(step, loss, depth)``, in a
+        :class:`TrainingHistory` that also reports the mean depth and the depth
+        histogram.
 
     Raises:
         TypeError: An argument has the wrong type.
@@ -106,6 +168,7 @@ def train(
         sampler = check_sampler(sampler)
         for block in blocks:
             block.sampler = sampler
+    steppers = list({id(s): s for b in blocks if has_set_step(s := b.sampler)}.values())
     bar = _progress_bar(steps) if progress else None
     write = print if bar is None else bar.write
     out = sys.stdout if file is None else file
@@ -119,6 +182,8 @@ def train(
     model.train()
     try:
         for t in range(steps):
+            for stepper in steppers:
+                stepper.set_step(t)
             y_pred = model(x)
             if not isinstance(y_pred, Tensor) or y_pred.shape != y.shape:
                 raise ValueError(_output_mismatch(y_pred, y))
@@ -140,10 +205,13 @@ def train(
         if bar is not None:
             bar.close()
         model.train(was_training)
-    return [
+    history = TrainingHistory(
         StepRecord(t, loss, depth)
         for t, (loss, depth) in enumerate(zip(losses, depths, strict=True))
-    ]
+    )
+    if summary:
+        write(history.summary(), file=out)
+    return history
 
 
 def _total_depth(blocks: list[RepeatedBlock]) -> int | None:

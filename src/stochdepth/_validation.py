@@ -94,3 +94,28 @@ def check_real(
         bound = ">=" if inclusive else ">"
         raise ValueError(f"{name} must be {bound} {minimum}, got {result}")
     return result
+
+
+def check_probability(name: str, value: object, *, allow_zero: bool = True) -> float:
+    """Return ``value`` as a float in ``[0, 1]`` (``(0, 1]`` unless ``allow_zero``).
+
+    Args:
+        name: The argument's name, as the caller would write it.
+        value: The value to check: an int or a float (not a bool).
+        allow_zero: Whether 0 itself is allowed.
+
+    Returns:
+        ``value`` converted to a Python ``float``.
+
+    Raises:
+        TypeError: ``value`` is not a real number.
+        ValueError: ``value`` is NaN or outside the allowed interval.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a probability (a real number), got {describe(value)}")
+    result = float(value)
+    low_ok = result >= 0.0 if allow_zero else result > 0.0
+    if not (low_ok and result <= 1.0):  # NaN fails both comparisons
+        interval = "[0, 1]" if allow_zero else "(0, 1]"
+        raise ValueError(f"{name} must be a probability in {interval}, got {value!r}")
+    return result

@@ -1,0 +1,171 @@
+"""The random state of the seeded samplers: a ``torch.Generator`` of their own.
+
+:class:`GeneratorSampler` is the private base of every built-in sampler that draws
+from its own generator. It takes ``seed=`` or ``generator=``, saves the generator's
+state in :meth:`~GeneratorSampler.state_dict` (which loads with
+``torch.load(weights_only=True)``), restores it, and pickles and deep-copies with the
+sequence intact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ._validation import check_int, describe
+
+MAX_SEED = 2**64 - 1
+_STATE_KEYS = ("seed", "generator_state")
+
+
+class GeneratorSampler:
+    """A sampler that draws from a CPU ``torch.Generator`` of its own.
+
+    Subclasses call :meth:`_init_generator` from ``__init__``, draw with
+    ``self._generator``, and list their constructor arguments in :meth:`_params`
+    (used by ``repr``, pickling and deep copies). A subclass with more state than the
+    generator extends :meth:`state_dict` and :meth:`_load_extra_state`.
+    """
+
+    _generator: torch.Generator
+    _seed: int
+
+    def _init_generator(
+        self, seed: int | None, generator: torch.Generator | None, *, required: bool
+    ) -> None:
+        """Take the generator, or make one from ``seed``.
+
+        Args:
+            seed: The seed, an int in ``[0, 2**64 - 1]``, or ``None``.
+            generator: A CPU ``torch.Generator`` to draw from (shared, not copied),
+                or ``None``.
+            required: Whether one of ``seed`` and ``generator`` must be given; if not
+                and neither is, the seed is drawn from torch's global generator, so
+                ``torch.manual_seed`` makes the sampler reproducible.
+
+        Raises:
+            TypeError: Both or (when ``required``) neither were given, or
+                ``generator`` is not a ``torch.Generator``.
+            ValueError: ``seed`` is out of range, or ``generator`` is not on the CPU.
+        """
+        name = type(self).__name__
+        if seed is not None and generator is not None:
+            raise TypeError(f"{name} takes seed or generator, not both")
+        if generator is not None:
+            if not isinstance(generator, torch.Generator):
+                raise TypeError(f"generator must be a torch.Generator, got {describe(generator)}")
+            if generator.device.type != "cpu":
+                raise ValueError(
+                    f"generator must be a CPU torch.Generator, got one on {generator.device}"
+                )
+            self._generator = generator
+            self._seed = generator.initial_seed()
+            return
+        if seed is None:
+            if required:
+                raise TypeError(
+                    f"{name} needs parameter 'seed' (an int in [0, 2**64 - 1]) or "
+                    f"'generator' (a torch.Generator), got neither"
+                )
+            seed = int(torch.randint(0, 2**62, ()))
+        self._seed = check_seed(seed)
+        self._generator = torch.Generator(device="cpu")
+        self._generator.manual_seed(self._seed)
+
+    @property
+    def seed(self) -> int:
+        """The seed the generator started from (restored by :meth:`load_state_dict`)."""
+        return self._seed
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The ``torch.Generator`` the sampler draws from."""
+        return self._generator
+
+    def _params(self) -> dict[str, Any]:
+        """The constructor's arguments other than ``seed`` and ``generator``."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the seed and the generator's current state.
+
+        Returns:
+            ``{"seed": int, "generator_state": torch.ByteTensor, ...}``; it holds only
+            ints and tensors, so it loads with ``torch.load(weights_only=True)``.
+        """
+        return {"seed": self._seed, "generator_state": self._generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state returned by :meth:`state_dict`; later draws continue from it.
+
+        Args:
+            state: A mapping with (at least) the keys ``seed`` and
+                ``generator_state``.
+
+        Raises:
+            TypeError: ``state`` is not a mapping, or a value has the wrong type.
+            ValueError: A key is missing, ``generator_state`` is not of dtype
+                ``torch.uint8``, or the generator rejects the state.
+        """
+        name = type(self).__name__
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a mapping, got {describe(state)}")
+        missing = sorted(set(self._state_keys()) - set(state))
+        if missing:
+            raise ValueError(
+                f"state for {name} lacks {', '.join(map(repr, missing))}; "
+                f"got keys {sorted(map(str, state))}"
+            )
+        seed = check_seed(state["seed"], name="state['seed']")
+        generator_state = state["generator_state"]
+        if not isinstance(generator_state, torch.Tensor):
+            raise TypeError(
+                f"state['generator_state'] must be a torch.ByteTensor, "
+                f"got {describe(generator_state)}"
+            )
+        if generator_state.dtype != torch.uint8:
+            raise ValueError(
+                f"state['generator_state'] must be a torch.ByteTensor (dtype torch.uint8), "
+                f"got a tensor of dtype {generator_state.dtype}"
+            )
+        previous = self._generator.get_state()
+        try:
+            self._generator.set_state(generator_state.detach().cpu())
+        except RuntimeError as error:
+            raise ValueError(
+                f"state['generator_state'] is not a CPU generator state: {error}"
+            ) from error
+        try:
+            self._load_extra_state(state)
+        except BaseException:
+            self._generator.set_state(previous)  # all or nothing
+            raise
+        self._seed = seed
+
+    def _state_keys(self) -> tuple[str, ...]:
+        return _STATE_KEYS
+
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Check and restore what a subclass adds to :meth:`state_dict`."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"params": self._params(), "state": self.state_dict()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        init: Any = type(self).__init__
+        init(self, **state["params"], seed=state["state"]["seed"])
+        self.load_state_dict(state["state"])
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{key}={value!r}" for key, value in self._params().items())
+        return f"{type(self).__name__}({params}, seed={self._seed})"
+
+
+def check_seed(seed: object, name: str = "seed") -> int:
+    """Return ``seed`` as an int in ``[0, 2**64 - 1]``, or raise an error naming ``name``."""
+    value = check_int(name, seed)
+    if value > MAX_SEED:
+        raise ValueError(f"{name} must be an int in [0, 2**64 - 1], got {value}")
+    return value
