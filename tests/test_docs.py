@@ -16,6 +16,9 @@ every page under ``docs/``:
   next ``$`` are what it prints, compared as above.
 - ``<!-- docs: skip REASON -->`` right before a block keeps it from running; the reason
   is required. ```` ```sh ````, ```` ```toml ```` and other blocks are shown, not run.
+- ``<!-- docs: with-example-plugin -->`` right before a block runs it with the example
+  plugin package, ``examples/sampler-plugin``, installed (with pip, into a temporary
+  directory put on ``sys.path`` for that block only).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import pkgutil
 import random
 import re
 import shlex
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +43,10 @@ import pytest
 import torch
 
 import stochdepth
+from stochdepth import _registry
 from stochdepth._cli import main
+
+from processes import QUIET_ENV, TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -117,12 +125,51 @@ def assert_output_matches(want: str, got: str, where: str) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _restore_global_rngs() -> Iterator[None]:
-    """The examples seed torch and ``random``; leave them as they were."""
+def _restore_global_state() -> Iterator[None]:
+    """The examples seed torch and ``random`` and register samplers; undo it."""
     torch_state, random_state = torch.get_rng_state(), random.getstate()
+    registered = dict(_registry._registered)
     yield
     torch.set_rng_state(torch_state)
     random.setstate(random_state)
+    _registry._registered.clear()
+    _registry._registered.update(registered)
+
+
+PLUGIN = ROOT / "examples" / "sampler-plugin"
+
+
+@pytest.fixture(scope="session")
+def example_plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``examples/sampler-plugin``, pip-installed into a directory of its own."""
+    target = tmp_path_factory.mktemp("example-plugin")
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"),
+            *("install", "--no-deps", "--target", str(target), str(PLUGIN)),
+        ],
+        check=True,
+        timeout=TIMEOUT,
+        env=QUIET_ENV,
+    )
+    return target
+
+
+@contextlib.contextmanager
+def directive_context(block: Block, request: pytest.FixtureRequest) -> Iterator[None]:
+    """What a block's directive asks for while it runs (the example plugin, or nothing)."""
+    if block.directive != "with-example-plugin":
+        yield
+        return
+    directory = str(request.getfixturevalue("example_plugin_dir"))
+    sys.path.insert(0, directory)
+    stochdepth.refresh_samplers()
+    try:
+        yield
+    finally:
+        sys.path.remove(directory)
+        sys.modules.pop("stochdepth_cyclic", None)
+        stochdepth.refresh_samplers()
 
 
 def page_id(path: Path) -> str:
@@ -140,7 +187,7 @@ def test_the_readme_and_the_pages_have_python_examples() -> None:
 
 
 @pytest.mark.parametrize("path", PAGES_WITH_PYTHON, ids=page_id)
-def test_python_blocks_run(path: Path) -> None:
+def test_python_blocks_run(path: Path, request: pytest.FixtureRequest) -> None:
     namespace: dict[str, object] = {"__name__": f"docs_{path.stem}"}
     blocks = markdown_blocks(path)
     printed: str | None = None
@@ -156,7 +203,7 @@ def test_python_blocks_run(path: Path) -> None:
             continue
         source = "\n" * (block.line - 1) + block.body
         stdout = io.StringIO()
-        with contextlib.redirect_stdout(stdout):
+        with directive_context(block, request), contextlib.redirect_stdout(stdout):
             exec(compile(source, str(block.path), "exec"), namespace)
         printed = stdout.getvalue()
 
@@ -185,6 +232,7 @@ def test_console_transcripts_are_what_the_command_line_prints(
     output: str,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     argv = shlex.split(command)
     prefixes = (["python", "-m", "stochdepth"], ["stochdepth"])
@@ -193,11 +241,9 @@ def test_console_transcripts_are_what_the_command_line_prints(
         f"{block.where}: a console block runs only stochdepth's command line, got {command!r}; "
         f"show other commands in a ```sh block"
     )
-    monkeypatch.setenv("COLUMNS", "100")
-    try:
+    monkeypatch.setenv("COLUMNS", "80")
+    with directive_context(block, request), contextlib.suppress(SystemExit):
         main(argv[len(prefix) :])
-    except SystemExit:
-        pass
     captured = capsys.readouterr()
     assert_output_matches(output, captured.out + captured.err, f"{block.where} $ {command}")
 
@@ -219,9 +265,7 @@ def test_the_collector_reads_directives_snippets_and_output() -> None:
         "<!-- docs: output -->\n```text\n1.00001\n```\n"
     )
     path = ROOT / "docs" / "_collector_check.md"
-    blocks = [
-        Block(path, 1, m["lang"], m["body"], m["directive"]) for m in BLOCK.finditer(page)
-    ]
+    blocks = [Block(path, 1, m["lang"], m["body"], m["directive"]) for m in BLOCK.finditer(page)]
     assert [(b.lang, b.directive) for b in blocks] == [
         ("python", "skip needs a GPU"),
         ("python", None),

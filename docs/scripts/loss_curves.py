@@ -106,9 +106,7 @@ def draw(curves: dict[str, list[list[float]]], out: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("training loss (MSE, sum)")
-    ax.set_title(
-        f"The article's DynamicNet, {seeds} seeds: median per step, band from min to max"
-    )
+    ax.set_title(f"The article's DynamicNet, {seeds} seeds: median per step, band from min to max")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="lower left")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,9 +11,10 @@ It also reads a Google-style ``Example:`` section as ``Examples:``: griffe takes
 plural for the examples section and would render the singular as an admonition, its
 ``>>>`` lines as Markdown.
 
-A dotted target is linked as written. A bare name is a public object of ``stochdepth``
-or a member of the class the docstring belongs to; a member of a private class (whose
-docstring is shown through a public subclass) stays plain code. A target that does
+A target is a path from ``stochdepth``, a public name of ``stochdepth`` (and its
+members: ``TrainingHistory.summary``), or a member of the class the docstring belongs
+to; anything else, such as a member of a private base class (whose docstring public
+subclasses inherit), stays plain code. A target that does
 not exist then fails ``mkdocs build --strict`` with an unresolved reference, so a
 wrong cross-reference cannot slip into the site.
 
@@ -46,22 +47,23 @@ class SphinxRoles(griffe.Extension):
     def _link(self, obj: griffe.Object, match: re.Match[str]) -> str:
         role, short, target = match.groups()
         suffix = "()" if role in ("meth", "func") else ""
-        if "." in target:
-            path = target
-        else:
-            path = self._resolve(obj, target)
-            if path is None:
-                return f"`{target}{suffix}`"
-        shown = path.rsplit(".", 1)[-1] if short or "." not in target else target
+        path = self._resolve(obj, target)
+        if path is None:
+            return f"`{target}{suffix}`"
+        shown = path.rsplit(".", 1)[-1] if short else target
         return f"[`{shown}{suffix}`][{path}]"
 
-    def _resolve(self, obj: griffe.Object, name: str) -> str | None:
-        """The public path of a bare ``name`` seen from ``obj``'s docstring."""
+    def _resolve(self, obj: griffe.Object, target: str) -> str | None:
+        """The public path of ``target`` seen from ``obj``'s docstring, if it has one."""
+        exports = set(obj.package.exports or ())
+        first, *rest = target.split(".")
+        if first == PACKAGE:
+            return target
+        if first in exports:  # a public name, written without the package
+            return ".".join([PACKAGE, first, *rest])
         cls = obj if obj.is_class else obj.parent
-        if isinstance(cls, griffe.Class) and name in cls.all_members:
-            if cls.name.startswith("_"):
-                return None
-            return f"{PACKAGE}.{cls.name}.{name}"
-        if not name.startswith("_"):
-            return f"{PACKAGE}.{name}"
+        if not rest and isinstance(cls, griffe.Class) and target in cls.all_members:
+            # A member of the docstring's class; a private class (a base whose members
+            # public subclasses inherit) has no page of its own to link to.
+            return f"{PACKAGE}.{cls.name}.{target}" if cls.name in exports else None
         return None
