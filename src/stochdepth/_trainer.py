@@ -74,8 +74,8 @@ class TrainingHistory(list[StepRecord]):
         """Return a one-line summary: steps, final loss, mean depth and histogram.
 
         Returns:
-            For example ``"500 steps, final loss 0.1915, mean depth 1.49, depths
-            0:124 1:127 2:119 3:130"``.
+            For example ``"500 steps, final loss 0.191512, mean depth 1.426,
+            depths 0:149 1:111 2:118 3:122"``.
         """
         if not self:
             return "0 steps"
