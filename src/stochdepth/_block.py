@@ -16,6 +16,8 @@ EvalDepth = int | Literal["max", "min", "sample"]
 """What depth a block uses in eval mode: a fixed int, or a policy name."""
 
 _EVAL_POLICIES = ("max", "min", "sample")
+DEFAULT_DEPTH_LIMIT = 10_000
+"""The most times a block applies its layer in one forward pass, unless told otherwise."""
 _EXTRA_STATE_KEY = "_extra_state"
 
 
@@ -42,6 +44,10 @@ class RepeatedBlock(nn.Module):
             checked against :class:`~stochdepth.DepthSampler` here, once.
         eval_depth: The eval-mode depth: an int >= 0, ``"max"`` (default),
             ``"min"`` or ``"sample"``.
+        depth_limit: The most times one forward pass may apply the layer (default
+            10 000), a guard against a depth such as ``10**9`` that would run for
+            hours or exhaust memory. The sampler's ``max_depth`` and an int
+            ``eval_depth`` must not exceed it; a deeper forward pass raises.
 
     Attributes:
         layer: The repeated module.
@@ -49,6 +55,7 @@ class RepeatedBlock(nn.Module):
             saved in this block's ``state_dict`` (under ``_extra_state``), so a
             restored block continues the same sequence of depths.
         eval_depth: The eval-mode depth policy.
+        depth_limit: The most times one forward pass applies the layer.
         last_depth: The depth the last forward pass used (``None`` before the first).
         depth_histogram: How many training-mode forward passes used each depth
             (telemetry, not saved in the ``state_dict``; see
@@ -58,8 +65,9 @@ class RepeatedBlock(nn.Module):
         TypeError: ``layer`` is not an ``nn.Module``, ``sampler`` does not satisfy
             :class:`~stochdepth.DepthSampler`, or ``eval_depth`` is neither an int
             nor a policy name.
-        ValueError: ``eval_depth`` is negative or an unknown policy name, or the
-            sampler's bounds are negative or reversed.
+        ValueError: ``eval_depth`` is negative or an unknown policy name, the
+            sampler's bounds are negative or reversed, or the sampler's
+            ``max_depth`` or an int ``eval_depth`` is above ``depth_limit``.
 
     Example:
         >>> import torch
@@ -75,6 +83,7 @@ class RepeatedBlock(nn.Module):
     layer: nn.Module
     sampler: DepthSampler
     eval_depth: EvalDepth
+    depth_limit: int
     last_depth: int | None
     _depth_counts: dict[int, int]
 
@@ -84,6 +93,7 @@ class RepeatedBlock(nn.Module):
         sampler: DepthSampler | None = None,
         *,
         eval_depth: EvalDepth = "max",
+        depth_limit: int = DEFAULT_DEPTH_LIMIT,
     ) -> None:
         super().__init__()
         if not isinstance(layer, nn.Module):
@@ -91,6 +101,8 @@ class RepeatedBlock(nn.Module):
         self.layer = layer
         self.sampler = UniformDepth() if sampler is None else check_sampler(sampler)
         self.eval_depth = _check_eval_depth(eval_depth)
+        self.depth_limit = check_int("depth_limit", depth_limit)
+        _check_within_limit(self.sampler, self.eval_depth, self.depth_limit)
         self.last_depth = None
         self._depth_counts = {}
         self.register_load_state_dict_pre_hook(  # type: ignore[no-untyped-call]
@@ -112,8 +124,9 @@ class RepeatedBlock(nn.Module):
             TypeError: ``x`` is not a tensor, ``depth`` is not an int, the sampler
                 returned something other than an int, or the layer returned something
                 other than a tensor.
-            ValueError: ``depth`` is negative, the sampler returned a depth outside
-                its bounds, or the layer changed the shape of its input.
+            ValueError: ``depth`` is negative or above :attr:`depth_limit`, the
+                sampler returned a depth outside its bounds, or the layer changed the
+                shape of its input.
         """
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {describe(x)}")
@@ -121,6 +134,11 @@ class RepeatedBlock(nn.Module):
             depth = self._draw() if self.training else self._eval_depth()
         else:
             depth = check_int("depth", depth)
+        if depth > self.depth_limit:
+            raise ValueError(
+                f"depth must be <= the block's depth_limit={self.depth_limit}, got {depth}; "
+                f"pass depth_limit= to RepeatedBlock to allow deeper forward passes"
+            )
         self.last_depth = depth
         if self.training:
             counts = self._depth_counts
@@ -228,7 +246,10 @@ class RepeatedBlock(nn.Module):
     def extra_repr(self) -> str:
         """Show the sampler and the eval-mode depth in ``print(block)``."""
         sampler = "" if isinstance(self.sampler, nn.Module) else f"sampler={self.sampler!r}, "
-        return f"{sampler}eval_depth={self.eval_depth!r}"
+        limit = (
+            "" if self.depth_limit == DEFAULT_DEPTH_LIMIT else f", depth_limit={self.depth_limit}"
+        )
+        return f"{sampler}eval_depth={self.eval_depth!r}{limit}"
 
 
 def _check_eval_depth(value: object) -> EvalDepth:
@@ -240,6 +261,17 @@ def _check_eval_depth(value: object) -> EvalDepth:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"eval_depth must be {expected}, got {describe(value)}")
     return check_int("eval_depth", value)
+
+
+def _check_within_limit(sampler: DepthSampler, eval_depth: EvalDepth, limit: int) -> None:
+    """Refuse, at construction, a sampler or an eval depth deeper than ``depth_limit``."""
+    if sampler.max_depth > limit:
+        raise ValueError(
+            f"sampler.max_depth must be <= depth_limit={limit}, got {sampler.max_depth} "
+            f"for {sampler!r}; pass depth_limit= to allow deeper forward passes"
+        )
+    if isinstance(eval_depth, int) and eval_depth > limit:
+        raise ValueError(f"eval_depth must be <= depth_limit={limit}, got {eval_depth}")
 
 
 def _check_drawn(sampler: DepthSampler, depth: object) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, NamedTuple, TextIO
 
@@ -9,10 +10,13 @@ import torch
 from torch import Tensor, nn
 
 from ._block import RepeatedBlock
+from ._checkpoint import make_checkpointer
+from ._finite import check_losses
 from ._protocol import DepthSampler, check_sampler, has_set_step
 from ._validation import check_int, check_real, describe
 
 _PROGRESS_WINDOW = 25
+_CHECK_EVERY = 100  # read the pending losses (and check they are finite) at least this often
 
 
 class StepRecord(NamedTuple):
@@ -100,6 +104,9 @@ def train(
     progress: bool = False,
     file: TextIO | None = None,
     summary: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> TrainingHistory:
     """Train ``model`` to map ``x`` to ``y`` with the article's loop.
 
@@ -128,6 +135,16 @@ def train(
         file: Where the ``t loss`` lines go (default: ``sys.stdout``).
         summary: After the run, also print :meth:`TrainingHistory.summary` (the
             mean depth and the depth histogram) to ``file``.
+        checkpoint: Save the run to this file (see :func:`~stochdepth.load_checkpoint`):
+            at step 0, every ``checkpoint_every`` steps and at the end. A new run
+            refuses to overwrite an existing file.
+        checkpoint_every: Save every this many steps; ``None`` or 0 saves only at
+            the start and at the end.
+        resume: Continue from ``checkpoint``: the model, optimizer, samplers, random
+            states and history are restored, and the run goes on from the saved step
+            to ``steps``, exactly as if it had never stopped. ``lr``, ``momentum``,
+            the samplers' kinds and parameters, the model's shape, and ``x`` and
+            ``y`` must be those of the saved run.
 
     Returns:
         One :class:`StepRecord` per step, ``(step, loss, depth)``, in a
@@ -140,6 +157,10 @@ def train(
             without a ``RepeatedBlock``, or the model's output and ``y`` differ in
             shape.
         ImportError: ``progress=True`` and tqdm is not installed.
+        CheckpointError: ``checkpoint`` cannot be resumed from (missing, damaged, or
+            saved by another run) or written; the file is left as it was.
+        NonFiniteError: The loss, or the state to save, became NaN or infinite; the
+            last checkpoint is left as it was.
 
     Example:
         >>> import torch
@@ -158,6 +179,9 @@ def train(
     lr = check_real("lr", lr, minimum=0.0, inclusive=False)
     momentum = check_real("momentum", momentum, minimum=0.0)
     log_every = 0 if log_every is None else check_int("log_every", log_every)
+    checkpointer = make_checkpointer(
+        checkpoint, checkpoint_every, resume, x, y, lr=lr, momentum=momentum, steps=steps
+    )
     blocks = [module for module in model.modules() if isinstance(module, RepeatedBlock)]
     if sampler is not None:
         if not blocks:
@@ -181,7 +205,10 @@ def train(
     was_training = model.training
     model.train()
     try:
-        for t in range(steps):
+        start = 0 if checkpointer is None else checkpointer.start(model, optimizer, losses, depths)
+        if bar is not None and start:
+            bar.update(start)
+        for t in range(start, steps):
             for stepper in steppers:
                 stepper.set_step(t)
             y_pred = model(x)
@@ -193,14 +220,21 @@ def train(
             if log_every and t % log_every == log_every - 1:
                 _flush(pending, losses)
                 write(f"{t} {losses[-1]}", file=out)
+            elif len(pending) >= _CHECK_EVERY:
+                _flush(pending, losses)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if checkpointer is not None and checkpointer.due(t + 1):
+                _flush(pending, losses)
+                checkpointer.save(t + 1, model, optimizer, losses, depths)
             if bar is not None:
                 bar.update(1)
                 if len(pending) >= _PROGRESS_WINDOW or t == steps - 1:
                     _show_progress(bar, pending, losses, depths)
         _flush(pending, losses)
+        if checkpointer is not None and checkpointer.saved_step != steps:
+            checkpointer.save(steps, model, optimizer, losses, depths)
     finally:
         if bar is not None:
             bar.close()
@@ -224,8 +258,10 @@ def _total_depth(blocks: list[RepeatedBlock]) -> int | None:
 
 def _flush(pending: list[Tensor], losses: list[float]) -> None:
     if pending:
+        first = len(losses)
         losses.extend(torch.stack(pending).tolist())
         pending.clear()
+        check_losses(losses, first)
 
 
 def _output_mismatch(y_pred: object, y: Tensor) -> str:
