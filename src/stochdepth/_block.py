@@ -102,7 +102,7 @@ class RepeatedBlock(nn.Module):
         self.sampler = UniformDepth() if sampler is None else check_sampler(sampler)
         self.eval_depth = _check_eval_depth(eval_depth)
         self.depth_limit = check_int("depth_limit", depth_limit)
-        _check_within_limit(self.sampler, self.eval_depth, self.depth_limit)
+        check_within_limit(self.sampler, self.eval_depth, self.depth_limit)
         self.last_depth = None
         self._depth_counts = {}
         self.register_load_state_dict_pre_hook(  # type: ignore[no-untyped-call]
@@ -130,15 +130,13 @@ class RepeatedBlock(nn.Module):
         """
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {describe(x)}")
+        given = depth is not None
         if depth is None:
             depth = self._draw() if self.training else self._eval_depth()
         else:
             depth = check_int("depth", depth)
         if depth > self.depth_limit:
-            raise ValueError(
-                f"depth must be <= the block's depth_limit={self.depth_limit}, got {depth}; "
-                f"pass depth_limit= to RepeatedBlock to allow deeper forward passes"
-            )
+            raise self._limit_error(depth, given)
         self.last_depth = depth
         if self.training:
             counts = self._depth_counts
@@ -192,6 +190,13 @@ class RepeatedBlock(nn.Module):
         if policy == "min":
             return check_int("sampler.min_depth", self.sampler.min_depth)
         return policy
+
+    def _limit_error(self, depth: int, given: bool) -> ValueError:
+        source = "" if given else f" drawn by sampler {self.sampler!r}"
+        return ValueError(
+            f"depth must be <= the block's depth_limit={self.depth_limit}, got {depth}"
+            f"{source}; pass depth_limit= to RepeatedBlock to allow deeper forward passes"
+        )
 
     def _shape_error(self, x: Tensor, out: object, repeat: int, depth: int) -> Exception:
         layer = type(self.layer).__name__
@@ -263,7 +268,7 @@ def _check_eval_depth(value: object) -> EvalDepth:
     return check_int("eval_depth", value)
 
 
-def _check_within_limit(sampler: DepthSampler, eval_depth: EvalDepth, limit: int) -> None:
+def check_within_limit(sampler: DepthSampler, eval_depth: EvalDepth, limit: int) -> None:
     """Refuse, at construction, a sampler or an eval depth deeper than ``depth_limit``."""
     if sampler.max_depth > limit:
         raise ValueError(

@@ -43,6 +43,26 @@ class NonFiniteError(FloatingPointError):
         self.loss = loss
 
 
+def check_fits(model: torch.nn.Module, **values: float) -> None:
+    """Check that each value fits in the dtype of the model's floating-point parameters.
+
+    An ``lr`` of ``1e39`` is a finite float, but not a finite float32: SGD would fail
+    inside its update with a message that names neither the argument nor the dtype.
+
+    Raises:
+        ValueError: Naming the value that is too large for a parameter's dtype.
+    """
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    for dtype in sorted(dtypes, key=lambda d: torch.finfo(d).max):
+        largest = torch.finfo(dtype).max
+        for name, value in values.items():
+            if value > largest:
+                raise ValueError(
+                    f"{name} must be <= {largest:g}, the largest {dtype} (a dtype of the "
+                    f"model's parameters), got {value:g}"
+                )
+
+
 def check_losses(losses: list[float], start: int) -> None:
     """Raise :class:`NonFiniteError` if a loss from index ``start`` on is not finite.
 

@@ -9,11 +9,11 @@ from typing import Any, NamedTuple, TextIO
 import torch
 from torch import Tensor, nn
 
-from ._block import RepeatedBlock
+from ._block import RepeatedBlock, check_within_limit
 from ._checkpoint import make_checkpointer
-from ._finite import check_losses
+from ._finite import check_fits, check_losses
 from ._protocol import DepthSampler, check_sampler, has_set_step
-from ._validation import check_int, check_real, describe
+from ._validation import check_bool, check_int, check_real, check_stream, describe
 
 _PROGRESS_WINDOW = 25
 _CHECK_EVERY = 100  # read the pending losses (and check they are finite) at least this often
@@ -153,7 +153,8 @@ def train(
 
     Raises:
         TypeError: An argument has the wrong type.
-        ValueError: An argument is out of range, ``sampler`` was given for a model
+        ValueError: An argument is out of range (``lr`` and ``momentum`` must also
+            fit in the parameters' dtype), ``sampler`` was given for a model
             without a ``RepeatedBlock``, or the model's output and ``y`` differ in
             shape.
         ImportError: ``progress=True`` and tqdm is not installed.
@@ -179,6 +180,9 @@ def train(
     lr = check_real("lr", lr, minimum=0.0, inclusive=False)
     momentum = check_real("momentum", momentum, minimum=0.0)
     log_every = 0 if log_every is None else check_int("log_every", log_every)
+    progress, summary = check_bool("progress", progress), check_bool("summary", summary)
+    check_stream("file", file)
+    check_fits(model, lr=lr, momentum=momentum)
     checkpointer = make_checkpointer(
         checkpoint, checkpoint_every, resume, x, y, lr=lr, momentum=momentum, steps=steps
     )
@@ -190,6 +194,8 @@ def train(
                 f"{type(model).__name__}"
             )
         sampler = check_sampler(sampler)
+        for block in blocks:
+            check_within_limit(sampler, block.eval_depth, block.depth_limit)
         for block in blocks:
             block.sampler = sampler
     steppers = list({id(s): s for b in blocks if has_set_step(s := b.sampler)}.values())

@@ -60,6 +60,21 @@ def check_depth(name: str, value: object) -> int:
     return result
 
 
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is a bool, or raise a ``TypeError`` naming ``name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {describe(value)}")
+    return value
+
+
+def check_stream(name: str, value: object) -> None:
+    """Check that ``value`` is ``None`` or has a ``write`` method, naming ``name``."""
+    if value is not None and not callable(getattr(value, "write", None)):
+        raise TypeError(
+            f"{name} must be a text stream (with a write() method) or None, got {describe(value)}"
+        )
+
+
 def check_bounds(low: object, high: object) -> tuple[int, int]:
     """Check an inclusive depth range ``[low, high]``.
 
