@@ -16,6 +16,7 @@ that a run killed while saving leaves the previous checkpoint whole.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import io
@@ -309,7 +310,7 @@ def write_atomically(path: str, data: bytes) -> None:
             os.fsync(file.fileno())
         os.replace(temp, path)
     except BaseException:
-        with _suppress_os_error():
+        with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
     _sync_folder(folder)
@@ -317,20 +318,12 @@ def write_atomically(path: str, data: bytes) -> None:
 
 def _sync_folder(folder: str) -> None:
     flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-    with _suppress_os_error():  # not every system can open or sync a folder
+    with contextlib.suppress(OSError):  # not every system can open or sync a folder
         fd = os.open(folder, flags)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-class _suppress_os_error:  # noqa: N801 - used as a context manager, like contextlib's
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
-        return kind is not None and issubclass(kind, OSError)
 
 
 def remove_stale_temp_files(path: str) -> list[str]:
@@ -349,7 +342,7 @@ def remove_stale_temp_files(path: str) -> list[str]:
     for entry in entries:
         if entry.startswith(prefix) and _TEMP_SUFFIX.fullmatch(entry[len(prefix) :]):
             stale = os.path.join(folder, entry)
-            with _suppress_os_error():
+            with contextlib.suppress(OSError):
                 os.unlink(stale)
                 removed.append(stale)
     return removed
