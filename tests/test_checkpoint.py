@@ -46,12 +46,13 @@ from stochdepth import (
 from stochdepth._checkpoint import MAGIC
 from stochdepth._cli import main
 
-from processes import QUIET_ENV, TIMEOUT
+from processes import QUIET_ENV, TIMEOUT, run_python
 
 PARK = Path(__file__).with_name("park.py")
 # One thread in the children, as conftest.py sets for this process, so that in-process
 # and subprocess runs do the same floating-point arithmetic.
-CHILD_ENV = {**QUIET_ENV, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+CHILD_ENV = {**QUIET_ENV, **THREADS}
 STEPS, EVERY, LOG_EVERY = 120, 25, 10
 SUMMARY = re.compile(r"stochdepth train: \d+ steps, final loss \S+, mean depth .*\n")
 
@@ -93,13 +94,7 @@ def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[object, st
 
 
 def run_child(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "stochdepth", *args],
-        capture_output=True,
-        text=True,
-        env=CHILD_ENV,
-        timeout=TIMEOUT,
-    )
+    return run_python("-m", "stochdepth", *args, check=False, env=THREADS)
 
 
 def run_parked(mode: str, count: int, args: list[str]) -> tuple[str, str]:
