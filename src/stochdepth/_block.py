@@ -124,7 +124,7 @@ class RepeatedBlock(nn.Module):
             TypeError: ``x`` is not a tensor, ``depth`` is not an int, the sampler
                 returned something other than an int, or the layer returned something
                 other than a tensor.
-            ValueError: ``depth`` is negative or above :attr:`depth_limit`, the
+            ValueError: ``depth`` is negative or above ``depth_limit``, the
                 sampler returned a depth outside its bounds, or the layer changed the
                 shape of its input.
         """

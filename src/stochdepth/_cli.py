@@ -155,9 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         metavar="PATH",
         help=(
-            "save the run to PATH at the start, every --checkpoint-every steps and at the "
-            "end (needs --seed, from which the data are made); a new run will not "
-            "overwrite PATH"
+            "save the run to PATH at the start and the end, and every N steps with "
+            "--checkpoint-every N; needs --seed, from which the data are made; a new run "
+            "does not overwrite PATH"
         ),
     )
     run.add_argument(
@@ -227,18 +227,19 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _check_checkpoint_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    problem = None
     if args.checkpoint is None:
-        for given, option in (
-            (args.checkpoint_every is not None, "--checkpoint-every"),
-            (args.resume, "--resume"),
-        ):
-            if given:
-                parser.error(f"{option} needs --checkpoint PATH")
+        if args.checkpoint_every is not None:
+            problem = "--checkpoint-every needs --checkpoint PATH"
+        elif args.resume:
+            problem = "--resume needs --checkpoint PATH"
     elif args.seed is None:
-        parser.error(
+        problem = (
             "--checkpoint needs --seed: the data are made from the seed, and a resumed run "
             "must make the same data"
         )
+    if problem is not None:
+        parser.exit(EXIT_USAGE, f"{PROG} train: error: {problem}\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
