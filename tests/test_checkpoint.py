@@ -602,3 +602,14 @@ def test_parameters_that_overflow_with_a_finite_loss_are_not_saved(tmp_path: Pat
     assert raised.value.step == 0
     assert raised.value.loss == 100.0
     assert load_checkpoint(path).step == 0
+
+
+def test_a_model_that_starts_non_finite_is_not_saved(tmp_path: Path) -> None:
+    model = nn.Linear(6, 2)
+    with torch.no_grad():
+        model.bias[1] = float("inf")
+    x, y = small_run()
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(NonFiniteError, match=r"bias is NaN or infinite before the first step"):
+        train(model, x, y, steps=3, checkpoint=path)
+    assert not path.exists()

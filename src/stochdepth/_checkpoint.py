@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import hashlib
 import io
+import math
 import os
 import random
 import re
@@ -516,8 +517,11 @@ class Checkpointer:
             raise RuntimeError(f"checkpoint at step {step} with {len(losses)} losses")
         model_state = model.state_dict()
         optimizer_state = optimizer.state_dict()
+        named = _named_tensors(model_state, optimizer_state)
         if step:
-            check_state(step - 1, losses[-1], _named_tensors(model_state, optimizer_state))
+            check_state(step - 1, losses[-1], named)
+        else:
+            check_state(None, math.nan, named)
         payload = {
             "step": step,
             "model": model_state,

@@ -84,15 +84,16 @@ def check_losses(losses: list[float], start: int) -> None:
             )
 
 
-def check_state(step: int, loss: float, named: Iterable[tuple[str, Tensor]]) -> None:
+def check_state(step: int | None, loss: float, named: Iterable[tuple[str, Tensor]]) -> None:
     """Raise :class:`NonFiniteError` if a floating-point tensor of ``named`` is not finite.
 
     One device synchronisation for all tensors; the names are looked at only on
     failure.
 
     Args:
-        step: The index of the last step run (whose update produced this state).
-        loss: That step's loss.
+        step: The index of the last step run (whose update produced this state), or
+            ``None`` before the first step.
+        loss: That step's loss (NaN before the first step).
         named: ``(name, tensor)`` pairs: the parameters, buffers and optimizer state.
 
     Raises:
@@ -105,6 +106,12 @@ def check_state(step: int, loss: float, named: Iterable[tuple[str, Tensor]]) -> 
     if bool(finite.all()):
         return
     name = pairs[int((~finite).nonzero()[0])][0]
+    if step is None:
+        raise NonFiniteError(
+            f"{name} is NaN or infinite before the first step; training did not start",
+            step=0,
+            loss=loss,
+        )
     raise NonFiniteError(
         f"{name} became NaN or infinite in the update of step {step} (whose loss was "
         f"{loss}); training stopped there and kept the last checkpoint, if any, as it was",
