@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 # torch 2.13 warns on stderr at import when NumPy is absent; stochdepth does not use
@@ -14,13 +15,18 @@ QUIET_ENV = {**os.environ, "PYTHONWARNINGS": "ignore:Failed to initialize NumPy:
 TIMEOUT = 300  # seconds: a hang fails the test instead of stalling the run
 
 
-def run_python(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run ``python ARGS...`` with this interpreter; return what it printed."""
+def run_python(
+    *args: str | Path, check: bool = True, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python ARGS...`` with this interpreter; return what it printed.
+
+    ``env`` adds to (or overrides) the environment's variables.
+    """
     return subprocess.run(
         [sys.executable, *map(str, args)],
         capture_output=True,
         text=True,
         check=check,
         timeout=TIMEOUT,
-        env=QUIET_ENV,
+        env={**QUIET_ENV, **(env or {})},
     )

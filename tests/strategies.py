@@ -8,7 +8,15 @@ import torch
 from hypothesis import strategies as st
 from torch import nn
 
-from stochdepth import DepthSampler, FixedDepth, SeededDepth, UniformDepth
+from stochdepth import (
+    BernoulliDepth,
+    DepthSampler,
+    FixedDepth,
+    GeometricDepth,
+    ScheduledDepth,
+    SeededDepth,
+    UniformDepth,
+)
 
 MAX_DEPTH = 6
 
@@ -31,12 +39,21 @@ def bounds(draw: st.DrawFn, max_value: int = MAX_DEPTH) -> tuple[int, int]:
 def samplers(draw: st.DrawFn) -> DepthSampler:
     """One of the built-in samplers, with drawn bounds."""
     low, high = draw(bounds())
-    kind = draw(st.sampled_from(["uniform", "fixed", "seeded"]))
+    kind = draw(
+        st.sampled_from(["uniform", "fixed", "seeded", "bernoulli", "geometric", "scheduled"])
+    )
     if kind == "uniform":
         return UniformDepth(low, high)
     if kind == "fixed":
         return FixedDepth(high)
-    return SeededDepth(low, high, seed=draw(seeds))
+    if kind == "seeded":
+        return SeededDepth(low, high, seed=draw(seeds))
+    if kind == "bernoulli":
+        return BernoulliDepth(high, draw(st.floats(0.0, 1.0)), seed=draw(seeds))
+    if kind == "geometric":
+        return GeometricDepth(draw(st.floats(0.05, 1.0)), high, seed=draw(seeds))
+    # A fresh schedule, at step 0 like every other sampler here before its first draw.
+    return ScheduledDepth(high, low, draw(st.integers(0, 20)), low=low, seed=draw(seeds))
 
 
 LAYERS: dict[str, Callable[[int], nn.Module]] = {

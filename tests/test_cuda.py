@@ -26,7 +26,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from stochdepth import DynamicNet, RepeatedBlock, SeededDepth
+from stochdepth import (
+    BernoulliDepth,
+    DynamicNet,
+    GeometricDepth,
+    RepeatedBlock,
+    ScheduledDepth,
+    SeededDepth,
+    train,
+)
 
 from strategies import LAYERS, bounds, depths, features, inputs, leading_dims, seeds
 
@@ -283,3 +291,32 @@ def test_state_dict_after_to_device_round_trips(
             got = copy_(x.to(next(copy_.parameters()).device))
             assert copy_.last_depth == depth, step
             torch.testing.assert_close(got.cpu(), want.cpu(), **TOLERANCES[dtype])
+
+
+GENERATOR_SAMPLERS = {
+    "bernoulli": lambda seed: BernoulliDepth(5, 0.6, seed=seed),
+    "geometric": lambda seed: GeometricDepth(0.3, 6, seed=seed),
+    "scheduled": lambda seed: ScheduledDepth(1, 5, 8, seed=seed),
+}
+
+
+@on_device
+@pytest.mark.parametrize("kind", sorted(GENERATOR_SAMPLERS))
+@given(seed=seeds, count=draw_counts)
+def test_every_generator_sampler_trains_the_same_on_cpu_and_cuda(
+    cuda_device: torch.device, kind: str, seed: int, count: int
+) -> None:
+    # The samplers draw on the CPU whatever the model's device, so a model on CUDA
+    # sees the depths, the telemetry and (in float64) the losses of the same model
+    # on the CPU.
+    make = GENERATOR_SAMPLERS[kind]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed % 2**32)
+        on_cpu = DynamicNet(4, 3, 2, sampler=make(seed)).double()
+        x, y = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    on_dev = copy.deepcopy(on_cpu).to(cuda_device)
+    want = train(on_cpu, x, y, steps=count, lr=1e-3, log_every=None)
+    got = train(on_dev, x.to(cuda_device), y.to(cuda_device), steps=count, lr=1e-3, log_every=None)
+    assert got.depths == want.depths
+    assert got.depth_histogram == want.depth_histogram == on_dev.middle.depth_histogram
+    assert [r.loss for r in got] == pytest.approx([r.loss for r in want], rel=1e-10, abs=1e-12)

@@ -458,3 +458,20 @@ def test_every_mode_gives_the_cpus_results_on_cuda(
             if have is not None and expected is not None:
                 assert have.device.type == cuda_device.type
                 torch.testing.assert_close(have.cpu(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_the_depth_limit_holds_in_every_mode() -> None:
+    x = torch.randn(3, 2)
+    rows = RepeatedBlock(nn.Linear(2, 2), FixedDepth(2), per_sample=True, depth_limit=4)
+    with pytest.raises(ValueError, match=r"depth_limit=4, got 5"):
+        rows(x, torch.tensor([1, 5, 0]))
+    with pytest.raises(ValueError, match=r"depth_limit=4, got 6"):
+        rows(x, 6)
+    masked = RepeatedBlock(nn.Linear(2, 2), FixedDepth(2), mode="masked", depth_limit=4)
+    masked.sampler = FixedDepth(9)  # replaced after construction: checked at the forward pass
+    with pytest.raises(ValueError, match=r"depth_limit=4, got 9"):
+        masked(x)
+    saving = RepeatedBlock(nn.Linear(2, 2), FixedDepth(2), checkpoint=True, depth_limit=4)
+    with pytest.raises(ValueError, match=r"depth_limit=4, got 7"):
+        saving(x, 7)
+    assert "depth_limit=4, checkpoint=True" in repr(saving)

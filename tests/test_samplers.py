@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import copy
 import io
-import math
 import pickle
 import random
 import re
@@ -22,6 +21,7 @@ from stochdepth import DepthSampler, FixedDepth, SeededDepth, UniformDepth
 from stochdepth._protocol import check_sampler
 
 from processes import run_python
+from stats import chi2_sf
 from strategies import bounds, depths, non_ints, samplers, seeds, wide_samplers
 
 draw_counts = st.integers(min_value=1, max_value=40)
@@ -112,27 +112,6 @@ def test_uniform_leaves_the_torch_rng_alone(low_high: tuple[int, int], n: int) -
 
 
 # --- uniformity: a fixed-seed chi-square test -----------------------------------------
-
-
-def chi2_sf(x: float, df: int) -> float:
-    """P(X >= x) for X ~ chi-square with ``df`` degrees of freedom, exactly, without scipy.
-
-    The regularised upper incomplete gamma function Q(df/2, x/2) has a closed form at
-    integer and half-integer shape: Q(x; 2) = exp(-x/2), Q(x; 1) = erfc(sqrt(x/2)), and
-    Q(x; k + 2) = Q(x; k) + (x/2)**(k/2) * exp(-x/2) / Gamma(k/2 + 1).
-    """
-    if df < 1:
-        raise ValueError(f"df must be >= 1, got {df}")
-    half = x / 2
-    if df % 2:
-        k, q = 1, math.erfc(math.sqrt(half))
-    else:
-        k, q = 2, math.exp(-half)
-    while k < df:
-        if half > 0:
-            q += math.exp((k / 2) * math.log(half) - half - math.lgamma(k / 2 + 1))
-        k += 2
-    return min(q, 1.0)
 
 
 # Textbook chi-square critical values: P(X >= x) for X ~ chi2(df) equals p.

@@ -3,9 +3,13 @@
 import importlib.metadata as _metadata
 
 from ._block import RepeatedBlock as RepeatedBlock
+from ._checkpoint import Checkpoint as Checkpoint
+from ._checkpoint import CheckpointError as CheckpointError
+from ._checkpoint import load_checkpoint as load_checkpoint
 from ._errors import SamplerPluginError as SamplerPluginError
 from ._errors import SamplerPluginWarning as SamplerPluginWarning
 from ._errors import UnknownSamplerError as UnknownSamplerError
+from ._finite import NonFiniteError as NonFiniteError
 from ._model import DynamicNet as DynamicNet
 from ._protocol import DepthSampler as DepthSampler
 from ._registry import available_samplers as available_samplers
@@ -30,10 +34,13 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from a sour
 
 __all__ = [
     "BernoulliDepth",
+    "Checkpoint",
+    "CheckpointError",
     "DepthSampler",
     "DynamicNet",
     "FixedDepth",
     "GeometricDepth",
+    "NonFiniteError",
     "RepeatedBlock",
     "SamplerPluginError",
     "SamplerPluginWarning",
@@ -46,6 +53,7 @@ __all__ = [
     "__version__",
     "available_samplers",
     "get_sampler",
+    "load_checkpoint",
     "refresh_samplers",
     "register_sampler",
     "train",

@@ -24,6 +24,8 @@ Mode = Literal["skip", "masked"]
 _EVAL_POLICIES = ("max", "min", "sample")
 _MODES = ("skip", "masked")
 _INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+DEFAULT_DEPTH_LIMIT = 10_000
+"""The most times a block applies its layer in one forward pass, unless told otherwise."""
 _EXTRA_STATE_KEY = "_extra_state"
 
 
@@ -72,6 +74,10 @@ class RepeatedBlock(nn.Module):
             segments of ``k`` repeats. Gradients are bitwise those of
             ``checkpoint=False``. Not available with ``per_sample=True`` in skip
             mode.
+        depth_limit: The most times one forward pass may apply the layer (default
+            10 000), a guard against a depth such as ``10**9`` that would run for
+            hours or exhaust memory. The sampler's ``max_depth`` and an int
+            ``eval_depth`` must not exceed it; a deeper forward pass raises.
 
     Attributes:
         layer: The repeated module.
@@ -79,6 +85,7 @@ class RepeatedBlock(nn.Module):
             saved in this block's ``state_dict`` (under ``_extra_state``), so a
             restored block continues the same sequence of depths.
         eval_depth: The eval-mode depth policy.
+        depth_limit: The most times one forward pass applies the layer.
         last_depth: The depth the last forward pass used (``None`` before the first):
             an int, or with ``per_sample=True`` a tensor of the rows' depths; in
             masked mode, the depth tensor when one was given.
@@ -92,7 +99,8 @@ class RepeatedBlock(nn.Module):
             nor a policy name, or ``mode``, ``per_sample`` or ``checkpoint`` has the
             wrong type.
         ValueError: ``eval_depth`` is negative or an unknown policy name, the
-            sampler's bounds are negative or reversed, ``mode`` is unknown,
+            sampler's bounds are negative or reversed, the sampler's ``max_depth``
+            or an int ``eval_depth`` is above ``depth_limit``, ``mode`` is unknown,
             ``checkpoint`` is an int below 1, or ``checkpoint`` was asked for with
             ``per_sample=True`` in skip mode.
 
@@ -110,6 +118,7 @@ class RepeatedBlock(nn.Module):
     layer: nn.Module
     sampler: DepthSampler
     eval_depth: EvalDepth
+    depth_limit: int
     last_depth: int | Tensor | None
     _depth_counts: dict[int, int]
     _plain: bool
@@ -120,6 +129,7 @@ class RepeatedBlock(nn.Module):
         sampler: DepthSampler | None = None,
         *,
         eval_depth: EvalDepth = "max",
+        depth_limit: int = DEFAULT_DEPTH_LIMIT,
         mode: Mode = "skip",
         per_sample: bool = False,
         checkpoint: bool | int = False,
@@ -130,6 +140,8 @@ class RepeatedBlock(nn.Module):
         self.layer = layer
         self.sampler = UniformDepth() if sampler is None else check_sampler(sampler)
         self.eval_depth = _check_eval_depth(eval_depth)
+        self.depth_limit = check_int("depth_limit", depth_limit)
+        check_within_limit(self.sampler, self.eval_depth, self.depth_limit)
         self.last_depth = None
         self._depth_counts = {}
         self._mode = _check_mode(mode)
@@ -163,8 +175,9 @@ class RepeatedBlock(nn.Module):
             TypeError: ``x`` is not a tensor, ``depth`` is not an int, the sampler
                 returned something other than an int, or the layer returned something
                 other than a tensor.
-            ValueError: ``depth`` is negative, the sampler returned a depth outside
-                its bounds, or the layer changed the shape of its input.
+            ValueError: ``depth`` is negative or above ``depth_limit``, the
+                sampler returned a depth outside its bounds, or the layer changed the
+                shape of its input.
         """
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {describe(x)}")
@@ -204,6 +217,7 @@ class RepeatedBlock(nn.Module):
 
     def _choose_depth(self, depth: object) -> int:
         """Draw, or take the eval policy's, or check the given depth; record it."""
+        given = depth is not None
         if depth is None:
             if self.training:  # draw_one, inlined: this is the hot path
                 sampler = self.sampler
@@ -214,6 +228,8 @@ class RepeatedBlock(nn.Module):
                 depth = self._eval_depth()
         elif type(depth) is not int or depth < 0:
             depth = check_int("depth", depth)
+        if depth > self.depth_limit:
+            raise self._limit_error(depth, given)
         # Not through nn.Module.__setattr__: a plain attribute, and this is the hot path.
         self.__dict__["last_depth"] = depth
         if self.training:
@@ -260,7 +276,10 @@ class RepeatedBlock(nn.Module):
         )
 
     def _max_depth(self) -> int:
-        return check_int("sampler.max_depth", self.sampler.max_depth)
+        high = check_int("sampler.max_depth", self.sampler.max_depth)
+        if high > self.depth_limit:  # masked mode applies the layer max_depth times
+            raise self._limit_error(high, False)
+        return high
 
     def _batch_depth_on(self, x: Tensor, depth: object) -> Tensor:
         """Masked mode, one depth: the depth as a 0-d int64 tensor on ``x``'s device."""
@@ -343,6 +362,9 @@ class RepeatedBlock(nn.Module):
         else:
             value = check_int("depth", depth) if depth is not None else self._eval_depth()
             depths = torch.full((rows,), value, dtype=torch.int64)
+        deepest = int(depths.max()) if rows else 0
+        if deepest > self.depth_limit:
+            raise self._limit_error(deepest, depth is not None)
         self.last_depth = depths
         if self.training and rows:
             counts = self._depth_counts
@@ -389,6 +411,13 @@ class RepeatedBlock(nn.Module):
         if policy == "min":
             return check_int("sampler.min_depth", self.sampler.min_depth)
         return policy
+
+    def _limit_error(self, depth: int, given: bool) -> ValueError:
+        source = "" if given else f" drawn by sampler {self.sampler!r}"
+        return ValueError(
+            f"depth must be <= the block's depth_limit={self.depth_limit}, got {depth}"
+            f"{source}; pass depth_limit= to RepeatedBlock to allow deeper forward passes"
+        )
 
     def _shape_error(self, x: Tensor, out: object, repeat: int, depth: int) -> Exception:
         layer = type(self.layer).__name__
@@ -446,6 +475,7 @@ class RepeatedBlock(nn.Module):
         options = "".join(
             f", {name}={value!r}"
             for name, value, default in (
+                ("depth_limit", self.depth_limit, DEFAULT_DEPTH_LIMIT),
                 ("mode", self._mode, "skip"),
                 ("per_sample", self._per_sample, False),
                 ("checkpoint", self._checkpoint, False),
@@ -464,6 +494,17 @@ def _check_eval_depth(value: object) -> EvalDepth:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"eval_depth must be {expected}, got {describe(value)}")
     return check_int("eval_depth", value)
+
+
+def check_within_limit(sampler: DepthSampler, eval_depth: EvalDepth, limit: int) -> None:
+    """Refuse, at construction, a sampler or an eval depth deeper than ``depth_limit``."""
+    if sampler.max_depth > limit:
+        raise ValueError(
+            f"sampler.max_depth must be <= depth_limit={limit}, got {sampler.max_depth} "
+            f"for {sampler!r}; pass depth_limit= to allow deeper forward passes"
+        )
+    if isinstance(eval_depth, int) and eval_depth > limit:
+        raise ValueError(f"eval_depth must be <= depth_limit={limit}, got {eval_depth}")
 
 
 def _check_mode(value: object) -> Mode:

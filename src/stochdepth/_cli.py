@@ -15,6 +15,9 @@ from typing import NoReturn
 
 import torch
 
+from ._block import DEFAULT_DEPTH_LIMIT
+from ._checkpoint import CheckpointError
+from ._finite import NonFiniteError
 from ._model import DynamicNet
 from ._protocol import DepthSampler
 from ._registry import BUILTIN_SAMPLERS, available_samplers, get_sampler, lookup_sampler
@@ -22,6 +25,7 @@ from ._trainer import train
 
 PROG = "stochdepth"
 EXIT_USAGE = 2
+EXIT_DIVERGED = 1  # the loss became NaN or infinite
 _MAX_SEED = 2**64 - 1  # torch.manual_seed takes no more
 
 
@@ -69,10 +73,16 @@ def _float_above(minimum: float, *, inclusive: bool) -> Callable[[str], float]:
 def _sampler(text: str) -> DepthSampler:
     """An argparse ``type``: a sampler spec, built with :func:`get_sampler`."""
     try:
-        return get_sampler(text)
+        sampler = get_sampler(text)
     except Exception as error:  # a plugin's constructor may raise anything: one line
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise argparse.ArgumentTypeError(message) from None
+    if sampler.max_depth > DEFAULT_DEPTH_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} draws depths up to {sampler.max_depth}, above the model's depth "
+            f"limit of {DEFAULT_DEPTH_LIMIT} repeats per forward pass"
+        )
+    return sampler
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +151,30 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="draw a progress bar on stderr (needs tqdm: the 'progress' extra)",
     )
+    run.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help=(
+            "save the run to PATH at the start and the end, and every N steps with "
+            "--checkpoint-every N; needs --seed, from which the data are made; a new run "
+            "does not overwrite PATH"
+        ),
+    )
+    run.add_argument(
+        "--checkpoint-every",
+        type=_int_in(0),
+        default=None,
+        metavar="N",
+        help="save every N steps; 0 saves only at the start and the end (default: 0)",
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help=(
+            "continue from --checkpoint PATH exactly where it stopped; --seed, --lr, "
+            "--momentum and --sampler must be the saved run's, --steps may be larger"
+        ),
+    )
     commands.add_parser(
         "samplers",
         help="list the samplers --sampler takes: built-in, registered and from plugins",
@@ -184,9 +218,28 @@ def _train(args: argparse.Namespace) -> None:
         momentum=args.momentum,
         log_every=args.log_every,
         progress=args.progress,
+        checkpoint=args.checkpoint,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
     )
     if args.summary:
         print(f"{PROG} train: {history.summary()}", file=sys.stderr)
+
+
+def _check_checkpoint_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    problem = None
+    if args.checkpoint is None:
+        if args.checkpoint_every is not None:
+            problem = "--checkpoint-every needs --checkpoint PATH"
+        elif args.resume:
+            problem = "--resume needs --checkpoint PATH"
+    elif args.seed is None:
+        problem = (
+            "--checkpoint needs --seed: the data are made from the seed, and a resumed run "
+            "must make the same data"
+        )
+    if problem is not None:
+        parser.exit(EXIT_USAGE, f"{PROG} train: error: {problem}\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -196,8 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: The arguments, without the program name (default: ``sys.argv[1:]``).
 
     Returns:
-        The exit status: 0 on success. Bad arguments exit with status 2 and a
-        one-line message, through ``SystemExit``.
+        The exit status: 0 on success; 2 with a one-line message when a checkpoint
+        cannot be used; 1 with a one-line message when the loss became NaN or
+        infinite. Bad arguments exit with status 2 and a one-line message, through
+        ``SystemExit``.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -207,11 +262,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{PROG} train: error: --progress draws its bar with tqdm, which is not installed: "
             f"pip install tqdm\n",
         )
+    if args.command == "train":
+        _check_checkpoint_options(parser, args)
     try:
         if args.command == "samplers":
             _samplers()
         else:
             _train(args)
+    except CheckpointError as error:
+        print(f"{PROG} train: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except NonFiniteError as error:
+        print(f"{PROG} train: error: {error}", file=sys.stderr)
+        return EXIT_DIVERGED
     except BrokenPipeError:  # `stochdepth train | head`: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

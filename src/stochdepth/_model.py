@@ -6,7 +6,7 @@ from typing import Any, cast
 
 from torch import Tensor, nn
 
-from ._block import EvalDepth, RepeatedBlock
+from ._block import DEFAULT_DEPTH_LIMIT, EvalDepth, RepeatedBlock
 from ._protocol import DepthSampler
 from ._validation import check_int, describe
 
@@ -39,6 +39,8 @@ class DynamicNet(nn.Module):
             ``UniformDepth(0, 3)``).
         eval_depth: The repeated layer's eval-mode depth policy, as in
             :class:`~stochdepth.RepeatedBlock` (default ``"max"``).
+        depth_limit: The most times one forward pass may apply the repeated layer,
+            as in :class:`~stochdepth.RepeatedBlock` (default 10 000).
 
     Attributes:
         input_linear: ``Linear(D_in, H)``.
@@ -49,7 +51,8 @@ class DynamicNet(nn.Module):
     Raises:
         TypeError: A size is not an int, or ``sampler`` is not a
             :class:`~stochdepth.DepthSampler`.
-        ValueError: A size is below 1.
+        ValueError: A size is below 1, or the sampler's ``max_depth`` is above
+            ``depth_limit``.
 
     Example:
         >>> import torch
@@ -73,6 +76,7 @@ class DynamicNet(nn.Module):
         sampler: DepthSampler | None = None,
         *,
         eval_depth: EvalDepth = "max",
+        depth_limit: int = DEFAULT_DEPTH_LIMIT,
     ) -> None:
         super().__init__()
         d_in = check_int("D_in", D_in, minimum=1)
@@ -80,7 +84,9 @@ class DynamicNet(nn.Module):
         d_out = check_int("D_out", D_out, minimum=1)
         self.input_linear = nn.Linear(d_in, hidden)
         repeated = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU())
-        self.middle = RepeatedBlock(repeated, sampler, eval_depth=eval_depth)
+        self.middle = RepeatedBlock(
+            repeated, sampler, eval_depth=eval_depth, depth_limit=depth_limit
+        )
         self.output_linear = nn.Linear(hidden, d_out)
         self.register_load_state_dict_pre_hook(_read_article_keys)  # type: ignore[no-untyped-call]
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ._generator import GeneratorSampler
-from ._validation import check_bounds, check_int, check_probability
+from ._validation import check_bounds, check_depth, check_int, check_probability
 
 
 class _DepthRange:
@@ -64,7 +64,7 @@ class UniformDepth(_DepthRange):
 
     Raises:
         TypeError: A bound is not an int.
-        ValueError: A bound is negative, or ``high < low``.
+        ValueError: A bound is negative or above ``2**53``, or ``high < low``.
 
     Example:
         >>> import random
@@ -109,7 +109,7 @@ class FixedDepth:
 
     Raises:
         TypeError: ``depth`` is not an int.
-        ValueError: ``depth`` is negative.
+        ValueError: ``depth`` is negative or above ``2**53``.
 
     Example:
         >>> from stochdepth import FixedDepth
@@ -120,7 +120,7 @@ class FixedDepth:
     __slots__ = ("_depth",)
 
     def __init__(self, depth: int) -> None:
-        self._depth = check_int("depth", depth)
+        self._depth = check_depth("depth", depth)
 
     @property
     def depth(self) -> int:
@@ -173,8 +173,8 @@ class SeededDepth(_DepthRange, GeneratorSampler):
     Raises:
         TypeError: A bound or the seed is not an int, or neither (or both) of
             ``seed`` and ``generator`` were given.
-        ValueError: A bound is negative, ``high < low``, the seed is out of range, or
-            the generator is not on the CPU.
+        ValueError: A bound is negative or above ``2**53``, ``high < low``, the seed is
+            out of range, or the generator is not on the CPU.
 
     Example:
         >>> from stochdepth import SeededDepth
@@ -234,8 +234,8 @@ class BernoulliDepth(GeneratorSampler):
     Raises:
         TypeError: An argument has the wrong type, or both ``seed`` and
             ``generator`` were given.
-        ValueError: ``max_depth`` is negative, ``p`` is not in ``[0, 1]``, the seed is
-            out of range, or the generator is not on the CPU.
+        ValueError: ``max_depth`` is negative or above ``2**53``, ``p`` is not in
+            ``[0, 1]``, the seed is out of range, or the generator is not on the CPU.
 
     Example:
         >>> from stochdepth import BernoulliDepth
@@ -254,7 +254,7 @@ class BernoulliDepth(GeneratorSampler):
         seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        self._max_depth = check_int("max_depth", max_depth)
+        self._max_depth = check_depth("max_depth", max_depth)
         self._p = check_probability("p", p)
         self._init_generator(seed, generator, required=False)
         self._count = torch.tensor(float(self._max_depth), dtype=torch.float64)
@@ -314,8 +314,8 @@ class GeometricDepth(GeneratorSampler):
     Raises:
         TypeError: An argument has the wrong type, or both ``seed`` and
             ``generator`` were given.
-        ValueError: ``p`` is not in ``(0, 1]``, ``max_depth`` is negative, the seed is
-            out of range, or the generator is not on the CPU.
+        ValueError: ``p`` is not in ``(0, 1]``, ``max_depth`` is negative or above
+            ``2**53``, the seed is out of range, or the generator is not on the CPU.
 
     Example:
         >>> from stochdepth import GeometricDepth
@@ -333,7 +333,7 @@ class GeometricDepth(GeneratorSampler):
         generator: torch.Generator | None = None,
     ) -> None:
         self._p = check_probability("p", p, allow_zero=False)
-        self._max_depth = check_int("max_depth", max_depth)
+        self._max_depth = check_depth("max_depth", max_depth)
         self._init_generator(seed, generator, required=False)
         # log(1 - p), and the untruncated mass of [0, max_depth], 1 - (1 - p)^(max_depth + 1)
         self._log_q = -math.inf if self._p == 1.0 else math.log1p(-self._p)
@@ -404,8 +404,9 @@ class ScheduledDepth(GeneratorSampler):
     Raises:
         TypeError: An argument has the wrong type, or both ``seed`` and
             ``generator`` were given.
-        ValueError: An argument is negative, ``start`` or ``end`` is below ``low``,
-            the seed is out of range, or the generator is not on the CPU.
+        ValueError: An argument is negative, a bound is above ``2**53``, ``start`` or
+            ``end`` is below ``low``, the seed is out of range, or the generator is not
+            on the CPU.
 
     Example:
         >>> from stochdepth import ScheduledDepth
@@ -427,10 +428,10 @@ class ScheduledDepth(GeneratorSampler):
         seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        self._start = check_int("start", start)
-        self._end = check_int("end", end)
+        self._start = check_depth("start", start)
+        self._end = check_depth("end", end)
         self._steps = check_int("steps", steps)
-        self._low = check_int("low", low)
+        self._low = check_depth("low", low)
         if min(self._start, self._end) < self._low:
             raise ValueError(
                 f"start and end must be >= low, got start={self._start}, end={self._end} "

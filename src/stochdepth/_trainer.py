@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, NamedTuple, TextIO
 
 import torch
 from torch import Tensor, nn
 
-from ._block import RepeatedBlock
+from ._block import RepeatedBlock, check_within_limit
+from ._checkpoint import make_checkpointer
+from ._finite import check_fits, check_losses
 from ._protocol import DepthSampler, check_sampler, has_set_step
-from ._validation import check_int, check_real, describe
+from ._validation import check_bool, check_int, check_real, check_stream, describe
 
 _PROGRESS_WINDOW = 25
+_CHECK_EVERY = 100  # read the pending losses (and check they are finite) at least this often
 
 
 class StepRecord(NamedTuple):
@@ -76,8 +80,8 @@ class TrainingHistory(list[StepRecord]):
         """Return a one-line summary: steps, final loss, mean depth and histogram.
 
         Returns:
-            For example ``"500 steps, final loss 0.1915, mean depth 1.49, depths
-            0:124 1:127 2:119 3:130"``.
+            For example ``"500 steps, final loss 0.191512, mean depth 1.426,
+            depths 0:149 1:111 2:118 3:122"``.
         """
         if not self:
             return "0 steps"
@@ -102,6 +106,9 @@ def train(
     progress: bool = False,
     file: TextIO | None = None,
     summary: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> TrainingHistory:
     """Train ``model`` to map ``x`` to ``y`` with the article's loop.
 
@@ -130,6 +137,16 @@ def train(
         file: Where the ``t loss`` lines go (default: ``sys.stdout``).
         summary: After the run, also print :meth:`TrainingHistory.summary` (the
             mean depth and the depth histogram) to ``file``.
+        checkpoint: Save the run to this file (see :func:`~stochdepth.load_checkpoint`):
+            at step 0, every ``checkpoint_every`` steps and at the end. A new run
+            refuses to overwrite an existing file.
+        checkpoint_every: Save every this many steps; ``None`` or 0 saves only at
+            the start and at the end.
+        resume: Continue from ``checkpoint``: the model, optimizer, samplers, random
+            states and history are restored, and the run goes on from the saved step
+            to ``steps``, exactly as if it had never stopped. ``lr``, ``momentum``,
+            the samplers' kinds and parameters, the model's shape, and ``x`` and
+            ``y`` must be those of the saved run.
 
     Returns:
         One :class:`StepRecord` per step, ``(step, loss, depth)``, in a
@@ -138,10 +155,15 @@ def train(
 
     Raises:
         TypeError: An argument has the wrong type.
-        ValueError: An argument is out of range, ``sampler`` was given for a model
+        ValueError: An argument is out of range (``lr`` and ``momentum`` must also
+            fit in the parameters' dtype), ``sampler`` was given for a model
             without a ``RepeatedBlock``, or the model's output and ``y`` differ in
             shape.
         ImportError: ``progress=True`` and tqdm is not installed.
+        CheckpointError: ``checkpoint`` cannot be resumed from (missing, damaged, or
+            saved by another run) or written; the file is left as it was.
+        NonFiniteError: The loss, or the state to save, became NaN or infinite; the
+            last checkpoint is left as it was.
 
     Example:
         >>> import torch
@@ -160,6 +182,12 @@ def train(
     lr = check_real("lr", lr, minimum=0.0, inclusive=False)
     momentum = check_real("momentum", momentum, minimum=0.0)
     log_every = 0 if log_every is None else check_int("log_every", log_every)
+    progress, summary = check_bool("progress", progress), check_bool("summary", summary)
+    check_stream("file", file)
+    check_fits(model, lr=lr, momentum=momentum)
+    checkpointer = make_checkpointer(
+        checkpoint, checkpoint_every, resume, x, y, lr=lr, momentum=momentum, steps=steps
+    )
     blocks = [module for module in model.modules() if isinstance(module, RepeatedBlock)]
     if sampler is not None:
         if not blocks:
@@ -168,6 +196,8 @@ def train(
                 f"{type(model).__name__}"
             )
         sampler = check_sampler(sampler)
+        for block in blocks:
+            check_within_limit(sampler, block.eval_depth, block.depth_limit)
         for block in blocks:
             block.sampler = sampler
     steppers = list({id(s): s for b in blocks if has_set_step(s := b.sampler)}.values())
@@ -183,7 +213,10 @@ def train(
     was_training = model.training
     model.train()
     try:
-        for t in range(steps):
+        start = 0 if checkpointer is None else checkpointer.start(model, optimizer, losses, depths)
+        if bar is not None and start:
+            bar.update(start)
+        for t in range(start, steps):
             for stepper in steppers:
                 stepper.set_step(t)
             y_pred = model(x)
@@ -195,14 +228,21 @@ def train(
             if log_every and t % log_every == log_every - 1:
                 _flush(pending, losses)
                 write(f"{t} {losses[-1]}", file=out)
+            elif len(pending) >= _CHECK_EVERY:
+                _flush(pending, losses)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if checkpointer is not None and checkpointer.due(t + 1):
+                _flush(pending, losses)
+                checkpointer.save(t + 1, model, optimizer, losses, depths)
             if bar is not None:
                 bar.update(1)
                 if len(pending) >= _PROGRESS_WINDOW or t == steps - 1:
                     _show_progress(bar, pending, losses, depths)
         _flush(pending, losses)
+        if checkpointer is not None and checkpointer.saved_step != steps:
+            checkpointer.save(steps, model, optimizer, losses, depths)
     finally:
         if bar is not None:
             bar.close()
@@ -236,8 +276,10 @@ def _repeats_applied(depth: int | Tensor | None) -> int:
 
 def _flush(pending: list[Tensor], losses: list[float]) -> None:
     if pending:
+        first = len(losses)
         losses.extend(torch.stack(pending).tolist())
         pending.clear()
+        check_losses(losses, first)
 
 
 def _output_mismatch(y_pred: object, y: Tensor) -> str:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import math
 import numbers
 
+MAX_SAMPLER_DEPTH = 2**53
+"""The largest bound a sampler takes: every draw up to it is exact, even in float64."""
+
 
 def describe(value: object) -> str:
     """Return ``repr(value)`` and its type, for error messages."""
@@ -41,6 +44,37 @@ def check_int(name: str, value: object, *, minimum: int | None = 0) -> int:
     return result
 
 
+def check_depth(name: str, value: object) -> int:
+    """Return a sampler's depth bound as an int in ``[0, 2**53]``, or raise naming ``name``.
+
+    Larger bounds could not be drawn exactly (a float64 holds every int up to
+    ``2**53``, and ``torch.randint`` none beyond ``2**63 - 1``).
+
+    Raises:
+        TypeError: ``value`` is not an integer.
+        ValueError: ``value`` is negative or above ``2**53``.
+    """
+    result = check_int(name, value)
+    if result > MAX_SAMPLER_DEPTH:
+        raise ValueError(f"{name} must be an int in [0, 2**53], got {result}")
+    return result
+
+
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is a bool, or raise a ``TypeError`` naming ``name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {describe(value)}")
+    return value
+
+
+def check_stream(name: str, value: object) -> None:
+    """Check that ``value`` is ``None`` or has a ``write`` method, naming ``name``."""
+    if value is not None and not callable(getattr(value, "write", None)):
+        raise TypeError(
+            f"{name} must be a text stream (with a write() method) or None, got {describe(value)}"
+        )
+
+
 def check_bounds(low: object, high: object) -> tuple[int, int]:
     """Check an inclusive depth range ``[low, high]``.
 
@@ -53,10 +87,10 @@ def check_bounds(low: object, high: object) -> tuple[int, int]:
 
     Raises:
         TypeError: A bound is not an int.
-        ValueError: A bound is negative, or ``high < low``.
+        ValueError: A bound is negative or above ``2**53``, or ``high < low``.
     """
-    low_int = check_int("low", low)
-    high_int = check_int("high", high)
+    low_int = check_depth("low", low)
+    high_int = check_depth("high", high)
     if high_int < low_int:
         raise ValueError(f"high must be >= low, got low={low_int} and high={high_int}")
     return low_int, high_int
