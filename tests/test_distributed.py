@@ -494,3 +494,23 @@ def test_the_distributed_names_are_public() -> None:
     assert "check_depth_agreement" in stochdepth.__all__
     assert issubclass(stochdepth.DepthMismatchError, RuntimeError)
     assert Path(ddp_workers.__file__).parent == Path(__file__).parent
+
+
+def test_checkpoints_and_distributed_training_are_refused_together(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Not supported yet: every rank would write the same file.
+    path = tmp_path / "run.ckpt"
+    model = stochdepth.DynamicNet(4, 3, 2)
+    with pytest.raises(ValueError, match=r"^checkpoint cannot be combined with distributed=True"):
+        stochdepth.train(
+            model, torch.randn(4, 4), torch.randn(4, 2), distributed=True, checkpoint=path
+        )
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--seed", "1", "--checkpoint", str(path), "--distributed"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        err == "stochdepth train: error: --checkpoint cannot be combined with --distributed yet\n"
+    )
+    assert not path.exists()
