@@ -374,3 +374,23 @@ def test_version_in_a_real_process() -> None:
     assert result.returncode == 0
     assert result.stdout == f"stochdepth {importlib.metadata.version('stochdepth')}\n"
     assert result.stderr == ""
+
+
+def test_an_unseeded_sampler_draws_its_seed_from_the_seeded_generator(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # bernoulli without seed= takes its seed from torch's generator: the one --seed
+    # seeded, not whatever state torch was in when the arguments were parsed.
+    args = ("train", "--seed", "7", "--steps", "60", "--log-every", "20")
+    runs = []
+    for before in (123, 456):
+        torch.manual_seed(before)
+        runs.append(run_main(capsys, *args, "--sampler", "bernoulli:max_depth=3,p=0.5"))
+    assert runs[0] == runs[1]
+    assert runs[0][0] == 0
+    # and building it leaves the seeded data and weights alone: at depth 0 the first
+    # loss is the one any depth-0 sampler gives
+    torch.manual_seed(0)
+    _, fixed_out, _ = run_main(capsys, *args, "--sampler", "fixed:depth=0")
+    _, bernoulli_out, _ = run_main(capsys, *args, "--sampler", "bernoulli:max_depth=3,p=0.0")
+    assert bernoulli_out == fixed_out

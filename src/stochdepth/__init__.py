@@ -6,6 +6,10 @@ from ._block import RepeatedBlock as RepeatedBlock
 from ._checkpoint import Checkpoint as Checkpoint
 from ._checkpoint import CheckpointError as CheckpointError
 from ._checkpoint import load_checkpoint as load_checkpoint
+from ._distributed import BroadcastDepth as BroadcastDepth
+from ._distributed import DepthMismatchError as DepthMismatchError
+from ._distributed import SkippedLayerTie as SkippedLayerTie
+from ._distributed import check_depth_agreement as check_depth_agreement
 from ._errors import SamplerPluginError as SamplerPluginError
 from ._errors import SamplerPluginWarning as SamplerPluginWarning
 from ._errors import UnknownSamplerError as UnknownSamplerError
@@ -34,8 +38,10 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from a sour
 
 __all__ = [
     "BernoulliDepth",
+    "BroadcastDepth",
     "Checkpoint",
     "CheckpointError",
+    "DepthMismatchError",
     "DepthSampler",
     "DynamicNet",
     "FixedDepth",
@@ -46,12 +52,14 @@ __all__ = [
     "SamplerPluginWarning",
     "ScheduledDepth",
     "SeededDepth",
+    "SkippedLayerTie",
     "StepRecord",
     "TrainingHistory",
     "UniformDepth",
     "UnknownSamplerError",
     "__version__",
     "available_samplers",
+    "check_depth_agreement",
     "get_sampler",
     "load_checkpoint",
     "refresh_samplers",

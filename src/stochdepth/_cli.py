@@ -15,8 +15,10 @@ from typing import NoReturn
 
 import torch
 
+from . import _launch
 from ._block import DEFAULT_DEPTH_LIMIT
 from ._checkpoint import CheckpointError
+from ._distributed import BroadcastDepth, DepthMismatchError
 from ._finite import NonFiniteError
 from ._model import DynamicNet
 from ._protocol import DepthSampler
@@ -70,10 +72,15 @@ def _float_above(minimum: float, *, inclusive: bool) -> Callable[[str], float]:
     return convert
 
 
-def _sampler(text: str) -> DepthSampler:
-    """An argparse ``type``: a sampler spec, built with :func:`get_sampler`."""
+def _sampler(text: str) -> str:
+    """An argparse ``type``: a sampler spec, checked by building it once.
+
+    The spec itself is returned: :func:`_train` builds the sampler again after
+    ``--seed`` has seeded torch, so that a sampler that draws its seed from torch's
+    generator (``bernoulli`` without ``seed=``, say) draws it from the seeded one.
+    """
     try:
-        sampler = get_sampler(text)
+        sampler = _fresh_sampler(text)
     except Exception as error:  # a plugin's constructor may raise anything: one line
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise argparse.ArgumentTypeError(message) from None
@@ -82,7 +89,13 @@ def _sampler(text: str) -> DepthSampler:
             f"{text!r} draws depths up to {sampler.max_depth}, above the model's depth "
             f"limit of {DEFAULT_DEPTH_LIMIT} repeats per forward pass"
         )
-    return sampler
+    return text
+
+
+def _fresh_sampler(spec: str) -> DepthSampler:
+    """Build ``spec``'s sampler, leaving torch's global generator as it was."""
+    with torch.random.fork_rng(devices=[]):
+        return get_sampler(spec)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,6 +188,34 @@ def build_parser() -> argparse.ArgumentParser:
             "--momentum and --sampler must be the saved run's, --steps may be larger"
         ),
     )
+    run.add_argument(
+        "--distributed",
+        action="store_true",
+        help=(
+            "train with DistributedDataParallel across the processes that torchrun "
+            "starts (torchrun --nproc_per_node=N -m stochdepth train --distributed): "
+            "rank 0's batch is split across ranks, only rank 0 logs"
+        ),
+    )
+    run.add_argument(
+        "--backend",
+        choices=_launch.BACKENDS,
+        default="auto",
+        help="with --distributed: nccl when every local rank has a GPU, else gloo (default: auto)",
+    )
+    run.add_argument(
+        "--broadcast-depth",
+        action="store_true",
+        help=(
+            "with --distributed: every rank uses rank 0's draw of the depth "
+            "(one broadcast per step)"
+        ),
+    )
+    run.add_argument(
+        "--digest",
+        action="store_true",
+        help="print the SHA-256 of the final parameters on stderr (every rank prints its own)",
+    )
     commands.add_parser(
         "samplers",
         help="list the samplers --sampler takes: built-in, registered and from plugins",
@@ -202,13 +243,21 @@ def _samplers() -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    device = _launch.start(args.backend) if args.distributed else torch.device("cpu")
+    if args.distributed:  # every rank seeds torch and random alike: same data, same depths
+        args.seed = _launch.shared_seed(args.seed, device)
     if args.seed is not None:
         torch.manual_seed(args.seed)
         random.seed(args.seed)
     N, D_in, H, D_out = 64, 1000, 100, 10  # noqa: N806 - the article's names
     x = torch.randn(N, D_in)
     y = torch.randn(N, D_out)
-    model = DynamicNet(D_in, H, D_out, sampler=args.sampler)
+    sampler = None if args.sampler is None else _fresh_sampler(args.sampler)
+    model = DynamicNet(D_in, H, D_out, sampler=sampler)
+    if args.broadcast_depth:
+        model.middle.sampler = BroadcastDepth(model.middle.sampler)
+    if device.type != "cpu":
+        model, x, y = model.to(device), x.to(device), y.to(device)
     history = train(
         model,
         x,
@@ -221,9 +270,13 @@ def _train(args: argparse.Namespace) -> None:
         checkpoint=args.checkpoint,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
+        distributed=args.distributed,
     )
-    if args.summary:
+    if args.summary and _launch.is_main():
         print(f"{PROG} train: {history.summary()}", file=sys.stderr)
+    if args.digest:
+        print(f"{PROG} train: {_launch.digest_line(model)}", file=sys.stderr)
+    _launch.stop()
 
 
 def _check_checkpoint_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -238,6 +291,8 @@ def _check_checkpoint_options(parser: argparse.ArgumentParser, args: argparse.Na
             "--checkpoint needs --seed: the data are made from the seed, and a resumed run "
             "must make the same data"
         )
+    elif args.distributed:
+        problem = "--checkpoint cannot be combined with --distributed yet"
     if problem is not None:
         parser.exit(EXIT_USAGE, f"{PROG} train: error: {problem}\n")
 
@@ -264,6 +319,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.command == "train":
         _check_checkpoint_options(parser, args)
+    if args.command == "train" and (args.distributed or args.broadcast_depth):
+        problem = (
+            _launch.environment_problem(args.backend)
+            if args.distributed
+            else "--broadcast-depth needs --distributed"
+        )
+        if problem is not None:
+            parser.exit(EXIT_USAGE, f"{PROG} train: error: {problem}\n")
     try:
         if args.command == "samplers":
             _samplers()
@@ -279,4 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except DepthMismatchError as error:  # ranks that disagree: one line, on every rank
+        print(f"{PROG} train: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     return 0

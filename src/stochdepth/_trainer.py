@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from ._block import RepeatedBlock, check_within_limit
 from ._checkpoint import make_checkpointer
+from ._distributed import DistributedRun
 from ._finite import check_fits, check_losses
 from ._protocol import DepthSampler, check_sampler, has_set_step
 from ._validation import check_bool, check_int, check_real, check_stream, describe
@@ -109,6 +110,7 @@ def train(
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    distributed: bool = False,
 ) -> TrainingHistory:
     """Train ``model`` to map ``x`` to ``y`` with the article's loop.
 
@@ -147,6 +149,15 @@ def train(
             to ``steps``, exactly as if it had never stopped. ``lr``, ``momentum``,
             the samplers' kinds and parameters, the model's shape, and ``x`` and
             ``y`` must be those of the saved run.
+        distributed: Train with ``DistributedDataParallel`` on torch.distributed's
+            default process group (see ``docs/distributed.md``). Rank 0's ``x``,
+            ``y``, weights and sampler states are every rank's; each rank trains on its
+            contiguous share of the batch, and the gradients are summed, so that the
+            loss and the update are the single-process ones of the whole batch (up to
+            rounding). A :class:`~stochdepth.SkippedLayerTie` makes depth-0 steps work
+            and keeps their single-process semantics, and every step checks that the
+            ranks drew the same depths (:class:`~stochdepth.DepthMismatchError`
+            otherwise). Only rank 0 prints; every rank returns the same history.
 
     Returns:
         One :class:`StepRecord` per step, ``(step, loss, depth)``, in a
@@ -164,6 +175,10 @@ def train(
             saved by another run) or written; the file is left as it was.
         NonFiniteError: The loss, or the state to save, became NaN or infinite; the
             last checkpoint is left as it was.
+        RuntimeError: ``distributed=True`` and no process group is initialized.
+        ValueError: ``distributed=True`` together with ``checkpoint`` (not supported
+            yet: every rank would write the same file).
+        DepthMismatchError: ``distributed=True`` and the ranks drew different depths.
 
     Example:
         >>> import torch
@@ -185,6 +200,12 @@ def train(
     progress, summary = check_bool("progress", progress), check_bool("summary", summary)
     check_stream("file", file)
     check_fits(model, lr=lr, momentum=momentum)
+    distributed = check_bool("distributed", distributed)
+    if distributed and checkpoint is not None:
+        raise ValueError(
+            "checkpoint cannot be combined with distributed=True yet: every rank would "
+            "write the same file; train distributed without checkpoint"
+        )
     checkpointer = make_checkpointer(
         checkpoint, checkpoint_every, resume, x, y, lr=lr, momentum=momentum, steps=steps
     )
@@ -201,6 +222,12 @@ def train(
         for block in blocks:
             block.sampler = sampler
     steppers = list({id(s): s for b in blocks if has_set_step(s := b.sampler)}.values())
+    run = DistributedRun(model, x, y) if distributed else None
+    forward: nn.Module = model if run is None else run.ddp
+    if run is not None:
+        x, y = run.x, run.y
+        if not run.is_main:  # rank 0 logs for all
+            log_every, progress, summary = 0, False, False
     bar = _progress_bar(steps) if progress else None
     write = print if bar is None else bar.write
     out = sys.stdout if file is None else file
@@ -219,11 +246,11 @@ def train(
         for t in range(start, steps):
             for stepper in steppers:
                 stepper.set_step(t)
-            y_pred = model(x)
+            y_pred = forward(x)
             if not isinstance(y_pred, Tensor) or y_pred.shape != y.shape:
                 raise ValueError(_output_mismatch(y_pred, y))
             loss = criterion(y_pred, y)
-            pending.append(loss.detach())
+            pending.append(loss.detach() if run is None else run.step_loss(loss, t))
             depths.append(_total_depth(blocks))
             if log_every and t % log_every == log_every - 1:
                 _flush(pending, losses)
@@ -232,6 +259,8 @@ def train(
                 _flush(pending, losses)
             optimizer.zero_grad()
             loss.backward()
+            if run is not None:
+                run.tie.restore_skipped_grads()
             optimizer.step()
             if checkpointer is not None and checkpointer.due(t + 1):
                 _flush(pending, losses)
@@ -246,6 +275,8 @@ def train(
     finally:
         if bar is not None:
             bar.close()
+        if run is not None:
+            run.close()
         model.train(was_training)
     history = TrainingHistory(
         StepRecord(t, loss, depth)

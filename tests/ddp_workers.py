@@ -1,0 +1,294 @@
+"""What each rank of the two-process DDP tests runs (``torch.multiprocessing.spawn``).
+
+The workers live here, not in the test module, so that a spawned child imports only
+this small module. Each rank runs every scenario in turn on one gloo process group
+over loopback, records what it saw in a dict (an exception's type and message
+included, instead of dying), and saves it for the parent test to check.
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from stochdepth import (
+    BroadcastDepth,
+    DepthMismatchError,
+    DynamicNet,
+    FixedDepth,
+    SeededDepth,
+    SkippedLayerTie,
+    UniformDepth,
+    check_depth_agreement,
+    train,
+)
+
+WORLD_SIZE = 2
+SIZES = (16, 20, 10, 3)  # N, D_in, H, D_out: small, so that many steps stay cheap
+STEPS = 40
+SEED = 3
+SAMPLER_SEED = 11
+COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=30)  # a hang inside gloo fails, not stalls
+
+
+class SequenceDepth:
+    """A sampler that returns given depths in turn (the same object on every rank)."""
+
+    min_depth = 0
+    max_depth = 3
+
+    def __init__(self, depths: list[int]) -> None:
+        self.depths = list(depths)
+        self.index = 0
+
+    def sample(self) -> int:
+        depth = self.depths[self.index]
+        self.index += 1
+        return depth
+
+
+def global_batch(seed: int = SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole batch, and the seeded model that goes with it, as a single process makes them."""
+    torch.manual_seed(seed)
+    n, d_in, _, d_out = SIZES
+    return torch.randn(n, d_in), torch.randn(n, d_out)
+
+
+def flat_parameters(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def identical_across_ranks(model: nn.Module) -> bool:
+    local = flat_parameters(model)
+    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    return all(torch.equal(gathered[0], other) for other in gathered)
+
+
+def scenario_train(rank: int) -> dict[str, Any]:
+    """train(distributed=True): rank 0's data, weights and sampler state are everyone's."""
+    x, y = global_batch()
+    model = DynamicNet(*SIZES[1:], sampler=SeededDepth(0, 3, seed=SAMPLER_SEED))
+    if rank != 0:  # prove that the broadcasts, not identical seeding, make them agree
+        torch.manual_seed(1000 + rank)
+        x, y = torch.randn_like(x), torch.randn_like(y)
+        model = DynamicNet(*SIZES[1:], sampler=SeededDepth(0, 3, seed=1000 + rank))
+    history = train(model, x, y, steps=STEPS, log_every=None, distributed=True)
+    return {
+        "losses": [record.loss for record in history],
+        "depths": history.depths,
+        "parameters": flat_parameters(model),
+        "identical": identical_across_ranks(model),
+    }
+
+
+def scenario_manual_loop(rank: int) -> dict[str, Any]:
+    """The public pieces in a hand-written DDP loop, default DDP arguments."""
+    torch.manual_seed(SEED)
+    depths = [1, 0, 2, 0, 0, 3, 1, 0, 2, 1, 0, 3]
+    model = DynamicNet(*SIZES[1:], sampler=SequenceDepth(depths))
+    tie = SkippedLayerTie(model)
+    ddp = DistributedDataParallel(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x, y = global_batch(SEED + rank)  # a different shard on each rank
+    middle = model.middle_linear.weight
+    record: dict[str, Any] = {"identical": [], "restored": [], "grad_none": [], "buffer_kept": []}
+    for step in range(len(depths)):
+        loss = nn.functional.mse_loss(ddp(x), y, reduction="sum")
+        check_depth_agreement(model, step=step)
+        optimizer.zero_grad()
+        loss.backward()
+        record["restored"].append(tie.restore_skipped_grads())
+        record["grad_none"].append(middle.grad is None)
+        before = optimizer.state[middle].get("momentum_buffer")
+        before = None if before is None else before.clone()
+        weight = middle.detach().clone()
+        optimizer.step()
+        after = optimizer.state[middle].get("momentum_buffer")
+        if depths[step] == 0:
+            record["buffer_kept"].append(
+                before is not None
+                and torch.equal(before, after)
+                and torch.equal(weight, middle.detach())
+            )
+        if step % 3 == 2:
+            record["identical"].append(identical_across_ranks(model))
+    record["depths"] = depths
+    record["final_identical"] = identical_across_ranks(model)
+    tie.remove()
+    return record
+
+
+def scenario_no_restore(rank: int) -> dict[str, Any]:
+    """The tie without restore_skipped_grads: what DDP itself does to the grad at depth 0."""
+    torch.manual_seed(SEED)
+    model = DynamicNet(*SIZES[1:], sampler=SequenceDepth([1, 0]))
+    tie = SkippedLayerTie(model)
+    ddp = DistributedDataParallel(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x, y = global_batch(SEED + rank)
+    middle = model.middle_linear.weight
+    for _ in range(2):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(ddp(x), y, reduction="sum").backward()
+        weight = middle.detach().clone()
+        buffer = optimizer.state[middle].get("momentum_buffer")
+        buffer = None if buffer is None else buffer.clone()
+        optimizer.step()
+    tie.remove()
+    grad = middle.grad
+    new_buffer = optimizer.state[middle]["momentum_buffer"]
+    return {
+        "grad_is_zeros": grad is not None and not bool(grad.any()),
+        "weight_moved": not torch.equal(weight, middle.detach()),
+        "buffer_decayed": buffer is not None and torch.allclose(new_buffer, 0.9 * buffer),
+    }
+
+
+def scenario_disagreeing_train(rank: int) -> dict[str, Any]:
+    """UniformDepth (Python's random) seeded differently on each rank: the check fires."""
+    x, y = global_batch()
+    random.seed(100 + rank)
+    model = DynamicNet(*SIZES[1:], sampler=UniformDepth(0, 3))
+    train(model, x, y, steps=STEPS, log_every=None, distributed=True)
+    return {}
+
+
+def scenario_disagreeing_check(rank: int) -> dict[str, Any]:
+    """check_depth_agreement names the ranks and their depths."""
+    model = DynamicNet(*SIZES[1:], sampler=FixedDepth(rank + 1))
+    model(global_batch()[0])
+    check_depth_agreement(model, step=7)
+    return {}
+
+
+def scenario_broadcast(rank: int) -> dict[str, Any]:
+    """BroadcastDepth: unseeded-alike ranks use rank 0's draws."""
+    x, y = global_batch()
+    random.seed(100 + rank)
+    model = DynamicNet(*SIZES[1:], sampler=BroadcastDepth(UniformDepth(0, 3)))
+    history = train(model, x, y, steps=STEPS, log_every=None, distributed=True)
+    return {"depths": history.depths, "identical": identical_across_ranks(model)}
+
+
+def scenario_raw_ddp(rank: int) -> dict[str, Any]:
+    """Plain DDP, no tie, a depth-0 step: what PyTorch does (the documented finding)."""
+    torch.manual_seed(SEED)
+    model = DynamicNet(*SIZES[1:], sampler=SequenceDepth([1, 0, 1]))
+    ddp = DistributedDataParallel(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x, y = global_batch(SEED + rank)
+    record: dict[str, Any] = {"grads_reduced": []}
+    for _ in range(2):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(ddp(x), y, reduction="sum").backward()
+        grad = model.input_linear.weight.grad
+        assert grad is not None
+        gathered = [torch.empty_like(grad) for _ in range(WORLD_SIZE)]
+        dist.all_gather(gathered, grad.contiguous())
+        record["grads_reduced"].append(torch.equal(gathered[0], gathered[1]))
+        optimizer.step()
+    record["identical_after_depth_0"] = identical_across_ranks(model)
+    try:
+        ddp(x)
+    except RuntimeError as error:
+        record["next_forward_error"] = str(error)
+    return record
+
+
+def scenario_too_few_rows(rank: int) -> dict[str, Any]:
+    """A batch of one row cannot be split across two ranks: every rank says so."""
+    model = DynamicNet(*SIZES[1:], sampler=FixedDepth(1))
+    rows = 1 if rank == 0 else 8  # rank 0's batch is the one that counts
+    train(model, torch.randn(rows, SIZES[1]), torch.randn(rows, SIZES[3]), distributed=True)
+    return {}
+
+
+FSDP_DEPTHS = [1, 0, 2, 0, 3, 1, 0, 2]
+
+
+def fsdp_reference() -> torch.Tensor:
+    """The single-process run that scenario_fsdp2 shards: its final parameters."""
+    torch.manual_seed(SEED)
+    model = DynamicNet(*SIZES[1:], sampler=SequenceDepth(FSDP_DEPTHS))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x, y = global_batch(SEED + 1)
+    for _ in FSDP_DEPTHS:
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), y, reduction="sum").backward()
+        optimizer.step()
+    return flat_parameters(model)
+
+
+def scenario_fsdp2(rank: int) -> dict[str, Any]:
+    """FSDP2's fully_shard on CPU/gloo through depth-0 steps, without the tie."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(SEED)
+    model = DynamicNet(*SIZES[1:], sampler=SequenceDepth(FSDP_DEPTHS))
+    fully_shard(model.middle.layer, mesh=init_device_mesh("cpu", (WORLD_SIZE,)))
+    fully_shard(model, mesh=init_device_mesh("cpu", (WORLD_SIZE,)))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x, y = (t.chunk(WORLD_SIZE)[rank] for t in global_batch(SEED + 1))
+    grad_none = []
+    for depth in FSDP_DEPTHS:
+        optimizer.zero_grad()
+        # FSDP averages the gradients; the loss is a sum over the whole batch
+        loss = nn.functional.mse_loss(model(x), y, reduction="sum") * WORLD_SIZE
+        loss.backward()
+        if depth == 0:
+            grad_none.append(model.middle.layer[0].weight.grad is None)
+        optimizer.step()
+    full = [p.full_tensor() for p in model.parameters()]  # DTensors: gather the shards
+    return {"grad_none": grad_none, "parameters": torch.cat([p.reshape(-1) for p in full])}
+
+
+SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
+    "train": scenario_train,
+    "manual_loop": scenario_manual_loop,
+    "no_restore": scenario_no_restore,
+    "disagreeing_train": scenario_disagreeing_train,
+    "disagreeing_check": scenario_disagreeing_check,
+    "broadcast": scenario_broadcast,
+    "too_few_rows": scenario_too_few_rows,
+    "fsdp2": scenario_fsdp2,
+    "raw_ddp": scenario_raw_ddp,  # last: it leaves a DDP reducer in a failed state
+}
+
+
+def run_scenarios(rank: int, init_file: str, out_dir: str) -> None:
+    """Entry point of each spawned rank."""
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=WORLD_SIZE,
+        timeout=COLLECTIVE_TIMEOUT,
+    )
+    results: dict[str, Any] = {}
+    try:
+        for name, scenario in SCENARIOS.items():
+            try:
+                results[name] = scenario(rank)
+            except Exception as error:
+                results[name] = {
+                    "error_type": type(error).__name__,
+                    "error": str(error),
+                    "mismatch": isinstance(error, DepthMismatchError),
+                    "traceback": traceback.format_exc(),
+                }
+            dist.barrier()
+    finally:
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        dist.destroy_process_group()

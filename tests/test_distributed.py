@@ -1,0 +1,516 @@
+"""Distributed training: DDP over two gloo processes on loopback, depth 0, agreeing ranks.
+
+The two-process tests share one spawn of two ranks (``ddp_workers.run_scenarios``),
+which runs every scenario and saves what each rank saw; a module fixture starts it
+once, with a deadline, so that a hang fails the tests instead of stalling CI. Every
+collective in the workers also has a 30-second timeout.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+import stochdepth
+from stochdepth import (
+    BroadcastDepth,
+    DynamicNet,
+    FixedDepth,
+    RepeatedBlock,
+    ScheduledDepth,
+    SeededDepth,
+    SkippedLayerTie,
+    UniformDepth,
+    check_depth_agreement,
+    train,
+)
+from stochdepth._cli import main
+from stochdepth._launch import parameter_digest
+
+import ddp_workers
+from processes import QUIET_ENV
+
+SPAWN_DEADLINE = 180  # seconds for both ranks to run every scenario (about 10 s idle)
+# The distributed run sums each rank's gradient where a single process computes the
+# gradient of the whole batch in one matmul: the same numbers up to float32 rounding,
+# which 40 momentum-SGD steps amplify to ~1e-8 (measured); a missing
+# restore_skipped_grads makes them differ by ~3e-3.
+RTOL, ATOL = 1e-5, 1e-6
+
+
+# --- two ranks, one spawn ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    out = tmp_path_factory.mktemp("ddp")
+    context = mp.start_processes(
+        ddp_workers.run_scenarios,
+        args=(str(out / "init"), str(out)),
+        nprocs=ddp_workers.WORLD_SIZE,
+        join=False,
+        start_method="spawn",
+    )
+    deadline = time.monotonic() + SPAWN_DEADLINE
+    try:
+        while not context.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the two DDP ranks did not finish within {SPAWN_DEADLINE} s: a hang")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+    return [
+        torch.load(out / f"rank{rank}.pt", weights_only=False)
+        for rank in range(ddp_workers.WORLD_SIZE)
+    ]
+
+
+def result(ranks: list[dict[str, Any]], name: str, *, raises: bool = False) -> list[dict[str, Any]]:
+    """One scenario's record on every rank; fails if it raised, or, if ``raises``, did not."""
+    records = [rank_results[name] for rank_results in ranks]
+    for rank, record in enumerate(records):
+        if ("traceback" in record) != raises:
+            what = record.get("traceback", "no error")
+            pytest.fail(f"scenario {name!r} on rank {rank}: {what}")
+    return records
+
+
+def single_process_run() -> tuple[stochdepth.TrainingHistory, torch.Tensor]:
+    x, y = ddp_workers.global_batch()
+    sampler = SeededDepth(0, 3, seed=ddp_workers.SAMPLER_SEED)
+    model = DynamicNet(*ddp_workers.SIZES[1:], sampler=sampler)
+    history = train(model, x, y, steps=ddp_workers.STEPS, log_every=None)
+    return history, ddp_workers.flat_parameters(model)
+
+
+def test_distributed_train_equals_a_single_process_on_the_global_batch(
+    ranks: list[dict[str, Any]],
+) -> None:
+    records = result(ranks, "train")
+    history, parameters = single_process_run()
+    assert 0 in history.depth_histogram  # depth-0 steps happened
+    for record in records:
+        assert record["identical"]
+        assert record["depths"] == history.depths
+        assert record["losses"] == records[0]["losses"]  # every rank reports the same
+        assert record["losses"] == pytest.approx([r.loss for r in history], rel=RTOL)
+        assert torch.allclose(record["parameters"], parameters, rtol=RTOL, atol=ATOL)
+        assert torch.equal(record["parameters"], records[0]["parameters"])
+
+
+def test_default_ddp_with_the_tie_keeps_ranks_identical_through_depth_0(
+    ranks: list[dict[str, Any]],
+) -> None:
+    for record in result(ranks, "manual_loop"):
+        zeros = [step for step, depth in enumerate(record["depths"]) if depth == 0]
+        assert len(record["identical"]) == 4
+        assert all(record["identical"])
+        assert record["final_identical"]
+        # single-process semantics: no gradient, so momentum SGD leaves weight and buffer
+        assert [s for s, none in enumerate(record["grad_none"]) if none] == zeros
+        assert record["buffer_kept"] == [True] * len(zeros)
+        expected = ["middle.layer.0.weight", "middle.layer.0.bias"]
+        assert [names == expected for names in record["restored"]] == [
+            depth == 0 for depth in record["depths"]
+        ]
+
+
+def test_ddp_alone_zeroes_the_skipped_layers_grad_and_momentum_moves_it(
+    ranks: list[dict[str, Any]],
+) -> None:
+    # What restore_skipped_grads undoes: DDP writes zeros, where a single process has None.
+    for record in result(ranks, "no_restore"):
+        assert record == {"grad_is_zeros": True, "weight_moved": True, "buffer_decayed": True}
+
+
+def test_plain_ddp_at_depth_0_diverges_silently_then_fails(ranks: list[dict[str, Any]]) -> None:
+    # PyTorch's own behaviour, which docs/distributed.md reports; if a new PyTorch
+    # changes it, this fails and the page needs updating.
+    for record in result(ranks, "raw_ddp"):
+        assert record["grads_reduced"] == [True, False]  # nothing reduced at depth 0
+        assert not record["identical_after_depth_0"]
+        assert record["next_forward_error"].startswith(
+            "Expected to have finished reduction in the prior iteration before starting a "
+            "new one. This error indicates that your module has parameters that were not "
+            "used in producing loss."
+        )
+
+
+def test_ranks_that_disagree_fail_together_with_a_clear_error(
+    ranks: list[dict[str, Any]],
+) -> None:
+    draws = []
+    for rank in range(ddp_workers.WORLD_SIZE):
+        random.seed(100 + rank)
+        draws.append([random.randint(0, 3) for _ in range(ddp_workers.STEPS)])
+    step = next(t for t, (a, b) in enumerate(zip(*draws, strict=True)) if a != b)
+    expected = (
+        f"ranks disagree on the depth at step {step}: rank 0 drew {draws[0][step]}; "
+        f"rank 1 drew {draws[1][step]}. DDP needs the same depth on every rank"
+    )
+    for record in result(ranks, "disagreeing_train", raises=True):
+        assert record["error_type"] == "DepthMismatchError"
+        assert record["error"].startswith(expected)
+        assert "BroadcastDepth" in record["error"]
+
+
+def test_check_depth_agreement_names_the_ranks_and_depths(ranks: list[dict[str, Any]]) -> None:
+    for record in result(ranks, "disagreeing_check", raises=True):
+        assert record["error_type"] == "DepthMismatchError"
+        assert record["error"].startswith(
+            "ranks disagree on the depth at step 7: rank 0 drew 1; rank 1 drew 2."
+        )
+
+
+def test_broadcast_depth_makes_every_rank_use_rank_0s_draws(
+    ranks: list[dict[str, Any]],
+) -> None:
+    random.seed(100)  # rank 0's seed; rank 1's random was seeded with 101
+    expected = [random.randint(0, 3) for _ in range(ddp_workers.STEPS)]
+    for record in result(ranks, "broadcast"):
+        assert record["depths"] == expected
+        assert record["identical"]
+
+
+def test_fsdp2_trains_through_depth_0_like_a_single_process(ranks: list[dict[str, Any]]) -> None:
+    # What docs/distributed.md says of FSDP2: no tie needed, None gradients kept.
+    reference = ddp_workers.fsdp_reference()
+    for record in result(ranks, "fsdp2"):
+        assert record["grad_none"] == [True, True, True]
+        assert torch.allclose(record["parameters"], reference, rtol=RTOL, atol=ATOL)
+
+
+def test_a_batch_too_small_to_split_is_refused_on_every_rank(
+    ranks: list[dict[str, Any]],
+) -> None:
+    for record in result(ranks, "too_few_rows", raises=True):
+        assert record["error_type"] == "ValueError"
+        assert record["error"] == (
+            "distributed=True splits the batch x along its first dimension across 2 "
+            "ranks, so it needs at least 2 rows, got shape (1, 20)"
+        )
+
+
+# --- torchrun and the command line -----------------------------------------------------------
+
+DIGEST = re.compile(r"stochdepth train: rank (\d) of 2: parameters sha256 ([0-9a-f]{64})")
+
+
+def test_torchrun_trains_with_identical_parameters_on_both_ranks(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    steps, log_every = 60, 20
+    args = ["--seed", "0", "--steps", str(steps), "--log-every", str(log_every)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node=2", "-m", "stochdepth", "train", "--distributed", "--digest"]
+    env = {**QUIET_ENV, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    digests = dict(DIGEST.findall(done.stderr))
+    assert sorted(digests) == ["0", "1"], done.stderr
+    assert digests["0"] == digests["1"]
+    summaries = re.findall(r"stochdepth train: 60 steps, .* depths (.*)", done.stderr)
+    assert len(summaries) == 1  # rank 0 only
+    assert "0:" in summaries[0]  # depth 0 occurred
+    # rank 0 alone logs, the losses of the whole batch: a single process's, up to rounding
+    lines = done.stdout.splitlines()
+    assert [int(line.split()[0]) for line in lines] == [19, 39, 59]
+    assert main(["train", *args, "--no-summary"]) == 0
+    single = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in single] == [line.split()[0] for line in lines]
+    assert [float(line.split()[1]) for line in lines] == pytest.approx(
+        [float(line.split()[1]) for line in single], rel=RTOL
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="NCCL needs a CUDA device; none here")
+def test_torchrun_with_nccl_trains_on_the_gpus(capsys: pytest.CaptureFixture[str]) -> None:
+    nproc = min(2, torch.cuda.device_count())  # NCCL takes one GPU per rank
+    args = ["--seed", "0", "--steps", "60", "--log-every", "20"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += [f"--nproc_per_node={nproc}", "-m", "stochdepth", "train", "--distributed"]
+    command += ["--backend", "nccl", "--digest", *args]
+    env = {**QUIET_ENV, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    digests = re.findall(rf"rank \d of {nproc}: parameters sha256 ([0-9a-f]{{64}})", done.stderr)
+    assert len(digests) == nproc
+    assert len(set(digests)) == 1
+    assert main(["train", *args, "--no-summary"]) == 0  # the CPU, one process
+    cpu = [float(line.split()[1]) for line in capsys.readouterr().out.splitlines()]
+    gpu = [float(line.split()[1]) for line in done.stdout.splitlines()]
+    assert gpu == pytest.approx(cpu, rel=1e-3)  # cuBLAS and the CPU round differently
+
+
+@pytest.fixture
+def no_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def cli_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", *args])
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    return captured.err
+
+
+@pytest.mark.usefixtures("no_torchrun")
+def test_distributed_without_torchrun_is_a_one_line_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    err = cli_error(capsys, "--distributed", "--steps", "1")
+    assert err.startswith("stochdepth train: error: --distributed runs under torchrun, ")
+    assert "RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are not set" in err
+
+
+def test_nccl_without_a_gpu_is_a_one_line_usage_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU, so --backend nccl is not an error here")
+    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "localhost"}
+    for name, value in {**env, "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(name, value)
+    err = cli_error(capsys, "--distributed", "--backend", "nccl")
+    assert err.startswith("stochdepth train: error: --backend nccl needs a CUDA device")
+
+
+def test_broadcast_depth_without_distributed_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    err = cli_error(capsys, "--broadcast-depth")
+    assert err == "stochdepth train: error: --broadcast-depth needs --distributed\n"
+
+
+def test_digest_prints_the_sha256_of_the_final_parameters(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["train", "--seed", "4", "--steps", "3", "--log-every", "0", "--digest"]) == 0
+    err = capsys.readouterr().err
+    printed = re.findall(r"stochdepth train: parameters sha256 ([0-9a-f]{64})", err)
+    torch.manual_seed(4)
+    random.seed(4)
+    x, y = torch.randn(64, 1000), torch.randn(64, 10)
+    model = DynamicNet(1000, 100, 10)
+    train(model, x, y, steps=3, log_every=None)
+    assert printed == [parameter_digest(model.parameters())]
+    model.output_linear.bias.data[0] += 1e-6
+    assert parameter_digest(model.parameters()) != printed[0]
+
+
+# --- without a process group --------------------------------------------------------------
+
+
+def test_library_entry_points_need_a_process_group() -> None:
+    model = DynamicNet(5, 4, 2, FixedDepth(1))
+    message = "needs torch.distributed's default process group, and none is initialized"
+    with pytest.raises(RuntimeError, match=re.escape(f"check_depth_agreement {message}")):
+        check_depth_agreement(model)
+    x, y = torch.randn(4, 5), torch.randn(4, 2)
+    with pytest.raises(RuntimeError, match=re.escape(f"train(distributed=True) {message}")):
+        train(model, x, y, steps=1, log_every=None, distributed=True)
+    assert not any(module._forward_hooks for module in model.modules())  # nothing left behind
+
+
+def make_net(seed: int, sampler: stochdepth.DepthSampler) -> DynamicNet:
+    torch.manual_seed(seed)
+    return DynamicNet(6, 5, 3, sampler)
+
+
+@given(seed=st.integers(0, 2**16), depth=st.integers(0, 3))
+def test_the_tie_changes_no_loss_and_no_gradient(seed: int, depth: int) -> None:
+    # Law: with or without the tie, the same forward values and the same gradients,
+    # and at depth 0 the skipped layer's gradient stays None (as without DDP).
+    grads = []
+    for tied in (False, True):
+        model = make_net(seed, FixedDepth(depth))
+        tie = SkippedLayerTie(model) if tied else None
+        x = torch.randn(4, 6, generator=torch.Generator().manual_seed(seed))
+        loss = model(x).square().sum()
+        loss.backward()
+        if tie is not None:
+            assert tie.restore_skipped_grads() == (
+                ["middle.layer.0.weight", "middle.layer.0.bias"] if depth == 0 else []
+            )
+        grads.append((loss.detach(), [p.grad for p in model.parameters()]))
+    (loss_a, grads_a), (loss_b, grads_b) = grads
+    assert torch.equal(loss_a, loss_b)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        assert (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
+    assert (grads_b[2] is None) == (depth == 0)  # middle.layer.0.weight
+
+
+def test_the_tie_leaves_eval_mode_and_no_grad_alone() -> None:
+    model = make_net(0, FixedDepth(0))
+    tie = SkippedLayerTie(model)
+    with torch.no_grad():
+        assert not model(torch.randn(2, 6)).requires_grad
+    model.eval()
+    model.middle.eval_depth = 0
+    x = torch.randn(2, 5)
+    assert model.middle(x) is x  # depth 0 in eval mode: the input itself, untied
+    assert tie.restore_skipped_grads() == []
+
+
+def test_the_tie_allows_an_in_place_op_after_a_skipped_block() -> None:
+    block = RepeatedBlock(nn.Linear(4, 4), FixedDepth(0))
+    model = nn.Sequential(nn.Linear(4, 4), block, nn.ReLU(inplace=True), nn.Linear(4, 1))
+    tie = SkippedLayerTie(model)
+    model(torch.randn(3, 4)).sum().backward()
+    assert tie.restore_skipped_grads() == ["1.layer.weight", "1.layer.bias"]
+
+
+def test_a_parameter_used_outside_the_block_keeps_its_gradient() -> None:
+    model = make_net(1, FixedDepth(0))
+    model.extra = nn.Linear(5, 5)
+    model.extra.weight = model.middle_linear.weight  # tied weights, registered twice
+    tie = SkippedLayerTie(model)
+    model(torch.randn(2, 6)).sum().backward()
+    assert tie.restore_skipped_grads() == ["middle.layer.0.bias"]
+
+
+def test_a_block_that_also_ran_its_layer_keeps_its_gradient() -> None:
+    block = RepeatedBlock(nn.Linear(4, 4), FixedDepth(2))
+    tie = SkippedLayerTie(block)
+    x = torch.randn(3, 4)
+    (block(x, depth=0) + block(x)).sum().backward()  # skipped once, used once
+    assert tie.restore_skipped_grads() == []
+    assert block.layer.weight.grad is not None
+
+
+class RowDepthBlock(RepeatedBlock):
+    """Reports a depth per row, as a block with ``per_sample=True`` does: a tensor."""
+
+    def __init__(self, rows: torch.Tensor, mode: str = "skip") -> None:
+        super().__init__(nn.Linear(4, 4), FixedDepth(0))
+        self.rows, self.mode_name = rows, mode
+
+    @property
+    def mode(self) -> str:
+        return self.mode_name
+
+    def forward(self, x: torch.Tensor, depth: int | None = None) -> torch.Tensor:
+        self.last_depth = self.rows
+        active = (self.rows > 0).float().unsqueeze(1)
+        if self.mode_name == "masked" or bool(self.rows.any()):
+            x = active * self.layer(x) + (1 - active) * x
+        return x
+
+
+@pytest.mark.parametrize(
+    ("rows", "mode", "restored"),
+    [
+        (torch.tensor([0, 0, 0]), "skip", ["layer.weight", "layer.bias"]),
+        (torch.tensor([0, 2, 0]), "skip", []),
+        (torch.tensor([0, 0, 0]), "masked", []),  # masked mode used the layer: zero grads
+    ],
+)
+def test_the_tie_follows_per_row_depths_and_modes(
+    rows: torch.Tensor, mode: str, restored: list[str]
+) -> None:
+    block = RowDepthBlock(rows, mode)
+    tie = SkippedLayerTie(block)
+    block(torch.randn(3, 4)).sum().backward()
+    assert tie.restore_skipped_grads() == restored
+    assert (block.layer.weight.grad is None) == bool(restored)
+
+
+def test_per_row_depths_are_not_compared_across_ranks() -> None:
+    from stochdepth._distributed import PER_ROW, _block_depths
+
+    model = nn.Sequential(RowDepthBlock(torch.tensor([1, 0, 3])), RepeatedBlock(nn.Linear(4, 4)))
+    assert _block_depths(model) == [-1, -1]  # neither has run
+    model(torch.randn(3, 4))
+    assert _block_depths(model)[0] == PER_ROW
+    assert 0 <= _block_depths(model)[1] <= 3
+
+
+def test_remove_takes_the_hooks_away() -> None:
+    model = make_net(2, FixedDepth(0))
+    tie = SkippedLayerTie(model)
+    assert model.middle._forward_hooks
+    tie.remove()
+    assert not model.middle._forward_hooks
+
+
+def test_broadcast_depth_outside_a_process_group_is_its_sampler() -> None:
+    sampler = BroadcastDepth(SeededDepth(1, 4, seed=5))
+    plain = SeededDepth(1, 4, seed=5)
+    assert (sampler.min_depth, sampler.max_depth, sampler.src) == (1, 4, 0)
+    assert [sampler.sample() for _ in range(20)] == [plain.sample() for _ in range(20)]
+    assert repr(sampler) == "BroadcastDepth(SeededDepth(low=1, high=4, seed=5), src=0)"
+
+
+def test_broadcast_depth_saves_and_restores_the_wrapped_state() -> None:
+    block = RepeatedBlock(nn.Linear(3, 3), BroadcastDepth(SeededDepth(0, 3, seed=1)))
+    state = block.state_dict()
+    first = [block.sampler.sample() for _ in range(10)]
+    block.load_state_dict(state)
+    assert [block.sampler.sample() for _ in range(10)] == first
+    stateless = BroadcastDepth(UniformDepth())
+    assert stateless.state_dict() == {}
+    stateless.load_state_dict({})
+    with pytest.raises(ValueError, match="keeps no state"):
+        stateless.load_state_dict({"seed": 1})
+    with pytest.raises(TypeError, match="state must be a mapping"):
+        stateless.load_state_dict([])  # type: ignore[arg-type]
+
+
+def test_broadcast_depth_passes_the_step_on() -> None:
+    schedule = ScheduledDepth(start=1, end=4, steps=10, seed=0)
+    sampler = BroadcastDepth(schedule)
+    sampler.set_step(5)
+    assert schedule.step == 5
+    BroadcastDepth(UniformDepth()).set_step(3)  # a sampler without set_step: nothing
+
+
+def test_broadcast_depth_checks_its_arguments() -> None:
+    with pytest.raises(TypeError, match="DepthSampler protocol"):
+        BroadcastDepth(object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="src must be an int >= 0, got -1"):
+        BroadcastDepth(UniformDepth(), src=-1)
+
+
+def test_the_distributed_names_are_public() -> None:
+    for name in ("BroadcastDepth", "DepthMismatchError", "SkippedLayerTie"):
+        assert name in stochdepth.__all__
+    assert "check_depth_agreement" in stochdepth.__all__
+    assert issubclass(stochdepth.DepthMismatchError, RuntimeError)
+    assert Path(ddp_workers.__file__).parent == Path(__file__).parent
+
+
+def test_checkpoints_and_distributed_training_are_refused_together(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Not supported yet: every rank would write the same file.
+    path = tmp_path / "run.ckpt"
+    model = stochdepth.DynamicNet(4, 3, 2)
+    with pytest.raises(ValueError, match=r"^checkpoint cannot be combined with distributed=True"):
+        stochdepth.train(
+            model, torch.randn(4, 4), torch.randn(4, 2), distributed=True, checkpoint=path
+        )
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--seed", "1", "--checkpoint", str(path), "--distributed"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        err == "stochdepth train: error: --checkpoint cannot be combined with --distributed yet\n"
+    )
+    assert not path.exists()
