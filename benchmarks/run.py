@@ -503,6 +503,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument(
+        "--sections",
+        default="1,2,3,4",
+        help="which comparisons to run, by number (default: all, 1,2,3,4)",
+    )
+    parser.add_argument(
         "--clock",
         choices=["cpu", "wall"],
         default=None,
@@ -535,8 +540,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     print("\n".join(header), file=sys.stderr, flush=True)
-    for section in (overhead, compile_rows, per_sample, memory):
-        section(bench)
+    sections = {"1": overhead, "2": compile_rows, "3": per_sample, "4": memory}
+    chosen = [name.strip() for name in args.sections.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(sections))
+    if unknown or not chosen:
+        parser.error(f"--sections takes numbers among 1,2,3,4, got {args.sections!r}")
+    for name in sorted(set(chosen)):
+        sections[name](bench)
     command = "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(report(bench, header, command.strip()))
     return 1 if any(row.error for row in bench.rows) else 0

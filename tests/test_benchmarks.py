@@ -40,3 +40,17 @@ def test_quick_benchmark_prints_every_row_and_the_machine() -> None:
         cells = [cell.strip() for cell in line.split("|")[1:-1]]
         assert cells[5] != "error", line
         assert cells[3], f"no ratio in {line}"
+
+
+def test_sections_choose_the_comparisons() -> None:
+    result = run_python(SCRIPT, "--quick", "--sections", "4", check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 4 memory")]
+    assert len(rows) == 3
+    assert "| 1 overhead" not in result.stdout
+
+
+def test_an_unknown_section_is_a_usage_error() -> None:
+    result = run_python(SCRIPT, "--sections", "5", check=False)
+    assert result.returncode == 2
+    assert "--sections takes numbers among 1,2,3,4, got '5'" in result.stderr
