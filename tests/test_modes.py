@@ -369,7 +369,40 @@ def test_checkpointed_gradients_equal_plain_gradients_bitwise(
             assert torch.equal(have, expected)
 
 
-def count_saved_bytes(block: RepeatedBlock, x: Tensor, depth: int) -> int:
+@given(
+    depth_list=st.lists(st.integers(min_value=0, max_value=9), min_size=1, max_size=8),
+    name=layer_names,
+    seed=torch_seeds,
+    every=checkpoints,
+    mode=st.sampled_from(["skip", "masked"]),
+)
+def test_checkpointed_per_row_gradients_equal_plain_gradients_bitwise(
+    depth_list: list[int], name: str, seed: int, every: bool | int, mode: str
+) -> None:
+    layer = make_layer(name, 5, seed)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(depth_list), 5, generator=generator)
+    weight = torch.randn(len(depth_list), 5, generator=generator)
+    given_depths = torch.tensor(depth_list)
+    plain = RepeatedBlock(layer, FixedDepth(9), mode=mode, per_sample=True)  # type: ignore[arg-type]
+    checkpointed = RepeatedBlock(
+        layer,
+        FixedDepth(9),
+        mode=mode,  # type: ignore[arg-type]
+        per_sample=True,
+        checkpoint=every,
+    )
+    want = backward(plain, x, weight, given_depths)
+    got = backward(checkpointed, x, weight, given_depths)
+    assert torch.equal(got[0], want[0])
+    assert torch.equal(got[1], want[1])
+    for have, expected in zip(got[2], want[2], strict=True):
+        assert (have is None) == (expected is None)
+        if have is not None and expected is not None:
+            assert torch.equal(have, expected)
+
+
+def count_saved_bytes(block: RepeatedBlock, x: Tensor, depth: int | Tensor) -> int:
     """Bytes of the tensors autograd saves for the backward pass, outside checkpoints."""
     saved = 0
 
@@ -384,14 +417,20 @@ def count_saved_bytes(block: RepeatedBlock, x: Tensor, depth: int) -> int:
     return saved
 
 
-def test_checkpointing_keeps_about_sqrt_depth_activations() -> None:
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_checkpointing_keeps_about_sqrt_depth_activations(per_sample: bool) -> None:
     layer = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
     x = torch.randn(4, 8)
     row = x.numel() * x.element_size()
-    plain = count_saved_bytes(RepeatedBlock(layer, FixedDepth(64)), x.clone(), 64)
-    sqrt = count_saved_bytes(RepeatedBlock(layer, FixedDepth(64), checkpoint=True), x.clone(), 64)
-    assert plain >= 2 * 64 * row  # the input of every Linear and output of every ReLU
-    assert sqrt <= 2 * 8 * row  # the inputs of the 8 segments of 8 repeats, about
+    # per_sample: one row at depth 64 and three at depth 0 in the same batch
+    depth = torch.tensor([64, 0, 0, 0]) if per_sample else 64
+    rows = 1 if per_sample else 4
+    plain = RepeatedBlock(layer, FixedDepth(64), per_sample=per_sample)
+    saving = RepeatedBlock(layer, FixedDepth(64), per_sample=per_sample, checkpoint=True)
+    kept_plain = count_saved_bytes(plain, x.clone(), depth)  # type: ignore[arg-type]
+    kept_saving = count_saved_bytes(saving, x.clone(), depth)  # type: ignore[arg-type]
+    assert kept_plain >= 2 * 64 * row * rows // 4  # every Linear's input, every ReLU's output
+    assert kept_saving <= 2 * 8 * row * rows // 4 + 2 * row  # 8 segments' inputs, about
 
 
 @pytest.mark.parametrize(
@@ -402,7 +441,6 @@ def test_checkpointing_keeps_about_sqrt_depth_activations() -> None:
         ({"per_sample": 1}, TypeError, r"per_sample must be a bool, got 1 of type int"),
         ({"checkpoint": 0}, ValueError, r"checkpoint must be an int >= 1, got 0"),
         ({"checkpoint": "sqrt"}, TypeError, r"checkpoint must be a bool or an int >= 1"),
-        ({"per_sample": True, "checkpoint": True}, ValueError, r"not available with per_sample"),
     ],
 )
 def test_bad_mode_options_raise_at_construction(

@@ -72,8 +72,7 @@ class RepeatedBlock(nn.Module):
             ``True`` checkpoints segments of ``ceil(sqrt(depth))`` repeats, so the
             activations kept grow as ``sqrt(depth)``; an int ``k >= 1`` checkpoints
             segments of ``k`` repeats. Gradients are bitwise those of
-            ``checkpoint=False``. Not available with ``per_sample=True`` in skip
-            mode.
+            ``checkpoint=False``.
         depth_limit: The most times one forward pass may apply the layer (default
             10 000), a guard against a depth such as ``10**9`` that would run for
             hours or exhaust memory. The sampler's ``max_depth`` and an int
@@ -101,8 +100,7 @@ class RepeatedBlock(nn.Module):
         ValueError: ``eval_depth`` is negative or an unknown policy name, the
             sampler's bounds are negative or reversed, the sampler's ``max_depth``
             or an int ``eval_depth`` is above ``depth_limit``, ``mode`` is unknown,
-            ``checkpoint`` is an int below 1, or ``checkpoint`` was asked for with
-            ``per_sample=True`` in skip mode.
+            or ``checkpoint`` is an int below 1.
 
     Example:
         >>> import torch
@@ -149,11 +147,6 @@ class RepeatedBlock(nn.Module):
             raise TypeError(f"per_sample must be a bool, got {describe(per_sample)}")
         self._per_sample = per_sample
         self._checkpoint = _check_checkpoint(checkpoint)
-        if per_sample and self._mode == "skip" and self._checkpoint is not False:
-            raise ValueError(
-                "checkpoint is not available with per_sample=True in mode='skip', got "
-                f"checkpoint={checkpoint!r}; use mode='masked' to checkpoint per-row depths"
-            )
         # The default: one depth for the batch, exactly the repeats used, no checkpoints.
         self._plain = self._mode == "skip" and not per_sample and self._checkpoint is False
         self.register_load_state_dict_pre_hook(  # type: ignore[no-untyped-call]
@@ -339,7 +332,15 @@ class RepeatedBlock(nn.Module):
     def _per_row(self, x: Tensor, depth: object) -> Tensor:
         """Per-row depths in skip mode: each repeat runs on the active rows only."""
         depths = self._choose_row_depths(_rows(x), depth)
-        return _repeats.per_row(self.layer, x, depths, self._shape_error)
+        every = None if self._checkpoint is True else int(self._checkpoint)
+        return _repeats.per_row(
+            self.layer,
+            x,
+            depths,
+            self._shape_error,
+            checkpointed=self._checkpoint is not False,
+            checkpoint_every=every,
+        )
 
     # Data-dependent row counts: run eagerly inside a compiled model (one graph break).
     _per_row_outside_graph = _repeats.outside_graph(_per_row)

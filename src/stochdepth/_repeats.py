@@ -166,7 +166,15 @@ def masked(
     return x
 
 
-def per_row(layer: nn.Module, x: Tensor, depths: Tensor, error: ShapeError) -> Tensor:
+def per_row(
+    layer: nn.Module,
+    x: Tensor,
+    depths: Tensor,
+    error: ShapeError,
+    *,
+    checkpointed: bool = False,
+    checkpoint_every: int | None = None,
+) -> Tensor:
     """Apply ``layer`` to each row of ``x`` its own number of times, only where needed.
 
     The rows are sorted by depth, deepest first (one gather); repeat ``i`` then runs
@@ -179,6 +187,9 @@ def per_row(layer: nn.Module, x: Tensor, depths: Tensor, error: ShapeError) -> T
         x: The input, rows along dimension 0.
         depths: A CPU ``torch.int64`` tensor of ``x.shape[0]`` depths >= 0.
         error: Builds the error raised when the layer changes the shape.
+        checkpointed: Whether to checkpoint the repeats in segments.
+        checkpoint_every: Repeats per checkpointed segment, or ``None`` for
+            ``ceil(sqrt(max(depths)))``.
 
     Returns:
         Each row of ``x`` after its depth's repeats; ``x`` itself when every depth is 0.
@@ -190,20 +201,38 @@ def per_row(layer: nn.Module, x: Tensor, depths: Tensor, error: ShapeError) -> T
     deepest = counts.numel() - 1
     # active[i]: how many rows have depth > i, for i in 0..deepest.
     active: list[int] = (rows - torch.cumsum(counts, 0)).tolist()
-    if deepest == 0 or active[deepest - 1] == rows:
-        return skip(layer, x, 0, deepest, deepest, error)  # every row has the same depth
+    checkpointed = checkpointed and torch.is_grad_enabled()
+    if deepest == 0 or active[deepest - 1] == rows:  # every row has the same depth
+        if checkpointed:
+            return segments(layer, x, deepest, checkpoint_every, error)
+        return skip(layer, x, 0, deepest, deepest, error)
     order = torch.argsort(depths, descending=True, stable=True).to(x.device)
+
+    def run(h: Tensor, start: int, stop: int) -> tuple[Tensor, ...]:
+        """Repeats ``start..stop-1``: the rows still active after them, and those done."""
+        done = []
+        for repeat in range(start, stop):
+            out = layer(h)
+            if not isinstance(out, Tensor) or out.shape != h.shape:
+                raise error(h, out, repeat, deepest)
+            keep = active[repeat + 1]
+            h, finished = torch.split(out, [keep, out.shape[0] - keep])
+            done.append(finished)
+        return (h, *done)
+
     # split, not two slices: its backward is one concatenation, where each slice's
     # backward would fill a zero tensor of the whole input's size.
     h, done = torch.split(x.index_select(0, order), [active[0], rows - active[0]])
     pieces = [done]  # depth 0: the input rows themselves
-    for repeat in range(deepest):
-        out = layer(h)
-        if not isinstance(out, Tensor) or out.shape != h.shape:
-            raise error(h, out, repeat, deepest)
-        keep = active[repeat + 1]
-        h, done = torch.split(out, [keep, out.shape[0] - keep])
-        pieces.append(done)
+    length = segment_length(deepest, checkpoint_every) if checkpointed else deepest
+    for start in range(0, deepest, length):
+        stop = min(start + length, deepest)
+        if checkpointed:
+            outputs = checkpoint(run, h, start, stop, use_reentrant=False)
+        else:
+            outputs = run(h, start, stop)
+        h, *finished = cast(tuple[Tensor, ...], outputs)
+        pieces.extend(finished)
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(rows, device=order.device)
     return torch.cat(pieces[::-1]).index_select(0, inverse)
