@@ -468,6 +468,7 @@ def test_repr_shows_the_options_that_are_not_the_default() -> None:
         {"mode": "masked"},
         {"per_sample": True},
         {"per_sample": True, "mode": "masked"},
+        {"per_sample": True, "checkpoint": True},
         {"checkpoint": True},
         {"checkpoint": 2, "mode": "masked"},
     ],
