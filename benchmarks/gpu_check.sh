@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The GPU check: the CUDA tests and the benchmark on a CUDA device, in one run of a
+# few minutes. CI has no GPU: run it by hand on a machine with one, with a Python that
+# has a CUDA build of torch, pytest and hypothesis. It uses the source tree
+# (PYTHONPATH=src), not an install, so it needs no network.
+#
+#   bash benchmarks/gpu_check.sh [OUT_DIR]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-${OUT:-/tmp/stochdepth-gpu-check}}
+mkdir -p "$out"
+export PYTHONPATH=src PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+python=${PYTHON:-python3}
+status=0
+
+echo "== machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+"$python" -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())'
+
+echo "== CUDA tests"
+timeout 240 "$python" -m pytest -p no:cacheprovider -q -rs \
+    tests/test_cuda.py "tests/test_distributed.py::test_torchrun_with_nccl_trains_on_the_gpus" \
+    2>&1 | tee "$out/cuda-tests.log" || status=1
+
+echo "== benchmark on CUDA"
+timeout 300 "$python" benchmarks/run.py --device cuda 2>&1 | tee "$out/benchmark-cuda.txt" || status=1
+exit $status
