@@ -19,7 +19,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
 echo "== CUDA tests"
 timeout 240 "$python" -m pytest -p no:cacheprovider -q -rs \
-    tests/test_cuda.py "tests/test_distributed.py::test_torchrun_with_nccl_trains_on_the_gpus" \
+    tests/test_cuda.py tests/test_modes.py tests/test_compile.py \
+    "tests/test_distributed.py::test_torchrun_with_nccl_trains_on_the_gpus" \
     2>&1 | tee "$out/cuda-tests.log" || status=1
 
 echo "== benchmark on CUDA"
