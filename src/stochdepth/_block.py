@@ -435,10 +435,14 @@ class RepeatedBlock(nn.Module):
         )
 
     def get_extra_state(self) -> dict[str, Any]:
-        """Return the sampler's state, for ``state_dict`` (``{}`` when it has none).
+        """Return the sampler's state, for ``state_dict``.
 
         A sampler that is itself an ``nn.Module`` is saved through the module tree
         instead, as a child of this block.
+
+        Returns:
+            ``{"sampler": sampler.state_dict()}``, or ``{}`` when the sampler keeps no
+            state of its own.
         """
         sampler = self.sampler
         if isinstance(sampler, nn.Module) or not has_state(sampler):
@@ -471,7 +475,11 @@ class RepeatedBlock(nn.Module):
         sampler.load_state_dict(sampler_state)
 
     def extra_repr(self) -> str:
-        """Show the sampler, the eval-mode depth and any non-default mode in ``print(block)``."""
+        """Show the sampler, the eval-mode depth and any non-default mode in ``print(block)``.
+
+        Returns:
+            The text between the parentheses of the block's first line.
+        """
         sampler = "" if isinstance(self.sampler, nn.Module) else f"sampler={self.sampler!r}, "
         options = "".join(
             f", {name}={value!r}"

@@ -52,7 +52,11 @@ class DepthSampler(Protocol):
         ...
 
     def sample(self) -> int:
-        """Draw one depth, an int in ``[min_depth, max_depth]``."""
+        """Draw one depth.
+
+        Returns:
+            An int in ``[min_depth, max_depth]``.
+        """
         ...
 
 

@@ -47,7 +47,11 @@ class _DepthRange:
         return self._high
 
     def probabilities(self) -> dict[int, float]:
-        """Return the law of ``sample()``: ``{depth: probability}``, uniform."""
+        """Return the law of ``sample()``: uniform over ``[low, high]``.
+
+        Returns:
+            ``{depth: probability}`` for every depth in ``[low, high]``.
+        """
         return dict.fromkeys(range(self._low, self._high + 1), 1.0 / (self._high - self._low + 1))
 
 
@@ -78,7 +82,11 @@ class UniformDepth(_DepthRange):
     __slots__ = ()
 
     def sample(self) -> int:
-        """Draw one depth with ``random.randint(low, high)``."""
+        """Draw one depth with ``random.randint(low, high)``.
+
+        Returns:
+            An int in ``[low, high]``.
+        """
         return random.randint(self._low, self._high)
 
     def sample_batch(self, n: int) -> torch.Tensor:
@@ -138,15 +146,30 @@ class FixedDepth:
         return self._depth
 
     def sample(self) -> int:
-        """Return :attr:`depth`."""
+        """Return :attr:`depth`.
+
+        Returns:
+            The fixed depth.
+        """
         return self._depth
 
     def sample_batch(self, n: int) -> torch.Tensor:
-        """Return ``n`` copies of :attr:`depth`, a CPU ``torch.int64`` tensor."""
+        """Return ``n`` copies of :attr:`depth`.
+
+        Args:
+            n: How many depths, an int >= 0.
+
+        Returns:
+            A CPU tensor of dtype ``torch.int64`` and shape ``(n,)``.
+        """
         return torch.full((check_int("n", n),), self._depth, dtype=torch.int64)
 
     def probabilities(self) -> dict[int, float]:
-        """Return the law of :meth:`sample`: ``{depth: 1.0}``."""
+        """Return the law of :meth:`sample`, a single depth.
+
+        Returns:
+            ``{depth: 1.0}``.
+        """
         return {self._depth: 1.0}
 
     def __repr__(self) -> str:
@@ -195,7 +218,11 @@ class SeededDepth(_DepthRange, GeneratorSampler):
         self._init_generator(seed, generator, required=True)
 
     def sample(self) -> int:
-        """Draw one depth from the sampler's own generator."""
+        """Draw one depth from the sampler's own generator.
+
+        Returns:
+            An int in ``[low, high]``, uniform.
+        """
         return int(torch.randint(self._low, self._high + 1, (), generator=self._generator))
 
     def sample_batch(self, n: int) -> torch.Tensor:
@@ -276,17 +303,32 @@ class BernoulliDepth(GeneratorSampler):
         return self._max_depth
 
     def sample(self) -> int:
-        """Draw one depth, the number of surviving repeats."""
+        """Draw one depth, the number of surviving repeats.
+
+        Returns:
+            An int in ``[0, max_depth]``, Binomial(``max_depth``, ``p``).
+        """
         return int(torch.binomial(self._count, self._prob, generator=self._generator))
 
     def sample_batch(self, n: int) -> torch.Tensor:
-        """Draw ``n`` depths at once (a CPU ``torch.int64`` tensor of shape ``(n,)``)."""
+        """Draw ``n`` depths at once, with the law of :meth:`sample`.
+
+        Args:
+            n: How many depths, an int >= 0.
+
+        Returns:
+            A CPU tensor of dtype ``torch.int64`` and shape ``(n,)``.
+        """
         size = (check_int("n", n),)
         count, prob = self._count.expand(size), self._prob.expand(size)
         return torch.binomial(count, prob, generator=self._generator).to(torch.int64)
 
     def probabilities(self) -> dict[int, float]:
-        """Return the law of :meth:`sample`: ``{depth: probability}``, Binomial."""
+        """Return the law of :meth:`sample`, Binomial(``max_depth``, ``p``).
+
+        Returns:
+            ``{depth: probability}`` for every depth in ``[0, max_depth]``.
+        """
         n, p = self._max_depth, self._p
         return {k: math.comb(n, k) * p**k * (1.0 - p) ** (n - k) for k in range(n + 1)}
 
@@ -355,7 +397,11 @@ class GeometricDepth(GeneratorSampler):
         return self._max_depth
 
     def sample(self) -> int:
-        """Draw one depth by inverting the truncated law's distribution function."""
+        """Draw one depth by inverting the truncated law's distribution function.
+
+        Returns:
+            An int in ``[0, max_depth]``.
+        """
         u = float(torch.rand((), dtype=torch.float64, generator=self._generator))
         if self._log_q == -math.inf:
             return 0
@@ -364,7 +410,14 @@ class GeometricDepth(GeneratorSampler):
         return min(max(k, 0), self._max_depth)
 
     def sample_batch(self, n: int) -> torch.Tensor:
-        """Draw ``n`` depths at once (a CPU ``torch.int64`` tensor of shape ``(n,)``)."""
+        """Draw ``n`` depths at once, with the law of :meth:`sample`.
+
+        Args:
+            n: How many depths, an int >= 0.
+
+        Returns:
+            A CPU tensor of dtype ``torch.int64`` and shape ``(n,)``.
+        """
         u = torch.rand(check_int("n", n), dtype=torch.float64, generator=self._generator)
         if self._log_q == -math.inf:
             return torch.zeros(n, dtype=torch.int64)
@@ -372,7 +425,11 @@ class GeometricDepth(GeneratorSampler):
         return k.clamp(0, self._max_depth).to(torch.int64)
 
     def probabilities(self) -> dict[int, float]:
-        """Return the law of :meth:`sample`: ``{depth: probability}``."""
+        """Return the law of :meth:`sample`, the truncated geometric law.
+
+        Returns:
+            ``{depth: probability}`` for every depth in ``[0, max_depth]``.
+        """
         q = 1.0 - self._p
         return {k: self._p * q**k / self._mass for k in range(self._max_depth + 1)}
 
@@ -487,23 +544,43 @@ class ScheduledDepth(GeneratorSampler):
         return self._start + (self._end - self._start) * step // self._steps
 
     def sample(self) -> int:
-        """Draw one depth, uniform over ``[low, bound_at(step)]``."""
+        """Draw one depth, uniform over ``[low, bound_at(step)]``.
+
+        Returns:
+            An int in ``[low, bound_at(step)]``.
+        """
         high = self.bound_at(self._step)
         return int(torch.randint(self._low, high + 1, (), generator=self._generator))
 
     def sample_batch(self, n: int) -> torch.Tensor:
-        """Draw ``n`` depths at once, uniform over ``[low, bound_at(step)]``."""
+        """Draw ``n`` depths at once, uniform over ``[low, bound_at(step)]``.
+
+        Args:
+            n: How many depths, an int >= 0.
+
+        Returns:
+            A CPU tensor of dtype ``torch.int64`` and shape ``(n,)``.
+        """
         high = self.bound_at(self._step)
         size = (check_int("n", n),)
         return torch.randint(self._low, high + 1, size, generator=self._generator)
 
     def probabilities(self) -> dict[int, float]:
-        """Return the law of :meth:`sample` at the current step: ``{depth: probability}``."""
+        """Return the law of :meth:`sample` at the current step.
+
+        Returns:
+            ``{depth: probability}`` for every depth in ``[low, bound_at(step)]``.
+        """
         high = self.bound_at(self._step)
         return dict.fromkeys(range(self._low, high + 1), 1.0 / (high - self._low + 1))
 
     def state_dict(self) -> dict[str, Any]:
-        """Return the seed, the generator's state and the current step."""
+        """Return the seed, the generator's state and the current step.
+
+        Returns:
+            ``{"seed": int, "generator_state": torch.ByteTensor, "step": int}``; it loads
+            with ``torch.load(weights_only=True)``.
+        """
         return {**super().state_dict(), "step": self._step}
 
     def _state_keys(self) -> tuple[str, ...]:
