@@ -123,6 +123,10 @@ def test_masked_mode_rejects_depths_it_cannot_hold() -> None:
     block.eval()
     with pytest.raises(ValueError, match=r"got 4"):
         block(x)
+    # and the constructor refuses such an eval_depth at once
+    with pytest.raises(ValueError, match=r"^eval_depth must be <= sampler.max_depth=2 in mode="):
+        RepeatedBlock(nn.Linear(3, 3), SeededDepth(0, 2, seed=0), mode="masked", eval_depth=3)
+    assert RepeatedBlock(nn.Linear(3, 3), SeededDepth(0, 2, seed=0), mode="masked", eval_depth=2)
 
 
 def test_a_depth_tensor_given_to_masked_mode_is_last_depth_and_not_counted() -> None:

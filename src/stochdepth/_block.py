@@ -143,6 +143,15 @@ class RepeatedBlock(nn.Module):
         self.last_depth = None
         self._depth_counts = {}
         self._mode = _check_mode(mode)
+        if (
+            self._mode == "masked"
+            and isinstance(self.eval_depth, int)
+            and self.eval_depth > self.sampler.max_depth
+        ):
+            raise ValueError(
+                f"eval_depth must be <= sampler.max_depth={self.sampler.max_depth} in "
+                f"mode='masked', which runs max_depth repeats; got {self.eval_depth}"
+            )
         if not isinstance(per_sample, bool):
             raise TypeError(f"per_sample must be a bool, got {describe(per_sample)}")
         self._per_sample = per_sample
@@ -153,13 +162,15 @@ class RepeatedBlock(nn.Module):
             _default_missing_sampler_state
         )
 
-    def forward(self, x: Tensor, depth: int | None = None) -> Tensor:
+    def forward(self, x: Tensor, depth: int | Tensor | None = None) -> Tensor:
         """Apply the layer ``depth`` times, drawing ``depth`` when it is not given.
 
         Args:
             x: The input; the layer must map it to a tensor of the same shape.
-            depth: Apply the layer exactly this many times instead of drawing a depth
-                (an int >= 0; it may exceed the sampler's ``max_depth``).
+            depth: Use this depth instead of drawing one: an int >= 0 (at most
+                ``depth_limit``; in masked mode at most ``sampler.max_depth``), or, in
+                masked mode or with ``per_sample=True``, an integer tensor (0-d, or one
+                depth per row).
 
         Returns:
             The layer applied ``depth`` times to ``x``; ``x`` itself at depth 0.
@@ -378,9 +389,10 @@ class RepeatedBlock(nn.Module):
     def depth_histogram(self) -> dict[int, int]:
         """How many training-mode forward passes used each depth, by depth.
 
-        Every forward pass in training mode counts, whether its depth was drawn or
-        given; eval mode does not count. Compare it with the sampler's law to check
-        that the sampler does what you think.
+        Every training-mode forward pass counts, whether its depth was drawn or given
+        as an int (with ``per_sample=True``, every row counts); a depth tensor given
+        in masked mode is not counted, and eval mode does not count. Compare it with
+        the sampler's law to check that the sampler does what you think.
 
         Example:
             >>> import torch

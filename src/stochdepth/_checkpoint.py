@@ -92,10 +92,10 @@ class Checkpoint:
             ``(version, internal state, gauss_next)`` tuple), ``torch`` (the CPU
             generator's state) and ``cuda`` (one state per device, empty when CUDA
             was not used).
-        run: What a resumed run must match: ``lr``, ``momentum``, ``steps`` and
-            ``log_every`` as given to :func:`~stochdepth.train`, ``data`` (shape,
-            dtype and SHA-256 of ``x`` and ``y``) and ``samplers`` (each block's
-            sampler, by the block's name).
+        run: What a resumed run must match: ``lr`` and ``momentum``, ``data``
+            (shape, dtype and SHA-256 of ``x`` and ``y``) and ``samplers`` (each
+            block's sampler, by the block's name); and ``steps``, the saved run's
+            target, which a resumed run may raise.
         versions: The format version and the stochdepth and torch versions that
             wrote it.
     """
