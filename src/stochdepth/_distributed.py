@@ -47,6 +47,11 @@ class DepthMismatchError(RuntimeError):
             has not run yet, ``-2`` for one that draws a depth per row, whose rows
             differ from rank to rank and are not compared).
         step: The training step, or ``None`` when the caller did not say.
+
+    Args:
+        message: The error message.
+        depths: Every rank's depths, indexed by rank (see ``depths`` above).
+        step: The training step, or ``None``.
     """
 
     def __init__(self, message: str, depths: Sequence[Sequence[int]], step: int | None) -> None:
@@ -120,6 +125,10 @@ class BroadcastDepth:
 
         Returns:
             The depth, the same on every rank of the group.
+
+        Raises:
+            TypeError: The wrapped sampler returned something other than an int.
+            ValueError: It returned a negative depth.
         """
         depth = self._sampler.sample()
         if not (dist.is_available() and dist.is_initialized()):

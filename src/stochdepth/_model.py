@@ -106,8 +106,9 @@ class DynamicNet(nn.Module):
             The prediction, of shape ``(..., D_out)``.
 
         Raises:
-            TypeError: ``x`` is not a tensor.
-            ValueError: The last dimension of ``x`` is not ``D_in``.
+            TypeError: ``x`` is not a tensor, or ``depth`` is not an int.
+            ValueError: The last dimension of ``x`` is not ``D_in``, or ``depth`` is
+                negative or above ``depth_limit``.
         """
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {describe(x)}")

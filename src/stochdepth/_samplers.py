@@ -101,6 +101,10 @@ class UniformDepth(_DepthRange):
 
         Returns:
             A CPU tensor of dtype ``torch.int64`` and shape ``(n,)``.
+
+        Raises:
+            TypeError: ``n`` is not an int.
+            ValueError: ``n`` is negative.
         """
         values = random.choices(range(self._low, self._high + 1), k=check_int("n", n))
         return torch.tensor(values, dtype=torch.int64)
@@ -161,6 +165,10 @@ class FixedDepth:
 
         Returns:
             A CPU tensor of dtype ``torch.int64`` and shape ``(n,)``.
+
+        Raises:
+            TypeError: ``n`` is not an int.
+            ValueError: ``n`` is negative.
         """
         return torch.full((check_int("n", n),), self._depth, dtype=torch.int64)
 
@@ -233,6 +241,10 @@ class SeededDepth(_DepthRange, GeneratorSampler):
 
         Returns:
             A CPU tensor of dtype ``torch.int64`` and shape ``(n,)``.
+
+        Raises:
+            TypeError: ``n`` is not an int.
+            ValueError: ``n`` is negative.
         """
         size = (check_int("n", n),)
         return torch.randint(self._low, self._high + 1, size, generator=self._generator)
@@ -318,6 +330,10 @@ class BernoulliDepth(GeneratorSampler):
 
         Returns:
             A CPU tensor of dtype ``torch.int64`` and shape ``(n,)``.
+
+        Raises:
+            TypeError: ``n`` is not an int.
+            ValueError: ``n`` is negative.
         """
         size = (check_int("n", n),)
         count, prob = self._count.expand(size), self._prob.expand(size)
@@ -417,6 +433,10 @@ class GeometricDepth(GeneratorSampler):
 
         Returns:
             A CPU tensor of dtype ``torch.int64`` and shape ``(n,)``.
+
+        Raises:
+            TypeError: ``n`` is not an int.
+            ValueError: ``n`` is negative.
         """
         u = torch.rand(check_int("n", n), dtype=torch.float64, generator=self._generator)
         if self._log_q == -math.inf:
@@ -560,6 +580,10 @@ class ScheduledDepth(GeneratorSampler):
 
         Returns:
             A CPU tensor of dtype ``torch.int64`` and shape ``(n,)``.
+
+        Raises:
+            TypeError: ``n`` is not an int.
+            ValueError: ``n`` is negative.
         """
         high = self.bound_at(self._step)
         size = (check_int("n", n),)

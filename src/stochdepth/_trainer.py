@@ -150,7 +150,7 @@ def train(
             the samplers' kinds and parameters, the model's shape, and ``x`` and
             ``y`` must be those of the saved run.
         distributed: Train with ``DistributedDataParallel`` on torch.distributed's
-            default process group (see ``docs/distributed.md``). Rank 0's ``x``,
+            default process group (see the docs' Distributed training page). Rank 0's ``x``,
             ``y``, weights and sampler states are every rank's; each rank trains on its
             contiguous share of the batch, and the gradients are summed, so that the
             loss and the update are the single-process ones of the whole batch (up to
@@ -168,16 +168,15 @@ def train(
         TypeError: An argument has the wrong type.
         ValueError: An argument is out of range (``lr`` and ``momentum`` must also
             fit in the parameters' dtype), ``sampler`` was given for a model
-            without a ``RepeatedBlock``, or the model's output and ``y`` differ in
-            shape.
+            without a ``RepeatedBlock``, the model's output and ``y`` differ in
+            shape, or ``distributed=True`` was given together with ``checkpoint``
+            (not supported yet: every rank would write the same file).
         ImportError: ``progress=True`` and tqdm is not installed.
         CheckpointError: ``checkpoint`` cannot be resumed from (missing, damaged, or
             saved by another run) or written; the file is left as it was.
         NonFiniteError: The loss, or the state to save, became NaN or infinite; the
             last checkpoint is left as it was.
         RuntimeError: ``distributed=True`` and no process group is initialized.
-        ValueError: ``distributed=True`` together with ``checkpoint`` (not supported
-            yet: every rank would write the same file).
         DepthMismatchError: ``distributed=True`` and the ranks drew different depths.
 
     Example:
