@@ -519,3 +519,38 @@ def test_the_depth_limit_holds_in_every_mode() -> None:
     with pytest.raises(ValueError, match=r"depth_limit=4, got 7"):
         saving(x, 7)
     assert "depth_limit=4, checkpoint=True" in repr(saving)
+
+
+def batch_norm_layer() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 6), nn.BatchNorm1d(6), nn.ReLU())
+
+
+@pytest.mark.parametrize("checkpoint", [True, 1, 2])
+def test_checkpointing_updates_running_statistics_once(checkpoint: bool | int) -> None:
+    # The backward pass recomputes the repeats; BatchNorm must not count them twice.
+    plain_layer, saving_layer = batch_norm_layer(), batch_norm_layer()
+    x = torch.randn(8, 6)
+    RepeatedBlock(plain_layer, FixedDepth(4))(x).sum().backward()
+    RepeatedBlock(saving_layer, FixedDepth(4), checkpoint=checkpoint)(x).sum().backward()
+    for name, buffer in plain_layer.named_buffers():
+        assert torch.equal(dict(saving_layer.named_buffers())[name], buffer), name
+    assert int(saving_layer[1].num_batches_tracked) == 4
+    for plain, saving in zip(plain_layer.parameters(), saving_layer.parameters(), strict=True):
+        assert torch.equal(plain.grad, saving.grad)
+
+
+def test_masked_mode_refuses_a_layer_with_running_statistics() -> None:
+    # Its discarded repeats would still move the running mean and variance.
+    with pytest.raises(ValueError, match=r"^mode='masked' runs the layer .* but '1' of the layer"):
+        RepeatedBlock(batch_norm_layer(), FixedDepth(4), mode="masked")
+    untracked = nn.Sequential(nn.Linear(6, 6), nn.BatchNorm1d(6, track_running_stats=False))
+    assert RepeatedBlock(untracked, FixedDepth(4), mode="masked").mode == "masked"
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_a_masked_depth_too_deep_is_refused_before_it_is_counted(per_sample: bool) -> None:
+    block = RepeatedBlock(nn.Linear(3, 3), FixedDepth(2), mode="masked", per_sample=per_sample)
+    with pytest.raises(ValueError, match=r"depth must be <= sampler.max_depth=2"):
+        block(torch.randn(2, 3), 5)
+    assert (block.last_depth, block.depth_histogram) == (None, {})

@@ -59,8 +59,12 @@ class RepeatedBlock(nn.Module):
             where ``i < depth`` (``torch.where``), so the graph is the same at every
             depth: ``torch.compile(fullgraph=True)`` and ``torch.export`` take it,
             with the depth as a tensor argument. Outputs and gradients equal skip
-            mode's, except that unused repeats give zero gradients instead of none.
-            See the performance page of the docs.
+            mode's, except that unused repeats give zero gradients instead of none,
+            and that a repeat the depth discards still runs: a layer that overflows
+            there (``exp`` in float16, say) gives NaN gradients through
+            ``torch.where``, and dropout in it draws random numbers. A layer with
+            running statistics (``BatchNorm``) is refused. See the performance page
+            of the docs.
         per_sample: Draw a depth for every row (dimension 0) of the input instead
             of one for the batch. In skip mode the layer then runs, at each repeat,
             only on the rows still active, so the work follows the mean depth. The
@@ -72,7 +76,9 @@ class RepeatedBlock(nn.Module):
             ``True`` checkpoints segments of ``ceil(sqrt(depth))`` repeats, so the
             activations kept grow as ``sqrt(depth)``; an int ``k >= 1`` checkpoints
             segments of ``k`` repeats. Gradients are bitwise those of
-            ``checkpoint=False``.
+            ``checkpoint=False``, and buffers that the layer updates (BatchNorm's
+            running statistics) are updated once, as without checkpoints (in eager
+            mode; under ``torch.compile`` the recomputation updates them again).
         depth_limit: The most times one forward pass may apply the layer (default
             10 000), a guard against a depth such as ``10**9`` that would run for
             hours or exhaust memory. The sampler's ``max_depth`` and an int
@@ -100,7 +106,9 @@ class RepeatedBlock(nn.Module):
         ValueError: ``eval_depth`` is negative or an unknown policy name, the
             sampler's bounds are negative or reversed, the sampler's ``max_depth``
             or an int ``eval_depth`` is above ``depth_limit``, ``mode`` is unknown,
-            or ``checkpoint`` is an int below 1.
+            ``checkpoint`` is an int below 1, or ``mode="masked"`` is asked for with
+            an int ``eval_depth`` above the sampler's ``max_depth`` or a layer that
+            keeps running statistics.
 
     Example:
         >>> import torch
@@ -143,6 +151,12 @@ class RepeatedBlock(nn.Module):
         self.last_depth = None
         self._depth_counts = {}
         self._mode = _check_mode(mode)
+        if self._mode == "masked" and (stats := _running_statistics(layer)):
+            raise ValueError(
+                f"mode='masked' runs the layer max_depth times and discards the repeats "
+                f"beyond the depth, but {stats} of the layer would count those repeats in "
+                f"its running statistics: use mode='skip' with this layer"
+            )
         if (
             self._mode == "masked"
             and isinstance(self.eval_depth, int)
@@ -294,6 +308,8 @@ class RepeatedBlock(nn.Module):
         return self._batch_depth_tensor(x, depth)
 
     def _batch_depth_tensor(self, x: Tensor, depth: object) -> Tensor:
+        if isinstance(depth, int):  # refused before the telemetry records it
+            self._check_within_max(depth)
         value = self._choose_depth(depth)
         self._check_within_max(value)
         return torch.tensor(value, dtype=torch.int64, device=x.device)
@@ -309,6 +325,8 @@ class RepeatedBlock(nn.Module):
         return self._row_depth_tensor(x, depth)
 
     def _row_depth_tensor(self, x: Tensor, depth: object) -> Tensor:
+        if isinstance(depth, int):  # refused before the telemetry records it
+            self._check_within_max(depth)
         depths = self._choose_row_depths(_rows(x), depth)
         if depths.numel():
             self._check_within_max(int(depths.max()))
@@ -504,6 +522,17 @@ class RepeatedBlock(nn.Module):
             if value != default
         )
         return f"{sampler}eval_depth={self.eval_depth!r}{options}"
+
+
+def _running_statistics(layer: nn.Module) -> str:
+    """Name the submodules of ``layer`` that keep running statistics, or ``""``."""
+    names = [
+        name or type(module).__name__
+        for name, module in layer.named_modules()
+        if getattr(module, "track_running_stats", False)
+        and getattr(module, "running_mean", None) is not None
+    ]
+    return ", ".join(repr(name) for name in names)
 
 
 def _check_eval_depth(value: object) -> EvalDepth:

@@ -19,8 +19,9 @@ check raises through ``error(x, out, repeat, depth)``, which builds the message.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 import torch
@@ -73,6 +74,36 @@ def skip(
     return x
 
 
+def run_checkpointed(layer: nn.Module, function: Callable[..., Any], *args: Any) -> Any:
+    """``torch.utils.checkpoint`` of ``function(*args)``, with ``layer``'s buffers kept.
+
+    The backward pass runs the segment's repeats again. A layer with buffers that its
+    forward pass updates (BatchNorm's running statistics) would update them a second
+    time there; in eager mode the recomputation restores them afterwards, so that
+    checkpointing changes nothing but memory.
+    """
+    if torch.compiler.is_compiling() or next(layer.buffers(), None) is None:
+        return checkpoint(function, *args, use_reentrant=False)
+    return checkpoint(
+        function,
+        *args,
+        use_reentrant=False,
+        context_fn=lambda: (contextlib.nullcontext(), _buffers_restored(layer)),
+    )
+
+
+@contextlib.contextmanager
+def _buffers_restored(layer: nn.Module) -> Iterator[None]:
+    """Restore every buffer of ``layer`` to its value on entry, on exit."""
+    saved = [(buffer, buffer.detach().clone()) for buffer in layer.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
 def segment_length(depth: int, checkpoint_every: int | None) -> int:
     """How many repeats one checkpointed segment holds.
 
@@ -115,7 +146,7 @@ def segments(
     length = segment_length(depth, checkpoint_every)
     for start in range(0, depth, length):
         stop = min(start + length, depth)
-        x = cast(Tensor, checkpoint(skip, layer, x, start, stop, depth, error, use_reentrant=False))
+        x = cast(Tensor, run_checkpointed(layer, skip, layer, x, start, stop, depth, error))
     return x
 
 
@@ -162,7 +193,7 @@ def masked(
     length = segment_length(max_depth, checkpoint_every)
     for start in range(0, max_depth, length):
         stop = min(start + length, max_depth)
-        x = cast(Tensor, checkpoint(run, x, start, stop, use_reentrant=False))
+        x = cast(Tensor, run_checkpointed(layer, run, x, start, stop))
     return x
 
 
@@ -228,7 +259,7 @@ def per_row(
     for start in range(0, deepest, length):
         stop = min(start + length, deepest)
         if checkpointed:
-            outputs = checkpoint(run, h, start, stop, use_reentrant=False)
+            outputs = run_checkpointed(layer, run, h, start, stop)
         else:
             outputs = run(h, start, stop)
         h, *finished = cast(tuple[Tensor, ...], outputs)
