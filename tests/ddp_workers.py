@@ -9,6 +9,7 @@ included, instead of dying), and saves it for the parent test to check.
 from __future__ import annotations
 
 import datetime
+import io
 import random
 import traceback
 from collections.abc import Callable
@@ -205,6 +206,18 @@ def scenario_raw_ddp(rank: int) -> dict[str, Any]:
     return record
 
 
+def scenario_diverging(rank: int) -> dict[str, Any]:
+    """A loss that overflows: every rank stops at the same step, none waits for the other.
+
+    Only rank 0 prints, but every rank reads its losses at the log points, so the
+    non-finite loss is seen on every rank at the same step.
+    """
+    x, y = global_batch()
+    model = DynamicNet(*SIZES[1:], sampler=FixedDepth(1))
+    train(model, x, y, steps=STEPS, lr=1e3, log_every=1, distributed=True, file=io.StringIO())
+    return {}
+
+
 def scenario_too_few_rows(rank: int) -> dict[str, Any]:
     """A batch of one row cannot be split across two ranks: every rank says so."""
     model = DynamicNet(*SIZES[1:], sampler=FixedDepth(1))
@@ -261,6 +274,7 @@ SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
     "disagreeing_check": scenario_disagreeing_check,
     "broadcast": scenario_broadcast,
     "too_few_rows": scenario_too_few_rows,
+    "diverging": scenario_diverging,
     "fsdp2": scenario_fsdp2,
     "raw_ddp": scenario_raw_ddp,  # last: it leaves a DDP reducer in a failed state
 }

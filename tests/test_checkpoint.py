@@ -613,3 +613,74 @@ def test_a_model_that_starts_non_finite_is_not_saved(tmp_path: Path) -> None:
     with pytest.raises(NonFiniteError, match=r"bias is NaN or infinite before the first step"):
         train(model, x, y, steps=3, checkpoint=path)
     assert not path.exists()
+
+
+# --- what the review found: unwritable files, links, Ctrl-C, bad option values -------------
+
+
+def test_a_checkpoint_that_cannot_be_written_is_a_checkpoint_error(tmp_path: Path) -> None:
+    # A legal name whose temporary sibling is too long: the first save fails.
+    path = tmp_path / ("a" * 245 + ".ckpt")
+    model = stochdepth.DynamicNet(4, 3, 2)
+    with pytest.raises(CheckpointError, match=r"cannot be written: File name too long"):
+        stochdepth.train(model, torch.randn(4, 4), torch.randn(4, 2), steps=2, checkpoint=path)
+    assert not path.exists()
+
+
+def test_a_checkpoint_behind_a_symbolic_link_is_saved_through_it(tmp_path: Path) -> None:
+    (tmp_path / "runs").mkdir()
+    target, link = tmp_path / "runs" / "real.ckpt", tmp_path / "latest.ckpt"
+    link.symlink_to(target)
+    x, y = torch.randn(4, 4), torch.randn(4, 2)
+    torch.manual_seed(0)
+    stochdepth.train(
+        stochdepth.DynamicNet(4, 3, 2, FixedDepth(1)), x, y, steps=3, checkpoint=target
+    )
+    torch.manual_seed(0)
+    model = stochdepth.DynamicNet(4, 3, 2, FixedDepth(1))
+    stochdepth.train(model, x, y, steps=6, checkpoint=link, resume=True)
+    assert link.is_symlink()
+    assert load_checkpoint(target).step == 6
+
+
+def test_ctrl_c_is_one_line_that_says_how_to_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "run.ckpt"
+    assert main(train_args(path, None, "--steps", "2")) == 0
+    capsys.readouterr()
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("stochdepth._cli.train", interrupted)
+    assert main([*train_args(path, None, "--steps", "4"), "--resume"]) == 130
+    err = capsys.readouterr().err
+    assert err == (
+        f"stochdepth train: interrupted; checkpoint '{path}' holds the last save: the same "
+        f"command with --resume continues from it\n"
+    )
+    assert main(["train", "--steps", "4"]) == 130
+    assert capsys.readouterr().err == "stochdepth train: interrupted\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lr", "1e39"], "argument --lr: expected a number <= 3.40282e+38 (float32's largest"),
+        (["--momentum", "1e39"], "argument --momentum: expected a number <= 3.40282e+38"),
+        (
+            ["--seed", "0", "--checkpoint", ""],
+            "argument --checkpoint: expected a file path, got ''",
+        ),
+    ],
+)
+def test_option_values_the_run_cannot_use_are_one_line_usage_errors(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--steps", "1", *args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert message in err

@@ -204,6 +204,25 @@ def test_a_batch_too_small_to_split_is_refused_on_every_rank(
         )
 
 
+def test_a_non_finite_loss_stops_every_rank_at_the_same_step(
+    ranks: list[dict[str, Any]],
+) -> None:
+    records = result(ranks, "diverging", raises=True)
+    assert [record["error_type"] for record in records] == ["NonFiniteError"] * 2
+    steps = {re.search(r"at step (\d+)", record["error"]).group(1) for record in records}  # type: ignore[union-attr]
+    assert len(steps) == 1, records
+
+
+def test_per_sample_blocks_are_refused_under_distributed_training() -> None:
+    # Each rank would draw depths for its own rows only: not supported yet.
+    block = RepeatedBlock(nn.Linear(4, 4), SeededDepth(0, 2, seed=0), per_sample=True)
+    model = nn.Sequential(block)
+    with pytest.raises(
+        ValueError, match=r"^distributed=True does not support RepeatedBlock\(per_sample=True\)"
+    ):
+        train(model, torch.randn(4, 4), torch.randn(4, 4), distributed=True)
+
+
 # --- torchrun and the command line -----------------------------------------------------------
 
 DIGEST = re.compile(r"stochdepth train: rank (\d) of 2: parameters sha256 ([0-9a-f]{64})")

@@ -295,7 +295,8 @@ def write_atomically(path: str, data: bytes) -> None:
     which is flushed, synced and renamed over ``path`` (then the folder is synced
     where the system allows). If anything fails, the temporary file is removed.
     """
-    folder, name = os.path.split(os.path.abspath(path))
+    target = os.path.realpath(path)  # through a symbolic link, replace the file it names
+    folder, name = os.path.split(target)
     while True:
         temp = os.path.join(folder, f".{name}.tmp-{secrets.token_hex(4)}")
         try:
@@ -309,7 +310,7 @@ def write_atomically(path: str, data: bytes) -> None:
             _write_all(file, data)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temp, path)
+        os.replace(temp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)
@@ -333,7 +334,7 @@ def remove_stale_temp_files(path: str) -> list[str]:
     Returns:
         The paths removed.
     """
-    folder, name = os.path.split(os.path.abspath(path))
+    folder, name = os.path.split(os.path.realpath(path))  # through a link, its target
     removed: list[str] = []
     prefix = f".{name}"
     try:
@@ -534,7 +535,12 @@ class Checkpointer:
             "run": self.run,
             "versions": _versions(),
         }
-        write_atomically(self.path, encode(payload))
+        try:
+            write_atomically(self.path, encode(payload))
+        except OSError as error:  # a full disk, a missing folder, a name too long...
+            raise CheckpointError(
+                self.path, f"cannot be written: {error.strerror or error}"
+            ) from error
         self.saved_step = step
 
 

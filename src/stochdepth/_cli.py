@@ -28,6 +28,7 @@ from ._trainer import train
 PROG = "stochdepth"
 EXIT_USAGE = 2
 EXIT_DIVERGED = 1  # the loss became NaN or infinite
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 _MAX_SEED = 2**64 - 1  # torch.manual_seed takes no more
 
 
@@ -55,21 +56,39 @@ def _int_in(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
 
 
 def _float_above(minimum: float, *, inclusive: bool) -> Callable[[str], float]:
-    """An argparse ``type``: a finite float above (or at, if ``inclusive``) ``minimum``."""
+    """An argparse ``type``: a float above (or at, if ``inclusive``) ``minimum``.
+
+    It must also be at most float32's largest value: the model is float32, and SGD
+    cannot apply a larger factor to its parameters.
+    """
+    maximum = torch.finfo(torch.float32).max
 
     def convert(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             value = math.nan
-        if not (math.isfinite(value) and (value >= minimum if inclusive else value > minimum)):
+        above = value >= minimum if inclusive else value > minimum
+        if not (math.isfinite(value) and above):
             bound = ">=" if inclusive else ">"
             raise argparse.ArgumentTypeError(
                 f"expected a finite number {bound} {minimum:g}, got {text!r}"
             )
+        if value > maximum:
+            raise argparse.ArgumentTypeError(
+                f"expected a number <= {maximum:g} (float32's largest: the model is "
+                f"float32), got {text!r}"
+            )
         return value
 
     return convert
+
+
+def _path(text: str) -> str:
+    """An argparse ``type``: a file path, not empty."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a file path, got ''")
+    return text
 
 
 def _sampler(text: str) -> str:
@@ -166,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--checkpoint",
+        type=_path,
         metavar="PATH",
         help=(
             "save the run to PATH at the start and the end, and every N steps with "
@@ -306,8 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0 on success; 2 with a one-line message when a checkpoint
         cannot be used; 1 with a one-line message when the loss became NaN or
-        infinite. Bad arguments exit with status 2 and a one-line message, through
-        ``SystemExit``.
+        infinite; 130 with a one-line message on Ctrl-C. Bad arguments exit with
+        status 2 and a one-line message, through ``SystemExit``.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -345,4 +365,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DepthMismatchError as error:  # ranks that disagree: one line, on every rank
         print(f"{PROG} train: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C: one line, and how to go on
+        where = ""
+        if getattr(args, "checkpoint", None) and os.path.exists(args.checkpoint):
+            where = (
+                f"; checkpoint '{args.checkpoint}' holds the last save: the same command "
+                f"with --resume continues from it"
+            )
+        print(f"{PROG} {args.command}: interrupted{where}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0

@@ -169,8 +169,9 @@ def train(
         ValueError: An argument is out of range (``lr`` and ``momentum`` must also
             fit in the parameters' dtype), ``sampler`` was given for a model
             without a ``RepeatedBlock``, the model's output and ``y`` differ in
-            shape, or ``distributed=True`` was given together with ``checkpoint``
-            (not supported yet: every rank would write the same file).
+            shape, or ``distributed=True`` was given together with ``checkpoint`` or
+            for a model with a ``RepeatedBlock(per_sample=True)`` (neither is
+            supported yet).
         ImportError: ``progress=True`` and tqdm is not installed.
         CheckpointError: ``checkpoint`` cannot be resumed from (missing, damaged, or
             saved by another run) or written; the file is left as it was.
@@ -221,14 +222,23 @@ def train(
         for block in blocks:
             block.sampler = sampler
     steppers = list({id(s): s for b in blocks if has_set_step(s := b.sampler)}.values())
+    if distributed and any(block.per_sample for block in blocks):
+        raise ValueError(
+            "distributed=True does not support RepeatedBlock(per_sample=True) yet: each "
+            "rank would draw depths for its own rows only, and the ranks' replicas could "
+            "drift apart; use one depth per batch (per_sample=False)"
+        )
+    if progress:
+        _progress_bar_class()  # on every rank: an ImportError on rank 0 alone would hang the rest
     run = DistributedRun(model, x, y) if distributed else None
     forward: nn.Module = model if run is None else run.ddp
+    speaking = run is None or run.is_main  # rank 0 prints for all
     if run is not None:
         x, y = run.x, run.y
-        if not run.is_main:  # rank 0 logs for all
-            log_every, progress, summary = 0, False, False
-    bar = _progress_bar(steps) if progress else None
-    write = print if bar is None else bar.write
+    # Every rank reads its losses at the same steps (log lines, progress updates), so
+    # that a non-finite loss stops every rank at the same step; only rank 0 writes.
+    bar = _progress_bar(steps) if progress and speaking else None
+    write = (print if bar is None else bar.write) if speaking else _write_nothing
     out = sys.stdout if file is None else file
 
     criterion = nn.MSELoss(reduction="sum")
@@ -266,7 +276,10 @@ def train(
                 checkpointer.save(t + 1, model, optimizer, losses, depths)
             if bar is not None:
                 bar.update(1)
-                if len(pending) >= _PROGRESS_WINDOW or t == steps - 1:
+            if progress and (len(pending) >= _PROGRESS_WINDOW or t == steps - 1):
+                if bar is None:
+                    _flush(pending, losses)
+                else:
                     _show_progress(bar, pending, losses, depths)
         _flush(pending, losses)
         if checkpointer is not None and checkpointer.saved_step != steps:
@@ -320,7 +333,7 @@ def _output_mismatch(y_pred: object, y: Tensor) -> str:
     )
 
 
-def _progress_bar(steps: int) -> Any:
+def _progress_bar_class() -> Any:
     try:
         from tqdm import tqdm
     except ImportError as error:
@@ -329,7 +342,15 @@ def _progress_bar(steps: int) -> Any:
             "pip install tqdm (or the 'progress' extra: pip install '.[progress]' "
             "in stochdepth's repository)"
         ) from error
-    return tqdm(total=steps, desc="train", unit="step", file=sys.stderr)
+    return tqdm
+
+
+def _progress_bar(steps: int) -> Any:
+    return _progress_bar_class()(total=steps, desc="train", unit="step", file=sys.stderr)
+
+
+def _write_nothing(*_: object, **__: object) -> None:
+    """What ranks other than 0 print with."""
 
 
 def _show_progress(
