@@ -40,7 +40,12 @@ from strategies import LAYERS, bounds, depths, features, inputs, leading_dims, s
 
 TOLERANCES: dict[torch.dtype, dict[str, float]] = {
     torch.float64: {"rtol": 1e-10, "atol": 1e-12},
-    torch.float32: {"rtol": 1e-4, "atol": 1e-5},
+    # float32: CPU and CUDA kernels round differently (fused or not, other summation
+    # orders), and a chain of repeats amplifies it where the layer is ill-conditioned
+    # (LayerNorm over 3 features of rows with a small spread): on an H200 a float32
+    # gradient of x differed by more than 1e-4 of its largest element. float64 keeps
+    # the tight check of the same arithmetic.
+    torch.float32: {"rtol": 1e-3, "atol": 1e-5},
 }
 dtypes = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 torch_seeds = st.integers(min_value=0, max_value=2**32 - 1)
