@@ -10,6 +10,8 @@ variable is set and is not overridden here. Choose one with ``HYPOTHESIS_PROFILE
 from __future__ import annotations
 
 import os
+import random
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -37,3 +39,16 @@ NO_CUDA_REASON = (
 def cuda_device(request: pytest.FixtureRequest) -> torch.device:
     """Every CUDA device in turn; skipped, with the reason, where there is none."""
     return torch.device(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _restore_global_rngs() -> Iterator[None]:
+    """Leave torch's and Python's global generators as each test found them.
+
+    ``train --seed`` and many tests seed them; no test should see another's seed.
+    """
+    torch_state = torch.get_rng_state()
+    random_state = random.getstate()
+    yield
+    torch.set_rng_state(torch_state)
+    random.setstate(random_state)

@@ -15,9 +15,8 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import random
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
@@ -86,14 +85,6 @@ def one_line(error: BaseException) -> str:
     assert message
     assert "\n" not in message, message
     return message
-
-
-@pytest.fixture(autouse=True)
-def _restore_global_rngs() -> Iterator[None]:
-    torch_state, random_state = torch.get_rng_state(), random.getstate()
-    yield
-    torch.set_rng_state(torch_state)
-    random.setstate(random_state)
 
 
 # --- samplers ---------------------------------------------------------------------------

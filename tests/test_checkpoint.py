@@ -22,7 +22,6 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,16 +65,6 @@ KILLS = [
     pytest.param("geometric:p=0.4,max_depth=5,seed=2", 99, id="geometric"),
     pytest.param("scheduled:start=1,end=4,steps=100,seed=3", 88, id="scheduled"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _restore_global_rngs() -> Iterator[None]:
-    """``train --seed`` seeds torch and ``random``; leave them as they were."""
-    torch_state = torch.get_rng_state()
-    random_state = random.getstate()
-    yield
-    torch.set_rng_state(torch_state)
-    random.setstate(random_state)
 
 
 def train_args(path: Path, sampler: str | None, *extra: str) -> list[str]:

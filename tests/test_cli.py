@@ -8,7 +8,7 @@ import random
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,16 +28,6 @@ SAMPLER_NAMES = ("uniform", "fixed", "seeded", "bernoulli", "geometric", "schedu
 SUMMARY = re.compile(
     r"stochdepth train: \d+ steps(, final loss \S+, mean depth \d+\.\d{3}, depths( \d+:\d+)+)?\n"
 )
-
-
-@pytest.fixture(autouse=True)
-def _restore_global_rngs() -> Iterator[None]:
-    """``train --seed`` seeds torch and ``random``; leave them as they were."""
-    torch_state = torch.get_rng_state()
-    random_state = random.getstate()
-    yield
-    torch.set_rng_state(torch_state)
-    random.setstate(random_state)
 
 
 def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int | str | None, str, str]:
