@@ -166,16 +166,23 @@ def mib(size: float) -> str:
     return f"{size / 2**20:.3f} MiB"
 
 
+def article_data(bench: Bench) -> tuple[torch.Tensor, torch.Tensor]:
+    """The article's ``x`` and ``y`` at this run's sizes, from a fixed seed, on the device."""
+    n, d_in, _, d_out = bench.sizes.article
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d_in, generator=generator).to(bench.device)
+    y = torch.randn(n, d_out, generator=generator).to(bench.device)
+    return x, y
+
+
 # --------------------------------------------------------------------------- 1. overhead
 
 
 def overhead(bench: Bench) -> None:
     """1: ``stochdepth.train`` on ``DynamicNet`` against the article's loop and model."""
-    n, d_in, hidden, d_out = bench.sizes.article
+    _, d_in, hidden, d_out = bench.sizes.article
     device = bench.device
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(n, d_in, generator=generator).to(device)
-    y = torch.randn(n, d_out, generator=generator).to(device)
+    x, y = article_data(bench)
     torch.manual_seed(1)
     package = DynamicNet(d_in, hidden, d_out).to(device)
     for what, model_class in [
@@ -278,11 +285,9 @@ def compile_one(bench: Bench, row: Row, mode: str, options: dict[str, object]) -
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    n, d_in, hidden, d_out = bench.sizes.article
+    _, d_in, hidden, d_out = bench.sizes.article
     device = bench.device
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(n, d_in, generator=generator).to(device)
-    y = torch.randn(n, d_out, generator=generator).to(device)
+    x, y = article_data(bench)
     torch.manual_seed(1)
     eager = DynamicNet(d_in, hidden, d_out)
     if mode != "skip":

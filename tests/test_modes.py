@@ -56,6 +56,19 @@ def backward(
     return out.detach(), x.grad, [p.grad for p in block.parameters()]
 
 
+def assert_bitwise_equal(
+    got: tuple[Tensor, Tensor, list[Tensor | None]],
+    want: tuple[Tensor, Tensor, list[Tensor | None]],
+) -> None:
+    """Two results of :func:`backward` are equal bit for bit, ``None`` grads included."""
+    assert torch.equal(got[0], want[0])
+    assert torch.equal(got[1], want[1])
+    for have, expected in zip(got[2], want[2], strict=True):
+        assert (have is None) == (expected is None)
+        if have is not None and expected is not None:
+            assert torch.equal(have, expected)
+
+
 def by_hand(layer: nn.Module, x: Tensor, times: int) -> Tensor:
     for _ in range(times):
         x = layer(x)
@@ -365,12 +378,7 @@ def test_checkpointed_gradients_equal_plain_gradients_bitwise(
     checkpointed = RepeatedBlock(layer, FixedDepth(9), mode=mode, checkpoint=every)  # type: ignore[arg-type]
     want = backward(plain, x, weight, depth)
     got = backward(checkpointed, x, weight, depth)
-    assert torch.equal(got[0], want[0])
-    assert torch.equal(got[1], want[1])
-    for have, expected in zip(got[2], want[2], strict=True):
-        assert (have is None) == (expected is None)
-        if have is not None and expected is not None:
-            assert torch.equal(have, expected)
+    assert_bitwise_equal(got, want)
 
 
 @given(
@@ -398,12 +406,7 @@ def test_checkpointed_per_row_gradients_equal_plain_gradients_bitwise(
     )
     want = backward(plain, x, weight, given_depths)
     got = backward(checkpointed, x, weight, given_depths)
-    assert torch.equal(got[0], want[0])
-    assert torch.equal(got[1], want[1])
-    for have, expected in zip(got[2], want[2], strict=True):
-        assert (have is None) == (expected is None)
-        if have is not None and expected is not None:
-            assert torch.equal(have, expected)
+    assert_bitwise_equal(got, want)
 
 
 def count_saved_bytes(block: RepeatedBlock, x: Tensor, depth: int | Tensor) -> int:
