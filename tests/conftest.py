@@ -1,10 +1,13 @@
 """Hypothesis profiles and shared fixtures.
 
-Profiles: ``quick`` (the default here, 25 examples a test), ``thorough`` (500), and
-Hypothesis's own ``ci`` profile, which loads itself when the ``CI`` environment
-variable is set and is not overridden here. Choose one with ``HYPOTHESIS_PROFILE``:
+Profiles: ``quick`` (the default here, 25 examples a test), ``thorough`` (500),
+``random`` (as ``quick``, with no example database, so that a run depends on its
+``--hypothesis-seed`` alone: ``.ci/run`` uses it with a fresh seed), and Hypothesis's own
+``ci`` profile, which loads itself when the ``CI`` environment variable is set and is not
+overridden here. Choose one with ``HYPOTHESIS_PROFILE``:
 
     HYPOTHESIS_PROFILE=thorough python -m pytest
+    HYPOTHESIS_PROFILE=random python -m pytest --hypothesis-seed=12345
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from hypothesis import settings
 
 settings.register_profile("quick", max_examples=25, deadline=None)
 settings.register_profile("thorough", max_examples=500, deadline=None)
+settings.register_profile(
+    "random", max_examples=25, deadline=None, database=None, derandomize=False
+)
 
 if "HYPOTHESIS_PROFILE" in os.environ:
     settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])

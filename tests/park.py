@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from torch import nn
 
-import stochdepth._checkpoint
+import stochdepth.training._checkpoint
 from stochdepth import DynamicNet
 from stochdepth._cli import main
 
@@ -45,7 +45,7 @@ def park_in_step(step: int) -> None:
 
 def park_in_save(number: int) -> None:
     calls = 0
-    write_all = stochdepth._checkpoint._write_all
+    write_all = stochdepth.training._checkpoint._write_all
 
     def stalled(file: IO[bytes], data: bytes) -> None:
         nonlocal calls
@@ -58,7 +58,7 @@ def park_in_save(number: int) -> None:
         os.fsync(file.fileno())
         park()
 
-    stochdepth._checkpoint._write_all = stalled
+    stochdepth.training._checkpoint._write_all = stalled
 
 
 if __name__ == "__main__":

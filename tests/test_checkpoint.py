@@ -42,8 +42,8 @@ from stochdepth import (
     load_checkpoint,
     train,
 )
-from stochdepth._checkpoint import MAGIC
 from stochdepth._cli import main
+from stochdepth.training._checkpoint import MAGIC
 
 from processes import QUIET_ENV, TIMEOUT, run_python
 

@@ -37,7 +37,7 @@ from stochdepth import (
     train,
 )
 from stochdepth._cli import main
-from stochdepth._launch import parameter_digest
+from stochdepth.training._launch import parameter_digest
 
 import ddp_workers
 from processes import QUIET_ENV

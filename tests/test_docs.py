@@ -43,8 +43,8 @@ import pytest
 import torch
 
 import stochdepth
-from stochdepth import _registry
 from stochdepth._cli import main
+from stochdepth.samplers import _registry
 
 from processes import QUIET_ENV, TIMEOUT
 

@@ -26,13 +26,13 @@ from stochdepth import (
     SeededDepth,
     UniformDepth,
     UnknownSamplerError,
-    _registry,
     available_samplers,
     get_sampler,
     refresh_samplers,
     register_sampler,
     unregister_sampler,
 )
+from stochdepth.samplers import _registry
 
 from processes import run_python
 

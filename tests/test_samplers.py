@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 import stochdepth
 from stochdepth import DepthSampler, FixedDepth, SeededDepth, UniformDepth
-from stochdepth._protocol import check_sampler
+from stochdepth._validation import MAX_SAMPLER_DEPTH
+from stochdepth.samplers._protocol import check_sampler
 
 from processes import run_python
 from stats import chi2_sf
@@ -332,7 +333,7 @@ def test_seeded_sequence_is_the_same_in_another_process() -> None:
 # --- FixedDepth -----------------------------------------------------------------------
 
 
-@given(st.one_of(depths, st.integers(min_value=0, max_value=2**70)), draw_counts)
+@given(st.one_of(depths, st.integers(min_value=0, max_value=MAX_SAMPLER_DEPTH)), draw_counts)
 def test_fixed_always_returns_its_depth(depth: int, n: int) -> None:
     sampler = FixedDepth(depth)
     assert sampler.depth == sampler.min_depth == sampler.max_depth == depth
@@ -614,3 +615,9 @@ def test_check_sampler_accepts_a_duck_typed_sampler() -> None:
     duck = _Bounds(1, 4)
     assert isinstance(duck, stochdepth.DepthSampler)
     assert check_sampler(duck) is duck
+
+
+@given(st.integers(min_value=MAX_SAMPLER_DEPTH + 1, max_value=2**70))
+def test_fixed_refuses_a_depth_above_the_bound(depth: int) -> None:
+    with pytest.raises(ValueError, match=r"depth must be an int in \[0, 2\*\*53\]"):
+        FixedDepth(depth)

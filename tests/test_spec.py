@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stochdepth import FixedDepth, SeededDepth, UniformDepth, UnknownSamplerError, get_sampler
-from stochdepth._spec import parse_sampler_spec
+from stochdepth.samplers._spec import parse_sampler_spec
 
 from strategies import bounds, seeds, spaces, spec_words
 

@@ -10,10 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from . import _repeats
-from ._draws import check_drawn, draw_batch, draw_one
-from ._protocol import DepthSampler, check_sampler, has_state
-from ._samplers import UniformDepth
 from ._validation import check_int, describe
+from .samplers._builtin import UniformDepth
+from .samplers._draws import check_drawn, draw_batch, draw_one
+from .samplers._protocol import DepthSampler, check_sampler, has_state
 
 EvalDepth = int | Literal["max", "min", "sample"]
 """What depth a block uses in eval mode: a fixed int, or a policy name."""

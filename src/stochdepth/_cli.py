@@ -15,15 +15,16 @@ from typing import NoReturn
 
 import torch
 
-from . import _launch
 from ._block import DEFAULT_DEPTH_LIMIT
-from ._checkpoint import CheckpointError
 from ._distributed import BroadcastDepth, DepthMismatchError
-from ._finite import NonFiniteError
 from ._model import DynamicNet
-from ._protocol import DepthSampler
-from ._registry import BUILTIN_SAMPLERS, available_samplers, get_sampler, lookup_sampler
-from ._trainer import train
+from ._version import __version__
+from .samplers._protocol import DepthSampler
+from .samplers._registry import BUILTIN_SAMPLERS, available_samplers, get_sampler, lookup_sampler
+from .training import _launch
+from .training._checkpoint import CheckpointError
+from .training._finite import NonFiniteError
+from .training._trainer import train
 
 PROG = "stochdepth"
 EXIT_USAGE = 2
@@ -119,8 +120,6 @@ def _fresh_sampler(spec: str) -> DepthSampler:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser of ``stochdepth``'s command line."""
-    from . import __version__
-
     parser = _Parser(
         prog=PROG,
         description="Layers whose depth is drawn at random on every forward pass.",

@@ -30,8 +30,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ._block import RepeatedBlock
-from ._protocol import DepthSampler, check_sampler, has_set_step, has_state
 from ._validation import check_int, describe
+from .samplers._protocol import DepthSampler, check_sampler, has_set_step, has_state
 
 
 class DepthMismatchError(RuntimeError):

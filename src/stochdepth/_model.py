@@ -7,8 +7,8 @@ from typing import Any, cast
 from torch import Tensor, nn
 
 from ._block import DEFAULT_DEPTH_LIMIT, EvalDepth, RepeatedBlock
-from ._protocol import DepthSampler
 from ._validation import check_int, describe
+from .samplers._protocol import DepthSampler
 
 
 class DynamicNet(nn.Module):

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ._validation import check_int, describe
+from stochdepth._validation import check_int, describe
 
 MAX_SEED = 2**64 - 1
 _STATE_KEYS = ("seed", "generator_state")

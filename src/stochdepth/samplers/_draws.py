@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 from typing_extensions import Protocol, TypeIs, runtime_checkable
 
+from stochdepth._validation import describe
+
 from ._protocol import DepthSampler
-from ._validation import describe
 
 _INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._validation import describe
+from stochdepth._validation import describe
 
 SpecValue = int | float | bool | str
 

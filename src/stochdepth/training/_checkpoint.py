@@ -28,18 +28,18 @@ import secrets
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import torch
 from torch import Tensor, nn
 
-from ._block import RepeatedBlock
-from ._finite import check_state
-from ._generator import GeneratorSampler
-from ._validation import check_int, describe
+from stochdepth._block import RepeatedBlock
+from stochdepth._validation import check_int, describe
+from stochdepth._version import __version__
+from stochdepth.samplers._generator import GeneratorSampler
 
-if TYPE_CHECKING:
-    from ._trainer import TrainingHistory
+from ._finite import check_state
+from ._history import StepRecord, TrainingHistory
 
 FORMAT_VERSION = 1
 """The version of the checkpoint format this stochdepth writes and reads."""
@@ -215,7 +215,6 @@ def _decode(path: str, data: bytes) -> dict[str, Any]:
 
 
 def _checkpoint_from(path: str, payload: dict[str, Any]) -> Checkpoint:
-    from ._trainer import StepRecord, TrainingHistory  # the trainer imports this module
 
     try:
         step = check_int("step", payload["step"])
@@ -634,6 +633,5 @@ def _restore_rng(path: str, state: Mapping[str, Any]) -> None:
 
 
 def _versions() -> dict[str, Any]:
-    from . import __version__
 
     return {"format": FORMAT_VERSION, "stochdepth": __version__, "torch": str(torch.__version__)}

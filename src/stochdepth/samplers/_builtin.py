@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
+from stochdepth._validation import check_bounds, check_depth, check_int, check_probability
+
 from ._generator import GeneratorSampler
-from ._validation import check_bounds, check_depth, check_int, check_probability
 
 
 class _DepthRange:

@@ -7,7 +7,7 @@ from typing import Any
 
 from typing_extensions import Protocol, TypeIs, runtime_checkable
 
-from ._validation import check_int, describe
+from stochdepth._validation import check_int, describe
 
 
 @runtime_checkable

@@ -25,9 +25,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ._errors import SamplerPluginError, SamplerPluginWarning, UnknownSamplerError
-from ._protocol import DepthSampler, check_sampler
-from ._samplers import (
+from stochdepth._errors import SamplerPluginError, SamplerPluginWarning, UnknownSamplerError
+from stochdepth._validation import describe
+
+from ._builtin import (
     BernoulliDepth,
     FixedDepth,
     GeometricDepth,
@@ -35,8 +36,8 @@ from ._samplers import (
     SeededDepth,
     UniformDepth,
 )
+from ._protocol import DepthSampler, check_sampler
 from ._spec import SpecValue, parse_sampler_spec
-from ._validation import describe
 
 ENTRY_POINT_GROUP = "stochdepth.samplers"
 """The entry-point group that sampler plugins declare themselves under."""

@@ -1,0 +1,1 @@
+"""The reference trainer, its history, checkpoints, finite checks and launch helpers."""
