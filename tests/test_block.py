@@ -643,6 +643,36 @@ def test_a_module_sampler_is_registered_as_a_child(data: st.DataObject, n: int, 
     assert restored.last_depth == depth
 
 
+def test_assigning_a_sampler_runs_the_constructors_checks() -> None:
+    kept = FixedDepth(2)
+    block = RepeatedBlock(nn.Linear(3, 3), kept, depth_limit=5)
+    with pytest.raises(TypeError, match=r"^sampler must satisfy the DepthSampler protocol"):
+        block.sampler = "junk"  # type: ignore[assignment]
+    with pytest.raises(TypeError, match=r"^sampler must be a DepthSampler instance"):
+        block.sampler = FixedDepth  # type: ignore[assignment]
+    with pytest.raises(ValueError, match=r"^sampler.max_depth must be <= depth_limit=5, got 6"):
+        block.sampler = FixedDepth(6)
+    assert block.sampler is kept  # a refused sampler leaves the block as it was
+    masked = RepeatedBlock(nn.Linear(3, 3), FixedDepth(3), mode="masked", eval_depth=3)
+    with pytest.raises(ValueError, match=r"^eval_depth must be <= sampler.max_depth=1 in mode="):
+        masked.sampler = FixedDepth(1)
+    masked.sampler = deeper = FixedDepth(4)
+    assert masked.sampler is deeper
+    assert masked(torch.randn(2, 3)).shape == (2, 3)
+    assert masked.last_depth == 4
+
+
+def test_assigning_a_module_sampler_adopts_it_and_a_plain_one_drops_it() -> None:
+    block = RepeatedBlock(nn.Linear(3, 3), FixedDepth(1))
+    sampler = ModuleSampler(2)
+    block.sampler = sampler
+    assert dict(block.named_children())["sampler"] is sampler
+    assert block.sampler is sampler
+    block.sampler = plain = FixedDepth(1)
+    assert "sampler" not in dict(block.named_children())
+    assert block.sampler is plain
+
+
 # --------------------------------------------------------------------------- bad arguments
 
 

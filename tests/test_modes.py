@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -515,7 +516,11 @@ def test_the_depth_limit_holds_in_every_mode() -> None:
     with pytest.raises(ValueError, match=r"depth_limit=4, got 6"):
         rows(x, 6)
     masked = RepeatedBlock(nn.Linear(2, 2), FixedDepth(2), mode="masked", depth_limit=4)
-    masked.sampler = FixedDepth(9)  # replaced after construction: checked at the forward pass
+    with pytest.raises(ValueError, match=r"depth_limit=4, got 9"):
+        masked.sampler = FixedDepth(9)  # replaced after construction: checked as it is assigned
+    growing = SimpleNamespace(min_depth=0, max_depth=2, sample=lambda: 0)
+    masked.sampler = growing
+    growing.max_depth = 9  # bounds that change after assignment: checked at the forward pass
     with pytest.raises(ValueError, match=r"depth_limit=4, got 9"):
         masked(x)
     saving = RepeatedBlock(nn.Linear(2, 2), FixedDepth(2), checkpoint=True, depth_limit=4)

@@ -10,22 +10,16 @@ import torch
 from torch import Tensor, nn
 
 from . import _repeats
-from ._validation import check_int, describe
-from .samplers._builtin import UniformDepth
-from .samplers._draws import check_drawn, draw_batch, draw_one
-from .samplers._protocol import DepthSampler, check_sampler, has_state
+from ._depth import DEFAULT_DEPTH_LIMIT, DepthChoice, EvalDepth, check_within_limit
+from ._validation import check_bool, check_int, describe
+from .samplers._protocol import DepthSampler, has_state
 
-EvalDepth = int | Literal["max", "min", "sample"]
-"""What depth a block uses in eval mode: a fixed int, or a policy name."""
+__all__ = ["DEFAULT_DEPTH_LIMIT", "EvalDepth", "Mode", "RepeatedBlock", "check_within_limit"]
 
 Mode = Literal["skip", "masked"]
 """How a block applies its repeats: only those used, or all of them, masked."""
 
-_EVAL_POLICIES = ("max", "min", "sample")
 _MODES = ("skip", "masked")
-_INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
-DEFAULT_DEPTH_LIMIT = 10_000
-"""The most times a block applies its layer in one forward pass, unless told otherwise."""
 _EXTRA_STATE_KEY = "_extra_state"
 
 
@@ -86,17 +80,6 @@ class RepeatedBlock(nn.Module):
 
     Attributes:
         layer: The repeated module.
-        sampler: The depth sampler. A sampler with ``state_dict()`` has its state
-            saved in this block's ``state_dict`` (under ``_extra_state``), so a
-            restored block continues the same sequence of depths.
-        eval_depth: The eval-mode depth policy.
-        depth_limit: The most times one forward pass applies the layer.
-        last_depth: The depth the last forward pass used (``None`` before the first):
-            an int, or with ``per_sample=True`` a tensor of the rows' depths; in
-            masked mode, the depth tensor when one was given.
-        depth_histogram: How many training-mode forward passes used each depth
-            (with ``per_sample=True``, how many rows; telemetry, not saved in the
-            ``state_dict``; see :meth:`reset_depth_histogram`).
 
     Raises:
         TypeError: ``layer`` is not an ``nn.Module``, ``sampler`` does not satisfy
@@ -122,12 +105,8 @@ class RepeatedBlock(nn.Module):
     """
 
     layer: nn.Module
-    sampler: DepthSampler
-    eval_depth: EvalDepth
-    depth_limit: int
-    last_depth: int | Tensor | None
-    _depth_counts: dict[int, int]
-    _plain: bool
+    _choice: DepthChoice
+    _repeats: _repeats.Strategy
 
     def __init__(
         self,
@@ -144,34 +123,20 @@ class RepeatedBlock(nn.Module):
         if not isinstance(layer, nn.Module):
             raise TypeError(f"layer must be a torch.nn.Module, got {describe(layer)}")
         self.layer = layer
-        self.sampler = UniformDepth() if sampler is None else check_sampler(sampler)
-        self.eval_depth = _check_eval_depth(eval_depth)
-        self.depth_limit = check_int("depth_limit", depth_limit)
-        check_within_limit(self.sampler, self.eval_depth, self.depth_limit)
-        self.last_depth = None
-        self._depth_counts = {}
+        self._choice = DepthChoice(sampler, eval_depth, depth_limit)
+        self._adopt(self._choice.sampler)
         self._mode = _check_mode(mode)
-        if self._mode == "masked" and (stats := _running_statistics(layer)):
-            raise ValueError(
-                f"mode='masked' runs the layer max_depth times and discards the repeats "
-                f"beyond the depth, but {stats} of the layer would count those repeats in "
-                f"its running statistics: use mode='skip' with this layer"
-            )
-        if (
-            self._mode == "masked"
-            and isinstance(self.eval_depth, int)
-            and self.eval_depth > self.sampler.max_depth
-        ):
-            raise ValueError(
-                f"eval_depth must be <= sampler.max_depth={self.sampler.max_depth} in "
-                f"mode='masked', which runs max_depth repeats; got {self.eval_depth}"
-            )
-        if not isinstance(per_sample, bool):
-            raise TypeError(f"per_sample must be a bool, got {describe(per_sample)}")
-        self._per_sample = per_sample
+        if self._mode == "masked":
+            if stats := _running_statistics(layer):
+                raise ValueError(
+                    f"mode='masked' runs the layer max_depth times and discards the repeats "
+                    f"beyond the depth, but {stats} of the layer would count those repeats "
+                    f"in its running statistics: use mode='skip' with this layer"
+                )
+            self._choice.use_masked()
+        self._per_sample = check_bool("per_sample", per_sample)
         self._checkpoint = _check_checkpoint(checkpoint)
-        # The default: one depth for the batch, exactly the repeats used, no checkpoints.
-        self._plain = self._mode == "skip" and not per_sample and self._checkpoint is False
+        self._repeats = _repeats.strategy_for(self._mode == "masked", per_sample, self._checkpoint)
         self.register_load_state_dict_pre_hook(  # type: ignore[no-untyped-call]
             _default_missing_sampler_state
         )
@@ -199,24 +164,77 @@ class RepeatedBlock(nn.Module):
         """
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {describe(x)}")
-        if not self._plain:
-            return self._forward_mode(x, depth)
+        return self._repeats(self, x, depth)
+
+    def _depth_zero(self, x: Tensor) -> Tensor:
+        """The output of a pass whose depth is 0 for the whole batch: ``x`` itself.
+
+        The one place that every depth-0 pass of skip mode goes through (the layer
+        does not run, so its parameters get no gradient this step).
+        """
         if torch.compiler.is_compiling():
-            depth = self._choose_depth_outside_graph(depth)
-            if depth == 0:
-                # One op, so that Dynamo compiles this depth's (empty) graph: a frame
-                # without ops would make it skip this code, at every depth, for good.
-                return x.view_as(x)
-        else:
-            depth = self._choose_depth(depth)
-        layer = self.layer
-        shape = x.shape  # every accepted output has it, so one Size object serves all repeats
-        for repeat in range(depth):
-            out = layer(x)
-            if not isinstance(out, Tensor) or out.shape != shape:
-                raise self._shape_error(x, out, repeat, depth)
-            x = out
+            # One op, so that Dynamo compiles this depth's (empty) graph: a frame
+            # without ops would make it skip this code, at every depth, for good.
+            return x.view_as(x)
         return x
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "sampler":  # the property's setter, even for a sampler that is a Module
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def _adopt(self, sampler: DepthSampler) -> None:
+        """Hold a sampler that is an ``nn.Module`` as a child, so the module tree has it."""
+        if isinstance(sampler, nn.Module):
+            self._modules["sampler"] = sampler
+        else:
+            self._modules.pop("sampler", None)
+
+    @property
+    def sampler(self) -> DepthSampler:
+        """The depth sampler; assigning one runs the constructor's checks.
+
+        A sampler with ``state_dict()`` has its state saved in this block's
+        ``state_dict`` (under ``_extra_state``), so a restored block continues the same
+        sequence of depths.
+        """
+        return self._choice.sampler
+
+    @sampler.setter
+    def sampler(self, sampler: DepthSampler) -> None:
+        self._choice.sampler = sampler
+        self._adopt(self._choice.sampler)
+
+    @property
+    def eval_depth(self) -> EvalDepth:
+        """The eval-mode depth policy (an int, ``"max"``, ``"min"`` or ``"sample"``).
+
+        A value assigned after construction is checked at the next eval-mode pass.
+        """
+        return self._choice.eval_depth
+
+    @eval_depth.setter
+    def eval_depth(self, value: EvalDepth) -> None:
+        self._choice.eval_depth = value
+
+    @property
+    def depth_limit(self) -> int:
+        """The most times one forward pass applies the layer (set at construction)."""
+        return self._choice.depth_limit
+
+    @property
+    def last_depth(self) -> int | Tensor | None:
+        """The depth the last forward pass used (``None`` before the first).
+
+        An int, or with ``per_sample=True`` a tensor of the rows' depths; in masked
+        mode, the depth tensor when one was given.
+        """
+        return self._choice.last
+
+    @last_depth.setter
+    def last_depth(self, value: int | Tensor | None) -> None:
+        self._choice.last = value
 
     @property
     def mode(self) -> Mode:
@@ -233,176 +251,6 @@ class RepeatedBlock(nn.Module):
         """The checkpointing option given at construction: ``False``, ``True`` or ``k``."""
         return self._checkpoint
 
-    def _choose_depth(self, depth: object) -> int:
-        """Draw, or take the eval policy's, or check the given depth; record it."""
-        given = depth is not None
-        if depth is None:
-            if self.training:  # draw_one, inlined: this is the hot path
-                sampler = self.sampler
-                depth = sampler.sample()
-                if type(depth) is not int or not sampler.min_depth <= depth <= sampler.max_depth:
-                    depth = check_drawn(sampler, depth)
-            else:
-                depth = self._eval_depth()
-        elif type(depth) is not int or depth < 0:
-            depth = check_int("depth", depth)
-        if depth > self.depth_limit:
-            raise self._limit_error(depth, given)
-        # Not through nn.Module.__setattr__: a plain attribute, and this is the hot path.
-        self.__dict__["last_depth"] = depth
-        if self.training:
-            counts = self._depth_counts
-            counts[depth] = counts.get(depth, 0) + 1
-        return depth
-
-    # Under torch.compile the depth is drawn outside the compiled graph: a graph break
-    # here, so that every call draws anew (Dynamo would otherwise bake one draw into
-    # the graph) and the repeats after it compile to one graph per distinct depth.
-    _choose_depth_outside_graph = _repeats.outside_graph(_choose_depth)
-
-    def _forward_mode(self, x: Tensor, depth: object) -> Tensor:
-        """The forward pass of every mode but the default one."""
-        if self._per_sample:
-            if self._mode == "skip":
-                if torch.compiler.is_compiling():
-                    return self._per_row_outside_graph(x, depth)
-                return self._per_row(x, depth)
-            return self._masked(x, self._row_depths_on(x, depth))
-        if self._mode == "masked":
-            return self._masked(x, self._batch_depth_on(x, depth))
-        if torch.compiler.is_compiling():
-            used = self._choose_depth_outside_graph(depth)
-            if used == 0:
-                return x.view_as(x)  # as in forward: a frame without ops is skipped for good
-        else:
-            used = self._choose_depth(depth)
-        if not torch.is_grad_enabled():
-            return _repeats.skip(self.layer, x, 0, used, used, self._shape_error)
-        every = None if self._checkpoint is True else int(self._checkpoint)
-        return _repeats.segments(self.layer, x, used, every, self._shape_error)
-
-    def _masked(self, x: Tensor, depth: Tensor) -> Tensor:
-        every = None if self._checkpoint is True else int(self._checkpoint)
-        return _repeats.masked(
-            self.layer,
-            x,
-            depth,
-            self._max_depth(),
-            self._shape_error,
-            checkpointed=self._checkpoint is not False,
-            checkpoint_every=every,
-        )
-
-    def _max_depth(self) -> int:
-        high = check_int("sampler.max_depth", self.sampler.max_depth)
-        if high > self.depth_limit:  # masked mode applies the layer max_depth times
-            raise self._limit_error(high, False)
-        return high
-
-    def _batch_depth_on(self, x: Tensor, depth: object) -> Tensor:
-        """Masked mode, one depth: the depth as a 0-d int64 tensor on ``x``'s device."""
-        if isinstance(depth, Tensor):
-            return self._given_depth_tensor(x, depth, ())
-        if torch.compiler.is_compiling():
-            return self._batch_depth_tensor_outside_graph(x, depth)
-        return self._batch_depth_tensor(x, depth)
-
-    def _batch_depth_tensor(self, x: Tensor, depth: object) -> Tensor:
-        if isinstance(depth, int):  # refused before the telemetry records it
-            self._check_within_max(depth)
-        value = self._choose_depth(depth)
-        self._check_within_max(value)
-        return torch.tensor(value, dtype=torch.int64, device=x.device)
-
-    _batch_depth_tensor_outside_graph = _repeats.outside_graph(_batch_depth_tensor)
-
-    def _row_depths_on(self, x: Tensor, depth: object) -> Tensor:
-        """Masked mode, per row: the rows' depths as an int64 tensor on ``x``'s device."""
-        if isinstance(depth, Tensor):
-            return self._given_depth_tensor(x, depth, (_rows(x),))
-        if torch.compiler.is_compiling():
-            return self._row_depth_tensor_outside_graph(x, depth)
-        return self._row_depth_tensor(x, depth)
-
-    def _row_depth_tensor(self, x: Tensor, depth: object) -> Tensor:
-        if isinstance(depth, int):  # refused before the telemetry records it
-            self._check_within_max(depth)
-        depths = self._choose_row_depths(_rows(x), depth)
-        if depths.numel():
-            self._check_within_max(int(depths.max()))
-        return depths.to(x.device)
-
-    _row_depth_tensor_outside_graph = _repeats.outside_graph(_row_depth_tensor)
-
-    def _check_within_max(self, value: int) -> None:
-        high = self._max_depth()
-        if value > high:
-            raise ValueError(
-                f"depth must be <= sampler.max_depth={high} in mode='masked' (the graph "
-                f"holds max_depth repeats), got {value}"
-            )
-
-    def _given_depth_tensor(self, x: Tensor, depth: Tensor, shape: tuple[int, ...]) -> Tensor:
-        """Check a depth tensor given to masked mode; checked by value in eager mode only."""
-        if depth.dtype not in _INTEGER_DTYPES or tuple(depth.shape) != shape:
-            raise TypeError(
-                f"depth must be an int or an integer tensor of shape {shape} in this mode, "
-                f"got a tensor of dtype {depth.dtype} and shape {tuple(depth.shape)}"
-            )
-        if not torch.compiler.is_compiling() and depth.numel():
-            low, high = (int(v) for v in torch.aminmax(depth))
-            if low < 0:
-                raise ValueError(f"depth must be >= 0, got a tensor holding {low}")
-            self._check_within_max(high)
-        if not _repeats.exporting():  # an exported program has no attributes to set
-            self.last_depth = depth
-        return depth.to(device=x.device, dtype=torch.int64)
-
-    def _per_row(self, x: Tensor, depth: object) -> Tensor:
-        """Per-row depths in skip mode: each repeat runs on the active rows only."""
-        depths = self._choose_row_depths(_rows(x), depth)
-        every = None if self._checkpoint is True else int(self._checkpoint)
-        return _repeats.per_row(
-            self.layer,
-            x,
-            depths,
-            self._shape_error,
-            checkpointed=self._checkpoint is not False,
-            checkpoint_every=every,
-        )
-
-    # Data-dependent row counts: run eagerly inside a compiled model (one graph break).
-    _per_row_outside_graph = _repeats.outside_graph(_per_row)
-
-    def _choose_row_depths(self, rows: int, depth: object) -> Tensor:
-        """The rows' depths (a CPU int64 tensor): drawn, the eval policy's, or given."""
-        if isinstance(depth, Tensor):
-            if depth.dtype not in _INTEGER_DTYPES or tuple(depth.shape) != (rows,):
-                raise TypeError(
-                    f"depth must be an int or an integer tensor of shape ({rows},) with "
-                    f"per_sample=True, got a tensor of dtype {depth.dtype} and shape "
-                    f"{tuple(depth.shape)}"
-                )
-            depths = depth.to(device="cpu", dtype=torch.int64)
-            low = int(depths.min()) if rows else 0
-            if low < 0:
-                raise ValueError(f"depth must be >= 0, got a tensor holding {low}")
-        elif depth is None and (self.training or self.eval_depth == "sample"):
-            depths = draw_batch(self.sampler, rows)
-        else:
-            value = check_int("depth", depth) if depth is not None else self._eval_depth()
-            depths = torch.full((rows,), value, dtype=torch.int64)
-        deepest = int(depths.max()) if rows else 0
-        if deepest > self.depth_limit:
-            raise self._limit_error(deepest, depth is not None)
-        self.last_depth = depths
-        if self.training and rows:
-            counts = self._depth_counts
-            for value, count in enumerate(torch.bincount(depths).tolist()):
-                if count:
-                    counts[value] = counts.get(value, 0) + count
-        return depths
-
     @property
     def depth_histogram(self) -> dict[int, int]:
         """How many training-mode forward passes used each depth, by depth.
@@ -410,7 +258,8 @@ class RepeatedBlock(nn.Module):
         Every training-mode forward pass counts, whether its depth was drawn or given
         as an int (with ``per_sample=True``, every row counts); a depth tensor given
         in masked mode is not counted, and eval mode does not count. Compare it with
-        the sampler's law to check that the sampler does what you think.
+        the sampler's law to check that the sampler does what you think. Telemetry:
+        not saved in the ``state_dict``.
 
         Example:
             >>> import torch
@@ -424,31 +273,11 @@ class RepeatedBlock(nn.Module):
             >>> sum(block.depth_histogram.values())
             100
         """
-        return dict(sorted(self._depth_counts.items()))
+        return dict(sorted(self._choice.counts.items()))
 
     def reset_depth_histogram(self) -> None:
         """Forget the counts of :attr:`depth_histogram`."""
-        self._depth_counts = {}
-
-    def _draw(self) -> int:
-        return draw_one(self.sampler)
-
-    def _eval_depth(self) -> int:
-        policy = _check_eval_depth(self.eval_depth)
-        if policy == "sample":
-            return self._draw()
-        if policy == "max":
-            return check_int("sampler.max_depth", self.sampler.max_depth)
-        if policy == "min":
-            return check_int("sampler.min_depth", self.sampler.min_depth)
-        return policy
-
-    def _limit_error(self, depth: int, given: bool) -> ValueError:
-        source = "" if given else f" drawn by sampler {self.sampler!r}"
-        return ValueError(
-            f"depth must be <= the block's depth_limit={self.depth_limit}, got {depth}"
-            f"{source}; pass depth_limit= to RepeatedBlock to allow deeper forward passes"
-        )
+        self._choice.counts = {}
 
     def _shape_error(self, x: Tensor, out: object, repeat: int, depth: int) -> Exception:
         layer = type(self.layer).__name__
@@ -535,28 +364,6 @@ def _running_statistics(layer: nn.Module) -> str:
     return ", ".join(repr(name) for name in names)
 
 
-def _check_eval_depth(value: object) -> EvalDepth:
-    expected = f"an int >= 0 or one of {', '.join(map(repr, _EVAL_POLICIES))}"
-    if isinstance(value, str):
-        if value in _EVAL_POLICIES:
-            return cast(EvalDepth, value)
-        raise ValueError(f"eval_depth must be {expected}, got {value!r}")
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"eval_depth must be {expected}, got {describe(value)}")
-    return check_int("eval_depth", value)
-
-
-def check_within_limit(sampler: DepthSampler, eval_depth: EvalDepth, limit: int) -> None:
-    """Refuse, at construction, a sampler or an eval depth deeper than ``depth_limit``."""
-    if sampler.max_depth > limit:
-        raise ValueError(
-            f"sampler.max_depth must be <= depth_limit={limit}, got {sampler.max_depth} "
-            f"for {sampler!r}; pass depth_limit= to allow deeper forward passes"
-        )
-    if isinstance(eval_depth, int) and eval_depth > limit:
-        raise ValueError(f"eval_depth must be <= depth_limit={limit}, got {eval_depth}")
-
-
 def _check_mode(value: object) -> Mode:
     if not isinstance(value, str):
         raise TypeError(
@@ -575,14 +382,6 @@ def _check_checkpoint(value: object) -> bool | int:
             f"checkpoint must be a bool or an int >= 1 (repeats per segment), got {describe(value)}"
         )
     return check_int("checkpoint", value, minimum=1)
-
-
-def _rows(x: Tensor) -> int:
-    if x.ndim == 0:
-        raise ValueError(
-            "per_sample=True draws a depth for every row (dimension 0) of x, but x is a 0-d tensor"
-        )
-    return x.shape[0]
 
 
 def _default_missing_sampler_state(

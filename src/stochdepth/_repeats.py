@@ -1,4 +1,10 @@
-"""The ways a :class:`~stochdepth.RepeatedBlock` applies its layer: the repeat loops.
+"""The ways a :class:`~stochdepth.RepeatedBlock` applies its layer: the repeat strategies.
+
+A block picks one strategy at construction (:func:`strategy_for`) and calls it on every
+forward pass: :class:`Skip` (the default, with or without checkpoints), :class:`Masked`
+(one depth or one per row) or :class:`PerRow`. Each asks the block's
+:class:`~stochdepth._depth.DepthChoice` for the depth in the form it needs and runs one
+of the loops below.
 
 * :func:`skip`: apply the layer ``depth`` times (``depth`` a Python int); the graph
   has exactly the repeats used. The default.
@@ -27,6 +33,9 @@ from typing import Any, TypeVar, cast
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+from typing_extensions import Protocol
+
+from ._depth import DepthChoice, row_count
 
 ShapeError = Callable[[Tensor, object, int, int], Exception]
 """Builds the error for a layer that changed its input's shape: ``(x, out, repeat, depth)``."""
@@ -41,12 +50,6 @@ def outside_graph(function: _F) -> _F:
     drawing the depth, recording it, and the data-dependent per-row loop.
     """
     return cast(_F, torch.compiler.disable(function))  # type: ignore[no-untyped-call]
-
-
-def exporting() -> bool:
-    """Whether ``torch.export`` is tracing (``torch.compiler.is_exporting``, torch >= 2.5)."""
-    is_exporting = getattr(torch.compiler, "is_exporting", None)
-    return bool(is_exporting()) if is_exporting is not None else False
 
 
 def skip(
@@ -267,3 +270,146 @@ def per_row(
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(rows, device=order.device)
     return torch.cat(pieces[::-1]).index_select(0, inverse)
+
+
+class Host(Protocol):
+    """What a repeat strategy uses of its block."""
+
+    @property
+    def layer(self) -> nn.Module:
+        """The repeated module."""
+        ...
+
+    @property
+    def training(self) -> bool:
+        """Whether the block is in training mode."""
+        ...
+
+    @property
+    def _choice(self) -> DepthChoice: ...
+
+    def _shape_error(self, x: Tensor, out: object, repeat: int, depth: int) -> Exception: ...
+
+    def _depth_zero(self, x: Tensor) -> Tensor: ...
+
+
+def _one_depth(choice: DepthChoice, depth: object, training: bool) -> int:
+    return choice.one(depth, training)
+
+
+# Under torch.compile the depth is chosen outside the compiled graph: a graph break
+# here, so that every call draws anew (Dynamo would otherwise bake one draw into the
+# graph) and the repeats after it compile to one graph per distinct depth.
+_one_depth_outside_graph = outside_graph(_one_depth)
+
+
+class Skip:
+    """One depth for the batch; the layer runs exactly ``depth`` times.
+
+    Args:
+        checkpoint: ``False``, or checkpointed segments: ``True`` for
+            ``ceil(sqrt(depth))`` repeats each, an int for that many.
+    """
+
+    def __init__(self, checkpoint: bool | int) -> None:
+        self.checkpointed = checkpoint is not False
+        self.every = None if checkpoint is True else int(checkpoint)
+
+    def __call__(self, block: Host, x: Tensor, depth: object) -> Tensor:
+        """Choose the depth and apply the layer that many times."""
+        if torch.compiler.is_compiling():
+            used = _one_depth_outside_graph(block._choice, depth, block.training)
+        else:
+            used = block._choice.one(depth, block.training)
+        if used == 0:
+            return block._depth_zero(x)
+        if self.checkpointed and torch.is_grad_enabled():
+            return segments(block.layer, x, used, self.every, block._shape_error)
+        return skip(block.layer, x, 0, used, used, block._shape_error)
+
+
+def _masked_depth(
+    choice: DepthChoice, x: Tensor, depth: object, training: bool, per_row: bool
+) -> Tensor:
+    return choice.masked_depth(x, depth, training, per_row)
+
+
+_masked_depth_outside_graph = outside_graph(_masked_depth)
+
+
+class Masked:
+    """The layer runs ``max_depth`` times; repeats beyond the depth are masked out.
+
+    Args:
+        checkpoint: As for :class:`Skip`.
+        per_row: One depth per row (``per_sample=True``) instead of one for the batch.
+    """
+
+    def __init__(self, checkpoint: bool | int, per_row: bool) -> None:
+        self.checkpointed = checkpoint is not False
+        self.every = None if checkpoint is True else int(checkpoint)
+        self.per_row = per_row
+
+    def __call__(self, block: Host, x: Tensor, depth: object) -> Tensor:
+        """Choose the depth as a tensor and apply the masked repeats."""
+        choice = block._choice
+        if isinstance(depth, Tensor):
+            used = choice.given_tensor(x, depth, self.per_row)
+        elif torch.compiler.is_compiling():
+            used = _masked_depth_outside_graph(choice, x, depth, block.training, self.per_row)
+        else:
+            used = choice.masked_depth(x, depth, block.training, self.per_row)
+        return masked(
+            block.layer,
+            x,
+            used,
+            choice.max_depth(),
+            block._shape_error,
+            checkpointed=self.checkpointed,
+            checkpoint_every=self.every,
+        )
+
+
+class PerRow:
+    """Skip mode with a depth per row: each repeat runs on the rows still active.
+
+    Args:
+        checkpoint: As for :class:`Skip`.
+    """
+
+    def __init__(self, checkpoint: bool | int) -> None:
+        self.checkpointed = checkpoint is not False
+        self.every = None if checkpoint is True else int(checkpoint)
+
+    def __call__(self, block: Host, x: Tensor, depth: object) -> Tensor:
+        """Choose the rows' depths and apply the layer to each row that many times."""
+        if torch.compiler.is_compiling():
+            return self._outside_graph(block, x, depth)
+        return self._run(block, x, depth)
+
+    def _run(self, block: Host, x: Tensor, depth: object) -> Tensor:
+        depths = block._choice.rows(row_count(x), depth, block.training)
+        return per_row(
+            block.layer,
+            x,
+            depths,
+            block._shape_error,
+            checkpointed=self.checkpointed,
+            checkpoint_every=self.every,
+        )
+
+    # Data-dependent row counts: run eagerly inside a compiled model (one graph break).
+    _outside_graph = outside_graph(_run)
+
+
+Strategy = Skip | Masked | PerRow
+"""A repeat strategy: called as ``strategy(block, x, depth)``."""
+
+
+def strategy_for(masked_mode: bool, per_sample: bool, checkpoint: bool | int) -> Strategy:
+    """The strategy for a block's options, chosen once, at construction."""
+    if masked_mode:
+        return Masked(checkpoint, per_row=per_sample)
+    if per_sample:
+        return PerRow(checkpoint)
+    return Skip(checkpoint)
