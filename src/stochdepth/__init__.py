@@ -2,9 +2,11 @@
 
 from ._block import RepeatedBlock as RepeatedBlock
 from ._distributed import BroadcastDepth as BroadcastDepth
-from ._distributed import DepthMismatchError as DepthMismatchError
 from ._distributed import SkippedLayerTie as SkippedLayerTie
 from ._distributed import check_depth_agreement as check_depth_agreement
+from ._errors import CheckpointError as CheckpointError
+from ._errors import DepthMismatchError as DepthMismatchError
+from ._errors import NonFiniteError as NonFiniteError
 from ._errors import SamplerPluginError as SamplerPluginError
 from ._errors import SamplerPluginWarning as SamplerPluginWarning
 from ._errors import UnknownSamplerError as UnknownSamplerError
@@ -23,9 +25,7 @@ from .samplers._registry import refresh_samplers as refresh_samplers
 from .samplers._registry import register_sampler as register_sampler
 from .samplers._registry import unregister_sampler as unregister_sampler
 from .training._checkpoint import Checkpoint as Checkpoint
-from .training._checkpoint import CheckpointError as CheckpointError
 from .training._checkpoint import load_checkpoint as load_checkpoint
-from .training._finite import NonFiniteError as NonFiniteError
 from .training._history import StepRecord as StepRecord
 from .training._history import TrainingHistory as TrainingHistory
 from .training._trainer import train as train

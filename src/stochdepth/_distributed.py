@@ -21,7 +21,7 @@ starting a new one".
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -30,34 +30,9 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ._block import RepeatedBlock
+from ._errors import DepthMismatchError
 from ._validation import check_int, describe
 from .samplers._protocol import DepthSampler, check_sampler, has_set_step, has_state
-
-
-class DepthMismatchError(RuntimeError):
-    """Ranks of a distributed run drew different depths for the same step.
-
-    DDP needs every rank to run the same graph: with different depths it hangs in a
-    collective or trains replicas that drift apart. The message names each rank and
-    the depths it drew, and how to make the ranks agree.
-
-    Attributes:
-        depths: Every rank's depths, indexed by rank: one int per
-            :class:`~stochdepth.RepeatedBlock` of the model (``-1`` for a block that
-            has not run yet, ``-2`` for one that draws a depth per row, whose rows
-            differ from rank to rank and are not compared).
-        step: The training step, or ``None`` when the caller did not say.
-
-    Args:
-        message: The error message.
-        depths: Every rank's depths, indexed by rank (see ``depths`` above).
-        step: The training step, or ``None``.
-    """
-
-    def __init__(self, message: str, depths: Sequence[Sequence[int]], step: int | None) -> None:
-        super().__init__(message)
-        self.depths = [list(rank_depths) for rank_depths in depths]
-        self.step = step
 
 
 class BroadcastDepth:

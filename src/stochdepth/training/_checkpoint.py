@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from stochdepth._block import RepeatedBlock
+from stochdepth._errors import CheckpointError
 from stochdepth._validation import check_int, describe
 from stochdepth._version import __version__
 from stochdepth.samplers._generator import GeneratorSampler
@@ -50,30 +51,6 @@ _TEMP_SUFFIX = re.compile(r"\.tmp-[0-9a-f]{8}\Z")
 _PAYLOAD_KEYS = ("step", "model", "optimizer", "rng", "history", "run", "versions")
 
 CheckpointPath = str | os.PathLike[str]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be used for this run.
-
-    The file is missing or unreadable, truncated, corrupted, not a stochdepth
-    checkpoint, written by an incompatible version of the format, or saved from
-    another model shape, other data, another sampler or other training arguments.
-    The message is one line and names the file and the problem. A run that raises it
-    has not written to the file.
-
-    Args:
-        path: The checkpoint's path.
-        problem: What is wrong, to follow ``checkpoint 'PATH'`` in the message.
-
-    Attributes:
-        path: The checkpoint's path, as given.
-        problem: What is wrong with it.
-    """
-
-    def __init__(self, path: CheckpointPath, problem: str) -> None:
-        self.path = os.fspath(path)
-        self.problem = " ".join(problem.split())  # one line
-        super().__init__(f"checkpoint '{self.path}' {self.problem}")
 
 
 @dataclass(frozen=True)

@@ -15,32 +15,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-
-class NonFiniteError(FloatingPointError):
-    """Training produced a NaN or an infinity: in the loss, or in the state to save.
-
-    :func:`~stochdepth.train` raises it at the first point where it reads the losses
-    back (a log line, a checkpoint, the progress bar, every 100 steps and the end of
-    the run), so it may come up to 99 steps after the step it names. A checkpoint is
-    never written with a non-finite loss in its history, or with non-finite
-    parameters or optimizer state: the last good checkpoint stays on disk.
-
-    Args:
-        message: The error message.
-        step: The index of the step whose loss was not finite, or whose update made
-            the state non-finite.
-        loss: That step's loss (``nan``, ``inf`` or ``-inf`` when the loss is what
-            went wrong).
-
-    Attributes:
-        step: The index of the step that went wrong.
-        loss: That step's loss.
-    """
-
-    def __init__(self, message: str, *, step: int, loss: float) -> None:
-        super().__init__(message)
-        self.step = step
-        self.loss = loss
+from stochdepth._errors import NonFiniteError
 
 
 def check_fits(model: torch.nn.Module, **values: float) -> None:
