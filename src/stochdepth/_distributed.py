@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ._block import RepeatedBlock
-from ._errors import DepthMismatchError
+from ._errors import DepthMismatchError as DepthMismatchError
 from ._validation import check_int, describe
 from .samplers._protocol import DepthSampler, check_sampler, has_set_step, has_state
 

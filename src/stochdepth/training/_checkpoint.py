@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from stochdepth._block import RepeatedBlock
-from stochdepth._errors import CheckpointError
+from stochdepth._errors import CheckpointError as CheckpointError
 from stochdepth._validation import check_int, describe
 from stochdepth._version import __version__
 from stochdepth.samplers._generator import GeneratorSampler

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from stochdepth._errors import NonFiniteError
+from stochdepth._errors import NonFiniteError as NonFiniteError
 
 
 def check_fits(model: torch.nn.Module, **values: float) -> None:
