@@ -128,12 +128,11 @@ def assert_output_matches(want: str, got: str, where: str) -> None:
 def _restore_global_state() -> Iterator[None]:
     """The examples seed torch and ``random`` and register samplers; undo it."""
     torch_state, random_state = torch.get_rng_state(), random.getstate()
-    registered = dict(_registry._registered)
+    registered = _registry.SAMPLERS.snapshot()
     yield
     torch.set_rng_state(torch_state)
     random.setstate(random_state)
-    _registry._registered.clear()
-    _registry._registered.update(registered)
+    _registry.SAMPLERS.restore(registered)
 
 
 PLUGIN = ROOT / "examples" / "sampler-plugin"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata
+import json
 import subprocess
 import sys
 import textwrap
@@ -18,6 +20,7 @@ from hypothesis import strategies as st
 import stochdepth
 from stochdepth import (
     BernoulliDepth,
+    DepthSampler,
     FixedDepth,
     GeometricDepth,
     SamplerPluginError,
@@ -49,11 +52,10 @@ BUILTINS = {
 @pytest.fixture(autouse=True)
 def _clean_registry() -> Iterator[None]:
     """Leave the registry as it was: registrations undone, plugins forgotten."""
-    registered = dict(_registry._registered)
+    registered = _registry.SAMPLERS.snapshot()
     refresh_samplers()
     yield
-    _registry._registered.clear()
-    _registry._registered.update(registered)
+    _registry.SAMPLERS.restore(registered)
     refresh_samplers()
 
 
@@ -135,6 +137,57 @@ def test_an_unknown_name_is_a_lookup_error_listing_the_samplers() -> None:
     assert isinstance(info.value, LookupError)
     for name in BUILTINS:
         assert name in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [("bernouli", "bernoulli"), ("unifrom", "uniform"), ("Fixed", "fixed"), ("seded", "seeded")],
+)
+def test_an_unknown_name_suggests_the_closest_one(typo: str, meant: str) -> None:
+    with pytest.raises(UnknownSamplerError, match=rf"; did you mean '{meant}'\?$"):
+        get_sampler(typo)
+
+
+def test_a_name_far_from_every_sampler_gets_no_suggestion() -> None:
+    with pytest.raises(UnknownSamplerError) as info:
+        get_sampler("zzzzzzzz")
+    assert "did you mean" not in str(info.value)
+
+
+def test_a_parameter_error_is_chained_to_the_samplers_own() -> None:
+    with pytest.raises(ValueError, match=r"^sampler 'fixed': depth must be") as info:
+        get_sampler("fixed", depth=-1)
+    assert type(info.value) is ValueError
+    assert isinstance(info.value.__cause__, ValueError)
+    assert str(info.value) == f"sampler 'fixed': {info.value.__cause__}"
+
+
+def test_a_plugins_own_error_keeps_its_type_and_message_with_a_note() -> None:
+    # An exception class whose constructor takes more than a message: retyping it as
+    # type(error)(message) would fail with a TypeError and lose the plugin's message.
+    raised = json.JSONDecodeError("Expecting value", "{not json", 1)
+
+    @register_sampler("configured")
+    def configured() -> DepthSampler:
+        raise raised
+
+    with pytest.raises(json.JSONDecodeError) as info:
+        get_sampler("configured")
+    assert info.value is raised
+    assert str(info.value) == "Expecting value: line 1 column 2 (char 1)"
+    assert (info.value.doc, info.value.pos) == ("{not json", 1)
+    assert getattr(info.value, "__notes__", None) == ["raised by sampler 'configured'"]
+
+
+def test_a_plugins_other_errors_pass_through_with_a_note() -> None:
+    @register_sampler("offline")
+    def offline() -> DepthSampler:
+        raise OSError(2, "no such file", "depths.txt")
+
+    with pytest.raises(OSError, match=r"no such file") as info:
+        get_sampler("offline")
+    assert (info.value.errno, info.value.filename) == (2, "depths.txt")
+    assert getattr(info.value, "__notes__", None) == ["raised by sampler 'offline'"]
 
 
 # --- register_sampler -----------------------------------------------------------------
@@ -226,19 +279,32 @@ def test_a_name_must_be_a_string() -> None:
 # --- entry points: stochdepth's own ---------------------------------------------------
 
 
-def test_stochdepth_declares_its_builtins_as_entry_points() -> None:
-    # Discovery end to end: the installed metadata lists each built-in, and loading the
-    # entry point gives the very class that the registry's table holds.
+def test_the_builtins_are_listed_once_in_the_registrys_table() -> None:
+    # One place: the table. stochdepth declares no entry points of its own (they would
+    # be a second list to keep in step), and each built-in is found through the
+    # registry in a fresh interpreter, as a user's first call finds it.
     own = [
         entry
         for entry in importlib.metadata.entry_points(group=_registry.ENTRY_POINT_GROUP)
         if entry.dist is not None and entry.dist.name == "stochdepth"
     ]
-    assert {entry.name: entry.load() for entry in own} == BUILTINS
+    assert own == []
     assert dict(_registry.BUILTIN_SAMPLERS) == BUILTINS
+    assert dict(_registry.SAMPLERS.builtins) == BUILTINS
+    names = ", ".join(map(repr, BUILTINS))
+    result = run_python(
+        "-c",
+        "import stochdepth\n"
+        "from stochdepth.samplers._registry import lookup_sampler\n"
+        "print(stochdepth.available_samplers())\n"
+        f"print([lookup_sampler(name).__qualname__ for name in ({names})])\n",
+    )
+    listed, found = result.stdout.splitlines()
+    assert set(BUILTINS) <= set(ast.literal_eval(listed))
+    assert ast.literal_eval(found) == [factory.__qualname__ for factory in BUILTINS.values()]
 
 
-def test_the_builtin_entry_points_are_not_reported_as_duplicates() -> None:
+def test_the_builtins_are_listed_without_warnings() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         names = available_samplers()

@@ -1,31 +1,19 @@
 """The sampler registry: names for samplers, built in, registered, or from plugins.
 
-Three sources, looked up in this order:
-
-1. the built-in samplers, in a static table;
-2. samplers registered in this process with :func:`register_sampler`;
-3. plugins that other installed packages declare under the entry-point group
-   ``stochdepth.samplers``. They are discovered on first use, loaded only when
-   listed or asked for, and cached; :func:`refresh_samplers` forgets the cache (after
-   installing a package in a running process, say).
-
-stochdepth declares its own built-ins under that group too; those entry points point
-at the same classes as the table and are not counted twice.
+The built-in samplers are listed once, in :data:`BUILTIN_SAMPLERS`; samplers
+registered in this process and plugins declared under the entry-point group
+``stochdepth.samplers`` join them. :class:`~stochdepth._registry.Registry` holds the
+state and the lookup rules; this module gives it the samplers' names and checks.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
 import inspect
-import re
-import threading
-import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from stochdepth._errors import SamplerPluginError, SamplerPluginWarning, UnknownSamplerError
+from stochdepth._registry import Errors, Registry, check_name
 from stochdepth._validation import describe
 
 from ._builtin import (
@@ -55,44 +43,33 @@ BUILTIN_SAMPLERS: Mapping[str, SamplerFactory] = {
     "geometric": GeometricDepth,
     "scheduled": ScheduledDepth,
 }
-
-_OWN_DISTRIBUTION = "stochdepth"
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*\Z")
-
-_lock = threading.RLock()
-_registered: dict[str, SamplerFactory] = dict(BUILTIN_SAMPLERS)
-_plugins: dict[str, _Plugin] | None = None  # None: not discovered since the last refresh
+"""The built-in samplers by name: the one place they are listed."""
 
 
-@dataclass
-class _Plugin:
-    """An entry point of the group, and what loading it gave (once it was loaded)."""
+def _factory_problem(factory: object) -> str | None:
+    """Why ``factory`` cannot make samplers, or ``None`` when it may."""
+    if isinstance(factory, type):
+        if not callable(getattr(factory, "sample", None)):
+            return f"the class {factory.__qualname__} has no sample() method"
+        return None
+    if isinstance(factory, DepthSampler):
+        return f"got the sampler instance {factory!r}; register its class or a factory"
+    if not callable(factory):
+        return f"got {describe(factory)}, which is not callable"
+    return None
 
-    entry_point: importlib.metadata.EntryPoint
-    factory: SamplerFactory | None = None
-    error: str | None = None
-    warned: bool = False
 
-    def describe(self) -> str:
-        entry_point = self.entry_point
-        dist = entry_point.dist
-        where = f" from {dist.name} {dist.version}" if dist is not None else ""
-        return f"entry point '{entry_point.name} = {entry_point.value}'{where}"
-
-    def load(self) -> SamplerFactory | None:
-        """Import the plugin once; keep the factory, or why it is unusable."""
-        if self.factory is None and self.error is None:
-            try:
-                loaded = self.entry_point.load()
-            except Exception as error:  # a plugin's import may fail in any way
-                self.error = f"it failed to load: {type(error).__name__}: {error}"
-            else:
-                problem = _factory_problem(loaded)
-                if problem is None:
-                    self.factory = loaded
-                else:
-                    self.error = f"it does not provide a DepthSampler: {problem}"
-        return self.factory
+SAMPLERS: Registry[SamplerFactory] = Registry(
+    kind="sampler",
+    provides="DepthSampler",
+    group=ENTRY_POINT_GROUP,
+    builtins=BUILTIN_SAMPLERS,
+    problem=_factory_problem,
+    errors=Errors(
+        unknown=UnknownSamplerError, plugin=SamplerPluginError, warning=SamplerPluginWarning
+    ),
+)
+"""The samplers' registry: every name :func:`get_sampler` knows."""
 
 
 def register_sampler(name: str, *, overwrite: bool = False) -> Callable[[FactoryT], FactoryT]:
@@ -128,19 +105,10 @@ def register_sampler(name: str, *, overwrite: bool = False) -> Callable[[Factory
         2
         >>> stochdepth.unregister_sampler("two")
     """
-    name = _check_name(name)
+    name = check_name(name)
 
     def register(factory: FactoryT) -> FactoryT:
-        problem = _factory_problem(factory)
-        if problem is not None:
-            raise TypeError(f"register_sampler({name!r}) needs a DepthSampler factory: {problem}")
-        with _lock:
-            if name in _registered and not overwrite:
-                raise ValueError(
-                    f"a sampler is already registered as {name!r} ({_registered[name]!r}); "
-                    f"pass overwrite=True to replace it"
-                )
-            _registered[name] = factory
+        SAMPLERS.register(name, factory, overwrite=overwrite)
         return factory
 
     return register
@@ -157,12 +125,7 @@ def unregister_sampler(name: str) -> None:
     Raises:
         UnknownSamplerError: No sampler is registered in this process as ``name``.
     """
-    with _lock:
-        if _registered.pop(name, None) is None:
-            raise UnknownSamplerError(
-                f"no sampler is registered as {name!r}; the registered samplers are: "
-                f"{', '.join(sorted(_registered)) or '(none)'}"
-            )
+    SAMPLERS.unregister(name)
 
 
 def available_samplers() -> list[str]:
@@ -181,16 +144,7 @@ def available_samplers() -> list[str]:
         >>> {"uniform", "fixed", "seeded"} <= set(stochdepth.available_samplers())
         True
     """
-    with _lock:
-        names = set(_registered)
-        for name, plugin in _discover().items():
-            if name in _registered:
-                _warn_once(plugin, f"it is shadowed by the sampler registered as {name!r}")
-            elif plugin.load() is None:
-                _warn_once(plugin, f"{plugin.error}")
-            else:
-                names.add(name)
-        return sorted(names)
+    return SAMPLERS.names()
 
 
 def get_sampler(spec: str, **kwargs: Any) -> DepthSampler:
@@ -233,8 +187,15 @@ def get_sampler(spec: str, **kwargs: Any) -> DepthSampler:
     _check_parameters(name, factory, params)
     try:
         sampler = factory(**params)
-    except (TypeError, ValueError) as error:
-        raise type(error)(f"sampler {name!r}: {error}") from None
+    except Exception as error:
+        # A parameter's check: the name as a prefix, the same type, chained. Any other
+        # error (a plugin's own class) reaches the user as it is, with a note.
+        if type(error) is TypeError:
+            raise TypeError(f"sampler {name!r}: {error}") from error
+        if type(error) is ValueError:
+            raise ValueError(f"sampler {name!r}: {error}") from error
+        _add_note(error, f"raised by sampler {name!r}")
+        raise
     return check_sampler(sampler, name=f"sampler {name!r}")
 
 
@@ -243,10 +204,7 @@ def refresh_samplers() -> None:
 
     Call it after installing or removing a plugin package in a running process.
     """
-    global _plugins
-    with _lock:
-        importlib.invalidate_caches()
-        _plugins = None
+    SAMPLERS.refresh()
 
 
 def lookup_sampler(name: str) -> SamplerFactory:
@@ -256,92 +214,15 @@ def lookup_sampler(name: str) -> SamplerFactory:
         UnknownSamplerError: No sampler has this name.
         SamplerPluginError: The name belongs to a plugin that failed to load.
     """
-    with _lock:
-        factory = _registered.get(name)
-        if factory is not None:
-            return factory
-        plugin = _discover().get(name)
-        if plugin is None:
-            known = sorted({*_registered, *_discover()})
-            raise UnknownSamplerError(
-                f"unknown sampler {name!r}; the samplers are: {', '.join(known)}"
-            )
-        loaded = plugin.load()
-        if loaded is None:
-            raise SamplerPluginError(
-                f"sampler {name!r} comes from the plugin {plugin.describe()}, but {plugin.error}"
-            )
-        return loaded
+    return SAMPLERS.lookup(name)
 
 
-def _discover() -> dict[str, _Plugin]:
-    """Find the group's entry points once (until refreshed), without importing them."""
-    global _plugins
-    if _plugins is not None:
-        return _plugins
-    found: dict[str, _Plugin] = {}
-    entry_points = sorted(
-        importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
-        key=lambda ep: (_dist_name(ep), ep.name, ep.value),
-    )
-    for entry_point in entry_points:
-        plugin = _Plugin(entry_point)
-        name = entry_point.name
-        if _dist_name(entry_point) == _OWN_DISTRIBUTION and name in BUILTIN_SAMPLERS:
-            continue  # stochdepth's own declaration of a built-in: the table has it
-        if _NAME.match(name) is None:
-            _warn_once(plugin, f"its name {name!r} cannot be used in a sampler spec")
-            continue
-        if name in found:
-            if found[name].entry_point.value != entry_point.value:
-                _warn_once(
-                    plugin,
-                    f"the name {name!r} is taken by the plugin {found[name].describe()}, "
-                    f"which is used instead",
-                )
-            continue
-        found[name] = plugin
-    _plugins = found
-    return found
-
-
-def _warn_once(plugin: _Plugin, why: str) -> None:
-    if not plugin.warned:
-        plugin.warned = True
-        warnings.warn(
-            f"sampler plugin {plugin.describe()} is left out: {why}",
-            SamplerPluginWarning,
-            stacklevel=3,
-        )
-
-
-def _dist_name(entry_point: importlib.metadata.EntryPoint) -> str:
-    dist = entry_point.dist
-    return "" if dist is None else re.sub(r"[-_.]+", "-", dist.name).lower()
-
-
-def _check_name(name: object) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a string, got {describe(name)}")
-    if _NAME.match(name) is None:
-        raise ValueError(
-            f"name must be letters, digits, '_', '.' or '-', not starting with '.' or '-', "
-            f"so that it fits in a spec such as 'name:key=value'; got {name!r}"
-        )
-    return name
-
-
-def _factory_problem(factory: object) -> str | None:
-    """Why ``factory`` cannot make samplers, or ``None`` when it may."""
-    if isinstance(factory, type):
-        if not callable(getattr(factory, "sample", None)):
-            return f"the class {factory.__qualname__} has no sample() method"
-        return None
-    if isinstance(factory, DepthSampler):
-        return f"got the sampler instance {factory!r}; register its class or a factory"
-    if not callable(factory):
-        return f"got {describe(factory)}, which is not callable"
-    return None
+def _add_note(error: BaseException, note: str) -> None:
+    """``error.add_note(note)``, also on Python 3.10 (which keeps but does not show it)."""
+    if hasattr(error, "add_note"):
+        error.add_note(note)
+    else:
+        error.__notes__ = [*getattr(error, "__notes__", []), note]  # type: ignore[attr-defined]
 
 
 def _check_parameters(name: str, factory: SamplerFactory, kwargs: Mapping[str, SpecValue]) -> None:
