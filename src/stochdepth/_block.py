@@ -62,9 +62,9 @@ class RepeatedBlock(nn.Module):
         per_sample: Draw a depth for every row (dimension 0) of the input instead
             of one for the batch. In skip mode the layer then runs, at each repeat,
             only on the rows still active, so the work follows the mean depth. The
-            layer must treat rows independently (no ``BatchNorm``). Samplers with
-            ``sample_batch(n)`` draw the rows' depths at once; others are asked
-            ``n`` times.
+            layer must treat rows independently (no ``BatchNorm``). The rows' depths
+            come from the sampler's ``sample_batch`` (see
+            :class:`~stochdepth.DepthSampler`).
         checkpoint: Recompute the repeats in the backward pass instead of keeping
             their activations (``torch.utils.checkpoint``, non-reentrant):
             ``True`` checkpoints segments of ``ceil(sqrt(depth))`` repeats, so the
@@ -301,7 +301,7 @@ class RepeatedBlock(nn.Module):
 
         Returns:
             ``{"sampler": sampler.state_dict()}``, or ``{}`` when the sampler keeps no
-            state of its own.
+                state of its own.
         """
         sampler = self.sampler
         if isinstance(sampler, nn.Module) or not has_state(sampler):
