@@ -169,8 +169,10 @@ class RepeatedBlock(nn.Module):
     def _depth_zero(self, x: Tensor) -> Tensor:
         """The output of a pass whose depth is 0 for the whole batch: ``x`` itself.
 
-        The one place that every depth-0 pass of skip mode goes through (the layer
-        does not run, so its parameters get no gradient this step).
+        The one place that every depth-0 pass of skip mode goes through, in training
+        and eval mode alike (``self.training`` tells them apart): the layer does not
+        run, so its parameters get no gradient this step. What such a step needs
+        beyond the output (under DDP, say) belongs here.
         """
         if torch.compiler.is_compiling():
             # One op, so that Dynamo compiles this depth's (empty) graph: a frame
