@@ -2,13 +2,13 @@
 
 torch warns on stderr at import when NumPy is absent; stochdepth depends on NumPy so that
 its users never see that warning (docs/changelog.md says why a dependency, not a filter).
-These runs are a user's: a subprocess with no warning filter of the tests' own
-(``processes.QUIET_ENV`` hides that warning; these runs do not use it).
+tests/test_public_api.py checks the dependency. These runs are a user's: a subprocess with
+no warning filter of the tests' own (``processes.QUIET_ENV`` hides that warning; these runs
+do not use it).
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import subprocess
 import sys
@@ -20,13 +20,6 @@ from processes import TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[1]
 USER_ENV = {key: value for key, value in os.environ.items() if key != "PYTHONWARNINGS"}
-
-
-def test_stochdepth_requires_numpy() -> None:
-    requirements = importlib.metadata.requires("stochdepth") or []
-    assert any(requirement.split(">")[0].strip() == "numpy" for requirement in requirements), (
-        requirements
-    )
 
 
 @pytest.mark.parametrize(
