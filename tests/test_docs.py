@@ -257,6 +257,29 @@ def test_readme_setup_commands_are_one_line_each_for_ci(name: str) -> None:
     assert command.startswith("python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 && ")
 
 
+PROMPT = re.compile(r"^(?:\$|>>>|\.\.\.) ", re.MULTILINE)
+
+
+@pytest.mark.parametrize("path", MARKDOWN, ids=page_id)
+def test_prompts_appear_only_where_the_copy_button_leaves_them_out(path: Path) -> None:
+    # The site's copy buttons drop the prompts and the output of ```console and ```pycon
+    # blocks (docs/css/site.css); in any other block a "$ " or ">>> " would be copied and
+    # break the pasted command.
+    for block in markdown_blocks(path):
+        if block.lang not in {"console", "pycon", "text"}:
+            assert not PROMPT.search(block.body), (
+                f"{block.where}: a ```{block.lang} block with a prompt: its copy button would "
+                f"copy the prompt; write the command alone, or a ```console transcript"
+            )
+
+
+def test_the_copy_button_style_is_on_the_site() -> None:
+    css = (DOCS / "css" / "site.css").read_text()
+    assert "css/site.css" in MKDOCS.read_text()
+    for selector in ("[data-md-copying] .gp", "[data-md-copying] .go"):
+        assert selector in css
+
+
 def test_the_collector_reads_directives_snippets_and_output() -> None:
     page = (
         "<!-- docs: skip needs a GPU -->\n```python\nraise SystemExit\n```\n\n"

@@ -60,10 +60,12 @@ def test_version_is_the_installed_distributions() -> None:
     assert stochdepth.__version__ == importlib.metadata.version("stochdepth")
 
 
-def test_runtime_dependencies_are_torch_and_typing_extensions_only() -> None:
+def test_runtime_dependencies_are_torch_numpy_and_typing_extensions_only() -> None:
+    # numpy only so that torch starts without its "Failed to initialize NumPy" warning
+    # (docs/changelog.md; tests/test_no_warning.py runs the commands).
     requirements = importlib.metadata.requires("stochdepth") or []
     runtime = {re.split(r"[<>=!~; ]", req)[0] for req in requirements if "extra ==" not in req}
-    assert runtime == {"torch", "typing-extensions"}
+    assert runtime == {"torch", "numpy", "typing-extensions"}
 
 
 def test_the_package_ships_py_typed() -> None:

@@ -12,8 +12,9 @@ Run it from the repository root, with the ``docs`` extra installed::
 
     python docs/scripts/loss_curves.py
 
-It writes ``docs/img/loss-curves.svg``; ``--seeds``, ``--steps`` and ``--out`` change
-what it runs and where it writes.
+It writes ``docs/img/loss-curves.svg`` and, for the site's dark mode,
+``docs/img/loss-curves-dark.svg`` (the same figure, light ink on a transparent
+background); ``--seeds``, ``--steps`` and ``--out`` change what it runs and where it writes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import random
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -83,17 +85,46 @@ def summarize(curves: dict[str, list[list[float]]]) -> str:
     return "\n".join(lines)
 
 
-def draw(curves: dict[str, list[list[float]]], out: Path) -> None:
-    """Plot the median per step and the min-max band of every configuration."""
+# The ink of the dark variant: Material's slate text colour, on the page's own background.
+DARK_STYLE = {
+    "text.color": "#e2e4e9",
+    "axes.labelcolor": "#e2e4e9",
+    "axes.edgecolor": "#c0c3cc",
+    "xtick.color": "#c0c3cc",
+    "ytick.color": "#c0c3cc",
+    "grid.color": "#8a8f9e",
+    "legend.facecolor": "#1e2129",
+    "legend.edgecolor": "#5c6070",
+}
+
+
+def dark_variant(out: Path) -> Path:
+    """Where the dark-mode variant of ``out`` goes: ``NAME-dark.svg`` beside it."""
+    return out.with_name(f"{out.stem}-dark{out.suffix}")
+
+
+def draw(curves: dict[str, list[list[float]]], out: Path, *, dark: bool = False) -> None:
+    """Plot the median per step and the min-max band of every configuration.
+
+    The figure and the axes have no background of their own (the page's shows through);
+    ``dark`` draws the text, axes and grid in light colours, for the site's dark mode.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    with plt.rc_context(DARK_STYLE if dark else {}):
+        _draw(plt, curves, out)
+
+
+def _draw(plt: Any, curves: dict[str, list[list[float]]], out: Path) -> None:
     # Reproducible SVG: no date, fixed element ids.
     plt.rcParams["svg.hashsalt"] = "stochdepth"
     seeds = len(next(iter(curves.values())))
     fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
+    fig.patch.set_alpha(0)
+    ax.patch.set_alpha(0)
     for (label, runs), color in zip(curves.items(), COLORS, strict=True):
         per_step = list(zip(*runs, strict=True))
         steps = range(len(per_step))
@@ -125,8 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     curves = measure(args.seeds, args.steps)
     draw(curves, args.out)
+    draw(curves, dark_variant(args.out), dark=True)
     print(summarize(curves))
-    print(f"# wrote {args.out}")
+    print(f"# wrote {args.out} and {dark_variant(args.out)}")
 
 
 if __name__ == "__main__":
