@@ -6,6 +6,7 @@ import copy
 import io
 import itertools
 import pickle
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import Tensor, nn
+from torch._dynamo.testing import CompileCounter
 
 import stochdepth
 from stochdepth import (
@@ -647,3 +649,67 @@ def test_bad_forward_input_is_refused_naming_it() -> None:
         rows(torch.tensor(1.0))
     with pytest.raises(TypeError, match=r"keep must be a bool tensor of shape \(1, 3\)"):
         rows(torch.zeros(3, 2), keep=torch.ones(1, 2, dtype=torch.bool))
+
+
+# --------------------------------------------------------------------------- torch.compile
+
+
+@pytest.fixture
+def fresh_dynamo() -> Iterator[None]:
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def compiled_model(mode: str, **options: Any) -> nn.Module:
+    torch.manual_seed(0)
+    blocks = [nn.Sequential(nn.Linear(6, 6), nn.Tanh()) for _ in range(8)]
+    return nn.Sequential(
+        nn.Linear(4, 6),
+        LayerDropList(blocks, 0.5, mode=mode, residual=True, seed=21, **options),
+        nn.Linear(6, 2),
+    )
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+@pytest.mark.filterwarnings(
+    "ignore:The .grad attribute of a Tensor that is not a leaf Tensor:UserWarning"
+)
+@pytest.mark.parametrize("mode", ["batch", "row"])
+def test_compile_keeps_the_draws_random_with_a_bounded_number_of_graphs(mode: str) -> None:
+    model = compiled_model(mode)
+    eager = copy.deepcopy(model)
+    counter = CompileCounter()
+    compiled = torch.compile(model, backend=counter)
+    x = torch.randn(12, 4)
+    patterns = set()
+    for step in range(40):
+        got = compiled(x)
+        got.sum().backward()
+        want = eager(x)
+        keep = model[1].last_keep
+        assert torch.equal(keep, eager[1].last_keep), step  # the seeded eager sequence
+        patterns.add(tuple(keep.flatten().tolist()))
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert len(patterns) >= 35  # 2**8 (or 2**96) patterns: the draws were not frozen
+    # One graph per kind of layer and input shape (the 8 layers share it), not one per pattern.
+    assert counter.frame_count <= 5
+    frames = counter.frame_count
+    for _ in range(10):
+        compiled(x)
+    assert counter.frame_count == frames
+    assert model[1].draws == eager[1].draws + 10 * (1 if mode == "batch" else 12)
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+@pytest.mark.parametrize("mode", ["batch", "row"])
+def test_the_masked_variant_compiles_to_one_graph_with_the_mask_as_an_argument(mode: str) -> None:
+    model = compiled_model(mode, masked=True)
+    skip = compiled_model(mode)
+    counter = CompileCounter()
+    compiled = torch.compile(model[1], backend=counter, fullgraph=True)
+    h = torch.randn(12, 6)
+    for _ in range(10):
+        keep = model[1].draw_keep(None if mode == "batch" else 12)
+        torch.testing.assert_close(compiled(h, keep=keep), skip[1](h, keep=keep))
+    assert counter.frame_count == 1
