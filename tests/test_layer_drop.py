@@ -25,6 +25,7 @@ from stochdepth import (
     get_drop_rule,
     linear_drop_rates,
     register_drop_rule,
+    unregister_drop_rule,
 )
 from stochdepth.layer_drop import _registry
 
@@ -542,6 +543,12 @@ def test_a_registered_rule_is_used_by_name(monkeypatch: pytest.MonkeyPatch) -> N
     stack = LayerDropList([nn.Identity()] * 3, 0.5, rule="first-only", mode="row", seed=0)
     stack(torch.zeros(4, 1))
     assert stack.layer_runs == [4, 0, 0]
+    unregister_drop_rule("first-only")
+    assert "first-only" not in available_drop_rules()
+    with pytest.raises(ValueError, match="registered in this process"):
+        unregister_drop_rule("first-only")
+    with pytest.raises(ValueError, match="built-in drop rule and cannot be removed"):
+        unregister_drop_rule("bernoulli")
 
 
 def test_plugins_come_from_the_entry_point_group(monkeypatch: pytest.MonkeyPatch) -> None:

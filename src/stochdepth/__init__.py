@@ -14,6 +14,7 @@ from .layer_drop._list import LayerDropList as LayerDropList
 from .layer_drop._registry import available_drop_rules as available_drop_rules
 from .layer_drop._registry import get_drop_rule as get_drop_rule
 from .layer_drop._registry import register_drop_rule as register_drop_rule
+from .layer_drop._registry import unregister_drop_rule as unregister_drop_rule
 from .layer_drop._rules import BernoulliDrop as BernoulliDrop
 from .layer_drop._rules import DropRule as DropRule
 from .layer_drop._rules import NestedDrop as NestedDrop
@@ -75,6 +76,7 @@ __all__ = [
     "register_drop_rule",
     "register_sampler",
     "train",
+    "unregister_drop_rule",
     "unregister_sampler",
 ]
 

@@ -96,6 +96,8 @@ def register_drop_rule(name: str, factory: RuleFactory, *, replace: bool = False
         >>> register_drop_rule("my-nested", NestedDrop)
         >>> get_drop_rule("my-nested")
         NestedDrop()
+        >>> from stochdepth import unregister_drop_rule
+        >>> unregister_drop_rule("my-nested")
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {describe(name)}")
@@ -112,6 +114,26 @@ def register_drop_rule(name: str, factory: RuleFactory, *, replace: bool = False
                 f"pass replace=True to replace it"
             )
         _registered[name] = factory
+
+
+def unregister_drop_rule(name: str) -> None:
+    """Remove a name given by :func:`register_drop_rule` in this process.
+
+    Args:
+        name: A name registered with :func:`register_drop_rule`.
+
+    Raises:
+        ValueError: ``name`` is built in, or not registered in this process.
+    """
+    with _lock:
+        if name in BUILTIN_DROP_RULES:
+            raise ValueError(f"name {name!r} is a built-in drop rule and cannot be removed")
+        if name not in _registered:
+            raise ValueError(
+                f"name must be a drop rule registered in this process "
+                f"({', '.join(map(repr, sorted(_registered))) or 'none is'}), got {name!r}"
+            )
+        del _registered[name]
 
 
 def available_drop_rules() -> list[str]:
