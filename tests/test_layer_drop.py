@@ -334,6 +334,19 @@ def test_the_masked_variant_equals_skipping(mode: str, residual: bool) -> None:
     assert masked.layer_runs == skip.layer_runs
 
 
+def test_a_layer_that_is_always_dropped_gives_finite_gradients_in_masked_mode() -> None:
+    torch.manual_seed(0)
+    stack = LayerDropList(
+        [nn.Linear(3, 3) for _ in range(2)], [0.0, 1.0], mode="row", residual=True, masked=True
+    )
+    x = torch.randn(4, 3, requires_grad=True)
+    stack(x).sum().backward()
+    assert stack.layer_runs == [4, 0]
+    assert all(torch.isfinite(p.grad).all() for p in stack.parameters() if p.grad is not None)
+    assert x.grad is not None
+    assert torch.isfinite(x.grad).all()
+
+
 # --------------------------------------------------------------------------- state
 
 

@@ -69,7 +69,9 @@ class LayerDropList(nn.Module):
       ``h + branch(h) / (1 - p)`` in training and ``h + branch(h)`` in evaluation
       (``scale="train"``, as timm and torchvision scale), or ``h + branch(h)`` in
       training and ``h + (1 - p) * branch(h)`` in evaluation (``scale="eval"``, the
-      stochastic depth paper's convention). A dropped branch leaves ``h``.
+      stochastic depth paper's convention). A dropped branch leaves ``h``. A layer
+      with ``p = 1`` is never drawn; kept anyway (by a ``keep=`` mask, or computed in
+      masked mode), it is not scaled, so that no ``1 / 0`` reaches the gradients.
 
     The draws come from a CPU ``torch.Generator`` of the list's own, seeded by
     ``seed``, whose state is saved in the ``state_dict`` (with the telemetry): a
@@ -442,7 +444,7 @@ class LayerDropList(nn.Module):
                 out = call(index, layer, h, args, kwargs)
                 if not residual:
                     h = out
-                elif scaled and rates[index]:
+                elif scaled and 0.0 < rates[index] < 1.0:
                     h = h + out / (1.0 - rates[index])
                 else:
                     h = h + out
@@ -469,7 +471,7 @@ class LayerDropList(nn.Module):
                 out = call(index, layer, part, part_args, part_kwargs)
                 if not residual:
                     new = out
-                elif scaled and rates[index]:
+                elif scaled and 0.0 < rates[index] < 1.0:
                     new = part + out / (1.0 - rates[index])
                 else:
                     new = part + out
@@ -511,7 +513,7 @@ class LayerDropList(nn.Module):
         if not self._residual:
             return out
         rate = self._drop_rates[index]
-        if self._scale == "train" and rate:
+        if self._scale == "train" and 0.0 < rate < 1.0:
             return h + out / (1.0 - rate)
         return h + out
 
