@@ -733,3 +733,24 @@ def test_the_masked_variant_compiles_to_one_graph_with_the_mask_as_an_argument(m
         keep = model[1].draw_keep(None if mode == "batch" else 12)
         torch.testing.assert_close(compiled(h, keep=keep), skip[1](h, keep=keep))
     assert counter.frame_count == 1
+
+
+# --------------------------------------------------------------------------- CUDA
+
+
+@pytest.mark.parametrize("mode", ["batch", "row"])
+def test_on_a_gpu_the_list_equals_the_cpu_with_the_same_draws(
+    cuda_device: torch.device, mode: str
+) -> None:
+    torch.manual_seed(0)
+    layers = [nn.Sequential(nn.Linear(8, 8), nn.GELU()) for _ in range(4)]
+    cpu = LayerDropList(layers, 0.5, mode=mode, residual=True, seed=3).double()
+    gpu = copy.deepcopy(cpu).to(cuda_device)
+    x = torch.randn(16, 5, 8, dtype=torch.float64)
+    for _ in range(5):
+        want = cpu(x)
+        got = gpu(x.to(cuda_device))
+        assert cpu.last_keep is not None
+        assert gpu.last_keep is not None
+        assert torch.equal(cpu.last_keep, gpu.last_keep)  # the draws stay on the CPU
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-10, atol=1e-10)
