@@ -19,6 +19,11 @@ Comparisons (A is the reference, B the thing measured; ratio = B / A):
    (``mode="masked", per_sample=True``), forward and backward, batch 512, width 512.
 4. memory: peak activation memory at depths 1, 8 and 64 with and without
    ``checkpoint=True`` (target at depth 64 <= 0.25 of plain).
+5. layer drop: ``LayerDropList(mode="row", residual=True)``, which runs each
+   residual branch on its kept rows only, against "compute every row, then multiply
+   by the mask" (timm's ``drop_path``, torchvision's ``stochastic_depth(mode="row")``),
+   forward and backward, batch 64, 197 positions, width 384 (ViT-S MLP branches), at
+   drop rates 0.1 and 0.5: the ratio should approach the keep rate.
 
 Times are medians over chunks of steps run interleaved (A B A B ...), so that a
 machine's load drifts through both sides alike. Every row is printed even when its
@@ -47,7 +52,7 @@ import torch
 from torch import Tensor, nn
 
 import stochdepth
-from stochdepth import DynamicNet, FixedDepth, RepeatedBlock, UniformDepth
+from stochdepth import DynamicNet, FixedDepth, LayerDropList, RepeatedBlock, UniformDepth
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import article9  # the article's class, kept verbatim in tests/
@@ -64,6 +69,9 @@ class Sizes:
     per_sample_reps: int = 12
     memory: tuple[int, int] = (256, 256)  # batch, width
     memory_depths: tuple[int, ...] = (1, 8, 64)
+    layer_drop: tuple[int, int, int] = (64, 197, 384)  # batch, positions, width
+    layer_drop_branches: int = 2
+    layer_drop_reps: int = 6
 
 
 QUICK = Sizes(
@@ -73,6 +81,8 @@ QUICK = Sizes(
     per_sample=(16, 8),
     per_sample_reps=3,
     memory=(4, 8),
+    layer_drop=(8, 5, 16),
+    layer_drop_reps=2,
 )
 
 
@@ -460,6 +470,62 @@ def memory(bench: Bench) -> None:
             row.note = f"batch {batch}, width {width}; {how}"
 
 
+# --------------------------------------------------------------------------- 5. layer drop
+
+
+def drop_path(x: Tensor, drop_prob: float) -> Tensor:
+    """The one-liner of timm's ``drop_path`` and torchvision's ``stochastic_depth``.
+
+    ``timm/layers/drop.py`` (``drop_path``) and ``torchvision/ops/stochastic_depth.py``
+    (``stochastic_depth(x, p, mode="row")``): the branch was computed for every row;
+    multiply the dropped rows by zero and scale the kept ones by ``1 / (1 - p)``.
+    """
+    keep_prob = 1 - drop_prob
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    return x * x.new_empty(shape).bernoulli_(keep_prob).div_(keep_prob)
+
+
+def layer_drop(bench: Bench) -> None:
+    """5: row-mode layer drop against timm's and torchvision's multiply-by-the-mask."""
+    batch, positions, width = bench.sizes.layer_drop
+    device = bench.device
+    torch.manual_seed(0)
+    branches = [
+        nn.Sequential(
+            nn.LayerNorm(width), nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)
+        ).to(device)
+        for _ in range(bench.sizes.layer_drop_branches)
+    ]
+    x = torch.randn(batch, positions, width, device=device, requires_grad=True)
+    for rate in (0.1, 0.5):
+        stack = LayerDropList(branches, rate, mode="row", residual=True, seed=0)
+
+        def masked(rate: float = rate) -> int:
+            h = x
+            for branch in branches:
+                h = h + drop_path(branch(h), rate)  # timm's Block: x + drop_path(mlp(x))
+            h.sum().backward()
+            return 1
+
+        def rows(stack: LayerDropList = stack) -> int:
+            stack(x).sum().backward()
+            return 1
+
+        masked()
+        rows()
+        stack.reset_layer_runs()
+        medians = bench.interleaved({"masked": masked, "rows": rows}, bench.sizes.layer_drop_reps)
+        kept = sum(stack.keep_frequencies) / len(stack)
+        with bench.row("5 layer drop", f"row mode vs multiply-by-mask, drop rate {rate}") as row:
+            row.a, row.b = ms(medians["masked"]), ms(medians["rows"])
+            row.ratio = medians["rows/masked"]
+            row.note = (
+                f"batch {batch}, {positions} positions, width {width}, "
+                f"{len(branches)} MLP branches, forward + backward; keep rate {1 - rate:g}, "
+                f"rows kept {kept:.3f}"
+            )
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -509,8 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument(
         "--sections",
-        default="1,2,3,4",
-        help="which comparisons to run, by number (default: all, 1,2,3,4)",
+        default="1,2,3,4,5",
+        help="which comparisons to run, by number (default: all, 1,2,3,4,5)",
     )
     parser.add_argument(
         "--clock",
@@ -545,11 +611,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     print("\n".join(header), file=sys.stderr, flush=True)
-    sections = {"1": overhead, "2": compile_rows, "3": per_sample, "4": memory}
+    sections = {"1": overhead, "2": compile_rows, "3": per_sample, "4": memory, "5": layer_drop}
     chosen = [name.strip() for name in args.sections.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(sections))
     if unknown or not chosen:
-        parser.error(f"--sections takes numbers among 1,2,3,4, got {args.sections!r}")
+        parser.error(f"--sections takes numbers among 1,2,3,4,5, got {args.sections!r}")
     for name in sorted(set(chosen)):
         sections[name](bench)
     command = "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -22,6 +22,8 @@ ROWS = [
     "4 memory: depth 1: checkpoint=True vs plain",
     "4 memory: depth 8: checkpoint=True vs plain",
     "4 memory: depth 64: checkpoint=True vs plain",
+    "5 layer drop: row mode vs multiply-by-mask, drop rate 0.1",
+    "5 layer drop: row mode vs multiply-by-mask, drop rate 0.5",
 ]
 
 
@@ -51,6 +53,6 @@ def test_sections_choose_the_comparisons() -> None:
 
 
 def test_an_unknown_section_is_a_usage_error() -> None:
-    result = run_python(SCRIPT, "--sections", "5", check=False)
+    result = run_python(SCRIPT, "--sections", "6", check=False)
     assert result.returncode == 2
-    assert "--sections takes numbers among 1,2,3,4, got '5'" in result.stderr
+    assert "--sections takes numbers among 1,2,3,4,5, got '6'" in result.stderr

@@ -12,6 +12,15 @@ from ._errors import SamplerPluginWarning as SamplerPluginWarning
 from ._errors import UnknownSamplerError as UnknownSamplerError
 from ._model import DynamicNet as DynamicNet
 from ._version import __version__ as __version__
+from .layer_drop._list import LayerDropList as LayerDropList
+from .layer_drop._registry import available_drop_rules as available_drop_rules
+from .layer_drop._registry import get_drop_rule as get_drop_rule
+from .layer_drop._registry import register_drop_rule as register_drop_rule
+from .layer_drop._registry import unregister_drop_rule as unregister_drop_rule
+from .layer_drop._rules import BernoulliDrop as BernoulliDrop
+from .layer_drop._rules import DropRule as DropRule
+from .layer_drop._rules import NestedDrop as NestedDrop
+from .layer_drop._schedule import linear_drop_rates as linear_drop_rates
 from .samplers._builtin import BernoulliDepth as BernoulliDepth
 from .samplers._builtin import FixedDepth as FixedDepth
 from .samplers._builtin import GeometricDepth as GeometricDepth
@@ -32,14 +41,18 @@ from .training._trainer import train as train
 
 __all__ = [
     "BernoulliDepth",
+    "BernoulliDrop",
     "BroadcastDepth",
     "Checkpoint",
     "CheckpointError",
     "DepthMismatchError",
     "DepthSampler",
+    "DropRule",
     "DynamicNet",
     "FixedDepth",
     "GeometricDepth",
+    "LayerDropList",
+    "NestedDrop",
     "NonFiniteError",
     "RepeatedBlock",
     "SamplerPluginError",
@@ -52,13 +65,18 @@ __all__ = [
     "UniformDepth",
     "UnknownSamplerError",
     "__version__",
+    "available_drop_rules",
     "available_samplers",
     "check_depth_agreement",
+    "get_drop_rule",
     "get_sampler",
+    "linear_drop_rates",
     "load_checkpoint",
     "refresh_samplers",
+    "register_drop_rule",
     "register_sampler",
     "train",
+    "unregister_drop_rule",
     "unregister_sampler",
 ]
 

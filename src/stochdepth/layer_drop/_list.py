@@ -1,0 +1,803 @@
+"""`LayerDropList`: a stack of distinct layers, each dropped at random in training."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Literal, cast
+
+import torch
+from torch import Tensor, nn
+
+from stochdepth._validation import check_bool, check_int, check_probability, describe
+from stochdepth.samplers._generator import check_seed
+
+from ._registry import get_drop_rule
+from ._rules import DropRule, check_keep, check_rule
+from ._tie import process_group_up, tie
+
+Mode = Literal["batch", "row"]
+"""How a list draws: one draw per layer per forward pass, or one per layer and row."""
+
+Scale = Literal["train", "eval"]
+"""Where a residual branch's ``1 - p`` factor goes: training (timm) or evaluation (the paper)."""
+
+Output = int | Callable[[Any], Tensor] | None
+"""How to read the next hidden state from what a layer returns."""
+
+_MODES = ("batch", "row")
+_SCALES = ("train", "eval")
+_EXTRA_STATE_KEY = "_extra_state"
+
+
+def _outside_graph(function: Any) -> Any:
+    """Run ``function``'s own frame eagerly under ``torch.compile``; what it calls still compiles.
+
+    The draws and the Python loop that decides which layers run happen on every call,
+    never once at trace time; the layers themselves are compiled as separate graphs
+    (one per kind of layer and input shape), however many keep patterns occur.
+    """
+    return torch.compiler.disable(function, recursive=False)  # type: ignore[no-untyped-call]
+
+
+_tie = torch.compiler.disable(tie)  # type: ignore[no-untyped-call]
+
+
+class LayerDropList(nn.Module):
+    """Applies a stack of distinct layers in order, dropping each at random in training.
+
+    Stochastic depth for residual networks and LayerDrop for transformers: the layers
+    of a ViT, a ResNet or a transformer encoder run in order, and in training each
+    layer is dropped with its own probability ``p`` (its drop rate). Unlike timm's
+    ``DropPath`` and torchvision's ``stochastic_depth``, which compute a dropped branch
+    and multiply it by zero, a dropped layer is not run at all, so the compute follows
+    the keep rate, in both modes:
+
+    - ``mode="batch"`` (fairseq's LayerDrop): one draw per layer per forward pass; a
+      dropped layer is not called.
+    - ``mode="row"`` (torchvision's ``mode="row"``, timm's ``DropPath``): one draw per
+      layer and row (dimension 0); each layer runs only on its kept rows, gathered,
+      then scattered back. The layer must treat rows independently (no
+      ``BatchNorm``).
+
+    What a layer means:
+
+    - ``residual=False``: each layer holds its own residual connection (an
+      ``nn.TransformerEncoderLayer``): a kept layer maps ``h`` to ``layer(h)``, a
+      dropped one leaves ``h``. Evaluation runs every layer.
+    - ``residual=True``: each layer is a residual branch: a kept branch gives
+      ``h + branch(h) / (1 - p)`` in training and ``h + branch(h)`` in evaluation
+      (``scale="train"``, as timm and torchvision scale), or ``h + branch(h)`` in
+      training and ``h + (1 - p) * branch(h)`` in evaluation (``scale="eval"``, the
+      stochastic depth paper's convention). A dropped branch leaves ``h``. A layer
+      with ``p = 1`` is never drawn; kept anyway (by a ``keep=`` mask, or computed in
+      masked mode), it is not scaled, so that no ``1 / 0`` reaches the gradients.
+
+    The draws come from a CPU ``torch.Generator`` of the list's own, seeded by
+    ``seed``, whose state is saved in the ``state_dict`` (with the telemetry): a
+    restored list continues the same sequence of drops, and processes (DDP ranks)
+    that build it with the same seed drop the same layers.
+
+    The layers are registered as children ``"0"``, ``"1"``, ..., as in
+    ``nn.Sequential`` and ``nn.ModuleList``: replacing a model's ``blocks`` (a
+    ``Sequential``) or ``layers`` (a ``ModuleList``) by a list over them keeps the
+    ``state_dict`` keys, and a ``state_dict`` saved without the list's generator state
+    (a pretrained model's) loads, strictly, keeping the current generator.
+
+    Args:
+        layers: The layers: an ``nn.Sequential``, an ``nn.ModuleList`` (such as
+            ``nn.TransformerEncoder.layers``) or any iterable of modules, at least
+            one. Each must map the hidden state to a tensor of its shape (see
+            ``output``).
+        drop_rate: Each layer's drop rate in ``[0, 1]``: one float for every layer,
+            or one per layer (:func:`~stochdepth.linear_drop_rates` gives the usual
+            linear rule).
+        mode: ``"batch"`` (default) or ``"row"``, as above.
+        residual: Whether each layer is a residual branch (see above).
+        scale: With ``residual=True``: ``"train"`` (default; divide a kept branch by
+            ``1 - p`` in training) or ``"eval"`` (multiply every branch by ``1 - p``
+            in evaluation).
+        seed: The generator's seed, an int in ``[0, 2**64 - 1]``. ``None`` draws one
+            from torch's global generator, so ``torch.manual_seed`` before
+            construction makes the list reproducible.
+        rule: How the kept layers are drawn: a name from
+            :func:`~stochdepth.available_drop_rules` (``"bernoulli"``, the default:
+            independent draws) or a :class:`~stochdepth.DropRule`.
+        masked: Run every layer on every row and keep each layer's result only where
+            it was drawn (``torch.where``): no compute saved, but the graph is the
+            same at every draw, so ``torch.compile(fullgraph=True)`` takes it with
+            the mask passed as ``keep=`` (see :meth:`draw_keep`). Dropped layers
+            then get zero gradients instead of none.
+        eval_layers: The indices of the layers that evaluation runs (fairseq's
+            layers-to-keep, for a smaller network at inference), or ``None``
+            (default) for every layer. Settable later.
+        row_args: With ``mode="row"``: which extra arguments of :meth:`forward` have
+            a row per row of the input and are cut to the kept rows, by position
+            among the extra positional arguments (0 is the first after ``h``) or by
+            keyword. Each may be a tensor or a nested tuple, list or dict of tensors
+            (``None`` passes through); every tensor in it is cut.
+        output: How to read the next hidden state from a layer's return value:
+            ``None`` (default) for a layer that returns a tensor; an int to take that
+            element of a returned tuple or list (Hugging Face layers return
+            ``(hidden_states, ...)``); or a callable mapping the return value to the
+            state.
+
+    Attributes:
+        last_keep: The keep mask of the last training-mode forward pass (``None``
+            before the first), a bool CPU tensor of shape ``(layers,)`` or
+            ``(layers, rows)``.
+
+    Raises:
+        TypeError: An argument has the wrong type (the message names it).
+        ValueError: An argument has a wrong value: no layers, a drop rate outside
+            ``[0, 1]``, as many rates as layers not given, an unknown name, an
+            ``eval_layers`` index out of range, ``scale="eval"`` without
+            ``residual=True``, or ``row_args`` without ``mode="row"``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from stochdepth import LayerDropList, linear_drop_rates
+        >>> blocks = nn.Sequential(*[nn.Linear(8, 8) for _ in range(4)])
+        >>> stack = LayerDropList(blocks, linear_drop_rates(0.5, 4), residual=True, seed=2)
+        >>> stack(torch.randn(2, 8)).shape
+        torch.Size([2, 8])
+        >>> stack.last_keep.tolist()  # layer 1 was dropped: not run
+        [True, False, True, True]
+    """
+
+    last_keep: Tensor | None
+    _drop_rates: tuple[float, ...]
+    _rates_tensor: Tensor
+    _eval_layers: tuple[int, ...] | None
+    _generator: torch.Generator
+    _seed: int
+    _runs: Tensor
+    _draws: int
+
+    def __init__(
+        self,
+        layers: Iterable[nn.Module],
+        drop_rate: float | Sequence[float],
+        *,
+        mode: Mode = "batch",
+        residual: bool = False,
+        scale: Scale = "train",
+        seed: int | None = None,
+        rule: str | DropRule = "bernoulli",
+        masked: bool = False,
+        eval_layers: Iterable[int] | None = None,
+        row_args: Iterable[int | str] = (),
+        output: Output = None,
+    ) -> None:
+        super().__init__()
+        for index, layer in enumerate(_check_layers(layers)):
+            self.add_module(str(index), layer)
+        self._mode = cast(Mode, _check_choice("mode", mode, _MODES))
+        self._residual = check_bool("residual", residual)
+        self._scale = cast(Scale, _check_choice("scale", scale, _SCALES))
+        if self._scale == "eval" and not self._residual:
+            raise ValueError(
+                "scale='eval' multiplies residual branches by 1 - p in evaluation and "
+                "needs residual=True; got residual=False"
+            )
+        self._masked = check_bool("masked", masked)
+        self.drop_rates = drop_rate
+        self.eval_layers = eval_layers
+        self._rule = get_drop_rule(rule) if isinstance(rule, str) else check_rule(rule)
+        self._row_args = _check_row_args(row_args)
+        if self._row_args and self._mode != "row":
+            raise ValueError(
+                f"row_args names arguments cut to the kept rows, which only mode='row' "
+                f"does; got row_args={self._row_args!r} with mode={self._mode!r}"
+            )
+        self._row_positions = tuple(a for a in self._row_args if isinstance(a, int))
+        self._row_keywords = tuple(a for a in self._row_args if isinstance(a, str))
+        self._output = _check_output(output)
+        self._seed = check_seed(int(torch.randint(0, 2**62, ())) if seed is None else seed)
+        self._generator = torch.Generator(device="cpu")
+        self._generator.manual_seed(self._seed)
+        self.last_keep = None
+        self._runs = torch.zeros(len(self), dtype=torch.int64)
+        self._draws = 0
+        self.register_load_state_dict_pre_hook(  # type: ignore[no-untyped-call]
+            _default_missing_state
+        )
+
+    # ----------------------------------------------------------------- the container
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[nn.Module]:
+        """Iterate over every layer (no drops: call the list to apply them)."""
+        return iter(cast(dict[str, nn.Module], self._modules).values())
+
+    def __getitem__(self, index: int) -> nn.Module:
+        count = len(self)
+        position = check_int("index", index, minimum=-count)
+        if position >= count:
+            raise IndexError(f"index must be in [-{count}, {count - 1}], got {position}")
+        return cast(nn.Module, self._modules[str(position % count)])
+
+    # ----------------------------------------------------------------- options
+
+    @property
+    def mode(self) -> Mode:
+        """``"batch"`` or ``"row"`` (set at construction)."""
+        return self._mode
+
+    @property
+    def residual(self) -> bool:
+        """Whether each layer is a residual branch (set at construction)."""
+        return self._residual
+
+    @property
+    def scale(self) -> Scale:
+        """Where a residual branch's ``1 - p`` factor goes: ``"train"`` or ``"eval"``."""
+        return self._scale
+
+    @property
+    def masked(self) -> bool:
+        """Whether every layer runs on every row, its result kept by a mask."""
+        return self._masked
+
+    @property
+    def rule(self) -> DropRule:
+        """The drop rule the list draws with."""
+        return self._rule
+
+    @property
+    def seed(self) -> int:
+        """The seed the generator started from (restored by ``load_state_dict``)."""
+        return self._seed
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The CPU ``torch.Generator`` the list draws from."""
+        return self._generator
+
+    @property
+    def drop_rates(self) -> tuple[float, ...]:
+        """Each layer's drop rate; settable (one float or one per layer), as ``drop_rate``."""
+        return self._drop_rates
+
+    @drop_rates.setter
+    def drop_rates(self, value: float | Sequence[float]) -> None:
+        self._drop_rates = _check_rates(value, len(self))
+        self._rates_tensor = torch.tensor(self._drop_rates, dtype=torch.float64)
+
+    @property
+    def eval_layers(self) -> tuple[int, ...] | None:
+        """The layers evaluation runs, in order, or ``None`` for all; settable."""
+        return self._eval_layers
+
+    @eval_layers.setter
+    def eval_layers(self, value: Iterable[int] | None) -> None:
+        self._eval_layers = _check_eval_layers(value, len(self))
+
+    # ----------------------------------------------------------------- telemetry
+
+    @property
+    def layer_runs(self) -> list[int]:
+        """How many times each layer ran in training: forward passes, or rows in row mode.
+
+        With ``masked=True``, how many times each layer's result was kept. Counted for
+        every training-mode forward pass in eager mode and for the draws the list makes
+        itself under ``torch.compile`` (a ``keep=`` mask given to a compiled list is not
+        counted). Saved in the ``state_dict``.
+        """
+        return [int(count) for count in self._runs]
+
+    @property
+    def draws(self) -> int:
+        """How many draws :attr:`layer_runs` counts over: forward passes, or rows in row mode."""
+        return self._draws
+
+    @property
+    def keep_frequencies(self) -> list[float]:
+        """Each layer's share of draws in which it ran (``1 - p`` on average); 0 before any."""
+        return [runs / self._draws if self._draws else 0.0 for runs in self.layer_runs]
+
+    def reset_layer_runs(self) -> None:
+        """Forget the counts of :attr:`layer_runs` and :attr:`draws`."""
+        self._runs = torch.zeros(len(self), dtype=torch.int64)
+        self._draws = 0
+
+    # ----------------------------------------------------------------- drawing
+
+    def draw_keep(self, rows: int | None = None) -> Tensor:
+        """Draw a keep mask from the list's generator, as a training forward pass would.
+
+        For ``masked=True`` under ``torch.compile(fullgraph=True)``: draw outside the
+        compiled function and pass the mask as ``keep=``. The draw advances the
+        generator and is counted in :attr:`layer_runs`.
+
+        Args:
+            rows: In row mode, the number of rows (dimension 0 of the input);
+                ``None`` in batch mode.
+
+        Returns:
+            A bool CPU tensor, ``True`` where a layer runs: ``(layers,)`` in batch
+            mode, ``(layers, rows)`` in row mode.
+
+        Raises:
+            TypeError: ``rows`` is given in batch mode or missing in row mode.
+        """
+        if self._mode == "batch":
+            if rows is not None:
+                raise TypeError(f"rows must be None in mode='batch', got {describe(rows)}")
+            return self._draw(None)
+        if rows is None:
+            raise TypeError("rows must be an int >= 0 in mode='row' (the input's rows), got None")
+        return self._draw(check_int("rows", rows))
+
+    def _draw(self, rows: int | None) -> Tensor:
+        shape = (len(self),) if rows is None else (len(self), rows)
+        keep = check_keep(
+            self._rule, self._rule.draw(self._rates_tensor, rows, self._generator), shape
+        )
+        self._count(keep)
+        return keep
+
+    _draw_outside_graph = torch.compiler.disable(_draw)  # type: ignore[no-untyped-call]
+
+    def _count(self, keep: Tensor) -> None:
+        if keep.ndim == 1:
+            self._runs += keep
+            self._draws += 1
+        else:
+            self._runs += keep.sum(dim=1)
+            self._draws += keep.shape[1]
+        self.last_keep = keep
+
+    def _given_keep(self, keep: object, h: Tensor) -> Tensor:
+        shape = (len(self),) if self._mode == "batch" else (len(self), _rows(h))
+        if not isinstance(keep, Tensor) or keep.dtype != torch.bool or tuple(keep.shape) != shape:
+            got = (
+                f"a tensor of dtype {keep.dtype} and shape {tuple(keep.shape)}"
+                if isinstance(keep, Tensor)
+                else describe(keep)
+            )
+            raise TypeError(
+                f"keep must be a bool tensor of shape {shape} (layers"
+                f"{'' if self._mode == 'batch' else ', rows'}) in mode={self._mode!r}, got {got}"
+            )
+        if not torch.compiler.is_compiling():
+            self._count(keep.cpu())
+        return keep
+
+    # ----------------------------------------------------------------- forward
+
+    def forward(self, h: Tensor, *args: Any, keep: Tensor | None = None, **kwargs: Any) -> Tensor:
+        """Apply the layers in order, each kept or dropped as drawn.
+
+        Args:
+            h: The hidden state; with ``mode="row"``, dimension 0 holds the rows.
+            *args: Passed to every layer after the (cut) hidden state, unchanged;
+                those named by ``row_args`` are cut to the kept rows in row mode.
+            keep: Use this keep mask instead of drawing one (training mode only): a
+                bool tensor of shape ``(layers,)`` in batch mode or ``(layers, rows)``
+                in row mode, as :meth:`draw_keep` returns.
+            **kwargs: Passed to every layer, as ``args``.
+
+        Returns:
+            The last hidden state, of ``h``'s shape.
+
+        Raises:
+            TypeError: ``h`` is not a tensor, ``keep`` has the wrong type, dtype or
+                shape, a layer returned something other than a tensor (after
+                ``output``), or a row argument holds something other than tensors.
+            ValueError: ``keep`` is given in evaluation mode, a layer changed the
+                hidden state's shape, or a row argument's rows do not match ``h``'s.
+        """
+        if not isinstance(h, Tensor):
+            raise TypeError(f"h must be a torch.Tensor, got {describe(h)}")
+        if not self.training:
+            if keep is not None:
+                raise ValueError(
+                    "keep= applies in training mode only; evaluation runs eval_layers "
+                    "(every layer by default)"
+                )
+            return self._evaluate(h, args, kwargs)
+        if self._masked:
+            if keep is None:
+                rows = None if self._mode == "batch" else _rows(h)
+                compiling = torch.compiler.is_compiling()
+                keep = self._draw_outside_graph(rows) if compiling else self._draw(rows)
+            else:
+                keep = self._given_keep(keep, h)
+            return self._masked_forward(h, keep, args, kwargs)
+        if keep is not None:
+            keep = self._given_keep(keep, h).cpu()
+        if torch.compiler.is_compiling():
+            if keep is None:
+                keep = self._draw_outside_graph(None if self._mode == "batch" else _rows(h))
+            return self._train_outside_graph(h, keep, args, kwargs)  # type: ignore[no-any-return]
+        return self._train(h, keep, args, kwargs)
+
+    def _train(
+        self, h: Tensor, keep: Tensor | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Tensor:
+        """Training, skipping: the draw, then only the kept layers (or rows) run.
+
+        Under ``torch.compile`` this frame runs eagerly (the keep mask is drawn before
+        it), and every Python function it calls would be compiled as a frame of its
+        own: so the only ones it calls are ``_call`` (a layer, the unit that compiles)
+        and helpers disabled for Dynamo; the residual update is written inline.
+        """
+        layers = cast(dict[str, nn.Module], self._modules).values()
+        rates = self._drop_rates
+        residual = self._residual
+        scaled = self._scale == "train"
+        call = self._call
+        dropped: list[nn.Module] = []
+        used: list[nn.Module] = []
+        if self._mode == "batch":
+            if keep is None:
+                keep = self._draw(None)
+            for index, (layer, kept) in enumerate(zip(layers, keep.tolist(), strict=True)):
+                if not kept:
+                    dropped.append(layer)
+                    continue
+                used.append(layer)
+                out = call(index, layer, h, args, kwargs)
+                if not residual:
+                    h = out
+                elif scaled and 0.0 < rates[index] < 1.0:
+                    h = h + out / (1.0 - rates[index])
+                else:
+                    h = h + out
+        else:
+            rows = h.shape[0] if h.ndim else _rows(h)
+            if keep is None:
+                keep = self._draw(rows)
+            counts = keep.sum(dim=1).tolist()
+            for index, layer in enumerate(layers):
+                count = counts[index]
+                if count == 0:
+                    dropped.append(layer)
+                    continue
+                used.append(layer)
+                if count == rows:
+                    part, part_args, part_kwargs = h, args, kwargs
+                else:
+                    kept_rows = keep[index].nonzero().squeeze(1).to(h.device)
+                    part = h.index_select(0, kept_rows)
+                    if self._row_args:
+                        part_args, part_kwargs = self._cut(args, kwargs, kept_rows, rows)
+                    else:
+                        part_args, part_kwargs = args, kwargs
+                out = call(index, layer, part, part_args, part_kwargs)
+                if not residual:
+                    new = out
+                elif scaled and 0.0 < rates[index] < 1.0:
+                    new = part + out / (1.0 - rates[index])
+                else:
+                    new = part + out
+                h = new if count == rows else h.index_copy(0, kept_rows, new)
+        if dropped and torch.is_grad_enabled() and process_group_up():
+            h = _tie(h, dropped, used)
+        return h
+
+    _train_outside_graph = _outside_graph(_train)
+
+    def _masked_forward(
+        self, h: Tensor, keep: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Tensor:
+        """Every layer runs on every row; ``torch.where`` keeps the drawn results."""
+        keep = keep.to(h.device)
+        for index, layer in enumerate(self):
+            new = self._combine(h, self._call(index, layer, h, args, kwargs), index)
+            kept = keep[index]
+            if kept.ndim:  # row mode: one flag per row, broadcast over the other dims
+                kept = kept.reshape(kept.shape + (1,) * (h.ndim - 1))
+            h = torch.where(kept, new, h)
+        return h
+
+    def _evaluate(self, h: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+        layers = list(self)
+        indices = range(len(layers)) if self._eval_layers is None else self._eval_layers
+        for index in indices:
+            out = self._call(index, layers[index], h, args, kwargs)
+            if not self._residual:
+                h = out
+            elif self._scale == "eval" and self._drop_rates[index]:
+                h = h + out * (1.0 - self._drop_rates[index])
+            else:
+                h = h + out
+        return h
+
+    def _combine(self, h: Tensor, out: Tensor, index: int) -> Tensor:
+        """A kept layer's new state, in training: ``out``, or ``h`` plus the scaled branch."""
+        if not self._residual:
+            return out
+        rate = self._drop_rates[index]
+        if self._scale == "train" and 0.0 < rate < 1.0:
+            return h + out / (1.0 - rate)
+        return h + out
+
+    def _call(
+        self,
+        index: int,
+        layer: nn.Module,
+        h: Tensor,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Tensor:
+        result = layer(h, *args, **kwargs)
+        output = self._output
+        if output is None:
+            state = result
+        elif isinstance(output, int):
+            if not isinstance(result, tuple | list) or not -len(result) <= output < len(result):
+                raise TypeError(
+                    f"output={output} takes element {output} of a tuple or list that layer "
+                    f"{index} ({type(layer).__name__}) returns, but it returned "
+                    f"{_summary(result)}"
+                )
+            state = result[output]
+        else:
+            state = output(result)
+        if not isinstance(state, Tensor) or state.shape != h.shape:
+            raise _shape_error(index, layer, h, state, output is not None)
+        return state
+
+    @torch.compiler.disable  # type: ignore[untyped-decorator]
+    def _cut(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], kept_rows: Tensor, rows: int
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The extra arguments with those named by ``row_args`` cut to ``kept_rows``."""
+        if not self._row_args:
+            return args, kwargs
+        if self._row_positions:
+            cut_args = list(args)
+            for position in self._row_positions:
+                if position < len(cut_args):
+                    cut_args[position] = _cut_rows(
+                        cut_args[position], kept_rows, rows, f"positional argument {position}"
+                    )
+            args = tuple(cut_args)
+        if self._row_keywords:
+            kwargs = dict(kwargs)
+            for name in self._row_keywords:
+                if name in kwargs:
+                    kwargs[name] = _cut_rows(kwargs[name], kept_rows, rows, f"argument {name!r}")
+        return args, kwargs
+
+    # ----------------------------------------------------------------- state
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """Return the generator's state and the telemetry, for ``state_dict``.
+
+        Returns:
+            ``{"seed": int, "generator_state": ByteTensor, "layer_runs": LongTensor,
+            "draws": int}``: ints and tensors only, so it loads with
+            ``torch.load(weights_only=True)``.
+        """
+        return {
+            "seed": self._seed,
+            "generator_state": self._generator.get_state(),
+            "layer_runs": self._runs.clone(),
+            "draws": self._draws,
+        }
+
+    def set_extra_state(self, state: Any) -> None:
+        """Restore what :meth:`get_extra_state` returned; later draws continue from it.
+
+        An empty mapping (a ``state_dict`` saved without the list's state) changes
+        nothing.
+
+        Args:
+            state: The mapping :meth:`get_extra_state` returned, or ``{}``.
+
+        Raises:
+            TypeError: ``state`` or one of its values has the wrong type.
+            ValueError: A key is missing, the telemetry is for another number of
+                layers, or the generator rejects the state.
+        """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"LayerDropList extra state must be a mapping, got {describe(state)}")
+        if not state:
+            return
+        missing = sorted({"seed", "generator_state", "layer_runs", "draws"} - set(state))
+        if missing:
+            raise ValueError(
+                f"LayerDropList extra state lacks {', '.join(map(repr, missing))}; "
+                f"got keys {sorted(map(str, state))}"
+            )
+        seed = check_seed(state["seed"], name="state['seed']")
+        generator_state = state["generator_state"]
+        if not isinstance(generator_state, Tensor) or generator_state.dtype != torch.uint8:
+            raise TypeError(
+                f"state['generator_state'] must be a torch.ByteTensor, got "
+                f"{describe(generator_state)}"
+            )
+        runs = state["layer_runs"]
+        if not isinstance(runs, Tensor) or tuple(runs.shape) != (len(self),):
+            raise ValueError(
+                f"state['layer_runs'] must be a tensor of shape ({len(self)},), one count "
+                f"per layer, got {describe(runs)}"
+            )
+        draws = check_int("state['draws']", state["draws"])
+        generator = torch.Generator(device="cpu")
+        try:
+            generator.set_state(generator_state.detach().cpu())
+        except RuntimeError as error:
+            raise ValueError(
+                f"state['generator_state'] is not a CPU generator state: {error}"
+            ) from error
+        self._generator, self._seed = generator, seed
+        self._runs = runs.detach().to(device="cpu", dtype=torch.int64).clone()
+        self._draws = draws
+
+    def extra_repr(self) -> str:
+        """Show the rates and the options that differ from the defaults in ``print(list)``."""
+        rates = self._drop_rates
+        shown = f"drop_rate={rates[0]!r}" if len(set(rates)) == 1 else f"drop_rates={list(rates)!r}"
+        options = "".join(
+            f", {name}={value!r}"
+            for name, value, default in (
+                ("mode", self._mode, "batch"),
+                ("residual", self._residual, False),
+                ("scale", self._scale, "train"),
+                ("masked", self._masked, False),
+                ("eval_layers", self._eval_layers, None),
+            )
+            if value != default
+        )
+        return f"{shown}{options}, rule={self._rule!r}, seed={self._seed}"
+
+
+# --------------------------------------------------------------------- checks
+
+
+def _check_layers(layers: object) -> list[nn.Module]:
+    expected = "an nn.Sequential, an nn.ModuleList or an iterable of nn.Module"
+    if isinstance(layers, nn.Module) and not isinstance(
+        layers, nn.Sequential | nn.ModuleList | LayerDropList
+    ):
+        raise TypeError(f"layers must be {expected}, got one {type(layers).__name__} module")
+    if isinstance(layers, str | bytes) or not isinstance(layers, Iterable):
+        raise TypeError(f"layers must be {expected}, got {describe(layers)}")
+    found = list(layers)
+    for index, layer in enumerate(found):
+        if not isinstance(layer, nn.Module):
+            raise TypeError(f"layers[{index}] must be an nn.Module, got {describe(layer)}")
+    if not found:
+        raise ValueError(f"layers must hold at least one module, got {describe(layers)}")
+    return found
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    expected = f"one of {', '.join(map(repr, choices))}"
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be {expected}, got {describe(value)}")
+    if value not in choices:
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return value
+
+
+def _check_rates(value: object, count: int) -> tuple[float, ...]:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return (check_probability("drop_rate", value),) * count
+    if isinstance(value, Tensor):
+        value = value.tolist() if value.ndim == 1 else value
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise TypeError(
+            f"drop_rate must be a probability or a sequence of {count} probabilities "
+            f"(one per layer), got {describe(value)}"
+        )
+    if len(value) != count:
+        raise ValueError(
+            f"drop_rate must hold one probability per layer ({count}), got {len(value)}: "
+            f"{list(value)!r}"
+        )
+    return tuple(check_probability(f"drop_rate[{i}]", rate) for i, rate in enumerate(value))
+
+
+def _check_eval_layers(value: object, count: int) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise TypeError(
+            f"eval_layers must be None or layer indices in [0, {count - 1}], got {describe(value)}"
+        )
+    indices = [check_int(f"eval_layers[{i}]", v) for i, v in enumerate(value)]
+    wrong = [index for index in indices if index >= count]
+    if wrong:
+        raise ValueError(f"eval_layers must hold layer indices in [0, {count - 1}], got {wrong[0]}")
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"eval_layers must not repeat an index, got {indices}")
+    return tuple(sorted(indices))
+
+
+def _check_row_args(value: object) -> tuple[int | str, ...]:
+    expected = "positions (ints >= 0) and keyword names (strs)"
+    if isinstance(value, str | int):
+        value = (value,)
+    if not isinstance(value, Iterable):
+        raise TypeError(f"row_args must be an iterable of {expected}, got {describe(value)}")
+    result: list[int | str] = []
+    for item in value:
+        if isinstance(item, str):
+            result.append(item)
+        elif isinstance(item, numbers.Integral) and not isinstance(item, bool):
+            result.append(check_int("row_args position", item))
+        else:
+            raise TypeError(f"row_args must hold {expected}, got {describe(item)}")
+    return tuple(result)
+
+
+def _check_output(value: object) -> Output:
+    if value is None or callable(value):
+        return cast(Output, value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return check_int("output", value, minimum=None)
+    raise TypeError(
+        f"output must be None, an int (an index into a returned tuple) or a callable, "
+        f"got {describe(value)}"
+    )
+
+
+def _rows(h: Tensor) -> int:
+    if h.ndim == 0:
+        raise ValueError("mode='row' draws for every row (dimension 0) of h, but h is a 0-d tensor")
+    return h.shape[0]
+
+
+def _cut_rows(value: Any, kept_rows: Tensor, rows: int, where: str) -> Any:
+    """``value`` with every tensor in it cut to ``kept_rows`` along dimension 0."""
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        if value.ndim == 0 or value.shape[0] != rows:
+            raise ValueError(
+                f"row_args: {where} must have {rows} rows along dimension 0 (as h), got a "
+                f"tensor of shape {tuple(value.shape)}"
+            )
+        return value.index_select(0, kept_rows.to(value.device))
+    if isinstance(value, tuple | list):
+        parts = [_cut_rows(item, kept_rows, rows, where) for item in value]
+        return type(value)(parts) if not hasattr(value, "_fields") else type(value)(*parts)
+    if isinstance(value, dict):
+        return {key: _cut_rows(item, kept_rows, rows, where) for key, item in value.items()}
+    raise TypeError(
+        f"row_args: {where} must be a tensor, or a tuple, list or dict of tensors, "
+        f"got {describe(value)}"
+    )
+
+
+def _summary(value: object) -> str:
+    if isinstance(value, tuple | list):
+        return f"a {type(value).__name__} of {len(value)}"
+    return f"a {type(value).__name__}"
+
+
+def _shape_error(index: int, layer: nn.Module, h: Tensor, state: object, read: bool) -> Exception:
+    what = "the state read by output=" if read else "a tensor"
+    name = f"layer {index} ({type(layer).__name__})"
+    if not isinstance(state, Tensor):
+        given = _summary(state) if isinstance(state, tuple | list) else describe(state)
+        hint = (
+            "; pass output= to read the state from a tuple"
+            if isinstance(state, tuple | list)
+            else ""
+        )
+        return TypeError(
+            f"LayerDropList's layers must return {what} of their input's shape, but "
+            f"{name} gave {given}{hint}"
+        )
+    return ValueError(
+        f"LayerDropList's layers must return {what} of their input's shape, but {name} "
+        f"turned an input of shape {tuple(h.shape)} into {tuple(state.shape)}"
+    )
+
+
+def _default_missing_state(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any
+) -> None:
+    """Let a ``state_dict`` without the list's state (plain ``Sequential`` weights) load."""
+    key = prefix + _EXTRA_STATE_KEY
+    if key not in state_dict and isinstance(module, LayerDropList):
+        state_dict[key] = {}

@@ -1,0 +1,56 @@
+"""The DDP tie of a :class:`~stochdepth.LayerDropList`: dropped layers' parameters join the graph.
+
+``DistributedDataParallel`` with its default ``find_unused_parameters=False`` waits
+for a gradient of every parameter; a layer that a forward pass dropped gives none, and
+the next forward pass fails ("Expected to have finished reduction in the prior
+iteration"). When a process group is up, a list passes its output through
+:class:`ZeroGradTie`, an identity that lists the dropped layers' parameters as inputs
+and gives them no gradient: autograd still visits their gradient accumulators, so
+DDP's hooks fire and every bucket is reduced.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+
+class ZeroGradTie(torch.autograd.Function):
+    """Identity on ``x`` that makes ``params`` part of the graph with no gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, *params: Tensor) -> Tensor:
+        ctx.parameter_count = len(params)
+        # A copy, not a view: an in-place op after the list (ReLU(inplace=True)) may
+        # not modify a view returned by a custom Function.
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, *grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
+        return (grad_outputs[0], *([None] * ctx.parameter_count))
+
+
+def process_group_up() -> bool:
+    """Whether a default ``torch.distributed`` process group is initialized."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def tie(h: Tensor, dropped: list[nn.Module], used: list[nn.Module]) -> Tensor:
+    """Pass ``h`` through :class:`ZeroGradTie` with the parameters only ``dropped`` layers hold.
+
+    A parameter shared with a layer in ``used`` gets its gradient there and is left
+    out. Returns ``h`` itself when nothing needs tying.
+    """
+    seen = {id(p) for layer in used for p in layer.parameters()}
+    params = []
+    for layer in dropped:
+        for parameter in layer.parameters():
+            if parameter.requires_grad and id(parameter) not in seen:
+                seen.add(id(parameter))
+                params.append(parameter)
+    if not params:
+        return h
+    return ZeroGradTie.apply(h, *params)  # type: ignore[no-untyped-call,no-any-return]
