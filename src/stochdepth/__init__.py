@@ -25,6 +25,7 @@ from .samplers._registry import unregister_sampler as unregister_sampler
 from .training._checkpoint import Checkpoint as Checkpoint
 from .training._checkpoint import CheckpointError as CheckpointError
 from .training._checkpoint import load_checkpoint as load_checkpoint
+from .training._cuda_graphs import CUDAGraphStep as CUDAGraphStep
 from .training._finite import NonFiniteError as NonFiniteError
 from .training._history import StepRecord as StepRecord
 from .training._history import TrainingHistory as TrainingHistory
@@ -33,6 +34,7 @@ from .training._trainer import train as train
 __all__ = [
     "BernoulliDepth",
     "BroadcastDepth",
+    "CUDAGraphStep",
     "Checkpoint",
     "CheckpointError",
     "DepthMismatchError",
