@@ -19,6 +19,14 @@ Comparisons (A is the reference, B the thing measured; ratio = B / A):
    (``mode="masked", per_sample=True``), forward and backward, batch 512, width 512.
 4. memory: peak activation memory at depths 1, 8 and 64 with and without
    ``checkpoint=True`` (target at depth 64 <= 0.25 of plain).
+5. CUDA graphs (``--device cuda`` only): a training step of the article's model
+   replayed from one CUDA graph per depth (``stochdepth.CUDAGraphStep``) against the
+   eager step, on the same depth sequence (target <= 1/3).
+6. model sizes: a transformer-sized repeated layer (``nn.TransformerEncoderLayer``,
+   width 256 and 1024, 128 positions, batch 32) trained at depths uniform over 0..8,
+   each mode against the default skip mode on the same depth sequence: masked,
+   per-sample, checkpointed, the layer compiled, and on CUDA ``CUDAGraphStep``. On a
+   CPU a step at width 1024 takes seconds: run ``--sections 6`` there on purpose.
 
 Times are medians over chunks of steps run interleaved (A B A B ...), so that a
 machine's load drifts through both sides alike. Every row is printed even when its
@@ -47,7 +55,14 @@ import torch
 from torch import Tensor, nn
 
 import stochdepth
-from stochdepth import DynamicNet, FixedDepth, RepeatedBlock, UniformDepth
+from stochdepth import (
+    CUDAGraphStep,
+    DynamicNet,
+    FixedDepth,
+    RepeatedBlock,
+    SeededDepth,
+    UniformDepth,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import article9  # the article's class, kept verbatim in tests/
@@ -64,6 +79,11 @@ class Sizes:
     per_sample_reps: int = 12
     memory: tuple[int, int] = (256, 256)  # batch, width
     memory_depths: tuple[int, ...] = (1, 8, 64)
+    graph_chunks: int = 30  # chunks of `chunk` steps a side (comparison 5)
+    model_widths: tuple[int, ...] = (256, 1024)
+    model_shape: tuple[int, int] = (32, 128)  # batch, positions
+    model_chunk: int = 2  # steps per timed chunk (comparison 6)
+    model_chunks: int = 7
 
 
 QUICK = Sizes(
@@ -73,6 +93,11 @@ QUICK = Sizes(
     per_sample=(16, 8),
     per_sample_reps=3,
     memory=(4, 8),
+    graph_chunks=3,
+    model_widths=(8, 16),
+    model_shape=(2, 4),
+    model_chunk=1,
+    model_chunks=2,
 )
 
 
@@ -153,7 +178,10 @@ class Bench:
             row.error = f"{type(error).__name__}: {error}".splitlines()[0][:160]
             traceback.print_exc(file=sys.stderr)
         self.rows.append(row)
-        print(f"  done: {section} / {what}", file=sys.stderr, flush=True)
+        ratio = f"{row.ratio:.3f}" if row.ratio is not None else row.error
+        print(
+            f"  done: {section} / {what}: {row.a} | {row.b} | {ratio}", file=sys.stderr, flush=True
+        )
 
 
 def ms(seconds: float) -> str:
@@ -460,6 +488,169 @@ def memory(bench: Bench) -> None:
             row.note = f"batch {batch}, width {width}; {how}"
 
 
+# --------------------------------------------------------------------------- 5. CUDA graphs
+
+
+def cuda_graph_rows(bench: Bench) -> None:
+    """5: the article's training step replayed from CUDA graphs against the eager step."""
+    what = "article's model, CUDAGraphStep vs eager step"
+    with bench.row("5 CUDA graphs", what, 1 / 3) as row:
+        _, d_in, hidden, d_out = bench.sizes.article
+        x, y = article_data(bench)
+        torch.manual_seed(1)
+        eager = DynamicNet(d_in, hidden, d_out, SeededDepth(0, 3, seed=0)).to(bench.device)
+        graphed = copy.deepcopy(eager)
+        criterion = nn.MSELoss(reduction="sum")
+        eager_step = training_step(eager, eager, criterion, x, y, lr=1e-4)
+        optimizer = torch.optim.SGD(graphed.parameters(), lr=1e-4, momentum=0.9)
+        graph_step = CUDAGraphStep(graphed, optimizer, criterion)
+        start = time.perf_counter()
+        while len(graph_step.graphs) < 4 and time.perf_counter() < start + 120:
+            graph_step(x, y)  # until every depth 0..3 has its graph
+        bench.sync()
+        capture_seconds = time.perf_counter() - start
+        for _ in range(3):
+            eager_step()
+        for model in (eager, graphed):  # the same depth sequence from here on
+            model.middle.sampler = SeededDepth(0, 3, seed=1)
+        chunk = bench.sizes.chunk
+        medians = bench.interleaved(
+            {
+                "eager": repeat(eager_step, chunk),
+                "graphs": repeat(lambda: graph_step(x, y), chunk),
+            },
+            bench.sizes.graph_chunks,
+        )
+        row.a, row.b = ms(medians["eager"]), ms(medians["graphs"])
+        row.ratio = medians["graphs"] / medians["eager"]
+        row.note = (
+            f"N, D_in, H, D_out = {bench.sizes.article}, depths 0..3, SGD with momentum; "
+            f"{bench.sizes.graph_chunks} chunks of {chunk} steps a side, same depths; median "
+            f"of paired chunk ratios {medians['graphs/eager']:.3f}; {graph_step.captures} "
+            f"graphs captured in {capture_seconds:.1f} s (with the warm-up steps)"
+        )
+
+
+def training_step(
+    model: nn.Module, params: nn.Module, criterion: nn.Module, x: Tensor, y: Tensor, lr: float
+) -> Callable[[], None]:
+    """The article's eager step (zero_grad, forward, loss, backward, SGD with momentum)."""
+    optimizer = torch.optim.SGD(params.parameters(), lr=lr, momentum=0.9)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        loss = criterion(model(x), y)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def repeat(step: Callable[[], object], steps: int) -> Callable[[], int]:
+    """A chunk: ``step()`` run ``steps`` times; returns ``steps``."""
+
+    def run() -> int:
+        for _ in range(steps):
+            step()
+        return steps
+
+    return run
+
+
+# --------------------------------------------------------------------------- 6. model sizes
+
+
+def model_size_rows(bench: Bench) -> None:
+    """6: every mode against skip mode, a transformer-sized layer at depths 0..8."""
+    for width in bench.sizes.model_widths:
+        model_size_width(bench, width)
+
+
+def model_size_width(bench: Bench, width: int) -> None:
+    """The rows of one width: each side trains its own copy of the same layer."""
+    import torch._dynamo
+
+    batch, positions = bench.sizes.model_shape
+    device = bench.device
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(
+        width, max(1, width // 64), 4 * width, dropout=0.0, batch_first=True, device=device
+    )
+    x = torch.randn(batch, positions, width, device=device)
+    y = torch.zeros_like(x)
+    criterion = nn.MSELoss()
+    lr = 1e-6  # the weights hardly move: every side keeps training the same layer
+
+    def block(**options: object) -> RepeatedBlock:
+        return RepeatedBlock(copy.deepcopy(layer), SeededDepth(0, 8, seed=0), **options)
+
+    blocks: dict[str, RepeatedBlock] = {
+        "skip": block(),
+        "masked": block(mode="masked"),
+        "per-sample": block(per_sample=True),
+        "checkpoint": block(checkpoint=True),
+    }
+    compiled = block()
+    compiled_layer = torch.compile(compiled.layer, backend=bench.backend)
+    steps: dict[str, Callable[[], object]] = {
+        name: training_step(b, b, criterion, x, y, lr) for name, b in blocks.items()
+    }
+    torch._dynamo.reset()
+    start = time.perf_counter()
+    compiled_block = RepeatedBlock(compiled_layer, compiled.sampler)  # type: ignore[arg-type]
+    blocks["compiled"] = compiled_block
+    steps["compiled"] = training_step(compiled_block, compiled, criterion, x, y, lr)
+    compiled_block(x, 2).sum().backward()  # compile: the first repeat's input needs no grad,
+    compiled.zero_grad(set_to_none=True)  # the second's does (two graphs)
+    bench.sync()
+    compile_seconds = time.perf_counter() - start
+    graph_note = ""
+    if device.type == "cuda":
+        graphed = block()
+        optimizer = torch.optim.SGD(graphed.parameters(), lr=lr, momentum=0.9)
+        graph_step = CUDAGraphStep(graphed, optimizer, criterion)
+        blocks["CUDA graphs"] = graphed
+        steps["CUDA graphs"] = lambda: graph_step(x, y)
+        start = time.perf_counter()
+        while len(graph_step.graphs) < 9 and time.perf_counter() < start + 60:
+            graph_step(x, y)
+        bench.sync()
+        graph_note = (
+            f"; {len(graph_step.graphs)} graphs captured in {time.perf_counter() - start:.1f} s"
+        )
+    for step in steps.values():  # warm up every side
+        step()
+    for b in blocks.values():  # the same depth sequence on every side from here on
+        b.sampler = SeededDepth(0, 8, seed=1)
+    chunk = bench.sizes.model_chunk
+    medians = bench.interleaved(
+        {name: repeat(step, chunk) for name, step in steps.items()}, bench.sizes.model_chunks
+    )
+    shape = (
+        f"TransformerEncoderLayer({width}, nhead={max(1, width // 64)}, "
+        f"dim_feedforward={4 * width}, dropout=0), x {batch} x {positions} x {width}; "
+        f"training step (forward, MSELoss, backward, SGD); {bench.sizes.model_chunks} chunks "
+        f"of {chunk} steps a side"
+    )
+    notes = {
+        "masked": "the layer runs 8 times, torch.where keeps the depth's repeats",
+        "per-sample": "each row (sequence) its own depth 0..8, mean about 4",
+        "checkpoint": "segments of ceil(sqrt(depth)) repeats recomputed in backward",
+        "compiled": (
+            f"torch.compile(layer, backend={bench.backend!r}) inside a skip-mode block: one "
+            f"graph for every depth; compile {compile_seconds:.1f} s"
+        ),
+        "CUDA graphs": "CUDAGraphStep, one graph per depth" + graph_note,
+    }
+    for name in steps:
+        if name == "skip":
+            continue
+        with bench.row("6 model sizes", f"width {width}: {name} vs skip, depths 0..8") as row:
+            row.a, row.b = ms(medians["skip"]), ms(medians[name])
+            row.ratio = medians[name] / medians["skip"]
+            row.note = f"{notes[name]}; {shape}; paired ratio {medians[f'{name}/skip']:.3f}"
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -509,8 +700,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument(
         "--sections",
-        default="1,2,3,4",
-        help="which comparisons to run, by number (default: all, 1,2,3,4)",
+        default=None,
+        help="which comparisons to run, by number (default: all: 1,2,3,4,6, and 5 on CUDA)",
     )
     parser.add_argument(
         "--clock",
@@ -545,11 +736,22 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     print("\n".join(header), file=sys.stderr, flush=True)
-    sections = {"1": overhead, "2": compile_rows, "3": per_sample, "4": memory}
-    chosen = [name.strip() for name in args.sections.split(",") if name.strip()]
+    sections = {
+        "1": overhead,
+        "2": compile_rows,
+        "3": per_sample,
+        "4": memory,
+        "5": cuda_graph_rows,
+        "6": model_size_rows,
+    }
+    default = "1,2,3,4,5,6" if device.type == "cuda" else "1,2,3,4,6"
+    given = default if args.sections is None else args.sections
+    chosen = [name.strip() for name in given.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(sections))
     if unknown or not chosen:
-        parser.error(f"--sections takes numbers among 1,2,3,4, got {args.sections!r}")
+        parser.error(f"--sections takes numbers among 1,2,3,4,5,6, got {given!r}")
+    if "5" in chosen and device.type != "cuda":
+        parser.error("--sections 5 (CUDA graphs) needs --device cuda")
     for name in sorted(set(chosen)):
         sections[name](bench)
     command = "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -22,6 +22,11 @@ ROWS = [
     "4 memory: depth 1: checkpoint=True vs plain",
     "4 memory: depth 8: checkpoint=True vs plain",
     "4 memory: depth 64: checkpoint=True vs plain",
+    *(
+        f"6 model sizes: width {width}: {mode} vs skip, depths 0..8"
+        for width in (8, 16)
+        for mode in ("masked", "per-sample", "checkpoint", "compiled")
+    ),
 ]
 
 
@@ -51,6 +56,12 @@ def test_sections_choose_the_comparisons() -> None:
 
 
 def test_an_unknown_section_is_a_usage_error() -> None:
-    result = run_python(SCRIPT, "--sections", "5", check=False)
+    result = run_python(SCRIPT, "--sections", "7", check=False)
     assert result.returncode == 2
-    assert "--sections takes numbers among 1,2,3,4, got '5'" in result.stderr
+    assert "--sections takes numbers among 1,2,3,4,5,6, got '7'" in result.stderr
+
+
+def test_the_cuda_graph_section_needs_cuda() -> None:
+    result = run_python(SCRIPT, "--quick", "--sections", "5", check=False)
+    assert result.returncode == 2
+    assert "--sections 5 (CUDA graphs) needs --device cuda" in result.stderr

@@ -383,6 +383,8 @@ def test_depths_beyond_the_bound_run_eagerly(cuda_device: torch.device) -> None:
     assert step.eager_steps == 1 + beyond
 
 
+# Eager steps of a capturable Adam make torch warn that capturable=True slows them down.
+@pytest.mark.filterwarnings("ignore:This instance was constructed with capturable=True")
 def test_capturable_adam_trains_like_eager(cuda_device: torch.device) -> None:
     torch.manual_seed(2)
     eager = DynamicNet(1000, 100, 10, sampler=SeededDepth(0, 3, seed=5)).to(cuda_device)

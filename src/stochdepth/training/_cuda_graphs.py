@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -203,7 +204,7 @@ class CUDAGraphStep:
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss_fn(self.model(x), y)
         loss.backward()  # type: ignore[no-untyped-call]
-        self.optimizer.step()
+        _uncaptured_step(self.optimizer)
         return loss.detach()
 
     def _first_step(self, x: Tensor, y: Tensor) -> Tensor:
@@ -225,7 +226,7 @@ class CUDAGraphStep:
                 handle.remove()
         _check_called_once(self._blocks, order)
         loss.backward()  # type: ignore[no-untyped-call]
-        self.optimizer.step()
+        _uncaptured_step(self.optimizer)
         self._order = order
         self.eager_steps += 1
         return loss.detach()
@@ -334,6 +335,17 @@ def _force(
         return (args[0], depth, *args[2:]), kwargs
 
     return hook
+
+
+def _uncaptured_step(optimizer: torch.optim.Optimizer) -> None:
+    """``optimizer.step()`` outside a graph, without torch's ``capturable=True`` warning.
+
+    Torch warns that uncaptured steps of a capturable optimizer are slower, for optimizers
+    that are never captured; the others steps of this one are.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "This instance was constructed with capturable=True")
+        optimizer.step()
 
 
 def _given_depth(args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
