@@ -567,49 +567,53 @@ def model_size_rows(bench: Bench) -> None:
 
 
 def model_size_width(bench: Bench, width: int) -> None:
-    """The rows of one width: each side trains its own copy of the same layer."""
+    """The rows of one width: each side trains its own copy of the same model.
+
+    The model is ``Linear(width, width)`` (an input projection, so that depth 0 still
+    has something to train) followed by the repeated ``TransformerEncoderLayer``.
+    """
     import torch._dynamo
 
     batch, positions = bench.sizes.model_shape
     device = bench.device
     torch.manual_seed(0)
+    projection = nn.Linear(width, width, device=device)
     layer = nn.TransformerEncoderLayer(
         width, max(1, width // 64), 4 * width, dropout=0.0, batch_first=True, device=device
     )
     x = torch.randn(batch, positions, width, device=device)
     y = torch.zeros_like(x)
     criterion = nn.MSELoss()
-    lr = 1e-6  # the weights hardly move: every side keeps training the same layer
+    lr = 1e-6  # the weights hardly move: every side keeps training the same model
 
-    def block(**options: object) -> RepeatedBlock:
-        return RepeatedBlock(copy.deepcopy(layer), SeededDepth(0, 8, seed=0), **options)
+    def model(**options: object) -> tuple[nn.Module, RepeatedBlock]:
+        block = RepeatedBlock(copy.deepcopy(layer), SeededDepth(0, 8, seed=0), **options)
+        return nn.Sequential(copy.deepcopy(projection), block), block
 
-    blocks: dict[str, RepeatedBlock] = {
-        "skip": block(),
-        "masked": block(mode="masked"),
-        "per-sample": block(per_sample=True),
-        "checkpoint": block(checkpoint=True),
+    models = {
+        "skip": model(),
+        "masked": model(mode="masked"),
+        "per-sample": model(per_sample=True),
+        "checkpoint": model(checkpoint=True),
     }
-    compiled = block()
-    compiled_layer = torch.compile(compiled.layer, backend=bench.backend)
     steps: dict[str, Callable[[], object]] = {
-        name: training_step(b, b, criterion, x, y, lr) for name, b in blocks.items()
+        name: training_step(net, net, criterion, x, y, lr) for name, (net, _) in models.items()
     }
     torch._dynamo.reset()
     start = time.perf_counter()
-    compiled_block = RepeatedBlock(compiled_layer, compiled.sampler)  # type: ignore[arg-type]
-    blocks["compiled"] = compiled_block
-    steps["compiled"] = training_step(compiled_block, compiled, criterion, x, y, lr)
-    compiled_block(x, 2).sum().backward()  # compile: the first repeat's input needs no grad,
-    compiled.zero_grad(set_to_none=True)  # the second's does (two graphs)
+    net, block = model()
+    block.layer = torch.compile(block.layer, backend=bench.backend)  # type: ignore[assignment]
+    models["compiled"] = net, block
+    steps["compiled"] = training_step(net, net, criterion, x, y, lr)
+    criterion(net[1](net[0](x), 2), y).backward()  # compile forward and backward
+    net.zero_grad(set_to_none=True)
     bench.sync()
     compile_seconds = time.perf_counter() - start
     graph_note = ""
     if device.type == "cuda":
-        graphed = block()
-        optimizer = torch.optim.SGD(graphed.parameters(), lr=lr, momentum=0.9)
-        graph_step = CUDAGraphStep(graphed, optimizer, criterion)
-        blocks["CUDA graphs"] = graphed
+        net, block = models["CUDA graphs"] = model()
+        optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+        graph_step = CUDAGraphStep(net, optimizer, criterion)
         steps["CUDA graphs"] = lambda: graph_step(x, y)
         start = time.perf_counter()
         while len(graph_step.graphs) < 9 and time.perf_counter() < start + 60:
@@ -620,14 +624,15 @@ def model_size_width(bench: Bench, width: int) -> None:
         )
     for step in steps.values():  # warm up every side
         step()
-    for b in blocks.values():  # the same depth sequence on every side from here on
-        b.sampler = SeededDepth(0, 8, seed=1)
+    for _, block in models.values():  # the same depth sequence on every side from here on
+        block.sampler = SeededDepth(0, 8, seed=1)
     chunk = bench.sizes.model_chunk
     medians = bench.interleaved(
         {name: repeat(step, chunk) for name, step in steps.items()}, bench.sizes.model_chunks
     )
     shape = (
-        f"TransformerEncoderLayer({width}, nhead={max(1, width // 64)}, "
+        f"Linear({width}, {width}), then TransformerEncoderLayer({width}, "
+        f"nhead={max(1, width // 64)}, "
         f"dim_feedforward={4 * width}, dropout=0), x {batch} x {positions} x {width}; "
         f"training step (forward, MSELoss, backward, SGD); {bench.sizes.model_chunks} chunks "
         f"of {chunk} steps a side"
