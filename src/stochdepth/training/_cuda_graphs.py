@@ -58,6 +58,7 @@ class CUDAGraphStep:
     start from. The hyperparameters (``lr``, ``momentum``, ...) are recorded into the graphs:
     when they change, every graph is captured anew on its next use, so a learning rate
     that changes every step makes every step a capture; keep it fixed for the graphs to pay.
+    (``torch.optim.lr_scheduler`` schedulers that change it once an epoch are fine.)
 
     **Models.** Every parameter on one CUDA device; the model in training mode; every
     ``RepeatedBlock`` in the default mode (``mode="skip"``, one depth per batch, no
@@ -189,11 +190,12 @@ class CUDAGraphStep:
         graph = self._graphs.get(depths)
         if graph is None and len(self._graphs) >= self.max_graphs:
             return self._eager_step(x, y, depths)
-        static_x.copy_(x)
-        static_y.copy_(y)
-        if graph is None:
-            graph = self._capture(depths, static_x, static_y)
-        graph.graph.replay()
+        with torch.cuda.device(self.device):  # replay launches on the current device's stream
+            static_x.copy_(x)
+            static_y.copy_(y)
+            if graph is None:
+                graph = self._capture(depths, static_x, static_y)
+            graph.graph.replay()
         for param, grad in graph.grads:
             param.grad = grad
         return graph.loss.clone()
@@ -341,7 +343,7 @@ def _uncaptured_step(optimizer: torch.optim.Optimizer) -> None:
     """``optimizer.step()`` outside a graph, without torch's ``capturable=True`` warning.
 
     Torch warns that uncaptured steps of a capturable optimizer are slower, for optimizers
-    that are never captured; the others steps of this one are.
+    that are never captured; the other steps of this one are captured.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "This instance was constructed with capturable=True")
