@@ -400,6 +400,25 @@ def test_capturable_adam_trains_like_eager(cuda_device: torch.device) -> None:
     assert_same_weights(eager, graphed)
 
 
+def test_running_statistics_advance_as_in_eager_training(cuda_device: torch.device) -> None:
+    # The warm-up before each capture runs forward passes: BatchNorm's running statistics
+    # must be restored after it, as the parameters are.
+    torch.manual_seed(5)
+    layer = nn.Sequential(nn.Linear(16, 16), nn.BatchNorm1d(16), nn.ReLU())
+    eager = nn.Sequential(
+        nn.Linear(8, 16), RepeatedBlock(layer, SeededDepth(0, 3, seed=2)), nn.Linear(16, 4)
+    ).to(cuda_device)
+    graphed = copy.deepcopy(eager)
+    x = torch.randn(32, 8, device=cuda_device)
+    y = torch.randn(32, 4, device=cuda_device)
+    want = eager_run(eager, sgd(eager), x, y, 30)
+    got = graph_run(CUDAGraphStep(graphed, sgd(graphed), MSE), x, y, 30)
+    assert_same_training(want, got)
+    assert_same_weights(eager, graphed)
+    for (name, a), b in zip(eager.named_buffers(), graphed.buffers(), strict=True):
+        torch.testing.assert_close(b, a, msg=name, **CLOSE)
+
+
 class TwoBlocks(nn.Module):
     """Two blocks drawing from Python's random, called in the reverse of their order."""
 

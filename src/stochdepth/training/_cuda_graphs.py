@@ -31,8 +31,8 @@ class CUDAGraphStep:
     exactly as the eager forward pass draws them (the same sampler calls, in the order the
     forward pass calls the blocks, recorded in ``last_depth`` and ``depth_histogram``),
     and replays the graph captured for those depths. A depth seen for the first time is
-    captured then: warmed up on a side stream (its parameters and optimizer state restored
-    afterwards), then recorded into a :class:`torch.cuda.CUDAGraph` with static input,
+    captured then: warmed up on a side stream (its parameters, buffers and optimizer state
+    restored afterwards), then recorded into a :class:`torch.cuda.CUDAGraph` with static input,
     target, loss and gradient buffers. All graphs share one memory pool
     (:func:`torch.cuda.graph_pool_handle`), which is safe because the graphs never run at
     the same time and every tensor that outlives a replay is kept by this object.
@@ -49,7 +49,7 @@ class CUDAGraphStep:
 
     **Bound.** At most ``max_graphs`` distinct depths (tuples of the blocks' depths) get a
     graph; a step at any other depth falls back to an eager step (correct, as slow as
-    eager), counted in :attr:`eager_steps`. Each graph keeps its own gradient buffers (one
+    eager), counted in ``eager_steps``. Each graph keeps its own gradient buffers (one
     copy of the parameters' size) in the shared pool.
 
     **Optimizers.** ``torch.optim.SGD`` (with ``dampening=0`` when it has momentum) and
@@ -269,8 +269,10 @@ class CUDAGraphStep:
             self._stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
         stream = self._stream
         params, optimizer = self._params, self.optimizer
+        # What the warm-up changes: parameters, buffers (running statistics), optimizer state.
+        tensors = [*params, *self.model.buffers()]
         with torch.no_grad():
-            saved_params = [p.detach().clone() for p in params]
+            saved_tensors = [t.detach().clone() for t in tensors]
             saved_state = {
                 id(p): {k: v.clone() if isinstance(v, Tensor) else v for k, v in s.items()}
                 for p, s in optimizer.state.items()
@@ -284,7 +286,7 @@ class CUDAGraphStep:
                         self._run_eager(static_x, static_y)
                 current.wait_stream(stream)
             finally:
-                _restore(params, saved_params, optimizer, saved_state)
+                _restore(tensors, saved_tensors, optimizer, saved_state)
             graph = torch.cuda.CUDAGraph()
             optimizer.zero_grad(set_to_none=True)
             with torch.cuda.graph(graph, pool=self._pool, stream=stream):
@@ -444,15 +446,15 @@ def _hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict[str, object]
 
 
 def _restore(
-    params: list[Tensor],
-    saved_params: list[Tensor],
+    tensors: list[Tensor],
+    saved_tensors: list[Tensor],
     optimizer: torch.optim.Optimizer,
     saved_state: dict[int, dict[str, Any]],
 ) -> None:
-    """Undo the warm-up: parameters and old state copied back, new state zero-filled."""
+    """Undo the warm-up: tensors and old state copied back, new state zero-filled."""
     with torch.no_grad():
-        for param, saved in zip(params, saved_params, strict=True):
-            param.copy_(saved)
+        for tensor, saved in zip(tensors, saved_tensors, strict=True):
+            tensor.copy_(saved)
         for param, state in optimizer.state.items():
             before = saved_state.get(id(param), {})
             for key, value in state.items():
