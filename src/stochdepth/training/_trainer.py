@@ -91,9 +91,9 @@ def train(
             otherwise). Only rank 0 prints; every rank returns the same history.
         cuda_graphs: Replay each step from a CUDA graph captured once per depth
             (:class:`~stochdepth.CUDAGraphStep`): the same depths, losses and weights
-            as eager training (within float32 rounding), with far less launch and
-            Python overhead per step. The model, ``x`` and ``y`` must be on a CUDA
-            device; not with ``distributed=True``.
+            as eager training (within float32 rounding), with one graph launch per
+            step instead of a launch per kernel. The model, ``x`` and ``y`` must be on
+            a CUDA device; not with ``distributed=True``.
 
     Returns:
         One :class:`StepRecord` per step, ``(step, loss, depth)``, in a
