@@ -24,6 +24,15 @@ Comparisons (A is the reference, B the thing measured; ratio = B / A):
    by the mask" (timm's ``drop_path``, torchvision's ``stochastic_depth(mode="row")``),
    forward and backward, batch 64, 197 positions, width 384 (ViT-S MLP branches), at
    drop rates 0.1 and 0.5: the ratio should approach the keep rate.
+6. CUDA graphs (``--device cuda`` only): a training step of the article's model
+   replayed from one CUDA graph per depth (``stochdepth.CUDAGraphStep``) against the
+   eager step, on the same depth sequence (target <= 1/3).
+7. model sizes: a transformer-sized repeated layer (``nn.TransformerEncoderLayer``,
+   width 256 and 1024, 128 positions, batch 32) trained at depths uniform over 0..8,
+   each mode against the default skip mode on the same depth sequence: masked,
+   per-sample, checkpointed, the layer compiled, and on CUDA ``CUDAGraphStep``. On a
+   CPU a step at width 1024 takes seconds: there it runs with ``--quick`` or when asked
+   for (``--sections 7``).
 
 Times are medians over chunks of steps run interleaved (A B A B ...), so that a
 machine's load drifts through both sides alike. Every row is printed even when its
@@ -52,7 +61,15 @@ import torch
 from torch import Tensor, nn
 
 import stochdepth
-from stochdepth import DynamicNet, FixedDepth, LayerDropList, RepeatedBlock, UniformDepth
+from stochdepth import (
+    CUDAGraphStep,
+    DynamicNet,
+    FixedDepth,
+    LayerDropList,
+    RepeatedBlock,
+    SeededDepth,
+    UniformDepth,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import article9  # the article's class, kept verbatim in tests/
@@ -72,6 +89,11 @@ class Sizes:
     layer_drop: tuple[int, int, int] = (64, 197, 384)  # batch, positions, width
     layer_drop_branches: int = 2
     layer_drop_reps: int = 6
+    graph_chunks: int = 30  # chunks of `chunk` steps a side (comparison 6)
+    model_widths: tuple[int, ...] = (256, 1024)
+    model_shape: tuple[int, int] = (32, 128)  # batch, positions
+    model_chunk: int = 2  # steps per timed chunk (comparison 7)
+    model_chunks: int = 7
 
 
 QUICK = Sizes(
@@ -83,6 +105,11 @@ QUICK = Sizes(
     memory=(4, 8),
     layer_drop=(8, 5, 16),
     layer_drop_reps=2,
+    graph_chunks=3,
+    model_widths=(8, 16),
+    model_shape=(2, 4),
+    model_chunk=1,
+    model_chunks=2,
 )
 
 
@@ -163,7 +190,10 @@ class Bench:
             row.error = f"{type(error).__name__}: {error}".splitlines()[0][:160]
             traceback.print_exc(file=sys.stderr)
         self.rows.append(row)
-        print(f"  done: {section} / {what}", file=sys.stderr, flush=True)
+        ratio = f"{row.ratio:.3f}" if row.ratio is not None else row.error
+        print(
+            f"  done: {section} / {what}: {row.a} | {row.b} | {ratio}", file=sys.stderr, flush=True
+        )
 
 
 def ms(seconds: float) -> str:
@@ -526,6 +556,174 @@ def layer_drop(bench: Bench) -> None:
             )
 
 
+# --------------------------------------------------------------------------- 5. CUDA graphs
+
+
+def cuda_graph_rows(bench: Bench) -> None:
+    """5: the article's training step replayed from CUDA graphs against the eager step."""
+    what = "article's model, CUDAGraphStep vs eager step"
+    with bench.row("6 CUDA graphs", what, 1 / 3) as row:
+        _, d_in, hidden, d_out = bench.sizes.article
+        x, y = article_data(bench)
+        torch.manual_seed(1)
+        eager = DynamicNet(d_in, hidden, d_out, SeededDepth(0, 3, seed=0)).to(bench.device)
+        graphed = copy.deepcopy(eager)
+        criterion = nn.MSELoss(reduction="sum")
+        eager_step = training_step(eager, eager, criterion, x, y, lr=1e-4)
+        optimizer = torch.optim.SGD(graphed.parameters(), lr=1e-4, momentum=0.9)
+        graph_step = CUDAGraphStep(graphed, optimizer, criterion)
+        start = time.perf_counter()
+        while len(graph_step.graphs) < 4 and time.perf_counter() < start + 120:
+            graph_step(x, y)  # until every depth 0..3 has its graph
+        bench.sync()
+        capture_seconds = time.perf_counter() - start
+        for _ in range(3):
+            eager_step()
+        for model in (eager, graphed):  # the same depth sequence from here on
+            model.middle.sampler = SeededDepth(0, 3, seed=1)
+        chunk = bench.sizes.chunk
+        medians = bench.interleaved(
+            {
+                "eager": repeat(eager_step, chunk),
+                "graphs": repeat(lambda: graph_step(x, y), chunk),
+            },
+            bench.sizes.graph_chunks,
+        )
+        row.a, row.b = ms(medians["eager"]), ms(medians["graphs"])
+        row.ratio = medians["graphs"] / medians["eager"]
+        row.note = (
+            f"N, D_in, H, D_out = {bench.sizes.article}, depths 0..3, SGD with momentum; "
+            f"{bench.sizes.graph_chunks} chunks of {chunk} steps a side, same depths; median "
+            f"of paired chunk ratios {medians['graphs/eager']:.3f}; {graph_step.captures} "
+            f"graphs captured in {capture_seconds:.1f} s (with the warm-up steps)"
+        )
+
+
+def training_step(
+    model: nn.Module, params: nn.Module, criterion: nn.Module, x: Tensor, y: Tensor, lr: float
+) -> Callable[[], None]:
+    """The article's eager step (zero_grad, forward, loss, backward, SGD with momentum)."""
+    optimizer = torch.optim.SGD(params.parameters(), lr=lr, momentum=0.9)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        loss = criterion(model(x), y)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def repeat(step: Callable[[], object], steps: int) -> Callable[[], int]:
+    """A chunk: ``step()`` run ``steps`` times; returns ``steps``."""
+
+    def run() -> int:
+        for _ in range(steps):
+            step()
+        return steps
+
+    return run
+
+
+# --------------------------------------------------------------------------- 6. model sizes
+
+
+def model_size_rows(bench: Bench) -> None:
+    """6: every mode against skip mode, a transformer-sized layer at depths 0..8."""
+    for width in bench.sizes.model_widths:
+        model_size_width(bench, width)
+
+
+def model_size_width(bench: Bench, width: int) -> None:
+    """The rows of one width: each side trains its own copy of the same model.
+
+    The model is ``Linear(width, width)`` (an input projection, so that depth 0 still
+    has something to train) followed by the repeated ``TransformerEncoderLayer``.
+    """
+    import torch._dynamo
+
+    batch, positions = bench.sizes.model_shape
+    device = bench.device
+    torch.manual_seed(0)
+    projection = nn.Linear(width, width, device=device)
+    layer = nn.TransformerEncoderLayer(
+        width, max(1, width // 64), 4 * width, dropout=0.0, batch_first=True, device=device
+    )
+    x = torch.randn(batch, positions, width, device=device)
+    y = torch.zeros_like(x)
+    criterion = nn.MSELoss()
+    lr = 1e-6  # the weights hardly move: every side keeps training the same model
+
+    def model(**options: object) -> tuple[nn.Module, RepeatedBlock]:
+        block = RepeatedBlock(copy.deepcopy(layer), SeededDepth(0, 8, seed=0), **options)
+        return nn.Sequential(copy.deepcopy(projection), block), block
+
+    models = {
+        "skip": model(),
+        "masked": model(mode="masked"),
+        "per-sample": model(per_sample=True),
+        "checkpoint": model(checkpoint=True),
+    }
+    steps: dict[str, Callable[[], object]] = {
+        name: training_step(net, net, criterion, x, y, lr) for name, (net, _) in models.items()
+    }
+    torch._dynamo.reset()
+    start = time.perf_counter()
+    net, block = model()
+    block.layer = torch.compile(block.layer, backend=bench.backend)  # type: ignore[assignment]
+    models["compiled"] = net, block
+    steps["compiled"] = training_step(net, net, criterion, x, y, lr)
+    criterion(net[1](net[0](x), 2), y).backward()  # compile forward and backward
+    net.zero_grad(set_to_none=True)
+    bench.sync()
+    compile_seconds = time.perf_counter() - start
+    graph_note = ""
+    if device.type == "cuda":
+        net, block = models["CUDA graphs"] = model()
+        optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+        graph_step = CUDAGraphStep(net, optimizer, criterion)
+        steps["CUDA graphs"] = lambda: graph_step(x, y)
+        start = time.perf_counter()
+        while len(graph_step.graphs) < 9 and time.perf_counter() < start + 60:
+            graph_step(x, y)
+        bench.sync()
+        graph_note = (
+            f"; {len(graph_step.graphs)} graphs captured in {time.perf_counter() - start:.1f} s"
+        )
+    for step in steps.values():  # warm up every side
+        step()
+    for _, block in models.values():  # the same depth sequence on every side from here on
+        block.sampler = SeededDepth(0, 8, seed=1)
+    chunk = bench.sizes.model_chunk
+    medians = bench.interleaved(
+        {name: repeat(step, chunk) for name, step in steps.items()}, bench.sizes.model_chunks
+    )
+    shape = (
+        f"Linear({width}, {width}), then TransformerEncoderLayer({width}, "
+        f"nhead={max(1, width // 64)}, "
+        f"dim_feedforward={4 * width}, dropout=0), x {batch} x {positions} x {width}; "
+        f"training step (forward, MSELoss, backward, SGD); {bench.sizes.model_chunks} chunks "
+        f"of {chunk} steps a side"
+    )
+    notes = {
+        "masked": "the layer runs 8 times, torch.where keeps the depth's repeats",
+        "per-sample": "each row (sequence) its own depth 0..8, mean about 4",
+        "checkpoint": "segments of ceil(sqrt(depth)) repeats recomputed in backward",
+        "compiled": (
+            f"torch.compile(layer, backend={bench.backend!r}) inside a skip-mode block: one "
+            f"graph for every depth; compile {compile_seconds:.1f} s"
+        ),
+        "CUDA graphs": "CUDAGraphStep, one graph per depth" + graph_note,
+    }
+    for name in steps:
+        if name == "skip":
+            continue
+        with bench.row("7 model sizes", f"width {width}: {name} vs skip, depths 0..8") as row:
+            row.a, row.b = ms(medians["skip"]), ms(medians[name])
+            row.ratio = medians[name] / medians["skip"]
+            row.note = f"{notes[name]}; {shape}; paired ratio {medians[f'{name}/skip']:.3f}"
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -575,8 +773,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument(
         "--sections",
-        default="1,2,3,4,5",
-        help="which comparisons to run, by number (default: all, 1,2,3,4,5)",
+        default=None,
+        help=(
+            "which comparisons to run, by number (default: 1,2,3,4,5,6,7 on CUDA; 1,2,3,4,5 on "
+            "the CPU, and 7 too with --quick)"
+        ),
     )
     parser.add_argument(
         "--clock",
@@ -611,11 +812,27 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     print("\n".join(header), file=sys.stderr, flush=True)
-    sections = {"1": overhead, "2": compile_rows, "3": per_sample, "4": memory, "5": layer_drop}
-    chosen = [name.strip() for name in args.sections.split(",") if name.strip()]
+    sections = {
+        "1": overhead,
+        "2": compile_rows,
+        "3": per_sample,
+        "4": memory,
+        "5": layer_drop,
+        "6": cuda_graph_rows,
+        "7": model_size_rows,
+    }
+    # Section 7 at full size takes seconds a step on a CPU: there only on demand (or --quick).
+    if device.type == "cuda":
+        default = "1,2,3,4,5,6,7"
+    else:
+        default = "1,2,3,4,5,7" if args.quick else "1,2,3,4,5"
+    given = default if args.sections is None else args.sections
+    chosen = [name.strip() for name in given.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(sections))
     if unknown or not chosen:
-        parser.error(f"--sections takes numbers among 1,2,3,4,5, got {args.sections!r}")
+        parser.error(f"--sections takes numbers among 1,2,3,4,5,6,7, got {given!r}")
+    if "6" in chosen and device.type != "cuda":
+        parser.error("--sections 6 (CUDA graphs) needs --device cuda")
     for name in sorted(set(chosen)):
         sections[name](bench)
     command = "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -24,6 +24,11 @@ ROWS = [
     "4 memory: depth 64: checkpoint=True vs plain",
     "5 layer drop: row mode vs multiply-by-mask, drop rate 0.1",
     "5 layer drop: row mode vs multiply-by-mask, drop rate 0.5",
+    *(
+        f"7 model sizes: width {width}: {mode} vs skip, depths 0..8"
+        for width in (8, 16)
+        for mode in ("masked", "per-sample", "checkpoint", "compiled")
+    ),
 ]
 
 
@@ -53,6 +58,12 @@ def test_sections_choose_the_comparisons() -> None:
 
 
 def test_an_unknown_section_is_a_usage_error() -> None:
-    result = run_python(SCRIPT, "--sections", "6", check=False)
+    result = run_python(SCRIPT, "--sections", "8", check=False)
     assert result.returncode == 2
-    assert "--sections takes numbers among 1,2,3,4,5, got '6'" in result.stderr
+    assert "--sections takes numbers among 1,2,3,4,5,6,7, got '8'" in result.stderr
+
+
+def test_the_cuda_graph_section_needs_cuda() -> None:
+    result = run_python(SCRIPT, "--quick", "--sections", "6", check=False)
+    assert result.returncode == 2
+    assert "--sections 6 (CUDA graphs) needs --device cuda" in result.stderr

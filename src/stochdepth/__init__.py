@@ -35,6 +35,7 @@ from .samplers._registry import register_sampler as register_sampler
 from .samplers._registry import unregister_sampler as unregister_sampler
 from .training._checkpoint import Checkpoint as Checkpoint
 from .training._checkpoint import load_checkpoint as load_checkpoint
+from .training._cuda_graphs import CUDAGraphStep as CUDAGraphStep
 from .training._history import StepRecord as StepRecord
 from .training._history import TrainingHistory as TrainingHistory
 from .training._trainer import train as train
@@ -43,6 +44,7 @@ __all__ = [
     "BernoulliDepth",
     "BernoulliDrop",
     "BroadcastDepth",
+    "CUDAGraphStep",
     "Checkpoint",
     "CheckpointError",
     "DepthMismatchError",

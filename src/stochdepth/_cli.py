@@ -231,6 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     run.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help=(
+            "train on the GPU (cuda), each step replayed from a CUDA graph captured once "
+            "per depth: the same depths and losses as eager training, less overhead"
+        ),
+    )
+    run.add_argument(
         "--digest",
         action="store_true",
         help="print the SHA-256 of the final parameters on stderr (every rank prints its own)",
@@ -263,6 +271,8 @@ def _samplers() -> None:
 
 def _train(args: argparse.Namespace) -> None:
     device = _launch.start(args.backend) if args.distributed else torch.device("cpu")
+    if args.cuda_graphs:
+        device = torch.device("cuda")
     if args.distributed:  # every rank seeds torch and random alike: same data, same depths
         args.seed = _launch.shared_seed(args.seed, device)
     if args.seed is not None:
@@ -290,6 +300,7 @@ def _train(args: argparse.Namespace) -> None:
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
         distributed=args.distributed,
+        cuda_graphs=args.cuda_graphs,
     )
     if args.summary and _launch.is_main():
         print(f"{PROG} train: {history.summary()}", file=sys.stderr)
@@ -316,6 +327,17 @@ def _check_checkpoint_options(parser: argparse.ArgumentParser, args: argparse.Na
         parser.exit(EXIT_USAGE, f"{PROG} train: error: {problem}\n")
 
 
+def _cuda_graphs_problem(args: argparse.Namespace) -> str | None:
+    if args.distributed:
+        return "--cuda-graphs cannot be combined with --distributed yet"
+    if not torch.cuda.is_available():
+        return (
+            "--cuda-graphs needs a CUDA device (CUDA graphs record and replay GPU kernels), "
+            "and torch.cuda.is_available() is False here"
+        )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line.
 
@@ -338,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.command == "train":
         _check_checkpoint_options(parser, args)
+    if args.command == "train" and args.cuda_graphs and (problem := _cuda_graphs_problem(args)):
+        parser.exit(EXIT_USAGE, f"{PROG} train: error: {problem}\n")
     if args.command == "train" and (args.distributed or args.broadcast_depth):
         problem = (
             _launch.environment_problem(args.backend)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import torch
@@ -15,6 +16,7 @@ from stochdepth._validation import check_bool, check_int, check_real, check_stre
 from stochdepth.samplers._protocol import DepthSampler, check_sampler, has_set_step
 
 from ._checkpoint import make_checkpointer
+from ._cuda_graphs import CUDAGraphStep
 from ._finite import check_fits, check_losses
 from ._history import StepRecord, TrainingHistory
 
@@ -39,6 +41,7 @@ def train(
     checkpoint_every: int | None = None,
     resume: bool = False,
     distributed: bool = False,
+    cuda_graphs: bool = False,
 ) -> TrainingHistory:
     """Train ``model`` to map ``x`` to ``y`` with the article's loop.
 
@@ -86,6 +89,11 @@ def train(
             and keeps their single-process semantics, and every step checks that the
             ranks drew the same depths (:class:`~stochdepth.DepthMismatchError`
             otherwise). Only rank 0 prints; every rank returns the same history.
+        cuda_graphs: Replay each step from a CUDA graph captured once per depth
+            (:class:`~stochdepth.CUDAGraphStep`): the same depths, losses and weights
+            as eager training (within float32 rounding), with one graph launch per
+            step instead of a launch per kernel. The model, ``x`` and ``y`` must be on
+            a CUDA device; not with ``distributed=True``.
 
     Returns:
         One :class:`StepRecord` per step, ``(step, loss, depth)``, in a
@@ -99,7 +107,9 @@ def train(
             without a ``RepeatedBlock``, the model's output and ``y`` differ in
             shape, or ``distributed=True`` was given together with ``checkpoint`` or
             for a model with a ``RepeatedBlock(per_sample=True)`` (neither is
-            supported yet).
+            supported yet), or ``cuda_graphs=True`` was given for a model that is not
+            on a CUDA device, with ``distributed=True``, or for a model that
+            :class:`~stochdepth.CUDAGraphStep` refuses.
         ImportError: ``progress=True`` and tqdm is not installed.
         CheckpointError: ``checkpoint`` cannot be resumed from (missing, damaged, or
             saved by another run) or written; the file is left as it was.
@@ -129,6 +139,12 @@ def train(
     check_stream("file", file)
     check_fits(model, lr=lr, momentum=momentum)
     distributed = check_bool("distributed", distributed)
+    cuda_graphs = check_bool("cuda_graphs", cuda_graphs)
+    if cuda_graphs and distributed:
+        raise ValueError(
+            "cuda_graphs=True cannot be combined with distributed=True yet: the gradients' "
+            "all-reduce would have to be captured too; use one of them"
+        )
     if distributed and checkpoint is not None:
         raise ValueError(
             "checkpoint cannot be combined with distributed=True yet: every rank would "
@@ -171,6 +187,7 @@ def train(
 
     criterion = nn.MSELoss(reduction="sum")
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    graph_step = CUDAGraphStep(model, optimizer, _checked(criterion)) if cuda_graphs else None
     losses: list[float] = []
     pending: list[Tensor] = []  # detached losses not yet read: no device sync per step
     depths: list[int | None] = []
@@ -183,22 +200,26 @@ def train(
         for t in range(start, steps):
             for stepper in steppers:
                 stepper.set_step(t)
-            y_pred = forward(x)
-            if not isinstance(y_pred, Tensor) or y_pred.shape != y.shape:
-                raise ValueError(_output_mismatch(y_pred, y))
-            loss = criterion(y_pred, y)
-            pending.append(loss.detach() if run is None else run.step_loss(loss, t))
+            if graph_step is not None:
+                pending.append(graph_step(x, y))
+            else:
+                y_pred = forward(x)
+                if not isinstance(y_pred, Tensor) or y_pred.shape != y.shape:
+                    raise ValueError(_output_mismatch(y_pred, y))
+                loss = criterion(y_pred, y)
+                pending.append(loss.detach() if run is None else run.step_loss(loss, t))
             depths.append(_total_depth(blocks))
             if log_every and t % log_every == log_every - 1:
                 _flush(pending, losses)
                 write(f"{t} {losses[-1]}", file=out)
             elif len(pending) >= _CHECK_EVERY:
                 _flush(pending, losses)
-            optimizer.zero_grad()
-            loss.backward()
-            if run is not None:
-                run.tie.restore_skipped_grads()
-            optimizer.step()
+            if graph_step is None:
+                optimizer.zero_grad()
+                loss.backward()
+                if run is not None:
+                    run.tie.restore_skipped_grads()
+                optimizer.step()
             if checkpointer is not None and checkpointer.due(t + 1):
                 _flush(pending, losses)
                 checkpointer.save(t + 1, model, optimizer, losses, depths)
@@ -251,6 +272,18 @@ def _flush(pending: list[Tensor], losses: list[float]) -> None:
         losses.extend(torch.stack(pending).tolist())
         pending.clear()
         check_losses(losses, first)
+
+
+def _checked(criterion: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
+    """The criterion, refusing an output whose shape is not ``y``'s (run at capture)."""
+
+    def loss(y_pred: Tensor, y: Tensor) -> Tensor:
+        if not isinstance(y_pred, Tensor) or y_pred.shape != y.shape:
+            raise ValueError(_output_mismatch(y_pred, y))
+        out: Tensor = criterion(y_pred, y)
+        return out
+
+    return loss
 
 
 def _output_mismatch(y_pred: object, y: Tensor) -> str:

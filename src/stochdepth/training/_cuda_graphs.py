@@ -1,0 +1,467 @@
+"""`CUDAGraphStep`: a whole training step replayed from one CUDA graph per depth."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from stochdepth._block import RepeatedBlock
+from stochdepth._validation import check_int, describe
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+"""A loss: ``loss_fn(output, target)`` returns a scalar tensor."""
+
+DEFAULT_MAX_GRAPHS = 16
+"""How many depths (or combinations of depths) get a graph, unless told otherwise."""
+
+_WARMUP_STEPS = 3  # as PyTorch's CUDA Graphs notes do before a whole-network capture
+
+
+class CUDAGraphStep:
+    """One training step (forward, loss, backward, optimizer step) replayed from a CUDA graph.
+
+    A model with a :class:`~stochdepth.RepeatedBlock` runs a different graph at every
+    depth, which rules out one CUDA graph for the whole step. This helper keeps one graph
+    per depth instead: each call draws the blocks' depths in Python, outside any graph,
+    exactly as the eager forward pass draws them (the same sampler calls, in the order the
+    forward pass calls the blocks, recorded in ``last_depth`` and ``depth_histogram``),
+    and replays the graph captured for those depths. A depth seen for the first time is
+    captured then: warmed up on a side stream (its parameters, buffers and optimizer state
+    restored afterwards), then recorded into a :class:`torch.cuda.CUDAGraph` with static input,
+    target, loss and gradient buffers. All graphs share one memory pool
+    (:func:`torch.cuda.graph_pool_handle`), which is safe because the graphs never run at
+    the same time and every tensor that outlives a replay is kept by this object.
+
+    Each step does what the article's loop does, with ``optimizer.zero_grad()``
+    (``set_to_none=True``, PyTorch's default): the losses and weights equal those of
+    eager training on the same depths within float32 rounding (the same kernels run,
+    replayed). At depth 0 the repeated layer's parameters get no gradient: their
+    ``.grad`` is ``None`` after the step and the optimizer skips them, as in eager
+    training. After every step each parameter's ``.grad`` holds that step's gradient.
+
+    The first call runs eagerly: it draws as an eager step does, and learns the order in
+    which the forward pass calls the blocks (each must run exactly once per forward pass).
+
+    **Bound.** At most ``max_graphs`` distinct depths (tuples of the blocks' depths) get a
+    graph; a step at any other depth falls back to an eager step (correct, as slow as
+    eager), counted in ``eager_steps``. Each graph keeps its own gradient buffers (one
+    copy of the parameters' size) in the shared pool.
+
+    **Optimizers.** ``torch.optim.SGD`` (with ``dampening=0`` when it has momentum) and
+    ``torch.optim.Adam`` / ``torch.optim.AdamW`` with ``capturable=True``. Optimizer state
+    that the warm-up creates is zero-filled before capture, which is what these optimizers
+    start from. The hyperparameters (``lr``, ``momentum``, ...) are recorded into the graphs:
+    when they change, every graph is captured anew on its next use, so a learning rate
+    that changes every step makes every step a capture; keep it fixed for the graphs to pay.
+    (``torch.optim.lr_scheduler`` schedulers that change it once an epoch are fine.)
+
+    **Models.** Every parameter on one CUDA device; the model in training mode; every
+    ``RepeatedBlock`` in the default mode (``mode="skip"``, one depth per batch, no
+    ``checkpoint``), drawing its own depth (not given one by the model), called once per
+    forward pass. Nothing else in the forward pass may take decisions in Python from
+    random draws or tensor values, since a replay does not run Python. Random operations
+    on the GPU (dropout) draw from the graphs' generator offsets, not eager's values.
+    Loading another state into the model or the optimizer (``load_state_dict``) after the
+    first capture replaces the tensors that the graphs read: call :meth:`reset` after it.
+
+    Args:
+        model: The model to train, its parameters on a CUDA device.
+        optimizer: Its optimizer (see above for the supported ones).
+        loss_fn: ``loss_fn(output, target)``, a scalar loss tensor.
+        max_graphs: The most depths that get a graph, an int >= 1 (default 16); other
+            depths run eagerly.
+
+    Attributes:
+        model: The model.
+        optimizer: The optimizer.
+        loss_fn: The loss function.
+        max_graphs: The bound on the number of graphs.
+        eager_steps: How many steps ran eagerly (the first one, and those at depths beyond
+            the bound).
+        captures: How many graphs were captured (more than :attr:`graphs` holds once the
+            hyperparameters changed).
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``, ``optimizer`` not a
+            ``torch.optim.Optimizer``, ``loss_fn`` not callable, or ``max_graphs`` not
+            an int.
+        ValueError: ``max_graphs`` is below 1; a ``RepeatedBlock`` is not in the default
+            mode, or sits inside another one's layer; the optimizer is not one of the
+            supported ones or is not set up for capture; or the model has no parameters
+            on a CUDA device (CUDA graphs record GPU kernels: a CPU model is refused).
+
+    Example:
+        ```python
+        import torch
+        from stochdepth import CUDAGraphStep, DynamicNet
+
+        model = DynamicNet(1000, 100, 10).cuda()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        step = CUDAGraphStep(model, optimizer, torch.nn.MSELoss(reduction="sum"))
+        x, y = torch.randn(64, 1000, device="cuda"), torch.randn(64, 10, device="cuda")
+        for t in range(500):
+            loss = step(x, y)  # a graph per depth 0..3, replayed
+        ```
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: LossFn
+    max_graphs: int
+    eager_steps: int
+    captures: int
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: LossFn,
+        *,
+        max_graphs: int = DEFAULT_MAX_GRAPHS,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {describe(model)}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {describe(optimizer)}")
+        if not callable(loss_fn):
+            raise TypeError(
+                f"loss_fn must be callable, loss_fn(output, target), got {describe(loss_fn)}"
+            )
+        self.max_graphs = check_int("max_graphs", max_graphs, minimum=1)
+        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self._blocks = _graphable_blocks(model)
+        _check_optimizer(optimizer)
+        self._params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.device = _cuda_device(model)
+        self._order: list[RepeatedBlock] | None = None  # the blocks in call order
+        self._graphs: dict[tuple[int, ...], _Graph] = {}
+        self._pool: Any = None
+        self._stream: torch.cuda.Stream | None = None
+        self._static: tuple[Tensor, Tensor] | None = None
+        self._hyper: list[dict[str, object]] | None = None
+        self.eager_steps = 0
+        self.captures = 0
+
+    @property
+    def graphs(self) -> list[tuple[int, ...]]:
+        """The depths that have a graph: one tuple per graph, a depth per block, in call order."""
+        return list(self._graphs)
+
+    def reset(self) -> None:
+        """Forget every graph (and their memory); the next steps capture anew."""
+        self._graphs = {}
+        self._pool = None
+        self._hyper = None
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        """Run one training step on ``x`` and ``y``.
+
+        Args:
+            x: The input batch. After the first step, every call must give the same
+                shape and dtype (it is copied into the graphs' static input).
+            y: The target batch, likewise.
+
+        Returns:
+            This step's loss, a new detached tensor on the model's device.
+
+        Raises:
+            TypeError: ``x`` or ``y`` is not a tensor.
+            ValueError: The model is in eval mode, a ``RepeatedBlock`` is not called
+                exactly once per forward pass or is given a depth by the model, or
+                ``x`` or ``y`` differs in shape or dtype from the first step's.
+        """
+        if not self.model.training:
+            raise ValueError(
+                "CUDAGraphStep runs training steps, but the model is in eval mode: "
+                "call model.train()"
+            )
+        order = self._order
+        if order is None:
+            return self._first_step(x, y)
+        static_x, static_y = self._static_buffers(x, y)
+        if self._hyper is not None and self._hyper != _hyperparameters(self.optimizer):
+            self.reset()  # the graphs hold the old lr, momentum, ...: capture anew
+        depths = tuple([block._choice.one(None, training=True) for block in order])
+        graph = self._graphs.get(depths)
+        if graph is None and len(self._graphs) >= self.max_graphs:
+            return self._eager_step(x, y, depths)
+        with torch.cuda.device(self.device):  # replay launches on the current device's stream
+            static_x.copy_(x)
+            static_y.copy_(y)
+            if graph is None:
+                graph = self._capture(depths, static_x, static_y)
+            graph.graph.replay()
+        for param, grad in graph.grads:
+            param.grad = grad
+        return graph.loss.clone()
+
+    # ------------------------------------------------------------------ eager steps
+
+    def _run_eager(self, x: Tensor, y: Tensor) -> Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.model(x), y)
+        loss.backward()  # type: ignore[no-untyped-call]
+        _uncaptured_step(self.optimizer)
+        return loss.detach()
+
+    def _first_step(self, x: Tensor, y: Tensor) -> Tensor:
+        """An eager step that draws as eager training does and records the call order."""
+        self._static_buffers(x, y)
+        order: list[RepeatedBlock] = []
+
+        def record(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if _given_depth(args, kwargs) is not None:
+                raise ValueError(_given_depth_message(block))
+            order.append(block)  # type: ignore[arg-type]
+
+        handles = [b.register_forward_pre_hook(record, with_kwargs=True) for b in self._blocks]
+        try:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.loss_fn(self.model(x), y)
+        finally:
+            for handle in handles:
+                handle.remove()
+        _check_called_once(self._blocks, order)
+        loss.backward()  # type: ignore[no-untyped-call]
+        _uncaptured_step(self.optimizer)
+        self._order = order
+        self.eager_steps += 1
+        return loss.detach()
+
+    def _eager_step(self, x: Tensor, y: Tensor, depths: tuple[int, ...]) -> Tensor:
+        """A step at depths beyond the bound: eagerly, at the depths already drawn."""
+        with _forced_depths(self._order or [], depths):
+            loss = self._run_eager(x, y)
+        self.eager_steps += 1
+        return loss
+
+    # ------------------------------------------------------------------ capture
+
+    def _static_buffers(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        _check_tensors(x, y)
+        static = self._static
+        if static is None:
+            static = self._static = (
+                torch.empty_like(x, device=self.device),
+                torch.empty_like(y, device=self.device),
+            )
+        for name, given, kept in (("x", x, static[0]), ("y", y, static[1])):
+            if given.shape != kept.shape or given.dtype != kept.dtype:
+                raise ValueError(
+                    f"{name} must keep the shape and dtype of the first step's, "
+                    f"{tuple(kept.shape)} {kept.dtype}, since the CUDA graphs read it from a "
+                    f"static buffer; got {tuple(given.shape)} {given.dtype}"
+                )
+        return static
+
+    def _capture(self, depths: tuple[int, ...], static_x: Tensor, static_y: Tensor) -> _Graph:
+        """Warm up the step at ``depths`` on a side stream, restore, and capture it."""
+        order = self._order or []
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+            self._hyper = _hyperparameters(self.optimizer)
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+        stream = self._stream
+        params, optimizer = self._params, self.optimizer
+        # What the warm-up changes: parameters, buffers (running statistics), optimizer state.
+        tensors = [*params, *self.model.buffers()]
+        with torch.no_grad():
+            saved_tensors = [t.detach().clone() for t in tensors]
+            saved_state = {
+                id(p): {k: v.clone() if isinstance(v, Tensor) else v for k, v in s.items()}
+                for p, s in optimizer.state.items()
+            }
+        current = torch.cuda.current_stream(self.device)
+        with _forced_depths(order, depths):
+            try:
+                stream.wait_stream(current)
+                with torch.cuda.stream(stream):
+                    for _ in range(_WARMUP_STEPS):
+                        self._run_eager(static_x, static_y)
+                current.wait_stream(stream)
+            finally:
+                _restore(tensors, saved_tensors, optimizer, saved_state)
+            graph = torch.cuda.CUDAGraph()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.cuda.graph(graph, pool=self._pool, stream=stream):
+                loss = self.loss_fn(self.model(static_x), static_y)
+                loss.backward()  # type: ignore[no-untyped-call]
+                optimizer.step()
+        captured = _Graph(graph, loss.detach(), [(p, p.grad) for p in params])
+        self._graphs[depths] = captured
+        self.captures += 1
+        return captured
+
+
+class _Graph:
+    """One captured step: the graph, its static loss and its parameters' gradients."""
+
+    __slots__ = ("grads", "graph", "loss")
+
+    def __init__(
+        self, graph: torch.cuda.CUDAGraph, loss: Tensor, grads: list[tuple[Tensor, Tensor | None]]
+    ) -> None:
+        self.graph, self.loss, self.grads = graph, loss, grads
+
+
+@contextmanager
+def _forced_depths(blocks: list[RepeatedBlock], depths: tuple[int, ...]) -> Iterator[None]:
+    """Make each block run at its given depth, its telemetry left as it was."""
+    saved = [(dict(block._choice.counts), block._choice.last) for block in blocks]
+    handles = [
+        block.register_forward_pre_hook(_force(depth), with_kwargs=True)
+        for block, depth in zip(blocks, depths, strict=True)
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for block, (counts, last) in zip(blocks, saved, strict=True):
+            block._choice.counts = counts
+            block._choice.last = last
+
+
+def _force(
+    depth: int,
+) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]]:
+    def hook(
+        block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if "depth" in kwargs:
+            return args, {**kwargs, "depth": depth}
+        return (args[0], depth, *args[2:]), kwargs
+
+    return hook
+
+
+def _uncaptured_step(optimizer: torch.optim.Optimizer) -> None:
+    """``optimizer.step()`` outside a graph, without torch's ``capturable=True`` warning.
+
+    Torch warns that uncaptured steps of a capturable optimizer are slower, for optimizers
+    that are never captured; the other steps of this one are captured.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "This instance was constructed with capturable=True")
+        optimizer.step()
+
+
+def _given_depth(args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
+    return kwargs.get("depth", args[1] if len(args) > 1 else None)
+
+
+def _given_depth_message(block: nn.Module) -> str:
+    return (
+        f"CUDAGraphStep draws every RepeatedBlock's depth itself, outside the graphs, but the "
+        f"model gave {type(block).__name__} a depth in its forward pass: let the block draw"
+    )
+
+
+def _check_called_once(blocks: list[RepeatedBlock], order: list[RepeatedBlock]) -> None:
+    for block in blocks:
+        calls = sum(1 for called in order if called is block)
+        if calls != 1:
+            raise ValueError(
+                f"CUDAGraphStep needs every RepeatedBlock called exactly once per forward pass "
+                f"(it draws each block's depth once, before replaying the step), but one was "
+                f"called {calls} times: {block.extra_repr()}"
+            )
+
+
+def _check_tensors(x: object, y: object) -> None:
+    for name, value in (("x", x), ("y", y)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {describe(value)}")
+
+
+def _graphable_blocks(model: nn.Module) -> list[RepeatedBlock]:
+    """The model's blocks, each refused unless it draws one depth per batch in skip mode."""
+    blocks = [m for m in model.modules() if isinstance(m, RepeatedBlock)]
+    for block in blocks:
+        problem = None
+        if block.mode != "skip":
+            problem = f"mode={block.mode!r}"
+        elif block.per_sample:
+            problem = "per_sample=True"
+        elif block.checkpoint is not False:
+            problem = f"checkpoint={block.checkpoint!r}"
+        elif any(isinstance(m, RepeatedBlock) for m in block.layer.modules()):
+            problem = "a RepeatedBlock inside its layer"
+        if problem is not None:
+            raise ValueError(
+                f"CUDAGraphStep captures one graph per depth of RepeatedBlocks in the default "
+                f"mode (mode='skip', one depth per batch, no checkpoint), but the model has one "
+                f"with {problem}"
+            )
+    return blocks
+
+
+def _check_optimizer(optimizer: torch.optim.Optimizer) -> None:
+    """Refuse an optimizer whose step cannot be captured, or not like eager's."""
+    name = type(optimizer).__name__
+    if isinstance(optimizer, torch.optim.SGD):
+        for group in optimizer.param_groups:
+            if group["momentum"] and group["dampening"]:
+                raise ValueError(
+                    f"optimizer: SGD with momentum and dampening={group['dampening']} starts its "
+                    f"momentum from the first gradient undamped, which a captured step does not "
+                    f"reproduce; CUDAGraphStep needs dampening=0"
+                )
+        return
+    if isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
+        if not all(group["capturable"] for group in optimizer.param_groups):
+            raise ValueError(
+                f"optimizer: {name} must be built with capturable=True to be captured in a "
+                f"CUDA graph (its step count then lives on the GPU), got capturable=False"
+            )
+        return
+    raise ValueError(
+        f"optimizer must be torch.optim.SGD, Adam or AdamW (whose steps CUDAGraphStep knows "
+        f"how to capture like eager ones), got {name}"
+    )
+
+
+def _cuda_device(model: nn.Module) -> torch.device:
+    devices = {p.device for p in model.parameters()}
+    if len(devices) == 1 and (device := next(iter(devices))).type == "cuda":
+        return device
+    where = ", ".join(sorted(str(d) for d in devices)) or "no parameters at all"
+    raise ValueError(
+        f"model must have its parameters on one CUDA device, since CUDA graphs record and "
+        f"replay GPU kernels; its parameters are on {where} (move it with model.to('cuda'))"
+    )
+
+
+def _hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict[str, object]]:
+    return [
+        {k: v for k, v in group.items() if k != "params" and not isinstance(v, Tensor)}
+        for group in optimizer.param_groups
+    ]
+
+
+def _restore(
+    tensors: list[Tensor],
+    saved_tensors: list[Tensor],
+    optimizer: torch.optim.Optimizer,
+    saved_state: dict[int, dict[str, Any]],
+) -> None:
+    """Undo the warm-up: tensors and old state copied back, new state zero-filled."""
+    with torch.no_grad():
+        for tensor, saved in zip(tensors, saved_tensors, strict=True):
+            tensor.copy_(saved)
+        for param, state in optimizer.state.items():
+            before = saved_state.get(id(param), {})
+            for key, value in state.items():
+                if not isinstance(value, Tensor):
+                    continue
+                if key in before:
+                    value.copy_(before[key])
+                else:
+                    value.zero_()
+    optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,493 @@
+"""`CUDAGraphStep` and ``train(cuda_graphs=True)``: a graph per depth, replayed like eager.
+
+The refusals (a CPU model, bad arguments, blocks and optimizers that cannot be captured)
+and the pieces that make a captured step equal an eager one (running a block at a given
+depth without touching its telemetry; undoing the warm-up, with the optimizer state it
+created zero-filled) are checked on the CPU. The equivalence of graph and eager training
+(the same depths, losses and weights within float32 rounding, ``.grad`` ``None`` at
+depth 0 as in eager training) needs a CUDA device: those tests use the ``cuda_device``
+fixture of tests/conftest.py, which skips them, saying why, on a machine without one.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from stochdepth import (
+    CUDAGraphStep,
+    DynamicNet,
+    FixedDepth,
+    RepeatedBlock,
+    SeededDepth,
+    UniformDepth,
+    train,
+)
+from stochdepth._cli import main
+from stochdepth.training._cuda_graphs import _forced_depths, _restore
+
+MSE = nn.MSELoss(reduction="sum")
+# float32 rounding: the graphs replay the eager step's kernels, but a library may pick
+# another algorithm under capture; what differs is rounding, compounded over the steps.
+CLOSE = {"rtol": 1e-4, "atol": 1e-5}
+
+
+def sgd(model: nn.Module, **options: Any) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, **options)
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_a_cpu_model_is_refused_in_one_line_saying_why() -> None:
+    model = DynamicNet(5, 4, 2)
+    with pytest.raises(ValueError, match="CUDA device") as caught:
+        CUDAGraphStep(model, sgd(model), MSE)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "CUDA graphs record and replay GPU kernels" in message
+    assert "parameters are on cpu" in message
+
+
+def test_a_model_without_parameters_is_refused() -> None:
+    model = nn.Sequential(RepeatedBlock(nn.ReLU(), FixedDepth(1)))
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    with pytest.raises(ValueError, match="no parameters at all"):
+        CUDAGraphStep(model, optimizer, MSE)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"model": "net"}, TypeError, "model must be a torch.nn.Module, got 'net' of type str"),
+        ({"optimizer": None}, TypeError, "optimizer must be a torch.optim.Optimizer, got None"),
+        ({"loss_fn": 3}, TypeError, "loss_fn must be callable"),
+        ({"max_graphs": 0}, ValueError, "max_graphs must be an int >= 1, got 0"),
+        ({"max_graphs": 2.5}, TypeError, "max_graphs"),
+    ],
+    ids=["model", "optimizer", "loss_fn", "max_graphs=0", "max_graphs=2.5"],
+)
+def test_bad_arguments_name_themselves(
+    arguments: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    model = DynamicNet(5, 4, 2)
+    given: dict[str, Any] = {"model": model, "optimizer": sgd(model), "loss_fn": MSE}
+    given.update(arguments)
+    max_graphs = given.pop("max_graphs", 16)
+    with pytest.raises(error, match=message):
+        CUDAGraphStep(given["model"], given["optimizer"], given["loss_fn"], max_graphs=max_graphs)
+
+
+@pytest.mark.parametrize(
+    ("block_options", "named"),
+    [
+        ({"mode": "masked"}, "mode='masked'"),
+        ({"per_sample": True}, "per_sample=True"),
+        ({"checkpoint": True}, "checkpoint=True"),
+        ({"checkpoint": 2}, "checkpoint=2"),
+    ],
+)
+def test_blocks_outside_the_default_mode_are_refused(
+    block_options: dict[str, Any], named: str
+) -> None:
+    layer = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    model = nn.Sequential(RepeatedBlock(layer, UniformDepth(0, 3), **block_options))
+    with pytest.raises(ValueError, match="default mode") as caught:
+        CUDAGraphStep(model, sgd(model), MSE)
+    assert named in str(caught.value)
+
+
+def test_a_block_inside_a_blocks_layer_is_refused() -> None:
+    inner = RepeatedBlock(nn.Linear(4, 4), UniformDepth(0, 2))
+    model = RepeatedBlock(nn.Sequential(inner, nn.ReLU()), UniformDepth(0, 2))
+    with pytest.raises(ValueError, match="a RepeatedBlock inside its layer"):
+        CUDAGraphStep(model, sgd(model), MSE)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda m: sgd(m, dampening=0.1), "dampening=0.1 .* needs dampening=0"),
+        (lambda m: torch.optim.Adam(m.parameters()), "Adam must be built with capturable=True"),
+        (lambda m: torch.optim.AdamW(m.parameters()), "AdamW must be built with capturable=True"),
+        (lambda m: torch.optim.Adagrad(m.parameters()), "SGD, Adam or AdamW .* got Adagrad"),
+    ],
+    ids=["sgd-dampening", "adam", "adamw", "adagrad"],
+)
+def test_optimizers_that_cannot_be_captured_like_eager_are_refused(
+    make: Callable[[nn.Module], torch.optim.Optimizer], message: str
+) -> None:
+    model = DynamicNet(5, 4, 2)
+    with pytest.raises(ValueError, match=message):
+        CUDAGraphStep(model, make(model), MSE)
+
+
+def test_sgd_without_momentum_and_capturable_adam_pass_the_optimizer_check() -> None:
+    # They get as far as the device check: only the CPU stops them here.
+    model = DynamicNet(5, 4, 2)
+    for optimizer in (
+        torch.optim.SGD(model.parameters(), lr=0.1, dampening=0.5),
+        torch.optim.Adam(model.parameters(), capturable=True),
+        torch.optim.AdamW(model.parameters(), capturable=True),
+    ):
+        with pytest.raises(ValueError, match="CUDA device"):
+            CUDAGraphStep(model, optimizer, MSE)
+
+
+def test_train_refuses_cuda_graphs_for_a_cpu_model() -> None:
+    x, y = torch.randn(8, 5), torch.randn(8, 2)
+    with pytest.raises(ValueError, match="one CUDA device, since CUDA graphs"):
+        train(DynamicNet(5, 4, 2), x, y, steps=2, log_every=None, cuda_graphs=True)
+
+
+def test_train_checks_the_cuda_graphs_flag() -> None:
+    x, y = torch.randn(8, 5), torch.randn(8, 2)
+    with pytest.raises(TypeError, match="cuda_graphs must be a bool"):
+        train(DynamicNet(5, 4, 2), x, y, steps=2, cuda_graphs="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cuda_graphs=True cannot be combined with distributed"):
+        train(DynamicNet(5, 4, 2), x, y, steps=2, cuda_graphs=True, distributed=True)
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="this machine has CUDA: --cuda-graphs trains here"
+)
+def test_the_command_line_refuses_cuda_graphs_without_cuda(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["train", "--cuda-graphs", "--steps", "2"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("stochdepth train: error: --cuda-graphs needs a CUDA device")
+
+
+def test_the_command_line_refuses_cuda_graphs_with_distributed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["train", "--cuda-graphs", "--distributed", "--steps", "2"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "stochdepth train: error: --cuda-graphs cannot be combined with --distributed yet\n"
+    )
+
+
+# --------------------------------------------------------------------------- the pieces, on the CPU
+
+
+def test_forced_depths_run_the_block_at_its_depth_and_leave_its_telemetry() -> None:
+    layer = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+    block = RepeatedBlock(layer, SeededDepth(0, 3, seed=0))
+    x = torch.randn(2, 4)
+    block(x)
+    histogram, last = block.depth_histogram, block.last_depth
+    state = block.sampler.state_dict()["generator_state"].clone()
+    with _forced_depths([block], (2,)):
+        got = block(x)
+        got_keyword = block(x, depth=None)
+    torch.testing.assert_close(got, layer(layer(x)), rtol=0, atol=0)
+    torch.testing.assert_close(got_keyword, got, rtol=0, atol=0)
+    assert block.depth_histogram == histogram
+    assert block.last_depth == last
+    assert torch.equal(block.sampler.state_dict()["generator_state"], state)  # no draw
+    block(x)  # the hook is gone: the block draws again
+    assert sum(block.depth_histogram.values()) == 2
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda m: torch.optim.SGD(m.parameters(), lr=1e-2, momentum=0.9),
+        lambda m: torch.optim.SGD(m.parameters(), lr=1e-2, momentum=0.9, nesterov=True),
+        lambda m: torch.optim.SGD(m.parameters(), lr=1e-2, momentum=0.9, weight_decay=0.1),
+        lambda m: torch.optim.Adam(m.parameters(), lr=1e-2),
+        lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2),
+    ],
+    ids=["sgd", "sgd-nesterov", "sgd-weight-decay", "adam", "adamw"],
+)
+def test_undoing_the_warm_up_gives_eager_training_bitwise(
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+) -> None:
+    # The warm-up before a capture takes real steps; afterwards the parameters are copied
+    # back and the optimizer state it created is zero-filled. Zero state must train
+    # exactly as no state (eager's first step), including the repeated layer that depth 0
+    # leaves without a gradient (SGD and Adam skip it, state or none).
+    torch.manual_seed(0)
+    eager = DynamicNet(6, 5, 3, sampler=FixedDepth(0))
+    graphed = copy.deepcopy(eager)
+    eager_opt, graphed_opt = make_optimizer(eager), make_optimizer(graphed)
+    x, y = torch.randn(4, 6), torch.randn(4, 3)
+
+    def step(model: DynamicNet, optimizer: torch.optim.Optimizer, depth: int) -> Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = MSE(model(x, depth), y)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    params = [p for group in graphed_opt.param_groups for p in group["params"]]
+    saved_params = [p.detach().clone() for p in params]
+    for depth in (2, 3, 2):  # the warm-up creates every parameter's state
+        step(graphed, graphed_opt, depth)
+    assert len(graphed_opt.state) == len(params)
+    _restore(params, saved_params, graphed_opt, {})
+    assert all(p.grad is None for p in params)
+    for a, b in zip(eager.parameters(), graphed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for depth in (0, 2, 0, 1, 3, 0, 2):
+        assert torch.equal(step(eager, eager_opt, depth), step(graphed, graphed_opt, depth))
+        for a, b in zip(eager.parameters(), graphed.parameters(), strict=True):
+            assert torch.equal(a, b)
+            assert (a.grad is None) == (b.grad is None)
+        assert (graphed.middle_linear.weight.grad is None) == (depth == 0)
+
+
+def test_undoing_the_warm_up_restores_state_that_existed_before() -> None:
+    model = DynamicNet(6, 5, 3, sampler=FixedDepth(1))
+    optimizer = sgd(model)
+    x, y = torch.randn(4, 6), torch.randn(4, 3)
+    MSE(model(x), y).backward()
+    optimizer.step()
+    params = list(model.parameters())
+    saved_params = [p.detach().clone() for p in params]
+    saved_state = {id(p): {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items()}
+    optimizer.zero_grad()
+    MSE(model(x), y).backward()
+    optimizer.step()
+    _restore(params, saved_params, optimizer, saved_state)
+    for param, saved in zip(params, saved_params, strict=True):
+        assert torch.equal(param, saved)
+        buffer = optimizer.state[param]["momentum_buffer"]
+        assert torch.equal(buffer, saved_state[id(param)]["momentum_buffer"])
+
+
+# --------------------------------------------------------------------------- on a CUDA device
+
+
+def eager_run(
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, steps: int
+) -> tuple[list[Tensor], list[object], list[list[Tensor | None]]]:
+    """The eager loop: losses, each step's depths, each step's gradients."""
+    losses, depths, grads = [], [], []
+    blocks = [m for m in model.modules() if isinstance(m, RepeatedBlock)]
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        loss = MSE(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+        depths.append(tuple(b.last_depth for b in blocks))
+        grads.append([None if p.grad is None else p.grad.clone() for p in model.parameters()])
+    return losses, depths, grads
+
+
+def graph_run(
+    step: CUDAGraphStep, x: Tensor, y: Tensor, steps: int
+) -> tuple[list[Tensor], list[object], list[list[Tensor | None]]]:
+    losses, depths, grads = [], [], []
+    blocks = [m for m in step.model.modules() if isinstance(m, RepeatedBlock)]
+    for _ in range(steps):
+        losses.append(step(x, y))
+        depths.append(tuple(b.last_depth for b in blocks))
+        grads.append([None if p.grad is None else p.grad.clone() for p in step.model.parameters()])
+    return losses, depths, grads
+
+
+def assert_same_training(
+    eager: tuple[list[Tensor], list[object], list[list[Tensor | None]]],
+    graphed: tuple[list[Tensor], list[object], list[list[Tensor | None]]],
+) -> None:
+    assert graphed[1] == eager[1], "the depth sequences differ"
+    torch.testing.assert_close(torch.stack(graphed[0]), torch.stack(eager[0]), **CLOSE)
+    for t, (got, want) in enumerate(zip(graphed[2], eager[2], strict=True)):
+        for index, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert (g is None) == (w is None), f"step {t}, parameter {index}: grad None in one"
+            if g is not None and w is not None:
+                scale = float(w.abs().max())
+                torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5 + 1e-4 * scale)
+
+
+def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(q, p, msg=name, **CLOSE)
+
+
+def article_data(device: torch.device, n: int = 64) -> tuple[Tensor, Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 1000, generator=generator)
+    y = torch.randn(n, 10, generator=generator)
+    return x.to(device), y.to(device)
+
+
+def test_graphs_train_like_eager_with_a_seeded_sampler(cuda_device: torch.device) -> None:
+    torch.manual_seed(0)
+    eager = DynamicNet(1000, 100, 10, sampler=SeededDepth(0, 3, seed=7)).to(cuda_device)
+    graphed = copy.deepcopy(eager)
+    x, y = article_data(cuda_device)
+    step = CUDAGraphStep(graphed, sgd(graphed), MSE)
+    want = eager_run(eager, sgd(eager), x, y, 60)
+    got = graph_run(step, x, y, 60)
+    assert_same_training(want, got)
+    assert_same_weights(eager, graphed)
+    assert {d for (d,) in got[1]} == {0, 1, 2, 3}
+    assert sorted(step.graphs) == [(0,), (1,), (2,), (3,)]
+    assert (step.captures, step.eager_steps) == (4, 1)
+    assert graphed.middle.depth_histogram == eager.middle.depth_histogram
+    # At depth 0 the repeated layer has no gradient, as in eager training.
+    zero = [t for t, (d,) in enumerate(got[1]) if d == 0]
+    assert zero
+    assert all(got[2][t][2] is None for t in zero)
+
+
+def test_the_article_model_trains_like_eager_through_train(cuda_device: torch.device) -> None:
+    # UniformDepth draws from Python's random, as the article's random.randint(0, 3).
+    torch.manual_seed(0)
+    eager = DynamicNet(1000, 100, 10).to(cuda_device)
+    graphed = copy.deepcopy(eager)
+    x, y = article_data(cuda_device)
+    random.seed(0)
+    want = train(eager, x, y, steps=80, log_every=20, file=io.StringIO())
+    random.seed(0)
+    printed = io.StringIO()
+    got = train(graphed, x, y, steps=80, log_every=20, file=printed, cuda_graphs=True)
+    assert [r.depth for r in got] == [r.depth for r in want]
+    torch.testing.assert_close(
+        torch.tensor([r.loss for r in got]), torch.tensor([r.loss for r in want]), **CLOSE
+    )
+    assert_same_weights(eager, graphed)
+    assert len(printed.getvalue().splitlines()) == 4
+
+
+def test_depths_beyond_the_bound_run_eagerly(cuda_device: torch.device) -> None:
+    torch.manual_seed(1)
+    eager = DynamicNet(1000, 100, 10, sampler=SeededDepth(0, 3, seed=3)).to(cuda_device)
+    graphed = copy.deepcopy(eager)
+    x, y = article_data(cuda_device)
+    step = CUDAGraphStep(graphed, sgd(graphed), MSE, max_graphs=2)
+    want = eager_run(eager, sgd(eager), x, y, 40)
+    got = graph_run(step, x, y, 40)
+    assert_same_training(want, got)
+    assert_same_weights(eager, graphed)
+    assert len(step.graphs) == 2
+    beyond = sum(1 for depths in got[1][1:] if depths not in step.graphs)
+    assert beyond > 0
+    assert step.eager_steps == 1 + beyond
+
+
+# Eager steps of a capturable Adam make torch warn that capturable=True slows them down.
+@pytest.mark.filterwarnings("ignore:This instance was constructed with capturable=True")
+def test_capturable_adam_trains_like_eager(cuda_device: torch.device) -> None:
+    torch.manual_seed(2)
+    eager = DynamicNet(1000, 100, 10, sampler=SeededDepth(0, 3, seed=5)).to(cuda_device)
+    graphed = copy.deepcopy(eager)
+    x, y = article_data(cuda_device)
+
+    def adam(model: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.Adam(model.parameters(), lr=1e-3, capturable=True)
+
+    want = eager_run(eager, adam(eager), x, y, 40)
+    got = graph_run(CUDAGraphStep(graphed, adam(graphed), MSE), x, y, 40)
+    assert_same_training(want, got)
+    assert_same_weights(eager, graphed)
+
+
+def test_running_statistics_advance_as_in_eager_training(cuda_device: torch.device) -> None:
+    # The warm-up before each capture runs forward passes: BatchNorm's running statistics
+    # must be restored after it, as the parameters are.
+    torch.manual_seed(5)
+    layer = nn.Sequential(nn.Linear(16, 16), nn.BatchNorm1d(16), nn.ReLU())
+    eager = nn.Sequential(
+        nn.Linear(8, 16), RepeatedBlock(layer, SeededDepth(0, 3, seed=2)), nn.Linear(16, 4)
+    ).to(cuda_device)
+    graphed = copy.deepcopy(eager)
+    x = torch.randn(32, 8, device=cuda_device)
+    y = torch.randn(32, 4, device=cuda_device)
+    want = eager_run(eager, sgd(eager), x, y, 30)
+    got = graph_run(CUDAGraphStep(graphed, sgd(graphed), MSE), x, y, 30)
+    assert_same_training(want, got)
+    assert_same_weights(eager, graphed)
+    for (name, a), b in zip(eager.named_buffers(), graphed.buffers(), strict=True):
+        torch.testing.assert_close(b, a, msg=name, **CLOSE)
+
+
+class TwoBlocks(nn.Module):
+    """Two blocks drawing from Python's random, called in the reverse of their order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = RepeatedBlock(nn.Sequential(nn.Linear(32, 32), nn.Tanh()), UniformDepth(0, 2))
+        self.second = RepeatedBlock(nn.Sequential(nn.Linear(32, 32), nn.ReLU()), UniformDepth(0, 3))
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.head(self.first(self.second(x)))
+        return out
+
+
+def test_blocks_draw_in_the_order_the_forward_pass_calls_them(cuda_device: torch.device) -> None:
+    torch.manual_seed(3)
+    eager = TwoBlocks().to(cuda_device)
+    graphed = copy.deepcopy(eager)
+    x = torch.randn(16, 32, device=cuda_device)
+    y = torch.randn(16, 4, device=cuda_device)
+    random.seed(4)
+    want = eager_run(eager, sgd(eager), x, y, 50)
+    random.seed(4)
+    step = CUDAGraphStep(graphed, sgd(graphed), MSE)
+    got = graph_run(step, x, y, 50)
+    assert_same_training(want, got)
+    assert_same_weights(eager, graphed)
+    assert all(len(key) == 2 for key in step.graphs)
+
+
+def test_a_changed_learning_rate_is_captured_anew(cuda_device: torch.device) -> None:
+    torch.manual_seed(4)
+    eager = DynamicNet(1000, 100, 10, sampler=SeededDepth(0, 3, seed=9)).to(cuda_device)
+    graphed = copy.deepcopy(eager)
+    x, y = article_data(cuda_device)
+    eager_opt, graphed_opt = sgd(eager), sgd(graphed)
+    step = CUDAGraphStep(graphed, graphed_opt, MSE)
+    want = eager_run(eager, eager_opt, x, y, 20)
+    got = graph_run(step, x, y, 20)
+    captured = step.captures
+    for group in (*eager_opt.param_groups, *graphed_opt.param_groups):
+        group["lr"] = 5e-5
+    want2 = eager_run(eager, eager_opt, x, y, 20)
+    got2 = graph_run(step, x, y, 20)
+    assert_same_training(want, got)
+    assert_same_training(want2, got2)
+    assert_same_weights(eager, graphed)
+    assert step.captures > captured
+
+
+def test_inputs_must_keep_their_shape(cuda_device: torch.device) -> None:
+    model = DynamicNet(10, 8, 2, sampler=FixedDepth(1)).to(cuda_device)
+    step = CUDAGraphStep(model, sgd(model), MSE)
+    x, y = torch.randn(4, 10, device=cuda_device), torch.randn(4, 2, device=cuda_device)
+    step(x, y)
+    step(x, y)
+    with pytest.raises(ValueError, match=r"x must keep the shape and dtype .* \(4, 10\)"):
+        step(torch.randn(5, 10, device=cuda_device), torch.randn(5, 2, device=cuda_device))
+    model.eval()
+    with pytest.raises(ValueError, match="eval mode"):
+        step(x, y)
+
+
+def test_a_block_called_twice_is_refused(cuda_device: torch.device) -> None:
+    block = RepeatedBlock(nn.Sequential(nn.Linear(8, 8), nn.ReLU()), UniformDepth(0, 2))
+    model = nn.Sequential(block, block).to(cuda_device)
+    weight = block.layer[0].weight.detach().clone()
+    step = CUDAGraphStep(model, sgd(model), MSE)
+    x = torch.randn(4, 8, device=cuda_device)
+    with pytest.raises(ValueError, match=r"called exactly once per forward pass .* 2 times"):
+        step(x, x)
+    assert torch.equal(block.layer[0].weight, weight)  # refused before the optimizer step
