@@ -13,9 +13,11 @@ import stochdepth
 EXAMPLES: dict[str, Callable[[], BaseException]] = {
     "CheckpointError": lambda: stochdepth.CheckpointError("run.ckpt", "is truncated:\n  12 bytes"),
     "DepthMismatchError": lambda: stochdepth.DepthMismatchError("differ", [[1, 2], [1, 3]], 7),
+    "DropRulePluginError": lambda: stochdepth.DropRulePluginError("drop rule 'x' failed to load"),
     "NonFiniteError": lambda: stochdepth.NonFiniteError("loss is inf", step=3, loss=float("inf")),
     "SamplerPluginError": lambda: stochdepth.SamplerPluginError("sampler 'x' failed to load"),
     "SamplerPluginWarning": lambda: stochdepth.SamplerPluginWarning("plugin left out"),
+    "UnknownDropRuleError": lambda: stochdepth.UnknownDropRuleError("unknown drop rule 'y'"),
     "UnknownSamplerError": lambda: stochdepth.UnknownSamplerError("unknown sampler 'y'"),
 }
 

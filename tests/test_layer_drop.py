@@ -541,8 +541,17 @@ def test_the_registry_names_rules_and_suggests_the_closest() -> None:
         register_drop_rule("nested", BernoulliDrop)
 
 
-def test_a_registered_rule_is_used_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_registry, "_registered", {})
+@pytest.fixture
+def drop_rules() -> Iterator[None]:
+    """Give the test the drop-rule registrations of a fresh process, and put them back."""
+    registered = _registry.DROP_RULES.snapshot()
+    _registry.DROP_RULES.restore(_registry.BUILTIN_DROP_RULES)
+    yield
+    _registry.DROP_RULES.restore(registered)
+
+
+@pytest.mark.usefixtures("drop_rules")
+def test_a_registered_rule_is_used_by_name() -> None:
 
     class FirstOnly:
         def draw(self, drop_rates: Tensor, rows: int | None, generator: torch.Generator) -> Tensor:
@@ -562,6 +571,34 @@ def test_a_registered_rule_is_used_by_name(monkeypatch: pytest.MonkeyPatch) -> N
         unregister_drop_rule("first-only")
     with pytest.raises(ValueError, match="built-in drop rule and cannot be removed"):
         unregister_drop_rule("bernoulli")
+
+
+@pytest.mark.usefixtures("drop_rules")
+def test_drop_rule_errors_are_their_own_classes_and_keep_the_old_bases() -> None:
+    with pytest.raises(
+        stochdepth.UnknownDropRuleError, match=r"^unknown drop rule 'nestd'.*'nested'\?$"
+    ):
+        get_drop_rule("nestd")
+    assert issubclass(stochdepth.UnknownDropRuleError, ValueError)
+    assert issubclass(stochdepth.UnknownDropRuleError, LookupError)
+    assert issubclass(stochdepth.DropRulePluginError, LookupError)
+    register_drop_rule("mine", NestedDrop)
+    with pytest.raises(ValueError, match=r"already registered as 'mine'.*pass replace=True"):
+        register_drop_rule("mine", BernoulliDrop)
+    register_drop_rule("mine", BernoulliDrop, replace=True)
+    assert isinstance(get_drop_rule("mine"), BernoulliDrop)
+    with pytest.raises(TypeError, match=r"^register_drop_rule\('x'\) needs a DropRule factory"):
+        register_drop_rule("x", NestedDrop())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^name must be letters"):
+        register_drop_rule("-x", NestedDrop)
+    with pytest.raises(
+        stochdepth.UnknownDropRuleError,
+        match=r"no drop rule is registered as 'other'; the names registered in this process are: "
+        r"mine$",
+    ):
+        unregister_drop_rule("other")
+    with pytest.raises(ValueError, match="built-in drop rule and cannot be replaced"):
+        register_drop_rule("bernoulli", NestedDrop, replace=True)
 
 
 def test_plugins_come_from_the_entry_point_group(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -585,8 +622,9 @@ def test_plugins_come_from_the_entry_point_group(monkeypatch: pytest.MonkeyPatch
             names = available_drop_rules()
         assert "plugged" in names
         assert "broken" not in names
-        with pytest.raises(LookupError, match="failed to load: ModuleNotFoundError"):
+        with pytest.raises(LookupError, match="failed to load: ModuleNotFoundError") as info:
             get_drop_rule("broken")
+        assert isinstance(info.value, stochdepth.DropRulePluginError)
     finally:
         monkeypatch.undo()
         _registry.refresh_drop_rules()

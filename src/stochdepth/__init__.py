@@ -6,9 +6,11 @@ from ._distributed import SkippedLayerTie as SkippedLayerTie
 from ._distributed import check_depth_agreement as check_depth_agreement
 from ._errors import CheckpointError as CheckpointError
 from ._errors import DepthMismatchError as DepthMismatchError
+from ._errors import DropRulePluginError as DropRulePluginError
 from ._errors import NonFiniteError as NonFiniteError
 from ._errors import SamplerPluginError as SamplerPluginError
 from ._errors import SamplerPluginWarning as SamplerPluginWarning
+from ._errors import UnknownDropRuleError as UnknownDropRuleError
 from ._errors import UnknownSamplerError as UnknownSamplerError
 from ._model import DynamicNet as DynamicNet
 from ._version import __version__ as __version__
@@ -50,6 +52,7 @@ __all__ = [
     "DepthMismatchError",
     "DepthSampler",
     "DropRule",
+    "DropRulePluginError",
     "DynamicNet",
     "FixedDepth",
     "GeometricDepth",
@@ -65,6 +68,7 @@ __all__ = [
     "StepRecord",
     "TrainingHistory",
     "UniformDepth",
+    "UnknownDropRuleError",
     "UnknownSamplerError",
     "__version__",
     "available_drop_rules",

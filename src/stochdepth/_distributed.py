@@ -106,7 +106,7 @@ class BroadcastDepth:
             ValueError: It returned a negative depth.
         """
         depth = self._sampler.sample()
-        if not (dist.is_available() and dist.is_initialized()):
+        if not process_group_up():
             return depth
         if type(depth) is not int:
             depth = check_int("the wrapped sampler's depth", depth)
@@ -155,19 +155,25 @@ class BroadcastDepth:
         return f"BroadcastDepth({self._sampler!r}, src={self._src})"
 
 
-class _Tie(torch.autograd.Function):
+def process_group_up() -> bool:
+    """Whether a default ``torch.distributed`` process group is initialized."""
+    return dist.is_available() and dist.is_initialized()
+
+
+class ZeroGradTie(torch.autograd.Function):
     """Identity on ``x`` that makes ``params`` part of the graph with no gradient.
 
     Its backward returns ``None`` for the parameters: autograd still runs their
     gradient accumulators, so DDP's hooks fire and their bucket is reduced, but
-    nothing is accumulated (outside DDP their ``.grad`` stays ``None``).
+    nothing is accumulated (outside DDP their ``.grad`` stays ``None``). Used by
+    :class:`SkippedLayerTie` and by :class:`~stochdepth.LayerDropList`.
     """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, *params: Tensor) -> Tensor:
         ctx.parameter_count = len(params)
-        # A copy, not a view: an in-place op after the block (ReLU(inplace=True))
-        # may not modify a view returned by a custom Function.
+        # A copy, not a view: an in-place op after the block or list
+        # (ReLU(inplace=True)) may not modify a view returned by a custom Function.
         return x.clone()
 
     @staticmethod
@@ -254,7 +260,7 @@ class SkippedLayerTie:
             return None
         for parameter in params:
             self._tied[id(parameter)] = parameter
-        return _Tie.apply(output, *params)  # type: ignore[no-untyped-call]
+        return ZeroGradTie.apply(output, *params)  # type: ignore[no-untyped-call]
 
     def restore_skipped_grads(self) -> list[str]:
         """Set the gradients of the layers skipped since the last call back to ``None``.
@@ -383,7 +389,7 @@ def _raise_on_mismatch(depths: list[list[int]], step: int | None) -> None:
 
 
 def _require_process_group(what: str) -> None:
-    if not (dist.is_available() and dist.is_initialized()):
+    if not process_group_up():
         raise RuntimeError(
             f"{what} needs torch.distributed's default process group, and none is "
             f"initialized: call torch.distributed.init_process_group first (under torchrun, "

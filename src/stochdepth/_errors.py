@@ -28,10 +28,29 @@ class SamplerPluginError(RuntimeError):
 
 
 class SamplerPluginWarning(UserWarning):
-    """A sampler plugin was left out of the listing: it is broken or shadowed.
+    """A sampler or drop-rule plugin was left out of the listing: it is broken or shadowed.
 
-    Listing the samplers never fails because of a plugin; it warns with this
-    category, naming the entry point, and goes on.
+    Listing the samplers (or the drop rules) never fails because of a plugin; it
+    warns with this category, naming the entry point, and goes on.
+    """
+
+
+class UnknownDropRuleError(LookupError, ValueError):
+    """A drop-rule name is neither built in, registered, nor provided by a plugin.
+
+    The message lists the names that are available, and the closest one. It is a
+    ``ValueError`` too, as :func:`~stochdepth.get_drop_rule` and
+    :func:`~stochdepth.unregister_drop_rule` raised before it existed, and as an
+    unknown ``LayerDropList(..., rule=name)`` argument is.
+    """
+
+
+class DropRulePluginError(LookupError):
+    """A drop-rule plugin asked for by name failed to load or is not a rule factory.
+
+    The message names the plugin's entry point and its distribution. A drop-rule
+    plugin that is left out of :func:`~stochdepth.available_drop_rules` is warned
+    about with :class:`SamplerPluginWarning`, the one plugin warning.
     """
 
 

@@ -9,8 +9,8 @@ Three sources, looked up in this order:
    cached; :meth:`Registry.refresh` forgets the cache (after installing a package in a
    running process, say).
 
-The samplers use one (:data:`stochdepth.samplers._registry.SAMPLERS`); other plugin
-kinds build their own the same way.
+The samplers use one (:data:`stochdepth.samplers._registry.SAMPLERS`), the drop rules
+another (:data:`stochdepth.layer_drop._registry.DROP_RULES`).
 """
 
 from __future__ import annotations
@@ -86,6 +86,9 @@ class Registry(Generic[T]):
         builtins: The built-in factories by name, the one place they are listed.
         problem: Says why an object cannot be a factory of this kind, or ``None``.
         errors: The exception and warning classes to use.
+        fixed_builtins: Whether the built-ins can be neither replaced nor removed.
+        overwrite_keyword: The keyword that the kind's register function takes for
+            ``overwrite``, to name in messages.
     """
 
     def __init__(
@@ -97,12 +100,16 @@ class Registry(Generic[T]):
         builtins: Mapping[str, T],
         problem: Callable[[object], str | None],
         errors: Errors,
+        fixed_builtins: bool = False,
+        overwrite_keyword: str = "overwrite",
     ) -> None:
         self.kind = kind
         self.provides = provides
         self.group = group
         self.builtins: Mapping[str, T] = MappingProxyType(dict(builtins))
         self.errors = errors
+        self.fixed_builtins = fixed_builtins
+        self.overwrite_keyword = overwrite_keyword
         self._problem = problem
         self._lock = threading.RLock()
         self._registered: dict[str, T] = dict(builtins)
@@ -113,33 +120,42 @@ class Registry(Generic[T]):
 
         Raises:
             TypeError: ``factory`` cannot make this kind of object.
-            ValueError: ``name`` is taken and ``overwrite`` is false.
+            ValueError: ``name`` is taken and ``overwrite`` is false, or is a fixed
+                built-in.
         """
         why = self._problem(factory)
         if why is not None:
-            raise TypeError(
-                f"register_{self.kind}({name!r}) needs a {self.provides} factory: {why}"
-            )
+            function = f"register_{self.kind.replace(' ', '_')}"
+            raise TypeError(f"{function}({name!r}) needs a {self.provides} factory: {why}")
+        self._check_not_fixed(name, "replaced")
         with self._lock:
             if name in self._registered and not overwrite:
                 raise ValueError(
                     f"a {self.kind} is already registered as {name!r} "
-                    f"({self._registered[name]!r}); pass overwrite=True to replace it"
+                    f"({self._registered[name]!r}); pass {self.overwrite_keyword}=True "
+                    f"to replace it"
                 )
             self._registered[name] = factory
 
     def unregister(self, name: str) -> None:
-        """Remove a name registered in this process (built-ins included).
+        """Remove a name registered in this process (built-ins included, unless fixed).
 
         Raises:
             LookupError: Nothing is registered in this process as ``name`` (the
                 kind's ``unknown`` error).
+            ValueError: ``name`` is a fixed built-in.
         """
+        self._check_not_fixed(name, "removed")
         with self._lock:
             if self._registered.pop(name, None) is None:
+                removable = sorted(
+                    other
+                    for other in self._registered
+                    if not (self.fixed_builtins and other in self.builtins)
+                )
                 raise self.errors.unknown(
-                    f"no {self.kind} is registered as {name!r}; the registered "
-                    f"{self.kind}s are: {', '.join(sorted(self._registered)) or '(none)'}"
+                    f"no {self.kind} is registered as {name!r}; the names registered "
+                    f"in this process are: {', '.join(removable) or '(none)'}"
                 )
 
     def names(self) -> list[str]:
@@ -201,6 +217,10 @@ class Registry(Generic[T]):
         """Put back the registrations that :meth:`snapshot` returned."""
         with self._lock:
             self._registered = dict(snapshot)
+
+    def _check_not_fixed(self, name: str, verb: str) -> None:
+        if self.fixed_builtins and name in self.builtins:
+            raise ValueError(f"name {name!r} is a built-in {self.kind} and cannot be {verb}")
 
     def _discover(self) -> dict[str, _Plugin[T]]:
         """Find the group's entry points once (until refreshed), without importing them."""

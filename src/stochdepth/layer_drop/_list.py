@@ -9,12 +9,13 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor, nn
 
+from stochdepth._distributed import process_group_up
 from stochdepth._validation import check_bool, check_int, check_probability, describe
 from stochdepth.samplers._generator import check_seed
 
 from ._registry import get_drop_rule
 from ._rules import DropRule, check_keep, check_rule
-from ._tie import process_group_up, tie
+from ._tie import tie
 
 Mode = Literal["batch", "row"]
 """How a list draws: one draw per layer per forward pass, or one per layer and row."""

@@ -11,31 +11,9 @@ DDP's hooks fire and every bucket is reduced.
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
-
-class ZeroGradTie(torch.autograd.Function):
-    """Identity on ``x`` that makes ``params`` part of the graph with no gradient."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, *params: Tensor) -> Tensor:
-        ctx.parameter_count = len(params)
-        # A copy, not a view: an in-place op after the list (ReLU(inplace=True)) may
-        # not modify a view returned by a custom Function.
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx: Any, *grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
-        return (grad_outputs[0], *([None] * ctx.parameter_count))
-
-
-def process_group_up() -> bool:
-    """Whether a default ``torch.distributed`` process group is initialized."""
-    return dist.is_available() and dist.is_initialized()
+from stochdepth._distributed import ZeroGradTie
 
 
 def tie(h: Tensor, dropped: list[nn.Module], used: list[nn.Module]) -> Tensor:
