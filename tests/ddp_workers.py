@@ -181,10 +181,31 @@ def scenario_broadcast(rank: int) -> dict[str, Any]:
     return {"depths": history.depths, "identical": identical_across_ranks(model)}
 
 
+class SkipsItsLayer(nn.Module):
+    """A model of PyTorch alone that skips its middle layer on some steps (no stochdepth)."""
+
+    def __init__(self, skips: list[bool]) -> None:
+        super().__init__()
+        _, d_in, h, d_out = SIZES
+        self.first, self.middle, self.last = (
+            nn.Linear(d_in, h),
+            nn.Linear(h, h),
+            nn.Linear(h, d_out),
+        )
+        self.skips, self.calls = skips, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.first(x).clamp(min=0)
+        if not self.skips[self.calls]:
+            h = self.middle(h).clamp(min=0)
+        self.calls += 1
+        return self.last(h)
+
+
 def scenario_raw_ddp(rank: int) -> dict[str, Any]:
-    """Plain DDP, no tie, a depth-0 step: what PyTorch does (the documented finding)."""
+    """Plain DDP around a model that skips a layer by itself: what PyTorch does."""
     torch.manual_seed(SEED)
-    model = DynamicNet(*SIZES[1:], sampler=SequenceDepth([1, 0, 1]))
+    model = SkipsItsLayer([False, True, False])
     ddp = DistributedDataParallel(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     x, y = global_batch(SEED + rank)
@@ -192,7 +213,7 @@ def scenario_raw_ddp(rank: int) -> dict[str, Any]:
     for _ in range(2):
         optimizer.zero_grad()
         nn.functional.mse_loss(ddp(x), y, reduction="sum").backward()
-        grad = model.input_linear.weight.grad
+        grad = model.first.weight.grad
         assert grad is not None
         gathered = [torch.empty_like(grad) for _ in range(WORLD_SIZE)]
         dist.all_gather(gathered, grad.contiguous())
@@ -204,6 +225,73 @@ def scenario_raw_ddp(rank: int) -> dict[str, Any]:
     except RuntimeError as error:
         record["next_forward_error"] = str(error)
     return record
+
+
+PLAIN_LR, PLAIN_STEPS = 1e-3, 30
+
+
+def plain_model() -> DynamicNet:
+    torch.manual_seed(SEED)
+    return DynamicNet(*SIZES[1:], sampler=SeededDepth(0, 3, seed=SAMPLER_SEED))
+
+
+def plain_loop(rank: int, momentum: float, restore: bool) -> dict[str, Any]:
+    """A user's own loop around plain DDP: default arguments, nothing of stochdepth's added.
+
+    Each rank trains on its own half of the global batch, with the mean loss of its
+    half: DDP averages the gradients, so that the update is the single process's on
+    the whole batch with the mean loss (see plain_reference).
+    """
+    model = plain_model()
+    tie = SkippedLayerTie(model) if restore else None
+    ddp = DistributedDataParallel(model)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=PLAIN_LR, momentum=momentum)
+    x, y = (t.chunk(WORLD_SIZE)[rank] for t in global_batch())
+    middle = model.middle_linear.weight
+    depths, zero_grads = [], []
+    for _ in range(PLAIN_STEPS):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(ddp(x), y).backward()
+        if tie is not None:
+            tie.restore_skipped_grads()
+        depths.append(model.middle.last_depth)
+        if model.middle.last_depth == 0:
+            zero_grads.append(middle.grad is not None and not bool(middle.grad.any()))
+        optimizer.step()
+    if tie is not None:
+        tie.remove()
+    return {
+        "depths": depths,
+        "zero_grads": zero_grads,
+        "identical": identical_across_ranks(model),
+        "parameters": flat_parameters(model),
+    }
+
+
+def plain_reference(momentum: float) -> tuple[list[int], torch.Tensor]:
+    """The single-process run that plain_loop splits over two ranks."""
+    model = plain_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=PLAIN_LR, momentum=momentum)
+    x, y = global_batch()
+    depths = []
+    for _ in range(PLAIN_STEPS):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        depths.append(model.middle.last_depth)
+        optimizer.step()
+    return depths, flat_parameters(model)
+
+
+def scenario_plain_ddp(rank: int) -> dict[str, Any]:
+    return plain_loop(rank, momentum=0.9, restore=False)
+
+
+def scenario_plain_ddp_no_momentum(rank: int) -> dict[str, Any]:
+    return plain_loop(rank, momentum=0.0, restore=False)
+
+
+def scenario_plain_ddp_restored(rank: int) -> dict[str, Any]:
+    return plain_loop(rank, momentum=0.9, restore=True)
 
 
 def scenario_diverging(rank: int) -> dict[str, Any]:
@@ -276,6 +364,9 @@ SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
     "too_few_rows": scenario_too_few_rows,
     "diverging": scenario_diverging,
     "fsdp2": scenario_fsdp2,
+    "plain_ddp": scenario_plain_ddp,
+    "plain_ddp_no_momentum": scenario_plain_ddp_no_momentum,
+    "plain_ddp_restored": scenario_plain_ddp_restored,
     "raw_ddp": scenario_raw_ddp,  # last: it leaves a DDP reducer in a failed state
 }
 

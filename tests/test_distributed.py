@@ -149,6 +149,31 @@ def test_plain_ddp_at_depth_0_diverges_silently_then_fails(ranks: list[dict[str,
         )
 
 
+@pytest.mark.parametrize(
+    ("name", "momentum", "single_process"),
+    [
+        ("plain_ddp_no_momentum", 0.0, True),
+        ("plain_ddp_restored", 0.9, True),
+        ("plain_ddp", 0.9, False),  # zero grads at depth 0: momentum moves the skipped layer
+    ],
+)
+def test_plain_ddp_in_a_users_own_loop_trains_through_depth_0(
+    ranks: list[dict[str, Any]], name: str, momentum: float, single_process: bool
+) -> None:
+    depths, reference = ddp_workers.plain_reference(momentum)
+    assert 0 in depths
+    records = result(ranks, name)
+    for record in records:
+        assert record["identical"]
+        assert record["depths"] == depths
+        assert torch.equal(record["parameters"], records[0]["parameters"])
+        close = torch.allclose(record["parameters"], reference, rtol=RTOL, atol=ATOL)
+        assert close == single_process
+        # DDP writes zeros where one process leaves None; restore_skipped_grads undoes it
+        expected = [name != "plain_ddp_restored"] * depths.count(0)
+        assert record["zero_grads"] == expected
+
+
 def test_ranks_that_disagree_fail_together_with_a_clear_error(
     ranks: list[dict[str, Any]],
 ) -> None:
@@ -452,13 +477,13 @@ def test_the_tie_follows_per_row_depths_and_modes(
 
 
 def test_per_row_depths_are_not_compared_across_ranks() -> None:
-    from stochdepth._distributed import PER_ROW, _block_depths
+    from stochdepth._distributed import PER_ROW, block_depths
 
     model = nn.Sequential(RowDepthBlock(torch.tensor([1, 0, 3])), RepeatedBlock(nn.Linear(4, 4)))
-    assert _block_depths(model) == [-1, -1]  # neither has run
+    assert block_depths(model) == [-1, -1]  # neither has run
     model(torch.randn(3, 4))
-    assert _block_depths(model)[0] == PER_ROW
-    assert 0 <= _block_depths(model)[1] <= 3
+    assert block_depths(model)[0] == PER_ROW
+    assert 0 <= block_depths(model)[1] <= 3
 
 
 def test_remove_takes_the_hooks_away() -> None:

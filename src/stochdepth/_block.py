@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _repeats
+from ._tie import tie_skipped_layer
 from ._validation import check_int, describe
 from .samplers._builtin import UniformDepth
 from .samplers._draws import check_drawn, draw_batch, draw_one
@@ -209,6 +210,8 @@ class RepeatedBlock(nn.Module):
                 return x.view_as(x)
         else:
             depth = self._choose_depth(depth)
+        if not depth and self.training:  # DDP must see the skipped layer's parameters
+            return tie_skipped_layer(self.layer, x)
         layer = self.layer
         shape = x.shape  # every accepted output has it, so one Size object serves all repeats
         for repeat in range(depth):
@@ -276,6 +279,8 @@ class RepeatedBlock(nn.Module):
                 return x.view_as(x)  # as in forward: a frame without ops is skipped for good
         else:
             used = self._choose_depth(depth)
+        if not used and self.training:  # DDP must see the skipped layer's parameters
+            return tie_skipped_layer(self.layer, x)
         if not torch.is_grad_enabled():
             return _repeats.skip(self.layer, x, 0, used, used, self._shape_error)
         every = None if self._checkpoint is True else int(self._checkpoint)
@@ -362,7 +367,7 @@ class RepeatedBlock(nn.Module):
         """Per-row depths in skip mode: each repeat runs on the active rows only."""
         depths = self._choose_row_depths(_rows(x), depth)
         every = None if self._checkpoint is True else int(self._checkpoint)
-        return _repeats.per_row(
+        out = _repeats.per_row(
             self.layer,
             x,
             depths,
@@ -370,6 +375,8 @@ class RepeatedBlock(nn.Module):
             checkpointed=self._checkpoint is not False,
             checkpoint_every=every,
         )
+        # every row skipped the layer: DDP must see its parameters
+        return tie_skipped_layer(self.layer, x) if out is x and self.training else out
 
     # Data-dependent row counts: run eagerly inside a compiled model (one graph break).
     _per_row_outside_graph = _repeats.outside_graph(_per_row)

@@ -8,6 +8,7 @@ import inspect
 import math
 import os
 import random
+import secrets
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ from ._version import __version__
 from .samplers._protocol import DepthSampler
 from .samplers._registry import BUILTIN_SAMPLERS, available_samplers, get_sampler, lookup_sampler
 from .training import _launch
-from .training._checkpoint import CheckpointError
+from .training._checkpoint import CheckpointError, load_checkpoint
 from .training._finite import NonFiniteError
 from .training._trainer import train
 
@@ -31,6 +32,7 @@ EXIT_USAGE = 2
 EXIT_DIVERGED = 1  # the loss became NaN or infinite
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 _MAX_SEED = 2**64 - 1  # torch.manual_seed takes no more
+_DRAWN_SEEDS = 2**32  # a drawn seed is below this: short enough to type again
 
 
 class _Parser(argparse.ArgumentParser):
@@ -141,7 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed",
         type=_int_in(0, _MAX_SEED),
         metavar="N",
-        help="seed torch and Python's random with N first (default: unseeded)",
+        help=(
+            "seed torch and Python's random with N first (default: unseeded; with "
+            "--checkpoint, a seed is drawn and printed on stderr)"
+        ),
     )
     run.add_argument("--steps", type=_int_in(0), default=500, metavar="N", help="default: 500")
     run.add_argument(
@@ -187,9 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_path,
         metavar="PATH",
         help=(
-            "save the run to PATH at the start and the end, and every N steps with "
-            "--checkpoint-every N; needs --seed, from which the data are made; a new run "
-            "does not overwrite PATH"
+            "save the run and its seed to PATH at the start and the end, and every N "
+            "steps with --checkpoint-every N; a new run does not overwrite PATH"
         ),
     )
     run.add_argument(
@@ -203,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help=(
-            "continue from --checkpoint PATH exactly where it stopped; --seed, --lr, "
-            "--momentum and --sampler must be the saved run's, --steps may be larger"
+            "continue from --checkpoint PATH exactly where it stopped, with its seed; "
+            "--lr, --momentum and --sampler must be the saved run's, --steps may be larger"
         ),
     )
     run.add_argument(
@@ -262,12 +266,40 @@ def _samplers() -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    device = _launch.start(args.backend) if args.distributed else torch.device("cpu")
-    if args.distributed:  # every rank seeds torch and random alike: same data, same depths
-        args.seed = _launch.shared_seed(args.seed, device)
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
-        random.seed(args.seed)
+    try:
+        device = _launch.start(args.backend) if args.distributed else torch.device("cpu")
+        seed = _run_seed(args, device)
+        if seed is not None:
+            torch.manual_seed(seed)
+            random.seed(seed)
+        model, x, y = _article_run(args, device)
+        history = train(
+            model,
+            x,
+            y,
+            steps=args.steps,
+            lr=args.lr,
+            momentum=args.momentum,
+            log_every=args.log_every,
+            progress=args.progress,
+            checkpoint=args.checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+            distributed=args.distributed,
+            seed=seed if args.checkpoint is not None else None,
+        )
+        if args.summary and _launch.is_main():
+            _say(history.summary())
+        if args.digest:
+            _say(_launch.digest_line(model))
+    finally:
+        _launch.stop()
+
+
+def _article_run(
+    args: argparse.Namespace, device: torch.device
+) -> tuple[DynamicNet, torch.Tensor, torch.Tensor]:
+    """The article's data and model, made from torch's (seeded) generator, on ``device``."""
     N, D_in, H, D_out = 64, 1000, 100, 10  # noqa: N806 - the article's names
     x = torch.randn(N, D_in)
     y = torch.randn(N, D_out)
@@ -277,25 +309,46 @@ def _train(args: argparse.Namespace) -> None:
         model.middle.sampler = BroadcastDepth(model.middle.sampler)
     if device.type != "cpu":
         model, x, y = model.to(device), x.to(device), y.to(device)
-    history = train(
-        model,
-        x,
-        y,
-        steps=args.steps,
-        lr=args.lr,
-        momentum=args.momentum,
-        log_every=args.log_every,
-        progress=args.progress,
-        checkpoint=args.checkpoint,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-        distributed=args.distributed,
-    )
-    if args.summary and _launch.is_main():
-        print(f"{PROG} train: {history.summary()}", file=sys.stderr)
-    if args.digest:
-        print(f"{PROG} train: {_launch.digest_line(model)}", file=sys.stderr)
-    _launch.stop()
+    return model, x, y
+
+
+def _run_seed(args: argparse.Namespace, device: torch.device) -> int | None:
+    """The run's seed: ``--seed``, the checkpoint's on ``--resume``, or one drawn.
+
+    A run with ``--checkpoint`` always has a seed, stored in the checkpoint, so that
+    ``--resume`` can make the same data; a distributed run always has one, rank 0's,
+    so that every rank makes the same data and draws the same depths.
+    """
+    seed: int | None = args.seed
+    drawn = False
+    if seed is None and args.checkpoint is not None and args.resume:
+        seed = _launch.from_rank_0(lambda: _checkpoint_seed(args.checkpoint), device)
+    elif seed is None and (args.checkpoint is not None or args.distributed):
+        seed, drawn = _launch.from_rank_0(_draw_seed, device), True
+    if drawn and args.checkpoint is not None and _launch.is_main():
+        _say(f"seed {seed} drawn; --seed {seed} repeats this run")
+    return seed
+
+
+def _draw_seed() -> int:
+    return secrets.randbelow(_DRAWN_SEEDS)
+
+
+def _checkpoint_seed(path: str) -> int:
+    seed = load_checkpoint(path).run.get("seed")
+    if not isinstance(seed, int):
+        raise CheckpointError(
+            path,
+            "holds no seed (train() saved it without seed=...): give --seed, the seed "
+            "its data were made from",
+        )
+    return seed
+
+
+def _say(line: str) -> None:
+    """Write ``stochdepth train: LINE`` on stderr in one call, so that ranks' lines stay whole."""
+    sys.stderr.write(f"{PROG} train: {line}\n")
+    sys.stderr.flush()
 
 
 def _check_checkpoint_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -305,11 +358,6 @@ def _check_checkpoint_options(parser: argparse.ArgumentParser, args: argparse.Na
             problem = "--checkpoint-every needs --checkpoint PATH"
         elif args.resume:
             problem = "--resume needs --checkpoint PATH"
-    elif args.seed is None:
-        problem = (
-            "--checkpoint needs --seed: the data are made from the seed, and a resumed run "
-            "must make the same data"
-        )
     elif args.distributed:
         problem = "--checkpoint cannot be combined with --distributed yet"
     if problem is not None:

@@ -94,8 +94,10 @@ class Checkpoint:
             was not used).
         run: What a resumed run must match: ``lr`` and ``momentum``, ``data``
             (shape, dtype and SHA-256 of ``x`` and ``y``) and ``samplers`` (each
-            block's sampler, by the block's name); and ``steps``, the saved run's
-            target, which a resumed run may raise.
+            block's sampler, by the block's name); ``steps``, the saved run's
+            target, which a resumed run may raise; and ``seed``, the seed the run's
+            data and weights were made from (``train(seed=...)``, the command line's
+            ``--seed`` or the seed it drew), or ``None``.
         versions: The format version and the stochdepth and torch versions that
             wrote it.
     """
@@ -480,9 +482,10 @@ class Checkpointer:
         _check_model_shape(path, loaded.model_state, model.state_dict())
         saved, here = loaded.run, self.run
         differ = []
-        for key in ("lr", "momentum"):
-            if saved.get(key) != here[key]:
-                differ.append(f"{key}={here[key]!r} (the checkpoint's: {saved.get(key)!r})")
+        for key in ("lr", "momentum", "seed"):
+            theirs, ours = saved.get(key), here[key]
+            if theirs != ours and not (key == "seed" and None in (theirs, ours)):
+                differ.append(f"{key}={ours!r} here, {theirs!r} there")
         for key in ("x", "y"):
             theirs, ours = saved.get("data", {}).get(key), here["data"][key]
             if theirs != ours:
@@ -490,11 +493,11 @@ class Checkpointer:
         theirs_samplers, our_samplers = saved.get("samplers"), here["samplers"]
         if theirs_samplers != our_samplers:
             differ.append(
-                f"the samplers are {_samplers_text(our_samplers)} (the checkpoint's: "
-                f"{_samplers_text(theirs_samplers)})"
+                f"the samplers are {_samplers_text(our_samplers)} here, "
+                f"{_samplers_text(theirs_samplers)} there"
             )
         if differ:
-            raise CheckpointError(path, f"was saved by another run; this run's {'; '.join(differ)}")
+            raise CheckpointError(path, f"was saved by another run: {'; '.join(differ)}")
         if loaded.step > steps:
             raise CheckpointError(
                 path, f"is at step {loaded.step}, beyond this run's steps={steps}"

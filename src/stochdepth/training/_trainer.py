@@ -10,9 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from stochdepth._block import RepeatedBlock, check_within_limit
-from stochdepth._distributed import DistributedRun
 from stochdepth._validation import check_bool, check_int, check_real, check_stream, describe
 from stochdepth.samplers._protocol import DepthSampler, check_sampler, has_set_step
+from stochdepth.training._distributed_run import DistributedRun
 
 from ._checkpoint import make_checkpointer
 from ._finite import check_fits, check_losses
@@ -39,6 +39,7 @@ def train(
     checkpoint_every: int | None = None,
     resume: bool = False,
     distributed: bool = False,
+    seed: int | None = None,
 ) -> TrainingHistory:
     """Train ``model`` to map ``x`` to ``y`` with the article's loop.
 
@@ -86,6 +87,11 @@ def train(
             and keeps their single-process semantics, and every step checks that the
             ranks drew the same depths (:class:`~stochdepth.DepthMismatchError`
             otherwise). Only rank 0 prints; every rank returns the same history.
+        seed: The seed that made this run's data, weights and random states, if the
+            caller seeded them with one (the command line's ``--seed``, given or
+            drawn): it is stored in the checkpoint (``Checkpoint.run["seed"]``) so
+            that a resumed run can make them again, and a resumed run with another
+            seed is refused. ``train`` itself seeds nothing.
 
     Returns:
         One :class:`StepRecord` per step, ``(step, loss, depth)``, in a
@@ -134,8 +140,9 @@ def train(
             "checkpoint cannot be combined with distributed=True yet: every rank would "
             "write the same file; train distributed without checkpoint"
         )
+    seed = None if seed is None else check_int("seed", seed)
     checkpointer = make_checkpointer(
-        checkpoint, checkpoint_every, resume, x, y, lr=lr, momentum=momentum, steps=steps
+        checkpoint, checkpoint_every, resume, x, y, lr=lr, momentum=momentum, steps=steps, seed=seed
     )
     blocks = [module for module in model.modules() if isinstance(module, RepeatedBlock)]
     if sampler is not None:
