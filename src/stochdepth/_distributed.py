@@ -6,16 +6,16 @@ Three pieces, usable in any ``DistributedDataParallel`` loop and put together by
 - :class:`BroadcastDepth` wraps any sampler so that rank 0's draw is every rank's depth.
 - :func:`check_depth_agreement` gathers every rank's depths and raises
   :class:`DepthMismatchError`, naming the ranks and their depths, when they differ.
-- :class:`SkippedLayerTie` connects a :class:`~stochdepth.RepeatedBlock`'s layer to
-  the graph on depth-0 steps, so that DDP with its default
-  ``find_unused_parameters=False`` neither fails nor hangs, and then gives those
-  parameters back the ``None`` gradient that single-process training leaves them.
+- :class:`SkippedLayerTie` gives the layers that a step skipped back the ``None``
+  gradient that single-process training leaves them (DDP writes zeros).
 
-Without the tie, PyTorch 2.13's DDP (gloo) reduces nothing on a depth-0 step, since the
-bucket that holds the shared layer never becomes ready: every rank steps its optimizer
-with its own unreduced gradients (the replicas silently diverge) and the next forward
-pass raises "Expected to have finished reduction in the prior iteration before
-starting a new one".
+A :class:`~stochdepth.RepeatedBlock` needs none of them to run under DDP with its
+default ``find_unused_parameters=False``: inside a DDP forward pass, a training block
+that skips its layer ties the layer's parameters into its output with no gradient
+(``stochdepth._tie``), so that DDP reduces their bucket. Without that, PyTorch 2.13's
+DDP (gloo) reduces nothing on such a step: every rank steps with its own unreduced
+gradients and the next forward pass raises "Expected to have finished reduction in the
+prior iteration before starting a new one".
 """
 
 from __future__ import annotations
@@ -180,18 +180,16 @@ class BroadcastDepth:
 
 
 class SkippedLayerTie:
-    """Lets DDP train a model whose :class:`~stochdepth.RepeatedBlock` may run at depth 0.
+    """Gives the layers a DDP step skipped their single-process ``None`` gradient back.
 
     At depth 0 a block skips its layer, whose parameters then take no part in the
-    loss. ``DistributedDataParallel`` with its default ``find_unused_parameters=False``
-    waits for their gradients, reduces nothing that step, and fails on the next
-    forward pass ("Expected to have finished reduction in the prior iteration...").
-    This tie registers a forward hook on every block of ``model``: on a training-mode
-    forward pass at depth 0 (with gradients enabled), it passes the block's output
-    through an identity that lists the layer's parameters as inputs and gives them no
-    gradient. DDP's hooks then fire for them as for any used parameter, and their
-    bucket is reduced; at depths above 0 the hook does nothing but note that the block
-    ran. The cost at depth 0 is one copy of the block's output.
+    loss. Inside a ``DistributedDataParallel`` forward pass the block ties them into
+    its output with no gradient, so that DDP reduces their bucket (without it, DDP
+    fails on the next forward pass). This tie registers a forward hook on every block
+    of ``model`` that notes, on a training-mode forward pass at depth 0 (with
+    gradients enabled), which parameters were skipped, and ties them itself when the
+    block did not (outside a DDP forward pass: a DDP of your own making); at depths
+    above 0 it only notes that the block ran.
 
     DDP writes zeros into the ``.grad`` of parameters that it reduced without a
     gradient, where single-process training leaves ``.grad`` at ``None`` (after
