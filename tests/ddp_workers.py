@@ -22,10 +22,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from stochdepth import (
+    BernoulliDepth,
     BroadcastDepth,
     DepthMismatchError,
     DynamicNet,
     FixedDepth,
+    RepeatedBlock,
     SeededDepth,
     SkippedLayerTie,
     UniformDepth,
@@ -354,6 +356,95 @@ def scenario_fsdp2(rank: int) -> dict[str, Any]:
     return {"grad_none": grad_none, "parameters": torch.cat([p.reshape(-1) for p in full])}
 
 
+def per_sample_model() -> nn.Module:
+    """A model whose block draws a depth per row: mostly 0, so a rank's rows are often all 0."""
+    torch.manual_seed(SEED)
+    _, d_in, h, d_out = SIZES
+    block = RepeatedBlock(
+        nn.Sequential(nn.Linear(h, h), nn.ReLU()),
+        BernoulliDepth(max_depth=2, p=0.1, seed=SAMPLER_SEED),
+        per_sample=True,
+    )
+    return nn.Sequential(nn.Linear(d_in, h), nn.ReLU(), block, nn.Linear(h, d_out))
+
+
+def row_depths(model: nn.Module) -> torch.Tensor:
+    block = model[2]
+    assert isinstance(block.last_depth, torch.Tensor)
+    return block.last_depth
+
+
+def scenario_per_sample(rank: int) -> dict[str, Any]:
+    """train(distributed=True) with per_sample=True: each rank its rows' share of one draw."""
+    x, y = global_batch()
+    model = per_sample_model()
+    rows = []
+    handle = model[2].register_forward_hook(lambda *_: rows.append(row_depths(model).clone()))
+    history = train(model, x, y, steps=STEPS, log_every=None, distributed=True)
+    handle.remove()
+    gathered = [None] * WORLD_SIZE
+    dist.all_gather_object(gathered, rows)
+    return {
+        "losses": [record.loss for record in history],
+        "depths": history.depths,
+        "rows": [torch.cat(step) for step in zip(*gathered, strict=True)],
+        "parameters": flat_parameters(model),
+        "identical": identical_across_ranks(model),
+    }
+
+
+CHECKPOINT_DIR: list[Path] = []  # set by run_scenarios: a folder that every rank sees
+
+
+def scenario_checkpoint(rank: int) -> dict[str, Any]:
+    """train(distributed=True, checkpoint=...): stopped at step 17, resumed to STEPS."""
+    folder = CHECKPOINT_DIR[0]
+    x, y = global_batch()
+
+    def model() -> DynamicNet:
+        torch.manual_seed(SEED)
+        return DynamicNet(*SIZES[1:], sampler=SeededDepth(0, 3, seed=SAMPLER_SEED))
+
+    straight = model()
+    expected = train(
+        straight,
+        x,
+        y,
+        steps=STEPS,
+        log_every=None,
+        distributed=True,
+        checkpoint=folder / "straight.ckpt",
+    )
+    train(
+        model(),
+        x,
+        y,
+        steps=17,
+        log_every=None,
+        distributed=True,
+        checkpoint=folder / "run.ckpt",
+        checkpoint_every=5,
+    )
+    resumed = model()
+    history = train(
+        resumed,
+        x,
+        y,
+        steps=STEPS,
+        log_every=None,
+        distributed=True,
+        checkpoint=folder / "run.ckpt",
+        resume=True,
+    )
+    return {
+        "same_history": history == expected,
+        "same_parameters": torch.equal(flat_parameters(straight), flat_parameters(resumed)),
+        "identical": identical_across_ranks(resumed),
+        "files": sorted(path.name for path in folder.iterdir()),
+        "depths": history.depths,
+    }
+
+
 SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
     "train": scenario_train,
     "manual_loop": scenario_manual_loop,
@@ -364,6 +455,8 @@ SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
     "too_few_rows": scenario_too_few_rows,
     "diverging": scenario_diverging,
     "fsdp2": scenario_fsdp2,
+    "per_sample": scenario_per_sample,
+    "checkpoint": scenario_checkpoint,
     "plain_ddp": scenario_plain_ddp,
     "plain_ddp_no_momentum": scenario_plain_ddp_no_momentum,
     "plain_ddp_restored": scenario_plain_ddp_restored,
@@ -381,6 +474,7 @@ def run_scenarios(rank: int, init_file: str, out_dir: str) -> None:
         world_size=WORLD_SIZE,
         timeout=COLLECTIVE_TIMEOUT,
     )
+    CHECKPOINT_DIR.append(Path(out_dir))
     results: dict[str, Any] = {}
     try:
         for name, scenario in SCENARIOS.items():

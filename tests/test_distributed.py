@@ -238,14 +238,38 @@ def test_a_non_finite_loss_stops_every_rank_at_the_same_step(
     assert len(steps) == 1, records
 
 
-def test_per_sample_blocks_are_refused_under_distributed_training() -> None:
-    # Each rank would draw depths for its own rows only: not supported yet.
-    block = RepeatedBlock(nn.Linear(4, 4), SeededDepth(0, 2, seed=0), per_sample=True)
-    model = nn.Sequential(block)
-    with pytest.raises(
-        ValueError, match=r"^distributed=True does not support RepeatedBlock\(per_sample=True\)"
-    ):
-        train(model, torch.randn(4, 4), torch.randn(4, 4), distributed=True)
+def test_per_sample_distributed_training_equals_a_single_process(
+    ranks: list[dict[str, Any]],
+) -> None:
+    x, y = ddp_workers.global_batch()
+    model = ddp_workers.per_sample_model()
+    rows: list[torch.Tensor] = []
+    model[2].register_forward_hook(lambda *_: rows.append(ddp_workers.row_depths(model).clone()))
+    history = train(model, x, y, steps=ddp_workers.STEPS, log_every=None)
+    parameters = ddp_workers.flat_parameters(model)
+    half = x.shape[0] // 2
+    # some steps had one rank's rows all at depth 0 and the other's not: the tie's case
+    assert any(bool(r[:half].any()) != bool(r[half:].any()) for r in rows)
+    records = result(ranks, "per_sample")
+    for record in records:
+        assert record["identical"]
+        assert [torch.equal(a, b) for a, b in zip(record["rows"], rows, strict=True)] == [
+            True
+        ] * len(rows)
+        assert record["depths"] == history.depths
+        assert record["losses"] == records[0]["losses"]
+        assert record["losses"] == pytest.approx([r.loss for r in history], rel=RTOL)
+        assert torch.allclose(record["parameters"], parameters, rtol=RTOL, atol=ATOL)
+
+
+def test_distributed_checkpoints_resume_exactly(ranks: list[dict[str, Any]]) -> None:
+    for record in result(ranks, "checkpoint"):
+        assert record["same_history"]
+        assert record["same_parameters"]
+        assert record["identical"]
+        assert 0 in record["depths"]
+        assert [f for f in record["files"] if f.endswith("ckpt")] == ["run.ckpt", "straight.ckpt"]
+        assert not [f for f in record["files"] if ".tmp-" in f]
 
 
 # --- torchrun and the command line -----------------------------------------------------------
@@ -538,23 +562,3 @@ def test_the_distributed_names_are_public() -> None:
     assert "check_depth_agreement" in stochdepth.__all__
     assert issubclass(stochdepth.DepthMismatchError, RuntimeError)
     assert Path(ddp_workers.__file__).parent == Path(__file__).parent
-
-
-def test_checkpoints_and_distributed_training_are_refused_together(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # Not supported yet: every rank would write the same file.
-    path = tmp_path / "run.ckpt"
-    model = stochdepth.DynamicNet(4, 3, 2)
-    with pytest.raises(ValueError, match=r"^checkpoint cannot be combined with distributed=True"):
-        stochdepth.train(
-            model, torch.randn(4, 4), torch.randn(4, 2), distributed=True, checkpoint=path
-        )
-    with pytest.raises(SystemExit) as exit_:
-        main(["train", "--seed", "1", "--checkpoint", str(path), "--distributed"])
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert (
-        err == "stochdepth train: error: --checkpoint cannot be combined with --distributed yet\n"
-    )
-    assert not path.exists()

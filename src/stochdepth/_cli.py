@@ -358,8 +358,6 @@ def _check_checkpoint_options(parser: argparse.ArgumentParser, args: argparse.Na
             problem = "--checkpoint-every needs --checkpoint PATH"
         elif args.resume:
             problem = "--resume needs --checkpoint PATH"
-    elif args.distributed:
-        problem = "--checkpoint cannot be combined with --distributed yet"
     if problem is not None:
         parser.exit(EXIT_USAGE, f"{PROG} train: error: {problem}\n")
 

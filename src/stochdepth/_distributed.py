@@ -260,6 +260,19 @@ class SkippedLayerTie:
             return None
         return _tie.tie(output, params)
 
+    def note_ran(self, block: nn.Module) -> None:
+        """Count ``block``'s layer as used since the last restore (another rank ran it).
+
+        With ``per_sample=True`` each rank has its own rows, so a rank whose rows all
+        skipped the layer may receive, through DDP, the gradient of a rank whose rows
+        did not: that gradient must stay. ``train(distributed=True)`` calls this for
+        such blocks; in a loop of your own, gather the ranks' deepest rows first.
+
+        Args:
+            block: The block that ran its layer on some rank.
+        """
+        self._ran.add(id(block))
+
     def restore_skipped_grads(self) -> list[str]:
         """Set the gradients of the layers skipped since the last call back to ``None``.
 

@@ -26,7 +26,7 @@ import random
 import re
 import secrets
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -50,6 +50,7 @@ _TEMP_SUFFIX = re.compile(r"\.tmp-[0-9a-f]{8}\Z")
 _PAYLOAD_KEYS = ("step", "model", "optimizer", "rng", "history", "run", "versions")
 
 CheckpointPath = str | os.PathLike[str]
+OnRank0 = Callable[[Callable[[], bytes]], bytes]
 
 
 class CheckpointError(ValueError):
@@ -389,9 +390,14 @@ def make_checkpointer(
     resume: object,
     x: Tensor,
     y: Tensor,
+    *,
+    on_rank_0: OnRank0 | None = None,
     **run: Any,
 ) -> Checkpointer | None:
     """The trainer's checkpointer, or ``None`` without ``checkpoint``; checks the options.
+
+    ``on_rank_0`` runs a function on rank 0 alone and returns its bytes (or raises its
+    error) on every rank: given, only rank 0 touches the file.
 
     Raises:
         TypeError: An option has the wrong type.
@@ -405,11 +411,23 @@ def make_checkpointer(
         if resume is not False:
             raise ValueError(f"resume={resume!r} was given without checkpoint")
         return None
-    return Checkpointer(checkpoint, every=every, resume=resume, run=run, x=x, y=y)
+    return Checkpointer(
+        checkpoint, every=every, resume=resume, run=run, x=x, y=y, on_rank_0=on_rank_0
+    )
+
+
+def _here(function: Callable[[], bytes]) -> bytes:
+    """A single process's ``on_rank_0``: ``function()``."""
+    return function()
 
 
 class Checkpointer:
-    """The trainer's side of checkpoints: check, restore, and save every ``every`` steps."""
+    """The trainer's side of checkpoints: check, restore, and save every ``every`` steps.
+
+    In a distributed run every rank keeps one: rank 0 alone reads and writes the file
+    (through ``on_rank_0``), and every rank decodes what it read and checks the state
+    it would save, so that an error stops every rank at once.
+    """
 
     def __init__(
         self,
@@ -420,6 +438,7 @@ class Checkpointer:
         run: dict[str, Any],
         x: Tensor,
         y: Tensor,
+        on_rank_0: OnRank0 | None = None,
     ) -> None:
         self.path = _check_path(path)
         self.every = 0 if every is None else check_int("checkpoint_every", every)
@@ -429,12 +448,16 @@ class Checkpointer:
         self.run = {**run, "data": {"x": fingerprint(x), "y": fingerprint(y)}}
         self.saved_step: int | None = None
         self.loaded: Checkpoint | None = None
+        self._on_rank_0 = _here if on_rank_0 is None else on_rank_0
+        path = self.path
         if resume:
-            self.loaded = load_checkpoint(self.path)
+            data = self._on_rank_0(lambda: _read(path))
+            self.loaded = _checkpoint_from(path, _decode(path, data))
         else:
-            self._check_fresh()
+            self._on_rank_0(self._check_fresh)
 
-    def _check_fresh(self) -> None:
+    def _check_fresh(self) -> bytes:
+        """Refuse to start a new run over an existing file, or in a missing folder."""
         path = self.path
         if os.path.isdir(path):
             raise CheckpointError(path, "is a directory, not a file")
@@ -447,6 +470,7 @@ class Checkpointer:
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             raise CheckpointError(path, f"cannot be written: its folder {folder} does not exist")
+        return b""
 
     def start(
         self,
@@ -456,7 +480,7 @@ class Checkpointer:
         depths: list[int | None],
     ) -> int:
         """Restore the checkpoint (or save step 0 of a new run); return the first step."""
-        remove_stale_temp_files(self.path)
+        self._on_rank_0(self._remove_stale_temp_files)
         self.run["samplers"] = _samplers(model)
         loaded = self.loaded
         if loaded is None:
@@ -476,6 +500,10 @@ class Checkpointer:
         _restore_rng(self.path, loaded.rng_state)
         self.saved_step = loaded.step
         return loaded.step
+
+    def _remove_stale_temp_files(self) -> bytes:
+        remove_stale_temp_files(self.path)
+        return b""
 
     def _check_compatible(self, loaded: Checkpoint, model: nn.Module, steps: int) -> None:
         path = self.path
@@ -537,13 +565,17 @@ class Checkpointer:
             "run": self.run,
             "versions": _versions(),
         }
+        self._on_rank_0(lambda: self._write(payload))
+        self.saved_step = step
+
+    def _write(self, payload: Mapping[str, Any]) -> bytes:
         try:
             write_atomically(self.path, encode(payload))
         except OSError as error:  # a full disk, a missing folder, a name too long...
             raise CheckpointError(
                 self.path, f"cannot be written: {error.strerror or error}"
             ) from error
-        self.saved_step = step
+        return b""
 
 
 def _named_tensors(

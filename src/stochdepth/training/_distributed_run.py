@@ -6,8 +6,9 @@ Private to the trainer and the command line; the public DDP helpers are in
 
 from __future__ import annotations
 
+import contextlib
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -23,6 +24,8 @@ from stochdepth._distributed import (
     raise_on_mismatch,
     require_process_group,
 )
+from stochdepth.samplers._draws import draw_batch
+from stochdepth.samplers._protocol import DepthSampler, has_state
 
 from ._checkpoint import CheckpointError
 
@@ -45,10 +48,18 @@ class DistributedRun:
     """The distributed part of ``train(..., distributed=True)``; private to the trainer.
 
     On construction it takes rank 0's ``x``, ``y`` and sampler states, keeps this
-    rank's contiguous shard of the batch, ties the blocks' layers for depth 0, and
-    wraps the model in ``DistributedDataParallel`` (default arguments, and a
-    communication hook that sums the gradients: the loss is a sum over the global
-    batch, so the gradient must be too).
+    rank's contiguous shard of the batch, installs a :class:`SkippedLayerTie` (to give
+    skipped layers their ``None`` gradient back), and wraps the model in
+    ``DistributedDataParallel`` (default arguments, and a communication hook that sums
+    the gradients: the loss is a sum over the global batch, so the gradient must be
+    too).
+
+    Attributes:
+        global_x: Rank 0's ``x``, the whole batch (the checkpoint's data).
+        global_y: Rank 0's ``y``.
+        x: This rank's rows of ``global_x``.
+        y: This rank's rows of ``global_y``.
+        ddp: The model in ``DistributedDataParallel``.
     """
 
     def __init__(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
@@ -58,20 +69,14 @@ class DistributedRun:
         self.device = comm_device(None)
         # Rank 0's batch is every rank's: the other ranks' x and y are not read.
         x, y = _broadcast_tensor(x, self.device), _broadcast_tensor(y, self.device)
-        if x.ndim == 0 or x.shape[0] < self.world_size:
-            raise ValueError(
-                f"distributed=True splits the batch x along its first dimension across "
-                f"{self.world_size} ranks, so it needs at least {self.world_size} rows, "
-                f"got shape {tuple(x.shape)}"
-            )
-        if y.ndim == 0 or y.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"distributed=True splits x and y along their first dimension, so they "
-                f"need the same number of rows, got shapes {tuple(x.shape)} and "
-                f"{tuple(y.shape)}"
-            )
+        _check_batch(x, y, self.world_size)
+        self.global_x, self.global_y = x, y
         self.x = torch.tensor_split(x, self.world_size)[self.rank]
         self.y = torch.tensor_split(y, self.world_size)[self.rank]
+        rows = [
+            len(shard) for shard in torch.tensor_split(torch.arange(x.shape[0]), self.world_size)
+        ]
+        self.rows = (sum(rows[: self.rank]), sum(rows[: self.rank + 1]))
         _broadcast_sampler_states(model, self.device)
         self.tie = SkippedLayerTie(model)
         self.model = model
@@ -87,30 +92,147 @@ class DistributedRun:
         """Whether this rank logs: rank 0."""
         return self.rank == 0
 
-    def step_loss(self, loss: Tensor, step: int) -> Tensor:
-        """Check that the ranks agree on the depths; return the global batch's loss.
+    def step_loss(self, loss: Tensor, step: int) -> tuple[Tensor, int | None]:
+        """Check that the ranks agree on the depths; return the global batch's loss and depth.
 
-        One ``all_gather`` of ``[loss, depths...]`` per step, after the forward pass
-        and before ``backward()``.
+        One ``all_gather`` of ``[loss, depths..., repeats...]`` per step, after the
+        forward pass and before ``backward()``. The depth is the one a single process
+        records for the global batch: the sum over the blocks of their repeats, where a
+        block with a depth per row counts the deepest row of every rank's rows.
         """
+        blocks = [module for module in self.model.modules() if isinstance(module, RepeatedBlock)]
         depths = block_depths(self.model)
+        repeats = [repeats_applied(block.last_depth) for block in blocks]
         local = torch.cat(
             [
                 loss.detach().reshape(1).to(self.device, torch.float64),
-                torch.tensor(depths, dtype=torch.float64, device=self.device),
+                torch.tensor([*depths, *repeats], dtype=torch.float64, device=self.device),
             ]
         )
         gathered = [torch.empty_like(local) for _ in range(self.world_size)]
         dist.all_gather(gathered, local)
         table = torch.stack(gathered).cpu()
-        rows = table[:, 1:].long().tolist()
-        raise_on_mismatch(rows, step)
+        raise_on_mismatch(table[:, 1 : 1 + len(depths)].long().tolist(), step)
         # The ranks' losses, summed in rank order: the same float on every rank.
-        return table[:, 0].to(loss.dtype).sum().to(loss.device)
+        total = table[:, 0].to(loss.dtype).sum().to(loss.device)
+        deepest = table[:, 1 + len(depths) :].amax(dim=0).long().tolist() if blocks else []
+        for block, repeats_anywhere in zip(blocks, deepest, strict=True):
+            if repeats_anywhere:  # some rank's rows ran the layer: its gradient stays
+                self.tie.note_ran(block)
+        return total, (sum(deepest) if blocks else None)
+
+    def on_rank_0(self, function: Callable[[], bytes]) -> bytes:
+        """``function()`` run on rank 0 alone, its bytes (or its error) on every rank."""
+        return bytes_from_rank_0(function, self.device)
+
+    @contextlib.contextmanager
+    def rows_shared(self, blocks: list[RepeatedBlock]) -> Iterator[None]:
+        """Let every per-row block draw the global batch's depths and keep this rank's rows.
+
+        Every rank draws the depths of all the global batch's rows from the same
+        seeded state, then takes its own shard's rows, so that the rows get the depths
+        a single process gives them. The blocks' samplers are put back on exit.
+        """
+        saved = [(block, block.sampler) for block in blocks if block.per_sample]
+        total = self.global_x.shape[0]
+        try:
+            for block, sampler in saved:
+                block.sampler = row_shard(sampler, total, *self.rows)
+            yield
+        finally:
+            for block, sampler in saved:
+                block.sampler = sampler
 
     def close(self) -> None:
         """Remove the tie's hooks."""
         self.tie.remove()
+
+
+def repeats_applied(depth: int | Tensor | None) -> int:
+    """A block's last depth as an int: a per-row block counts its deepest row's repeats."""
+    if depth is None:
+        return 0
+    if isinstance(depth, Tensor):
+        return int(depth.max()) if depth.numel() else 0
+    return depth
+
+
+def _check_batch(x: Tensor, y: Tensor, world_size: int) -> None:
+    if x.ndim == 0 or x.shape[0] < world_size:
+        raise ValueError(
+            f"distributed=True splits the batch x along its first dimension across "
+            f"{world_size} ranks, so it needs at least {world_size} rows, "
+            f"got shape {tuple(x.shape)}"
+        )
+    if y.ndim == 0 or y.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"distributed=True splits x and y along their first dimension, so they "
+            f"need the same number of rows, got shapes {tuple(x.shape)} and "
+            f"{tuple(y.shape)}"
+        )
+
+
+class RowShard:
+    """A per-row block's sampler on one rank: the global batch's draws, this rank's rows.
+
+    Args:
+        sampler: The block's sampler.
+        total: The global batch's rows.
+        start: This rank's first row.
+        stop: One past this rank's last row.
+    """
+
+    def __init__(self, sampler: DepthSampler, total: int, start: int, stop: int) -> None:
+        self.sampler = sampler
+        self.total, self.start, self.stop = total, start, stop
+
+    @property
+    def min_depth(self) -> int:
+        """The sampler's ``min_depth``."""
+        return self.sampler.min_depth
+
+    @property
+    def max_depth(self) -> int:
+        """The sampler's ``max_depth``."""
+        return self.sampler.max_depth
+
+    def sample(self) -> int:
+        """The sampler's ``sample()``."""
+        return self.sampler.sample()
+
+    def sample_batch(self, n: int) -> Tensor:
+        """Draw the global batch's depths; return this rank's ``n`` rows of them."""
+        if n != self.stop - self.start:
+            raise ValueError(
+                f"distributed=True with per_sample=True draws the depths of the global "
+                f"batch's {self.total} rows and gives this rank rows {self.start} to "
+                f"{self.stop - 1}, but the block got {n} rows: a block with per_sample=True "
+                f"must see the model's input rows"
+            )
+        return draw_batch(self.sampler, self.total)[self.start : self.stop]
+
+    def __repr__(self) -> str:
+        return repr(self.sampler)
+
+
+class _StatefulRowShard(RowShard):
+    """A :class:`RowShard` whose sampler saves and restores state."""
+
+    sampler: Any
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's state."""
+        return dict(self.sampler.state_dict())
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the sampler's state."""
+        self.sampler.load_state_dict(state)
+
+
+def row_shard(sampler: DepthSampler, total: int, start: int, stop: int) -> RowShard:
+    """A :class:`RowShard` of ``sampler``, with ``state_dict`` when the sampler has one."""
+    kind = _StatefulRowShard if has_state(sampler) else RowShard
+    return kind(sampler, total, start, stop)
 
 
 # Dtypes that _broadcast_tensor sends by index (broadcast_object_list needs NumPy).
