@@ -8,8 +8,12 @@ collective in the workers also has a 30-second timeout.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import re
+import selectors
+import signal
 import subprocess
 import sys
 import time
@@ -302,6 +306,90 @@ def test_torchrun_trains_with_identical_parameters_on_both_ranks(
     assert [float(line.split()[1]) for line in lines] == pytest.approx(
         [float(line.split()[1]) for line in single], rel=RTOL
     )
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+TORCHRUN_ENV = {**QUIET_ENV, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+PARK = Path(__file__).with_name("park.py")
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [*TORCHRUN, "-m", "stochdepth", "train", "--distributed", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=TORCHRUN_ENV, timeout=300)
+
+
+def kill_job(pid: int) -> None:
+    """SIGKILL ``pid`` and every process it started (torchrun's ranks have their own sessions)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # it ended meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    job, todo = [], [pid]
+    while todo:
+        job.append(todo.pop())
+        todo.extend(children.get(job[-1], []))
+    for member in job:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)
+
+
+def torchrun_killed_at_step(step: int, *args: str) -> tuple[str, str]:
+    """Run the job, wait until both ranks park in ``step``, SIGKILL the whole job."""
+    command = [*TORCHRUN, str(PARK), "step", str(step), "--", "train", "--distributed", *args]
+    job = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=TORCHRUN_ENV,
+    )
+    assert job.stderr is not None
+    err = b""
+    deadline = time.monotonic() + 300
+    with selectors.DefaultSelector() as selector:
+        selector.register(job.stderr, selectors.EVENT_READ)
+        while err.count(b"PARKED\n") < 2:
+            left = deadline - time.monotonic()
+            chunk = os.read(job.stderr.fileno(), 4096) if selector.select(left) else b""
+            if not chunk or left <= 0:
+                kill_job(job.pid)
+                raise AssertionError(f"the ranks did not both park: {err!r}")
+            err += chunk
+    kill_job(job.pid)
+    out, rest = job.communicate(timeout=60)
+    return out.decode(), (err + rest).decode()
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/stat").exists(), reason="finds the job's processes in /proc"
+)
+def test_torchrun_with_a_checkpoint_resumes_exactly_after_a_sigkill_of_the_whole_job(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "c.ckpt"
+    args = ["--steps", "60", "--log-every", "5", "--checkpoint-every", "10"]
+    killed_out, killed_err = torchrun_killed_at_step(33, *args, "--checkpoint", str(path))
+    drawn = re.findall(
+        r"stochdepth train: seed (\d+) drawn; --seed \1 repeats this run", killed_err
+    )
+    assert len(drawn) == 1, killed_err  # rank 0 alone says it
+    assert stochdepth.load_checkpoint(path).step == 30
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+    resumed = torchrun(*args, "--checkpoint", str(path), "--resume")  # the seed from the file
+    assert resumed.returncode == 0, resumed.stderr
+    straight = torchrun(*args, "--checkpoint", str(tmp_path / "s.ckpt"), "--seed", drawn[0])
+    assert straight.returncode == 0, straight.stderr
+    before = [line for line in killed_out.splitlines() if int(line.split()[0]) < 30]
+    assert before + resumed.stdout.splitlines() == straight.stdout.splitlines()
+    assert resumed.stderr == straight.stderr  # the summary, once
+    a, b = stochdepth.load_checkpoint(path), stochdepth.load_checkpoint(tmp_path / "s.ckpt")
+    assert a.history == b.history
+    for key, value in a.model_state.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, b.model_state[key]), key
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="NCCL needs a CUDA device; none here")

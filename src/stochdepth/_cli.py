@@ -139,6 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
             "seeded the same way."
         ),
     )
+    _add_training_options(run)
+    _add_output_options(run)
+    _add_checkpoint_options(run)
+    _add_distributed_options(run)
+    commands.add_parser(
+        "samplers",
+        help="list the samplers --sampler takes: built-in, registered and from plugins",
+        description=(
+            "List the sampler names that --sampler takes, one per line with the first "
+            "line of its documentation: the built-in ones and those that installed "
+            "packages provide through the 'stochdepth.samplers' entry point."
+        ),
+    )
+    return parser
+
+
+def _add_training_options(run: argparse.ArgumentParser) -> None:
+    """``train``'s options of the run itself: seed, steps, log, optimizer, sampler."""
     run.add_argument(
         "--seed",
         type=_int_in(0, _MAX_SEED),
@@ -176,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
             "bernoulli:max_depth=6,p=0.8; any name that 'stochdepth samplers' lists"
         ),
     )
+
+
+def _add_output_options(run: argparse.ArgumentParser) -> None:
+    """``train``'s options of what it prints besides the log lines."""
     run.add_argument(
         "--summary",
         action=argparse.BooleanOptionalAction,
@@ -185,15 +207,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--progress",
         action="store_true",
-        help="draw a progress bar on stderr (needs tqdm: the 'progress' extra)",
+        help=(
+            "show the progress on stderr: a bar on a terminal, a plain line every "
+            "max(25, steps/10) steps otherwise (needs tqdm: the 'progress' extra)"
+        ),
     )
+
+
+def _add_checkpoint_options(run: argparse.ArgumentParser) -> None:
+    """``train``'s checkpoint options."""
     run.add_argument(
         "--checkpoint",
         type=_path,
         metavar="PATH",
         help=(
             "save the run and its seed to PATH at the start and the end, and every N "
-            "steps with --checkpoint-every N; a new run does not overwrite PATH"
+            "steps with --checkpoint-every N (with --distributed, rank 0 writes it); a new "
+            "run does not overwrite PATH"
         ),
     )
     run.add_argument(
@@ -211,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
             "--lr, --momentum and --sampler must be the saved run's, --steps may be larger"
         ),
     )
+
+
+def _add_distributed_options(run: argparse.ArgumentParser) -> None:
+    """``train``'s options for torchrun."""
     run.add_argument(
         "--distributed",
         action="store_true",
@@ -239,16 +273,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the SHA-256 of the final parameters on stderr (every rank prints its own)",
     )
-    commands.add_parser(
-        "samplers",
-        help="list the samplers --sampler takes: built-in, registered and from plugins",
-        description=(
-            "List the sampler names that --sampler takes, one per line with the first "
-            "line of its documentation: the built-in ones and those that installed "
-            "packages provide through the 'stochdepth.samplers' entry point."
-        ),
-    )
-    return parser
 
 
 def _samplers() -> None:
@@ -256,7 +280,7 @@ def _samplers() -> None:
         warnings.simplefilter("always")
         names = available_samplers()
     for warning in caught:
-        print(f"{PROG} samplers: warning: {warning.message}", file=sys.stderr)
+        _say(f"warning: {warning.message}", "samplers")
     width = max(map(len, names), default=0)
     for name in names:
         factory = lookup_sampler(name)
@@ -345,21 +369,25 @@ def _checkpoint_seed(path: str) -> int:
     return seed
 
 
-def _say(line: str) -> None:
-    """Write ``stochdepth train: LINE`` on stderr in one call, so that ranks' lines stay whole."""
-    sys.stderr.write(f"{PROG} train: {line}\n")
+def _say(line: str, command: str = "train") -> None:
+    """Write ``stochdepth COMMAND: LINE`` on stderr in one call: ranks' lines stay whole."""
+    sys.stderr.write(f"{PROG} {command}: {line}\n")
     sys.stderr.flush()
 
 
-def _check_checkpoint_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    problem = None
-    if args.checkpoint is None:
-        if args.checkpoint_every is not None:
-            problem = "--checkpoint-every needs --checkpoint PATH"
-        elif args.resume:
-            problem = "--resume needs --checkpoint PATH"
-    if problem is not None:
-        parser.exit(EXIT_USAGE, f"{PROG} train: error: {problem}\n")
+def _train_options_problem(args: argparse.Namespace) -> str | None:
+    """What makes ``train``'s options unusable together, or ``None``."""
+    if args.progress and importlib.util.find_spec("tqdm") is None:
+        return "--progress draws its bar with tqdm, which is not installed: pip install tqdm"
+    if args.checkpoint is None and args.checkpoint_every is not None:
+        return "--checkpoint-every needs --checkpoint PATH"
+    if args.checkpoint is None and args.resume:
+        return "--resume needs --checkpoint PATH"
+    if args.distributed:
+        return _launch.environment_problem(args.backend)
+    if args.broadcast_depth:
+        return "--broadcast-depth needs --distributed"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -376,47 +404,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "train" and args.progress and importlib.util.find_spec("tqdm") is None:
-        parser.exit(
-            EXIT_USAGE,
-            f"{PROG} train: error: --progress draws its bar with tqdm, which is not installed: "
-            f"pip install tqdm\n",
-        )
-    if args.command == "train":
-        _check_checkpoint_options(parser, args)
-    if args.command == "train" and (args.distributed or args.broadcast_depth):
-        problem = (
-            _launch.environment_problem(args.backend)
-            if args.distributed
-            else "--broadcast-depth needs --distributed"
-        )
-        if problem is not None:
-            parser.exit(EXIT_USAGE, f"{PROG} train: error: {problem}\n")
+    if args.command == "train" and (problem := _train_options_problem(args)) is not None:
+        parser.exit(EXIT_USAGE, f"{PROG} train: error: {problem}\n")
     try:
         if args.command == "samplers":
             _samplers()
         else:
             _train(args)
-    except CheckpointError as error:
-        print(f"{PROG} train: error: {error}", file=sys.stderr)
+    except (CheckpointError, DepthMismatchError) as error:  # DepthMismatchError: every rank
+        _say(f"error: {error}")
         return EXIT_USAGE
     except NonFiniteError as error:
-        print(f"{PROG} train: error: {error}", file=sys.stderr)
+        _say(f"error: {error}")
         return EXIT_DIVERGED
     except BrokenPipeError:  # `stochdepth train | head`: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
-    except DepthMismatchError as error:  # ranks that disagree: one line, on every rank
-        print(f"{PROG} train: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:  # Ctrl-C: one line, and how to go on
-        where = ""
-        if getattr(args, "checkpoint", None) and os.path.exists(args.checkpoint):
-            where = (
-                f"; checkpoint '{args.checkpoint}' holds the last save: the same command "
-                f"with --resume continues from it"
-            )
-        print(f"{PROG} {args.command}: interrupted{where}", file=sys.stderr)
+        _say(f"interrupted{_how_to_go_on(args)}", args.command)
         return EXIT_INTERRUPTED
     return 0
+
+
+def _how_to_go_on(args: argparse.Namespace) -> str:
+    if getattr(args, "checkpoint", None) and os.path.exists(args.checkpoint):
+        return (
+            f"; checkpoint '{args.checkpoint}' holds the last save: the same command "
+            f"with --resume continues from it"
+        )
+    return ""
