@@ -445,6 +445,15 @@ def scenario_checkpoint(rank: int) -> dict[str, Any]:
     }
 
 
+def scenario_checkpoint_missing(rank: int) -> dict[str, Any]:
+    """Rank 0 alone reads the checkpoint; what it finds wrong stops every rank."""
+    x, y = global_batch()
+    model = DynamicNet(*SIZES[1:], sampler=FixedDepth(1))
+    path = CHECKPOINT_DIR[0] / "missing.ckpt"
+    train(model, x, y, steps=3, distributed=True, checkpoint=path, resume=True)
+    return {}
+
+
 SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
     "train": scenario_train,
     "manual_loop": scenario_manual_loop,
@@ -457,6 +466,7 @@ SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
     "fsdp2": scenario_fsdp2,
     "per_sample": scenario_per_sample,
     "checkpoint": scenario_checkpoint,
+    "checkpoint_missing": scenario_checkpoint_missing,
     "plain_ddp": scenario_plain_ddp,
     "plain_ddp_no_momentum": scenario_plain_ddp_no_momentum,
     "plain_ddp_restored": scenario_plain_ddp_restored,

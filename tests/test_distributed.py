@@ -276,6 +276,13 @@ def test_distributed_checkpoints_resume_exactly(ranks: list[dict[str, Any]]) -> 
         assert not [f for f in record["files"] if ".tmp-" in f]
 
 
+def test_a_checkpoint_error_on_rank_0_stops_every_rank(ranks: list[dict[str, Any]]) -> None:
+    records = result(ranks, "checkpoint_missing", raises=True)
+    assert [record["error_type"] for record in records] == ["CheckpointError"] * 2
+    assert records[0]["error"] == records[1]["error"]
+    assert records[0]["error"].endswith("missing.ckpt' does not exist")
+
+
 # --- torchrun and the command line -----------------------------------------------------------
 
 DIGEST = re.compile(r"stochdepth train: rank (\d) of 2: parameters sha256 ([0-9a-f]{64})")

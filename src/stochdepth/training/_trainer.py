@@ -111,7 +111,7 @@ def train(
         TypeError: An argument has the wrong type.
         ValueError: An argument is out of range (``lr`` and ``momentum`` must also
             fit in the parameters' dtype), ``sampler`` was given for a model
-            without a ``RepeatedBlock``, the model's output and ``y`` differ in
+            without a ``RepeatedBlock``, or the model's output and ``y`` differ in
             shape.
         ImportError: ``progress=True`` and tqdm is not installed.
         CheckpointError: ``checkpoint`` cannot be resumed from (missing, damaged, or
