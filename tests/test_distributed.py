@@ -357,7 +357,7 @@ def torchrun_killed_at_step(step: int, *args: str) -> tuple[str, str]:
     deadline = time.monotonic() + 300
     with selectors.DefaultSelector() as selector:
         selector.register(job.stderr, selectors.EVENT_READ)
-        while err.count(b"PARKED\n") < 2:
+        while err.count(b"PARKED") < 2:
             left = deadline - time.monotonic()
             chunk = os.read(job.stderr.fileno(), 4096) if selector.select(left) else b""
             if not chunk or left <= 0:
