@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from stochdepth import BroadcastDepth, DynamicNet, FixedDepth, SkippedLayerTie
-from stochdepth._distributed import DistributedRun
+from stochdepth.training._distributed_run import DistributedRun
 
 WORLD_SIZE = 2
 

@@ -22,10 +22,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from stochdepth import (
+    BernoulliDepth,
     BroadcastDepth,
     DepthMismatchError,
     DynamicNet,
     FixedDepth,
+    RepeatedBlock,
     SeededDepth,
     SkippedLayerTie,
     UniformDepth,
@@ -181,10 +183,31 @@ def scenario_broadcast(rank: int) -> dict[str, Any]:
     return {"depths": history.depths, "identical": identical_across_ranks(model)}
 
 
+class SkipsItsLayer(nn.Module):
+    """A model of PyTorch alone that skips its middle layer on some steps (no stochdepth)."""
+
+    def __init__(self, skips: list[bool]) -> None:
+        super().__init__()
+        _, d_in, h, d_out = SIZES
+        self.first, self.middle, self.last = (
+            nn.Linear(d_in, h),
+            nn.Linear(h, h),
+            nn.Linear(h, d_out),
+        )
+        self.skips, self.calls = skips, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.first(x).clamp(min=0)
+        if not self.skips[self.calls]:
+            h = self.middle(h).clamp(min=0)
+        self.calls += 1
+        return self.last(h)
+
+
 def scenario_raw_ddp(rank: int) -> dict[str, Any]:
-    """Plain DDP, no tie, a depth-0 step: what PyTorch does (the documented finding)."""
+    """Plain DDP around a model that skips a layer by itself: what PyTorch does."""
     torch.manual_seed(SEED)
-    model = DynamicNet(*SIZES[1:], sampler=SequenceDepth([1, 0, 1]))
+    model = SkipsItsLayer([False, True, False])
     ddp = DistributedDataParallel(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     x, y = global_batch(SEED + rank)
@@ -192,7 +215,7 @@ def scenario_raw_ddp(rank: int) -> dict[str, Any]:
     for _ in range(2):
         optimizer.zero_grad()
         nn.functional.mse_loss(ddp(x), y, reduction="sum").backward()
-        grad = model.input_linear.weight.grad
+        grad = model.first.weight.grad
         assert grad is not None
         gathered = [torch.empty_like(grad) for _ in range(WORLD_SIZE)]
         dist.all_gather(gathered, grad.contiguous())
@@ -204,6 +227,73 @@ def scenario_raw_ddp(rank: int) -> dict[str, Any]:
     except RuntimeError as error:
         record["next_forward_error"] = str(error)
     return record
+
+
+PLAIN_LR, PLAIN_STEPS = 1e-3, 30
+
+
+def plain_model() -> DynamicNet:
+    torch.manual_seed(SEED)
+    return DynamicNet(*SIZES[1:], sampler=SeededDepth(0, 3, seed=SAMPLER_SEED))
+
+
+def plain_loop(rank: int, momentum: float, restore: bool) -> dict[str, Any]:
+    """A user's own loop around plain DDP: default arguments, nothing of stochdepth's added.
+
+    Each rank trains on its own half of the global batch, with the mean loss of its
+    half: DDP averages the gradients, so that the update is the single process's on
+    the whole batch with the mean loss (see plain_reference).
+    """
+    model = plain_model()
+    tie = SkippedLayerTie(model) if restore else None
+    ddp = DistributedDataParallel(model)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=PLAIN_LR, momentum=momentum)
+    x, y = (t.chunk(WORLD_SIZE)[rank] for t in global_batch())
+    middle = model.middle_linear.weight
+    depths, zero_grads = [], []
+    for _ in range(PLAIN_STEPS):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(ddp(x), y).backward()
+        if tie is not None:
+            tie.restore_skipped_grads()
+        depths.append(model.middle.last_depth)
+        if model.middle.last_depth == 0:
+            zero_grads.append(middle.grad is not None and not bool(middle.grad.any()))
+        optimizer.step()
+    if tie is not None:
+        tie.remove()
+    return {
+        "depths": depths,
+        "zero_grads": zero_grads,
+        "identical": identical_across_ranks(model),
+        "parameters": flat_parameters(model),
+    }
+
+
+def plain_reference(momentum: float) -> tuple[list[int], torch.Tensor]:
+    """The single-process run that plain_loop splits over two ranks."""
+    model = plain_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=PLAIN_LR, momentum=momentum)
+    x, y = global_batch()
+    depths = []
+    for _ in range(PLAIN_STEPS):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        depths.append(model.middle.last_depth)
+        optimizer.step()
+    return depths, flat_parameters(model)
+
+
+def scenario_plain_ddp(rank: int) -> dict[str, Any]:
+    return plain_loop(rank, momentum=0.9, restore=False)
+
+
+def scenario_plain_ddp_no_momentum(rank: int) -> dict[str, Any]:
+    return plain_loop(rank, momentum=0.0, restore=False)
+
+
+def scenario_plain_ddp_restored(rank: int) -> dict[str, Any]:
+    return plain_loop(rank, momentum=0.9, restore=True)
 
 
 def scenario_diverging(rank: int) -> dict[str, Any]:
@@ -266,6 +356,104 @@ def scenario_fsdp2(rank: int) -> dict[str, Any]:
     return {"grad_none": grad_none, "parameters": torch.cat([p.reshape(-1) for p in full])}
 
 
+def per_sample_model() -> nn.Module:
+    """A model whose block draws a depth per row: mostly 0, so a rank's rows are often all 0."""
+    torch.manual_seed(SEED)
+    _, d_in, h, d_out = SIZES
+    block = RepeatedBlock(
+        nn.Sequential(nn.Linear(h, h), nn.ReLU()),
+        BernoulliDepth(max_depth=2, p=0.1, seed=SAMPLER_SEED),
+        per_sample=True,
+    )
+    return nn.Sequential(nn.Linear(d_in, h), nn.ReLU(), block, nn.Linear(h, d_out))
+
+
+def row_depths(model: nn.Module) -> torch.Tensor:
+    block = model[2]
+    assert isinstance(block.last_depth, torch.Tensor)
+    return block.last_depth
+
+
+def scenario_per_sample(rank: int) -> dict[str, Any]:
+    """train(distributed=True) with per_sample=True: each rank its rows' share of one draw."""
+    x, y = global_batch()
+    model = per_sample_model()
+    rows = []
+    handle = model[2].register_forward_hook(lambda *_: rows.append(row_depths(model).clone()))
+    history = train(model, x, y, steps=STEPS, log_every=None, distributed=True)
+    handle.remove()
+    gathered = [None] * WORLD_SIZE
+    dist.all_gather_object(gathered, rows)
+    return {
+        "losses": [record.loss for record in history],
+        "depths": history.depths,
+        "rows": [torch.cat(step) for step in zip(*gathered, strict=True)],
+        "parameters": flat_parameters(model),
+        "identical": identical_across_ranks(model),
+    }
+
+
+CHECKPOINT_DIR: list[Path] = []  # set by run_scenarios: a folder that every rank sees
+
+
+def scenario_checkpoint(rank: int) -> dict[str, Any]:
+    """train(distributed=True, checkpoint=...): stopped at step 17, resumed to STEPS."""
+    folder = CHECKPOINT_DIR[0]
+    x, y = global_batch()
+
+    def model() -> DynamicNet:
+        torch.manual_seed(SEED)
+        return DynamicNet(*SIZES[1:], sampler=SeededDepth(0, 3, seed=SAMPLER_SEED))
+
+    straight = model()
+    expected = train(
+        straight,
+        x,
+        y,
+        steps=STEPS,
+        log_every=None,
+        distributed=True,
+        checkpoint=folder / "straight.ckpt",
+    )
+    train(
+        model(),
+        x,
+        y,
+        steps=17,
+        log_every=None,
+        distributed=True,
+        checkpoint=folder / "run.ckpt",
+        checkpoint_every=5,
+    )
+    resumed = model()
+    history = train(
+        resumed,
+        x,
+        y,
+        steps=STEPS,
+        log_every=None,
+        distributed=True,
+        checkpoint=folder / "run.ckpt",
+        resume=True,
+    )
+    return {
+        "same_history": history == expected,
+        "same_parameters": torch.equal(flat_parameters(straight), flat_parameters(resumed)),
+        "identical": identical_across_ranks(resumed),
+        "files": sorted(path.name for path in folder.iterdir()),
+        "depths": history.depths,
+    }
+
+
+def scenario_checkpoint_missing(rank: int) -> dict[str, Any]:
+    """Rank 0 alone reads the checkpoint; what it finds wrong stops every rank."""
+    x, y = global_batch()
+    model = DynamicNet(*SIZES[1:], sampler=FixedDepth(1))
+    path = CHECKPOINT_DIR[0] / "missing.ckpt"
+    train(model, x, y, steps=3, distributed=True, checkpoint=path, resume=True)
+    return {}
+
+
 SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
     "train": scenario_train,
     "manual_loop": scenario_manual_loop,
@@ -276,6 +464,12 @@ SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
     "too_few_rows": scenario_too_few_rows,
     "diverging": scenario_diverging,
     "fsdp2": scenario_fsdp2,
+    "per_sample": scenario_per_sample,
+    "checkpoint": scenario_checkpoint,
+    "checkpoint_missing": scenario_checkpoint_missing,
+    "plain_ddp": scenario_plain_ddp,
+    "plain_ddp_no_momentum": scenario_plain_ddp_no_momentum,
+    "plain_ddp_restored": scenario_plain_ddp_restored,
     "raw_ddp": scenario_raw_ddp,  # last: it leaves a DDP reducer in a failed state
 }
 
@@ -290,6 +484,7 @@ def run_scenarios(rank: int, init_file: str, out_dir: str) -> None:
         world_size=WORLD_SIZE,
         timeout=COLLECTIVE_TIMEOUT,
     )
+    CHECKPOINT_DIR.append(Path(out_dir))
     results: dict[str, Any] = {}
     try:
         for name, scenario in SCENARIOS.items():

@@ -214,6 +214,59 @@ def test_a_run_killed_while_saving_keeps_the_previous_checkpoint(
     assert_same_state(load_checkpoint(path), load_checkpoint(reference))
 
 
+DRAWN = re.compile(r"stochdepth train: seed (\d+) drawn; --seed \1 repeats this run\n")
+
+
+@pytest.mark.parametrize(("mode", "count"), [("step", 61), ("save", 2)], ids=["step", "save"])
+def test_a_run_without_seed_draws_one_and_resumes_exactly_after_sigkill(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: str, count: int
+) -> None:
+    path = tmp_path / "run.ckpt"
+    args = train_args(path, "seeded:low=0,high=3,seed=4")
+    del args[1:3]  # no --seed
+    killed_out, killed_err = run_parked(mode, count, args)
+    drawn = DRAWN.match(killed_err)
+    assert drawn is not None, killed_err
+    seed = int(drawn.group(1))
+    assert load_checkpoint(path).run["seed"] == seed
+
+    status, out, err = run_main(capsys, *args, "--resume")  # the seed comes from the file
+    assert status == 0, err
+    reference = tmp_path / "reference.ckpt"
+    seeded = train_args(reference, "seeded:low=0,high=3,seed=4")
+    seeded[seeded.index("--seed") + 1] = str(seed)
+    status, expected, expected_err = run_main(capsys, *seeded)
+    assert status == 0
+    assert err == expected_err  # the summary alone: nothing about the seed on resume
+    saved = (count // EVERY) * EVERY if mode == "step" else EVERY * (count - 2)
+    before = [line for line in killed_out.splitlines() if int(line.split()[0]) < saved]
+    assert before + out.splitlines() == expected.splitlines()
+    assert_same_state(load_checkpoint(path), load_checkpoint(reference))
+
+
+def test_resuming_without_seed_a_checkpoint_that_holds_none_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x, y = small_run()
+    path = tmp_path / "run.ckpt"
+    train(DynamicNet(6, 5, 2), x, y, steps=2, log_every=None, checkpoint=path)
+    status, out, err = run_main(capsys, "train", "--checkpoint", str(path), "--resume")
+    assert_one_line_error(status, err, 2, f"checkpoint '{path}' holds no seed", "give --seed")
+    assert out == ""
+
+
+def test_resuming_with_another_seed_than_the_saved_one_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x, y = small_run()
+    path = tmp_path / "run.ckpt"
+    train(DynamicNet(6, 5, 2), x, y, steps=2, log_every=None, checkpoint=path, seed=5)
+    with pytest.raises(stochdepth.CheckpointError, match="seed=6 here, 5 there"):
+        train(DynamicNet(6, 5, 2), x, y, steps=3, checkpoint=path, resume=True, seed=6)
+    history = train(DynamicNet(6, 5, 2), x, y, steps=3, checkpoint=path, resume=True)
+    assert len(history) == 3  # no seed given: the saved one is not checked
+
+
 # --- resume from Python ---------------------------------------------------------------
 
 
@@ -486,7 +539,6 @@ def test_a_folder_that_does_not_exist_fails_before_training(tmp_path: Path) -> N
     [
         (["--checkpoint-every", "5"], ["--checkpoint-every needs --checkpoint"]),
         (["--resume"], ["--resume needs --checkpoint"]),
-        (["--checkpoint", "x.ckpt"], ["--checkpoint needs --seed"]),
         (["--checkpoint", "x.ckpt", "--seed", "0", "--checkpoint-every", "-1"], ["-1"]),
     ],
 )

@@ -210,17 +210,34 @@ def test_seeded_runs_are_identical_and_differ_from_uniform(
 # --- --progress -----------------------------------------------------------------------
 
 
-def test_progress_bar_goes_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_bar_goes_to_stderr_on_a_terminal(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     args = ("train", "--seed", "9", "--steps", "30", "--log-every", "10")
     plain = run_main(capsys, *args, "--sampler", "fixed:depth=2")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     status, out, err = run_main(capsys, *args, "--sampler", "fixed:depth=2", "--progress")
     assert status == 0
     assert out == plain[1]  # only the loss lines, the same ones
     assert [t for t, _ in parse_log(out)] == [9, 19, 29]
     assert "30/30" in err
     assert "100%" in err
+    assert "\r" in err
     assert "mean_depth=2.00" in err  # every step used depth 2
     assert re.search(r"loss=\d", err)
+
+
+def test_progress_off_a_terminal_is_plain_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ("train", "--seed", "9", "--steps", "120", "--log-every", "0", "--no-summary")
+    status, out, err = run_main(capsys, *args, "--sampler", "fixed:depth=2", "--progress")
+    assert status == 0
+    assert out == ""
+    assert "\r" not in err  # a log file gets no carriage returns
+    lines = err.splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        f"train: {n}/120 steps" for n in (25, 50, 75, 100, 120)
+    ]
+    assert all(re.fullmatch(r"train: \d+/120 steps, loss=\S+, mean_depth=2\.00", x) for x in lines)
 
 
 def test_progress_without_tqdm_is_a_one_line_error(

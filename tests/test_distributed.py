@@ -8,8 +8,12 @@ collective in the workers also has a 30-second timeout.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import re
+import selectors
+import signal
 import subprocess
 import sys
 import time
@@ -149,6 +153,31 @@ def test_plain_ddp_at_depth_0_diverges_silently_then_fails(ranks: list[dict[str,
         )
 
 
+@pytest.mark.parametrize(
+    ("name", "momentum", "single_process"),
+    [
+        ("plain_ddp_no_momentum", 0.0, True),
+        ("plain_ddp_restored", 0.9, True),
+        ("plain_ddp", 0.9, False),  # zero grads at depth 0: momentum moves the skipped layer
+    ],
+)
+def test_plain_ddp_in_a_users_own_loop_trains_through_depth_0(
+    ranks: list[dict[str, Any]], name: str, momentum: float, single_process: bool
+) -> None:
+    depths, reference = ddp_workers.plain_reference(momentum)
+    assert 0 in depths
+    records = result(ranks, name)
+    for record in records:
+        assert record["identical"]
+        assert record["depths"] == depths
+        assert torch.equal(record["parameters"], records[0]["parameters"])
+        close = torch.allclose(record["parameters"], reference, rtol=RTOL, atol=ATOL)
+        assert close == single_process
+        # DDP writes zeros where one process leaves None; restore_skipped_grads undoes it
+        expected = [name != "plain_ddp_restored"] * depths.count(0)
+        assert record["zero_grads"] == expected
+
+
 def test_ranks_that_disagree_fail_together_with_a_clear_error(
     ranks: list[dict[str, Any]],
 ) -> None:
@@ -213,14 +242,45 @@ def test_a_non_finite_loss_stops_every_rank_at_the_same_step(
     assert len(steps) == 1, records
 
 
-def test_per_sample_blocks_are_refused_under_distributed_training() -> None:
-    # Each rank would draw depths for its own rows only: not supported yet.
-    block = RepeatedBlock(nn.Linear(4, 4), SeededDepth(0, 2, seed=0), per_sample=True)
-    model = nn.Sequential(block)
-    with pytest.raises(
-        ValueError, match=r"^distributed=True does not support RepeatedBlock\(per_sample=True\)"
-    ):
-        train(model, torch.randn(4, 4), torch.randn(4, 4), distributed=True)
+def test_per_sample_distributed_training_equals_a_single_process(
+    ranks: list[dict[str, Any]],
+) -> None:
+    x, y = ddp_workers.global_batch()
+    model = ddp_workers.per_sample_model()
+    rows: list[torch.Tensor] = []
+    model[2].register_forward_hook(lambda *_: rows.append(ddp_workers.row_depths(model).clone()))
+    history = train(model, x, y, steps=ddp_workers.STEPS, log_every=None)
+    parameters = ddp_workers.flat_parameters(model)
+    half = x.shape[0] // 2
+    # some steps had one rank's rows all at depth 0 and the other's not: the tie's case
+    assert any(bool(r[:half].any()) != bool(r[half:].any()) for r in rows)
+    records = result(ranks, "per_sample")
+    for record in records:
+        assert record["identical"]
+        assert [torch.equal(a, b) for a, b in zip(record["rows"], rows, strict=True)] == [
+            True
+        ] * len(rows)
+        assert record["depths"] == history.depths
+        assert record["losses"] == records[0]["losses"]
+        assert record["losses"] == pytest.approx([r.loss for r in history], rel=RTOL)
+        assert torch.allclose(record["parameters"], parameters, rtol=RTOL, atol=ATOL)
+
+
+def test_distributed_checkpoints_resume_exactly(ranks: list[dict[str, Any]]) -> None:
+    for record in result(ranks, "checkpoint"):
+        assert record["same_history"]
+        assert record["same_parameters"]
+        assert record["identical"]
+        assert 0 in record["depths"]
+        assert [f for f in record["files"] if f.endswith("ckpt")] == ["run.ckpt", "straight.ckpt"]
+        assert not [f for f in record["files"] if ".tmp-" in f]
+
+
+def test_a_checkpoint_error_on_rank_0_stops_every_rank(ranks: list[dict[str, Any]]) -> None:
+    records = result(ranks, "checkpoint_missing", raises=True)
+    assert [record["error_type"] for record in records] == ["CheckpointError"] * 2
+    assert records[0]["error"] == records[1]["error"]
+    assert records[0]["error"].endswith("missing.ckpt' does not exist")
 
 
 # --- torchrun and the command line -----------------------------------------------------------
@@ -253,6 +313,90 @@ def test_torchrun_trains_with_identical_parameters_on_both_ranks(
     assert [float(line.split()[1]) for line in lines] == pytest.approx(
         [float(line.split()[1]) for line in single], rel=RTOL
     )
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+TORCHRUN_ENV = {**QUIET_ENV, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+PARK = Path(__file__).with_name("park.py")
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [*TORCHRUN, "-m", "stochdepth", "train", "--distributed", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=TORCHRUN_ENV, timeout=300)
+
+
+def kill_job(pid: int) -> None:
+    """SIGKILL ``pid`` and every process it started (torchrun's ranks have their own sessions)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # it ended meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    job, todo = [], [pid]
+    while todo:
+        job.append(todo.pop())
+        todo.extend(children.get(job[-1], []))
+    for member in job:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)
+
+
+def torchrun_killed_at_step(step: int, *args: str) -> tuple[str, str]:
+    """Run the job, wait until both ranks park in ``step``, SIGKILL the whole job."""
+    command = [*TORCHRUN, str(PARK), "step", str(step), "--", "train", "--distributed", *args]
+    job = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=TORCHRUN_ENV,
+    )
+    assert job.stderr is not None
+    err = b""
+    deadline = time.monotonic() + 300
+    with selectors.DefaultSelector() as selector:
+        selector.register(job.stderr, selectors.EVENT_READ)
+        while err.count(b"PARKED") < 2:
+            left = deadline - time.monotonic()
+            chunk = os.read(job.stderr.fileno(), 4096) if selector.select(left) else b""
+            if not chunk or left <= 0:
+                kill_job(job.pid)
+                raise AssertionError(f"the ranks did not both park: {err!r}")
+            err += chunk
+    kill_job(job.pid)
+    out, rest = job.communicate(timeout=60)
+    return out.decode(), (err + rest).decode()
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/stat").exists(), reason="finds the job's processes in /proc"
+)
+def test_torchrun_with_a_checkpoint_resumes_exactly_after_a_sigkill_of_the_whole_job(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "c.ckpt"
+    args = ["--steps", "60", "--log-every", "5", "--checkpoint-every", "10"]
+    killed_out, killed_err = torchrun_killed_at_step(33, *args, "--checkpoint", str(path))
+    drawn = re.findall(
+        r"stochdepth train: seed (\d+) drawn; --seed \1 repeats this run", killed_err
+    )
+    assert len(drawn) == 1, killed_err  # rank 0 alone says it
+    assert stochdepth.load_checkpoint(path).step == 30
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+    resumed = torchrun(*args, "--checkpoint", str(path), "--resume")  # the seed from the file
+    assert resumed.returncode == 0, resumed.stderr
+    straight = torchrun(*args, "--checkpoint", str(tmp_path / "s.ckpt"), "--seed", drawn[0])
+    assert straight.returncode == 0, straight.stderr
+    before = [line for line in killed_out.splitlines() if int(line.split()[0]) < 30]
+    assert before + resumed.stdout.splitlines() == straight.stdout.splitlines()
+    assert resumed.stderr == straight.stderr  # the summary, once
+    a, b = stochdepth.load_checkpoint(path), stochdepth.load_checkpoint(tmp_path / "s.ckpt")
+    assert a.history == b.history
+    for key, value in a.model_state.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, b.model_state[key]), key
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="NCCL needs a CUDA device; none here")
@@ -452,13 +596,13 @@ def test_the_tie_follows_per_row_depths_and_modes(
 
 
 def test_per_row_depths_are_not_compared_across_ranks() -> None:
-    from stochdepth._distributed import PER_ROW, _block_depths
+    from stochdepth._distributed import PER_ROW, block_depths
 
     model = nn.Sequential(RowDepthBlock(torch.tensor([1, 0, 3])), RepeatedBlock(nn.Linear(4, 4)))
-    assert _block_depths(model) == [-1, -1]  # neither has run
+    assert block_depths(model) == [-1, -1]  # neither has run
     model(torch.randn(3, 4))
-    assert _block_depths(model)[0] == PER_ROW
-    assert 0 <= _block_depths(model)[1] <= 3
+    assert block_depths(model)[0] == PER_ROW
+    assert 0 <= block_depths(model)[1] <= 3
 
 
 def test_remove_takes_the_hooks_away() -> None:
@@ -513,23 +657,3 @@ def test_the_distributed_names_are_public() -> None:
     assert "check_depth_agreement" in stochdepth.__all__
     assert issubclass(stochdepth.DepthMismatchError, RuntimeError)
     assert Path(ddp_workers.__file__).parent == Path(__file__).parent
-
-
-def test_checkpoints_and_distributed_training_are_refused_together(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # Not supported yet: every rank would write the same file.
-    path = tmp_path / "run.ckpt"
-    model = stochdepth.DynamicNet(4, 3, 2)
-    with pytest.raises(ValueError, match=r"^checkpoint cannot be combined with distributed=True"):
-        stochdepth.train(
-            model, torch.randn(4, 4), torch.randn(4, 2), distributed=True, checkpoint=path
-        )
-    with pytest.raises(SystemExit) as exit_:
-        main(["train", "--seed", "1", "--checkpoint", str(path), "--distributed"])
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert (
-        err == "stochdepth train: error: --checkpoint cannot be combined with --distributed yet\n"
-    )
-    assert not path.exists()

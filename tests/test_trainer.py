@@ -112,6 +112,20 @@ def test_progress_bar_shows_loss_and_mean_depth(capsys: pytest.CaptureFixture[st
     assert out.getvalue().splitlines() == [f"{t} {history[t].loss}" for t in (9, 19, 29)]
 
 
+def test_progress_shows_the_mean_depth_of_every_step_so_far(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    x, y = make_data(4)
+    model = DynamicNet(*SIZES[1:], SeededDepth(0, 3, seed=2))
+    history = train(model, x, y, steps=60, log_every=None, progress=True)
+    lines = capsys.readouterr().err.splitlines()  # not a terminal: plain lines
+    means = [float(line.rpartition("mean_depth=")[2]) for line in lines]
+    done = [int(line.split()[1].split("/")[0]) for line in lines]
+    assert done == [25, 50, 60]
+    depths = history.depths
+    assert [f"{m:.2f}" for m in means] == [f"{sum(depths[:n]) / n:.2f}" for n in done]
+
+
 def test_progress_without_tqdm_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tqdm", None)
     x, y = make_data(5)

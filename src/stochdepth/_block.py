@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from . import _repeats
 from ._depth import DEFAULT_DEPTH_LIMIT, DepthChoice, EvalDepth, check_within_limit
+from ._tie import tie_skipped_layer
 from ._validation import check_bool, check_int, describe
 from .samplers._protocol import DepthSampler, has_state
 
@@ -178,6 +179,8 @@ class RepeatedBlock(nn.Module):
             # One op, so that Dynamo compiles this depth's (empty) graph: a frame
             # without ops would make it skip this code, at every depth, for good.
             return x.view_as(x)
+        if self.training:  # DDP must see the skipped layer's parameters
+            return tie_skipped_layer(self.layer, x)
         return x
 
     def __setattr__(self, name: str, value: Any) -> None:

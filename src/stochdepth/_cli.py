@@ -8,6 +8,7 @@ import inspect
 import math
 import os
 import random
+import secrets
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ from ._version import __version__
 from .samplers._protocol import DepthSampler
 from .samplers._registry import BUILTIN_SAMPLERS, available_samplers, get_sampler, lookup_sampler
 from .training import _launch
-from .training._checkpoint import CheckpointError
+from .training._checkpoint import CheckpointError, load_checkpoint
 from .training._finite import NonFiniteError
 from .training._trainer import train
 
@@ -31,6 +32,7 @@ EXIT_USAGE = 2
 EXIT_DIVERGED = 1  # the loss became NaN or infinite
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 _MAX_SEED = 2**64 - 1  # torch.manual_seed takes no more
+_DRAWN_SEEDS = 2**32  # a drawn seed is below this: short enough to type again
 
 
 class _Parser(argparse.ArgumentParser):
@@ -137,11 +139,32 @@ def build_parser() -> argparse.ArgumentParser:
             "seeded the same way."
         ),
     )
+    _add_training_options(run)
+    _add_output_options(run)
+    _add_checkpoint_options(run)
+    _add_distributed_options(run)
+    commands.add_parser(
+        "samplers",
+        help="list the samplers --sampler takes: built-in, registered and from plugins",
+        description=(
+            "List the sampler names that --sampler takes, one per line with the first "
+            "line of its documentation: the built-in ones and those that installed "
+            "packages provide through the 'stochdepth.samplers' entry point."
+        ),
+    )
+    return parser
+
+
+def _add_training_options(run: argparse.ArgumentParser) -> None:
+    """``train``'s options of the run itself: seed, steps, log, optimizer, sampler."""
     run.add_argument(
         "--seed",
         type=_int_in(0, _MAX_SEED),
         metavar="N",
-        help="seed torch and Python's random with N first (default: unseeded)",
+        help=(
+            "seed torch and Python's random with N first (default: unseeded; with "
+            "--checkpoint, a seed is drawn and printed on stderr)"
+        ),
     )
     run.add_argument("--steps", type=_int_in(0), default=500, metavar="N", help="default: 500")
     run.add_argument(
@@ -171,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
             "bernoulli:max_depth=6,p=0.8; any name that 'stochdepth samplers' lists"
         ),
     )
+
+
+def _add_output_options(run: argparse.ArgumentParser) -> None:
+    """``train``'s options of what it prints besides the log lines."""
     run.add_argument(
         "--summary",
         action=argparse.BooleanOptionalAction,
@@ -180,16 +207,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--progress",
         action="store_true",
-        help="draw a progress bar on stderr (needs tqdm: the 'progress' extra)",
+        help=(
+            "show the progress on stderr: a bar on a terminal, a plain line every "
+            "max(25, steps/10) steps otherwise (needs tqdm: the 'progress' extra)"
+        ),
     )
+
+
+def _add_checkpoint_options(run: argparse.ArgumentParser) -> None:
+    """``train``'s checkpoint options."""
     run.add_argument(
         "--checkpoint",
         type=_path,
         metavar="PATH",
         help=(
-            "save the run to PATH at the start and the end, and every N steps with "
-            "--checkpoint-every N; needs --seed, from which the data are made; a new run "
-            "does not overwrite PATH"
+            "save the run and its seed to PATH at the start and the end, and every N "
+            "steps with --checkpoint-every N (with --distributed, rank 0 writes it); a new "
+            "run does not overwrite PATH"
         ),
     )
     run.add_argument(
@@ -203,10 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help=(
-            "continue from --checkpoint PATH exactly where it stopped; --seed, --lr, "
-            "--momentum and --sampler must be the saved run's, --steps may be larger"
+            "continue from --checkpoint PATH exactly where it stopped, with its seed; "
+            "--lr, --momentum and --sampler must be the saved run's, --steps may be larger"
         ),
     )
+
+
+def _add_distributed_options(run: argparse.ArgumentParser) -> None:
+    """``train``'s options for torchrun."""
     run.add_argument(
         "--distributed",
         action="store_true",
@@ -243,16 +281,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the SHA-256 of the final parameters on stderr (every rank prints its own)",
     )
-    commands.add_parser(
-        "samplers",
-        help="list the samplers --sampler takes: built-in, registered and from plugins",
-        description=(
-            "List the sampler names that --sampler takes, one per line with the first "
-            "line of its documentation: the built-in ones and those that installed "
-            "packages provide through the 'stochdepth.samplers' entry point."
-        ),
-    )
-    return parser
 
 
 def _samplers() -> None:
@@ -260,7 +288,7 @@ def _samplers() -> None:
         warnings.simplefilter("always")
         names = available_samplers()
     for warning in caught:
-        print(f"{PROG} samplers: warning: {warning.message}", file=sys.stderr)
+        _say(f"warning: {warning.message}", "samplers")
     width = max(map(len, names), default=0)
     for name in names:
         factory = lookup_sampler(name)
@@ -270,14 +298,43 @@ def _samplers() -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    device = _launch.start(args.backend) if args.distributed else torch.device("cpu")
-    if args.cuda_graphs:
-        device = torch.device("cuda")
-    if args.distributed:  # every rank seeds torch and random alike: same data, same depths
-        args.seed = _launch.shared_seed(args.seed, device)
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
-        random.seed(args.seed)
+    try:
+        device = _launch.start(args.backend) if args.distributed else torch.device("cpu")
+        if args.cuda_graphs:
+            device = torch.device("cuda")
+        seed = _run_seed(args, device)
+        if seed is not None:
+            torch.manual_seed(seed)
+            random.seed(seed)
+        model, x, y = _article_run(args, device)
+        history = train(
+            model,
+            x,
+            y,
+            steps=args.steps,
+            lr=args.lr,
+            momentum=args.momentum,
+            log_every=args.log_every,
+            progress=args.progress,
+            checkpoint=args.checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+            distributed=args.distributed,
+            seed=seed if args.checkpoint is not None else None,
+            cuda_graphs=args.cuda_graphs,
+        )
+        if args.summary and _launch.is_main():
+            _say(history.summary())
+        if args.digest:
+            _say(_launch.digest_line(model))
+    finally:
+        _launch.stop()
+
+
+def _article_run(
+    args: argparse.Namespace, device: torch.device
+) -> tuple[DynamicNet, torch.Tensor, torch.Tensor]:
+    """The article's data and model, made from torch's (seeded) generator, on ``device``."""
     N, D_in, H, D_out = 64, 1000, 100, 10  # noqa: N806 - the article's names
     x = torch.randn(N, D_in)
     y = torch.randn(N, D_out)
@@ -287,54 +344,67 @@ def _train(args: argparse.Namespace) -> None:
         model.middle.sampler = BroadcastDepth(model.middle.sampler)
     if device.type != "cpu":
         model, x, y = model.to(device), x.to(device), y.to(device)
-    history = train(
-        model,
-        x,
-        y,
-        steps=args.steps,
-        lr=args.lr,
-        momentum=args.momentum,
-        log_every=args.log_every,
-        progress=args.progress,
-        checkpoint=args.checkpoint,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-        distributed=args.distributed,
-        cuda_graphs=args.cuda_graphs,
-    )
-    if args.summary and _launch.is_main():
-        print(f"{PROG} train: {history.summary()}", file=sys.stderr)
-    if args.digest:
-        print(f"{PROG} train: {_launch.digest_line(model)}", file=sys.stderr)
-    _launch.stop()
+    return model, x, y
 
 
-def _check_checkpoint_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    problem = None
-    if args.checkpoint is None:
-        if args.checkpoint_every is not None:
-            problem = "--checkpoint-every needs --checkpoint PATH"
-        elif args.resume:
-            problem = "--resume needs --checkpoint PATH"
-    elif args.seed is None:
-        problem = (
-            "--checkpoint needs --seed: the data are made from the seed, and a resumed run "
-            "must make the same data"
+def _run_seed(args: argparse.Namespace, device: torch.device) -> int | None:
+    """The run's seed: ``--seed``, the checkpoint's on ``--resume``, or one drawn.
+
+    A run with ``--checkpoint`` always has a seed, stored in the checkpoint, so that
+    ``--resume`` can make the same data; a distributed run always has one, rank 0's,
+    so that every rank makes the same data and draws the same depths.
+    """
+    seed: int | None = args.seed
+    drawn = False
+    if seed is None and args.checkpoint is not None and args.resume:
+        seed = _launch.from_rank_0(lambda: _checkpoint_seed(args.checkpoint), device)
+    elif seed is None and (args.checkpoint is not None or args.distributed):
+        seed, drawn = _launch.from_rank_0(_draw_seed, device), True
+    if drawn and args.checkpoint is not None and _launch.is_main():
+        _say(f"seed {seed} drawn; --seed {seed} repeats this run")
+    return seed
+
+
+def _draw_seed() -> int:
+    return secrets.randbelow(_DRAWN_SEEDS)
+
+
+def _checkpoint_seed(path: str) -> int:
+    seed = load_checkpoint(path).run.get("seed")
+    if not isinstance(seed, int):
+        raise CheckpointError(
+            path,
+            "holds no seed (train() saved it without seed=...): give --seed, the seed "
+            "its data were made from",
         )
-    elif args.distributed:
-        problem = "--checkpoint cannot be combined with --distributed yet"
-    if problem is not None:
-        parser.exit(EXIT_USAGE, f"{PROG} train: error: {problem}\n")
+    return seed
 
 
-def _cuda_graphs_problem(args: argparse.Namespace) -> str | None:
-    if args.distributed:
+def _say(line: str, command: str = "train") -> None:
+    """Write ``stochdepth COMMAND: LINE`` on stderr in one call: ranks' lines stay whole."""
+    sys.stderr.write(f"{PROG} {command}: {line}\n")
+    sys.stderr.flush()
+
+
+def _train_options_problem(args: argparse.Namespace) -> str | None:
+    """What makes ``train``'s options unusable together, or ``None``."""
+    if args.progress and importlib.util.find_spec("tqdm") is None:
+        return "--progress draws its bar with tqdm, which is not installed: pip install tqdm"
+    if args.checkpoint is None and args.checkpoint_every is not None:
+        return "--checkpoint-every needs --checkpoint PATH"
+    if args.checkpoint is None and args.resume:
+        return "--resume needs --checkpoint PATH"
+    if args.cuda_graphs and args.distributed:
         return "--cuda-graphs cannot be combined with --distributed yet"
-    if not torch.cuda.is_available():
+    if args.cuda_graphs and not torch.cuda.is_available():
         return (
             "--cuda-graphs needs a CUDA device (CUDA graphs record and replay GPU kernels), "
             "and torch.cuda.is_available() is False here"
         )
+    if args.distributed:
+        return _launch.environment_problem(args.backend)
+    if args.broadcast_depth:
+        return "--broadcast-depth needs --distributed"
     return None
 
 
@@ -352,49 +422,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "train" and args.progress and importlib.util.find_spec("tqdm") is None:
-        parser.exit(
-            EXIT_USAGE,
-            f"{PROG} train: error: --progress draws its bar with tqdm, which is not installed: "
-            f"pip install tqdm\n",
-        )
-    if args.command == "train":
-        _check_checkpoint_options(parser, args)
-    if args.command == "train" and args.cuda_graphs and (problem := _cuda_graphs_problem(args)):
+    if args.command == "train" and (problem := _train_options_problem(args)) is not None:
         parser.exit(EXIT_USAGE, f"{PROG} train: error: {problem}\n")
-    if args.command == "train" and (args.distributed or args.broadcast_depth):
-        problem = (
-            _launch.environment_problem(args.backend)
-            if args.distributed
-            else "--broadcast-depth needs --distributed"
-        )
-        if problem is not None:
-            parser.exit(EXIT_USAGE, f"{PROG} train: error: {problem}\n")
     try:
         if args.command == "samplers":
             _samplers()
         else:
             _train(args)
-    except CheckpointError as error:
-        print(f"{PROG} train: error: {error}", file=sys.stderr)
+    except (CheckpointError, DepthMismatchError) as error:  # DepthMismatchError: every rank
+        _say(f"error: {error}")
         return EXIT_USAGE
     except NonFiniteError as error:
-        print(f"{PROG} train: error: {error}", file=sys.stderr)
+        _say(f"error: {error}")
         return EXIT_DIVERGED
     except BrokenPipeError:  # `stochdepth train | head`: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
-    except DepthMismatchError as error:  # ranks that disagree: one line, on every rank
-        print(f"{PROG} train: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:  # Ctrl-C: one line, and how to go on
-        where = ""
-        if getattr(args, "checkpoint", None) and os.path.exists(args.checkpoint):
-            where = (
-                f"; checkpoint '{args.checkpoint}' holds the last save: the same command "
-                f"with --resume continues from it"
-            )
-        print(f"{PROG} {args.command}: interrupted{where}", file=sys.stderr)
+        _say(f"interrupted{_how_to_go_on(args)}", args.command)
         return EXIT_INTERRUPTED
     return 0
+
+
+def _how_to_go_on(args: argparse.Namespace) -> str:
+    if getattr(args, "checkpoint", None) and os.path.exists(args.checkpoint):
+        return (
+            f"; checkpoint '{args.checkpoint}' holds the last save: the same command "
+            f"with --resume continues from it"
+        )
+    return ""

@@ -6,29 +6,28 @@ Three pieces, usable in any ``DistributedDataParallel`` loop and put together by
 - :class:`BroadcastDepth` wraps any sampler so that rank 0's draw is every rank's depth.
 - :func:`check_depth_agreement` gathers every rank's depths and raises
   :class:`DepthMismatchError`, naming the ranks and their depths, when they differ.
-- :class:`SkippedLayerTie` connects a :class:`~stochdepth.RepeatedBlock`'s layer to
-  the graph on depth-0 steps, so that DDP with its default
-  ``find_unused_parameters=False`` neither fails nor hangs, and then gives those
-  parameters back the ``None`` gradient that single-process training leaves them.
+- :class:`SkippedLayerTie` gives the layers that a step skipped back the ``None``
+  gradient that single-process training leaves them (DDP writes zeros).
 
-Without the tie, PyTorch 2.13's DDP (gloo) reduces nothing on a depth-0 step, since the
-bucket that holds the shared layer never becomes ready: every rank steps its optimizer
-with its own unreduced gradients (the replicas silently diverge) and the next forward
-pass raises "Expected to have finished reduction in the prior iteration before
-starting a new one".
+A :class:`~stochdepth.RepeatedBlock` needs none of them to run under DDP with its
+default ``find_unused_parameters=False``: inside a DDP forward pass, a training block
+that skips its layer ties the layer's parameters into its output with no gradient
+(``stochdepth._tie``), so that DDP reduces their bucket. Without that, PyTorch 2.13's
+DDP (gloo) reduces nothing on such a step: every rank steps with its own unreduced
+gradients and the next forward pass raises "Expected to have finished reduction in the
+prior iteration before starting a new one".
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
+from . import _tie
 from ._block import RepeatedBlock
 from ._errors import DepthMismatchError as DepthMismatchError
 from ._validation import check_int, describe
@@ -110,7 +109,7 @@ class BroadcastDepth:
             return depth
         if type(depth) is not int:
             depth = check_int("the wrapped sampler's depth", depth)
-        buffer = torch.tensor([depth], dtype=torch.int64, device=_comm_device(self._group))
+        buffer = torch.tensor([depth], dtype=torch.int64, device=comm_device(self._group))
         dist.broadcast(buffer, src=self._src, group=self._group)
         return int(buffer.item())
 
@@ -160,40 +159,17 @@ def process_group_up() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-class ZeroGradTie(torch.autograd.Function):
-    """Identity on ``x`` that makes ``params`` part of the graph with no gradient.
-
-    Its backward returns ``None`` for the parameters: autograd still runs their
-    gradient accumulators, so DDP's hooks fire and their bucket is reduced, but
-    nothing is accumulated (outside DDP their ``.grad`` stays ``None``). Used by
-    :class:`SkippedLayerTie` and by :class:`~stochdepth.LayerDropList`.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, *params: Tensor) -> Tensor:
-        ctx.parameter_count = len(params)
-        # A copy, not a view: an in-place op after the block or list
-        # (ReLU(inplace=True)) may not modify a view returned by a custom Function.
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx: Any, *grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
-        return (grad_outputs[0], *([None] * ctx.parameter_count))
-
-
 class SkippedLayerTie:
-    """Lets DDP train a model whose :class:`~stochdepth.RepeatedBlock` may run at depth 0.
+    """Gives the layers a DDP step skipped their single-process ``None`` gradient back.
 
     At depth 0 a block skips its layer, whose parameters then take no part in the
-    loss. ``DistributedDataParallel`` with its default ``find_unused_parameters=False``
-    waits for their gradients, reduces nothing that step, and fails on the next
-    forward pass ("Expected to have finished reduction in the prior iteration...").
-    This tie registers a forward hook on every block of ``model``: on a training-mode
-    forward pass at depth 0 (with gradients enabled), it passes the block's output
-    through an identity that lists the layer's parameters as inputs and gives them no
-    gradient. DDP's hooks then fire for them as for any used parameter, and their
-    bucket is reduced; at depths above 0 the hook does nothing but note that the block
-    ran. The cost at depth 0 is one copy of the block's output.
+    loss. Inside a ``DistributedDataParallel`` forward pass the block ties them into
+    its output with no gradient, so that DDP reduces their bucket (without it, DDP
+    fails on the next forward pass). This tie registers a forward hook on every block
+    of ``model`` that notes, on a training-mode forward pass at depth 0 (with
+    gradients enabled), which parameters were skipped, and ties them itself when the
+    block did not (outside a DDP forward pass: a DDP of your own making); at depths
+    above 0 it only notes that the block ran.
 
     DDP writes zeros into the ``.grad`` of parameters that it reduced without a
     gradient, where single-process training leaves ``.grad`` at ``None`` (after
@@ -260,7 +236,22 @@ class SkippedLayerTie:
             return None
         for parameter in params:
             self._tied[id(parameter)] = parameter
-        return ZeroGradTie.apply(output, *params)  # type: ignore[no-untyped-call]
+        if _tie.in_ddp_forward():  # the block tied its skipped layer itself
+            return None
+        return _tie.tie(output, params)
+
+    def note_ran(self, block: nn.Module) -> None:
+        """Count ``block``'s layer as used since the last restore (another rank ran it).
+
+        With ``per_sample=True`` each rank has its own rows, so a rank whose rows all
+        skipped the layer may receive, through DDP, the gradient of a rank whose rows
+        did not: that gradient must stay. ``train(distributed=True)`` calls this for
+        such blocks; in a loop of your own, gather the ranks' deepest rows first.
+
+        Args:
+            block: The block that ran its layer on some rank.
+        """
+        self._ran.add(id(block))
 
     def restore_skipped_grads(self) -> list[str]:
         """Set the gradients of the layers skipped since the last call back to ``None``.
@@ -322,14 +313,14 @@ def check_depth_agreement(
         RuntimeError: No process group is initialized.
         DepthMismatchError: Ranks differ; the message names them and their depths.
     """
-    _require_process_group("check_depth_agreement")
-    depths = _block_depths(model)
-    gathered = _all_gather_row([float(d) for d in depths], group, _comm_device(group))
-    _raise_on_mismatch([[int(v) for v in row] for row in gathered], step)
+    require_process_group("check_depth_agreement")
+    depths = block_depths(model)
+    gathered = _all_gather_row([float(d) for d in depths], group, comm_device(group))
+    raise_on_mismatch([[int(v) for v in row] for row in gathered], step)
     return depths
 
 
-# What _block_depths reports for a block that has not run, and for one whose depths
+# What block_depths reports for a block that has not run, and for one whose depths
 # are per row (each rank has its own rows, so they are not compared).
 NOT_RUN, PER_ROW = -1, -2
 
@@ -349,7 +340,7 @@ def _skipped_its_layer(block: RepeatedBlock) -> bool:
     return depth == 0
 
 
-def _block_depths(model: nn.Module) -> list[int]:
+def block_depths(model: nn.Module) -> list[int]:
     """The ``last_depth`` of every block of ``model``, as ints to compare across ranks."""
     depths = []
     for module in model.modules():
@@ -364,7 +355,7 @@ def _block_depths(model: nn.Module) -> list[int]:
     return depths
 
 
-def _raise_on_mismatch(depths: list[list[int]], step: int | None) -> None:
+def raise_on_mismatch(depths: list[list[int]], step: int | None) -> None:
     if all(row == depths[0] for row in depths):
         return
     by_depths: dict[tuple[int, ...], list[int]] = {}
@@ -388,7 +379,7 @@ def _raise_on_mismatch(depths: list[list[int]], step: int | None) -> None:
     )
 
 
-def _require_process_group(what: str) -> None:
+def require_process_group(what: str) -> None:
     if not process_group_up():
         raise RuntimeError(
             f"{what} needs torch.distributed's default process group, and none is "
@@ -397,7 +388,7 @@ def _require_process_group(what: str) -> None:
         )
 
 
-def _comm_device(group: dist.ProcessGroup | None) -> torch.device:
+def comm_device(group: dist.ProcessGroup | None) -> torch.device:
     """The device of the small tensors this module communicates: NCCL needs CUDA."""
     if dist.get_backend(group) == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
@@ -411,160 +402,3 @@ def _all_gather_row(
     gathered = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
     dist.all_gather(gathered, local, group=group)
     return torch.stack(gathered).cpu().tolist()
-
-
-def _sum_gradients(group: dist.ProcessGroup | None, bucket: Any) -> torch.futures.Future[Tensor]:
-    """A DDP communication hook: sum the gradients over ranks instead of averaging."""
-    work = dist.all_reduce(bucket.buffer(), group=group, async_op=True)
-    assert work is not None  # async_op=True returns the work
-    future: torch.futures.Future[Tensor] = work.get_future().then(lambda done: done.value()[0])
-    return future
-
-
-# DDP checks that a hook's bucket parameter is annotated with the class itself, and
-# this module's annotations are strings (``from __future__ import annotations``).
-_sum_gradients.__annotations__["bucket"] = dist.GradBucket  # type: ignore[attr-defined]
-_sum_gradients.__annotations__["return"] = torch.futures.Future[Tensor]
-
-
-class DistributedRun:
-    """The distributed part of ``train(..., distributed=True)``; private to the trainer.
-
-    On construction it takes rank 0's ``x``, ``y`` and sampler states, keeps this
-    rank's contiguous shard of the batch, ties the blocks' layers for depth 0, and
-    wraps the model in ``DistributedDataParallel`` (default arguments, and a
-    communication hook that sums the gradients: the loss is a sum over the global
-    batch, so the gradient must be too).
-    """
-
-    def __init__(self, model: nn.Module, x: Tensor, y: Tensor) -> None:
-        _require_process_group("train(distributed=True)")
-        self.rank = dist.get_rank()
-        self.world_size = dist.get_world_size()
-        self.device = _comm_device(None)
-        # Rank 0's batch is every rank's: the other ranks' x and y are not read.
-        x, y = _broadcast_tensor(x, self.device), _broadcast_tensor(y, self.device)
-        if x.ndim == 0 or x.shape[0] < self.world_size:
-            raise ValueError(
-                f"distributed=True splits the batch x along its first dimension across "
-                f"{self.world_size} ranks, so it needs at least {self.world_size} rows, "
-                f"got shape {tuple(x.shape)}"
-            )
-        if y.ndim == 0 or y.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"distributed=True splits x and y along their first dimension, so they "
-                f"need the same number of rows, got shapes {tuple(x.shape)} and "
-                f"{tuple(y.shape)}"
-            )
-        self.x = torch.tensor_split(x, self.world_size)[self.rank]
-        self.y = torch.tensor_split(y, self.world_size)[self.rank]
-        _broadcast_sampler_states(model, self.device)
-        self.tie = SkippedLayerTie(model)
-        self.model = model
-        try:
-            self.ddp = DistributedDataParallel(model)
-            self.ddp.register_comm_hook(None, _sum_gradients)
-        except BaseException:
-            self.tie.remove()
-            raise
-
-    @property
-    def is_main(self) -> bool:
-        """Whether this rank logs: rank 0."""
-        return self.rank == 0
-
-    def step_loss(self, loss: Tensor, step: int) -> Tensor:
-        """Check that the ranks agree on the depths; return the global batch's loss.
-
-        One ``all_gather`` of ``[loss, depths...]`` per step, after the forward pass
-        and before ``backward()``.
-        """
-        depths = _block_depths(self.model)
-        local = torch.cat(
-            [
-                loss.detach().reshape(1).to(self.device, torch.float64),
-                torch.tensor(depths, dtype=torch.float64, device=self.device),
-            ]
-        )
-        gathered = [torch.empty_like(local) for _ in range(self.world_size)]
-        dist.all_gather(gathered, local)
-        table = torch.stack(gathered).cpu()
-        rows = table[:, 1:].long().tolist()
-        _raise_on_mismatch(rows, step)
-        # The ranks' losses, summed in rank order: the same float on every rank.
-        return table[:, 0].to(loss.dtype).sum().to(loss.device)
-
-    def close(self) -> None:
-        """Remove the tie's hooks."""
-        self.tie.remove()
-
-
-# Dtypes that _broadcast_tensor sends by index (broadcast_object_list needs NumPy).
-_DTYPES = (
-    torch.float32,
-    torch.float64,
-    torch.float16,
-    torch.bfloat16,
-    torch.complex64,
-    torch.complex128,
-    torch.int64,
-    torch.int32,
-    torch.int16,
-    torch.int8,
-    torch.uint8,
-    torch.bool,
-)
-_MAX_DIMS = 16
-
-
-def _broadcast_tensor(tensor: Tensor, device: torch.device) -> Tensor:
-    """Rank 0's ``tensor`` on every rank, on ``tensor``'s device (the caller's is untouched)."""
-    meta = torch.full((2 + _MAX_DIMS,), -1, dtype=torch.int64, device=device)
-    if dist.get_rank() == 0:
-        if tensor.dtype not in _DTYPES or tensor.ndim > _MAX_DIMS:
-            code = -1
-        else:
-            code = _DTYPES.index(tensor.dtype)
-        meta[0], meta[1] = code, tensor.ndim
-        meta[2 : 2 + tensor.ndim] = torch.tensor(tensor.shape, dtype=torch.int64)
-    dist.broadcast(meta, src=0)
-    code, ndim, *dims = meta.tolist()
-    if code < 0:
-        raise TypeError(
-            f"distributed=True sends rank 0's x and y to every rank: they must have at most "
-            f"{_MAX_DIMS} dimensions and a dtype among {', '.join(map(str, _DTYPES))}, "
-            f"got rank 0's {tensor.dtype} tensor of shape {tuple(tensor.shape)}"
-            if dist.get_rank() == 0
-            else "distributed=True: rank 0's x or y has a dtype or rank it cannot send"
-        )
-    if dist.get_rank() == 0:
-        buffer = tensor.detach().to(device, copy=True).contiguous()
-    else:
-        buffer = torch.empty(dims[:ndim], dtype=_DTYPES[code], device=device)
-    dist.broadcast(buffer, src=0)
-    return buffer.to(tensor.device)
-
-
-def _broadcast_bytes(payload: bytes, device: torch.device) -> bytes:
-    """Rank 0's ``payload`` on every rank."""
-    length = torch.tensor([len(payload)], dtype=torch.int64, device=device)
-    dist.broadcast(length, src=0)
-    if dist.get_rank() == 0:
-        buffer = torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(device)
-    else:
-        buffer = torch.empty(int(length.item()), dtype=torch.uint8, device=device)
-    dist.broadcast(buffer, src=0)
-    return bytes(buffer.cpu().tolist()) if dist.get_rank() != 0 else payload
-
-
-def _broadcast_sampler_states(model: nn.Module, device: torch.device) -> None:
-    """Give every block's sampler rank 0's state (seed and generator position)."""
-    blocks = [m for m in model.modules() if isinstance(m, RepeatedBlock)]
-    stream = io.BytesIO()
-    if dist.get_rank() == 0:
-        torch.save([block.get_extra_state() for block in blocks], stream)
-    payload = _broadcast_bytes(stream.getvalue(), device)
-    if dist.get_rank() != 0:
-        states = torch.load(io.BytesIO(payload), weights_only=True)
-        for block, state in zip(blocks, states, strict=True):
-            block.set_extra_state(state)

@@ -26,7 +26,7 @@ import random
 import re
 import secrets
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -51,6 +51,7 @@ _TEMP_SUFFIX = re.compile(r"\.tmp-[0-9a-f]{8}\Z")
 _PAYLOAD_KEYS = ("step", "model", "optimizer", "rng", "history", "run", "versions")
 
 CheckpointPath = str | os.PathLike[str]
+OnRank0 = Callable[[Callable[[], bytes]], bytes]
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,10 @@ class Checkpoint:
             was not used).
         run: What a resumed run must match: ``lr`` and ``momentum``, ``data``
             (shape, dtype and SHA-256 of ``x`` and ``y``) and ``samplers`` (each
-            block's sampler, by the block's name); and ``steps``, the saved run's
-            target, which a resumed run may raise.
+            block's sampler, by the block's name); ``steps``, the saved run's
+            target, which a resumed run may raise; and ``seed``, the seed the run's
+            data and weights were made from (``train(seed=...)``, the command line's
+            ``--seed`` or the seed it drew), or ``None``.
         versions: The format version and the stochdepth and torch versions that
             wrote it.
     """
@@ -364,9 +367,14 @@ def make_checkpointer(
     resume: object,
     x: Tensor,
     y: Tensor,
+    *,
+    on_rank_0: OnRank0 | None = None,
     **run: Any,
 ) -> Checkpointer | None:
     """The trainer's checkpointer, or ``None`` without ``checkpoint``; checks the options.
+
+    ``on_rank_0`` runs a function on rank 0 alone and returns its bytes (or raises its
+    error) on every rank: given, only rank 0 touches the file.
 
     Raises:
         TypeError: An option has the wrong type.
@@ -380,11 +388,23 @@ def make_checkpointer(
         if resume is not False:
             raise ValueError(f"resume={resume!r} was given without checkpoint")
         return None
-    return Checkpointer(checkpoint, every=every, resume=resume, run=run, x=x, y=y)
+    return Checkpointer(
+        checkpoint, every=every, resume=resume, run=run, x=x, y=y, on_rank_0=on_rank_0
+    )
+
+
+def _here(function: Callable[[], bytes]) -> bytes:
+    """A single process's ``on_rank_0``: ``function()``."""
+    return function()
 
 
 class Checkpointer:
-    """The trainer's side of checkpoints: check, restore, and save every ``every`` steps."""
+    """The trainer's side of checkpoints: check, restore, and save every ``every`` steps.
+
+    In a distributed run every rank keeps one: rank 0 alone reads and writes the file
+    (through ``on_rank_0``), and every rank decodes what it read and checks the state
+    it would save, so that an error stops every rank at once.
+    """
 
     def __init__(
         self,
@@ -395,6 +415,7 @@ class Checkpointer:
         run: dict[str, Any],
         x: Tensor,
         y: Tensor,
+        on_rank_0: OnRank0 | None = None,
     ) -> None:
         self.path = _check_path(path)
         self.every = 0 if every is None else check_int("checkpoint_every", every)
@@ -404,12 +425,16 @@ class Checkpointer:
         self.run = {**run, "data": {"x": fingerprint(x), "y": fingerprint(y)}}
         self.saved_step: int | None = None
         self.loaded: Checkpoint | None = None
+        self._on_rank_0 = _here if on_rank_0 is None else on_rank_0
+        path = self.path
         if resume:
-            self.loaded = load_checkpoint(self.path)
+            data = self._on_rank_0(lambda: _read(path))
+            self.loaded = _checkpoint_from(path, _decode(path, data))
         else:
-            self._check_fresh()
+            self._on_rank_0(self._check_fresh)
 
-    def _check_fresh(self) -> None:
+    def _check_fresh(self) -> bytes:
+        """Refuse to start a new run over an existing file, or in a missing folder."""
         path = self.path
         if os.path.isdir(path):
             raise CheckpointError(path, "is a directory, not a file")
@@ -422,6 +447,7 @@ class Checkpointer:
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             raise CheckpointError(path, f"cannot be written: its folder {folder} does not exist")
+        return b""
 
     def start(
         self,
@@ -431,7 +457,7 @@ class Checkpointer:
         depths: list[int | None],
     ) -> int:
         """Restore the checkpoint (or save step 0 of a new run); return the first step."""
-        remove_stale_temp_files(self.path)
+        self._on_rank_0(self._remove_stale_temp_files)
         self.run["samplers"] = _samplers(model)
         loaded = self.loaded
         if loaded is None:
@@ -452,14 +478,19 @@ class Checkpointer:
         self.saved_step = loaded.step
         return loaded.step
 
+    def _remove_stale_temp_files(self) -> bytes:
+        remove_stale_temp_files(self.path)
+        return b""
+
     def _check_compatible(self, loaded: Checkpoint, model: nn.Module, steps: int) -> None:
         path = self.path
         _check_model_shape(path, loaded.model_state, model.state_dict())
         saved, here = loaded.run, self.run
         differ = []
-        for key in ("lr", "momentum"):
-            if saved.get(key) != here[key]:
-                differ.append(f"{key}={here[key]!r} (the checkpoint's: {saved.get(key)!r})")
+        for key in ("lr", "momentum", "seed"):
+            theirs, ours = saved.get(key), here[key]
+            if theirs != ours and not (key == "seed" and None in (theirs, ours)):
+                differ.append(f"{key}={ours!r} here, {theirs!r} there")
         for key in ("x", "y"):
             theirs, ours = saved.get("data", {}).get(key), here["data"][key]
             if theirs != ours:
@@ -467,11 +498,11 @@ class Checkpointer:
         theirs_samplers, our_samplers = saved.get("samplers"), here["samplers"]
         if theirs_samplers != our_samplers:
             differ.append(
-                f"the samplers are {_samplers_text(our_samplers)} (the checkpoint's: "
-                f"{_samplers_text(theirs_samplers)})"
+                f"the samplers are {_samplers_text(our_samplers)} here, "
+                f"{_samplers_text(theirs_samplers)} there"
             )
         if differ:
-            raise CheckpointError(path, f"was saved by another run; this run's {'; '.join(differ)}")
+            raise CheckpointError(path, f"was saved by another run: {'; '.join(differ)}")
         if loaded.step > steps:
             raise CheckpointError(
                 path, f"is at step {loaded.step}, beyond this run's steps={steps}"
@@ -511,13 +542,17 @@ class Checkpointer:
             "run": self.run,
             "versions": _versions(),
         }
+        self._on_rank_0(lambda: self._write(payload))
+        self.saved_step = step
+
+    def _write(self, payload: Mapping[str, Any]) -> bytes:
         try:
             write_atomically(self.path, encode(payload))
         except OSError as error:  # a full disk, a missing folder, a name too long...
             raise CheckpointError(
                 self.path, f"cannot be written: {error.strerror or error}"
             ) from error
-        self.saved_step = step
+        return b""
 
 
 def _named_tensors(

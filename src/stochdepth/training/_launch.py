@@ -10,11 +10,13 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from ._distributed_run import bytes_from_rank_0
 
 # What torchrun sets for every worker, and what init_process_group() reads.
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -84,18 +86,15 @@ def stop() -> None:
         dist.destroy_process_group()
 
 
-def shared_seed(seed: int | None, device: torch.device) -> int:
-    """Return ``seed``, or, when it is ``None``, a seed drawn on rank 0 for all ranks.
+def from_rank_0(function: Callable[[], int], device: torch.device) -> int:
+    """``function()``, run once on rank 0 and shared with every rank (or run here alone).
 
-    Without ``--seed`` each rank's torch and ``random`` start from different seeds;
-    the command line seeds every rank with this one, so that they build the same data
-    and draw the same depths, as an unseeded single-process run would.
+    Outside a process group it is simply ``function()``. In one, an error on rank 0
+    (a checkpoint that cannot be read, say) is raised on every rank.
     """
-    if seed is not None:
-        return seed
-    drawn = torch.tensor([torch.initial_seed() % 2**63], dtype=torch.int64, device=device)
-    dist.broadcast(drawn, src=0)
-    return int(drawn.item())
+    if not dist.is_initialized():
+        return function()
+    return int(bytes_from_rank_0(lambda: str(function()).encode(), device).decode())
 
 
 def is_main() -> bool:

@@ -1,27 +1,31 @@
-"""The reference trainer: the article's training loop, with its history returned."""
+"""The reference trainer: the article's training loop, with its history returned.
+
+``train`` reads as the article's loop: it checks its arguments, binds the sampler to
+the model's blocks, sets up the distributed run and the checkpoints, then repeats one
+:class:`_Step` and reports each loss (:class:`~._report.Report`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import sys
 from collections.abc import Callable
-from typing import Any, TextIO
+from dataclasses import dataclass
+from typing import TextIO
 
 import torch
 from torch import Tensor, nn
 
 from stochdepth._block import RepeatedBlock, check_within_limit
-from stochdepth._distributed import DistributedRun
 from stochdepth._validation import check_bool, check_int, check_real, check_stream, describe
 from stochdepth.samplers._protocol import DepthSampler, check_sampler, has_set_step
 
-from ._checkpoint import make_checkpointer
+from ._checkpoint import Checkpointer, make_checkpointer
 from ._cuda_graphs import CUDAGraphStep
-from ._finite import check_fits, check_losses
-from ._history import StepRecord, TrainingHistory
-
-_PROGRESS_WINDOW = 25
-_CHECK_EVERY = 100  # read the pending losses (and check they are finite) at least this often
+from ._distributed_run import DistributedRun, repeats_applied
+from ._finite import check_fits
+from ._history import TrainingHistory
+from ._report import Report, progress_bar_class
 
 
 def train(
@@ -41,6 +45,7 @@ def train(
     checkpoint_every: int | None = None,
     resume: bool = False,
     distributed: bool = False,
+    seed: int | None = None,
     cuda_graphs: bool = False,
 ) -> TrainingHistory:
     """Train ``model`` to map ``x`` to ``y`` with the article's loop.
@@ -65,8 +70,9 @@ def train(
         sampler: If given, it becomes the sampler of every
             :class:`~stochdepth.RepeatedBlock` in ``model`` before the first step
             (and stays theirs afterwards).
-        progress: Draw a progress bar on stderr with the running loss and the mean
-            depth; it needs ``tqdm``, the ``progress`` extra.
+        progress: Show the progress on stderr with the running loss and the mean
+            depth: a tqdm bar on a terminal, otherwise a plain line every
+            ``max(25, steps // 10)`` steps; it needs ``tqdm``, the ``progress`` extra.
         file: Where the ``t loss`` lines go (default: ``sys.stdout``).
         summary: After the run, also print :meth:`TrainingHistory.summary` (the
             mean depth and the depth histogram) to ``file``.
@@ -88,7 +94,16 @@ def train(
             rounding). A :class:`~stochdepth.SkippedLayerTie` makes depth-0 steps work
             and keeps their single-process semantics, and every step checks that the
             ranks drew the same depths (:class:`~stochdepth.DepthMismatchError`
-            otherwise). Only rank 0 prints; every rank returns the same history.
+            otherwise). Only rank 0 prints; every rank returns the same history. With
+            ``checkpoint``, rank 0 reads and writes the file (atomically) and every rank
+            resumes from it, with rank 0's random states. A block with
+            ``per_sample=True`` draws the depths of the whole batch's rows on every rank
+            and uses its own shard's, as a single process would.
+        seed: The seed that made this run's data, weights and random states, if the
+            caller seeded them with one (the command line's ``--seed``, given or
+            drawn): it is stored in the checkpoint (``Checkpoint.run["seed"]``) so
+            that a resumed run can make them again, and a resumed run with another
+            seed is refused. ``train`` itself seeds nothing.
         cuda_graphs: Replay each step from a CUDA graph captured once per depth
             (:class:`~stochdepth.CUDAGraphStep`): the same depths, losses and weights
             as eager training (within float32 rounding), with one graph launch per
@@ -105,11 +120,9 @@ def train(
         ValueError: An argument is out of range (``lr`` and ``momentum`` must also
             fit in the parameters' dtype), ``sampler`` was given for a model
             without a ``RepeatedBlock``, the model's output and ``y`` differ in
-            shape, or ``distributed=True`` was given together with ``checkpoint`` or
-            for a model with a ``RepeatedBlock(per_sample=True)`` (neither is
-            supported yet), or ``cuda_graphs=True`` was given for a model that is not
-            on a CUDA device, with ``distributed=True``, or for a model that
-            :class:`~stochdepth.CUDAGraphStep` refuses.
+            shape, or ``cuda_graphs=True`` was given with ``distributed=True`` or for
+            a model that :class:`~stochdepth.CUDAGraphStep` refuses (one not on a
+            CUDA device, say).
         ImportError: ``progress=True`` and tqdm is not installed.
         CheckpointError: ``checkpoint`` cannot be resumed from (missing, damaged, or
             saved by another run) or written; the file is left as it was.
@@ -126,152 +139,210 @@ def train(
         >>> [record.depth for record in history]
         [1, 1, 1]
     """
+    options = _Options(
+        steps=check_int("steps", steps),
+        lr=check_real("lr", lr, minimum=0.0, inclusive=False),
+        momentum=check_real("momentum", momentum, minimum=0.0),
+        log_every=0 if log_every is None else check_int("log_every", log_every),
+        progress=check_bool("progress", progress),
+        summary=check_bool("summary", summary),
+        file=file,
+        distributed=check_bool("distributed", distributed),
+        seed=None if seed is None else check_int("seed", seed),
+        cuda_graphs=check_bool("cuda_graphs", cuda_graphs),
+    )
+    _check_data(model, x, y, options)
+    blocks = bind_sampler(model, sampler)
+    if options.progress:
+        progress_bar_class()  # on every rank: an ImportError on rank 0 alone would hang the rest
+    was_training = model.training
+    model.train()
+    run: DistributedRun | None = None
+    report: Report | None = None
+    try:
+        run = DistributedRun(model, x, y) if options.distributed else None
+        checkpointer = make_checkpointer(
+            checkpoint,
+            checkpoint_every,
+            resume,
+            *((x, y) if run is None else (run.global_x, run.global_y)),
+            on_rank_0=None if run is None else run.on_rank_0,
+            lr=options.lr,
+            momentum=options.momentum,
+            steps=options.steps,
+            seed=options.seed,
+        )
+        report = Report(
+            options.steps,
+            log_every=options.log_every,
+            progress=options.progress,
+            file=file,
+            speaking=run is None or run.is_main,  # rank 0 prints for all
+        )
+        _loop(model, blocks, run, checkpointer, report, options, x, y)
+    finally:
+        if report is not None:
+            report.close()
+        if run is not None:
+            run.close()
+        model.train(was_training)
+    history = report.history()
+    if options.summary:
+        report.write(history.summary())
+    return history
+
+
+@dataclass(frozen=True)
+class _Options:
+    """``train``'s checked options."""
+
+    steps: int
+    lr: float
+    momentum: float
+    log_every: int
+    progress: bool
+    summary: bool
+    file: TextIO | None
+    distributed: bool
+    seed: int | None
+    cuda_graphs: bool
+
+
+def _check_data(model: object, x: object, y: object, options: _Options) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {describe(model)}")
     for name, tensor in (("x", x), ("y", y)):
         if not isinstance(tensor, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {describe(tensor)}")
-    steps = check_int("steps", steps)
-    lr = check_real("lr", lr, minimum=0.0, inclusive=False)
-    momentum = check_real("momentum", momentum, minimum=0.0)
-    log_every = 0 if log_every is None else check_int("log_every", log_every)
-    progress, summary = check_bool("progress", progress), check_bool("summary", summary)
-    check_stream("file", file)
-    check_fits(model, lr=lr, momentum=momentum)
-    distributed = check_bool("distributed", distributed)
-    cuda_graphs = check_bool("cuda_graphs", cuda_graphs)
-    if cuda_graphs and distributed:
+    check_stream("file", options.file)
+    check_fits(model, lr=options.lr, momentum=options.momentum)
+    if options.cuda_graphs and options.distributed:
         raise ValueError(
             "cuda_graphs=True cannot be combined with distributed=True yet: the gradients' "
             "all-reduce would have to be captured too; use one of them"
         )
-    if distributed and checkpoint is not None:
-        raise ValueError(
-            "checkpoint cannot be combined with distributed=True yet: every rank would "
-            "write the same file; train distributed without checkpoint"
-        )
-    checkpointer = make_checkpointer(
-        checkpoint, checkpoint_every, resume, x, y, lr=lr, momentum=momentum, steps=steps
-    )
+
+
+def bind_sampler(model: nn.Module, sampler: DepthSampler | None) -> list[RepeatedBlock]:
+    """Give every block of ``model`` ``sampler`` (when given); return the blocks.
+
+    Raises:
+        ValueError: ``sampler`` was given for a model without a block, or draws
+            depths that a block cannot run.
+        TypeError: ``sampler`` does not satisfy the sampler protocol.
+    """
     blocks = [module for module in model.modules() if isinstance(module, RepeatedBlock)]
-    if sampler is not None:
-        if not blocks:
-            raise ValueError(
-                f"sampler was given, but model has no RepeatedBlock to use it: "
-                f"{type(model).__name__}"
-            )
-        sampler = check_sampler(sampler)
-        for block in blocks:
-            check_within_limit(sampler, block.eval_depth, block.depth_limit)
-        for block in blocks:
-            block.sampler = sampler
-    steppers = list({id(s): s for b in blocks if has_set_step(s := b.sampler)}.values())
-    if distributed and any(block.per_sample for block in blocks):
+    if sampler is None:
+        return blocks
+    if not blocks:
         raise ValueError(
-            "distributed=True does not support RepeatedBlock(per_sample=True) yet: each "
-            "rank would draw depths for its own rows only, and the ranks' replicas could "
-            "drift apart; use one depth per batch (per_sample=False)"
+            f"sampler was given, but model has no RepeatedBlock to use it: {type(model).__name__}"
         )
-    if progress:
-        _progress_bar_class()  # on every rank: an ImportError on rank 0 alone would hang the rest
-    run = DistributedRun(model, x, y) if distributed else None
-    forward: nn.Module = model if run is None else run.ddp
-    speaking = run is None or run.is_main  # rank 0 prints for all
+    sampler = check_sampler(sampler)
+    for block in blocks:
+        check_within_limit(sampler, block.eval_depth, block.depth_limit)
+    for block in blocks:
+        block.sampler = sampler
+    return blocks
+
+
+def _loop(
+    model: nn.Module,
+    blocks: list[RepeatedBlock],
+    run: DistributedRun | None,
+    checkpointer: Checkpointer | None,
+    report: Report,
+    options: _Options,
+    x: Tensor,
+    y: Tensor,
+) -> None:
+    """The article's loop, from the checkpoint's step (or 0) to ``options.steps``."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=options.lr, momentum=options.momentum)
+    step = _Step(model, blocks, run, optimizer, cuda_graphs=options.cuda_graphs)
     if run is not None:
         x, y = run.x, run.y
-    # Every rank reads its losses at the same steps (log lines, progress updates), so
-    # that a non-finite loss stops every rank at the same step; only rank 0 writes.
-    bar = _progress_bar(steps) if progress and speaking else None
-    write = (print if bar is None else bar.write) if speaking else _write_nothing
-    out = sys.stdout if file is None else file
-
-    criterion = nn.MSELoss(reduction="sum")
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    graph_step = CUDAGraphStep(model, optimizer, _checked(criterion)) if cuda_graphs else None
-    losses: list[float] = []
-    pending: list[Tensor] = []  # detached losses not yet read: no device sync per step
-    depths: list[int | None] = []
-    was_training = model.training
-    model.train()
-    try:
-        start = 0 if checkpointer is None else checkpointer.start(model, optimizer, losses, depths)
-        if bar is not None and start:
-            bar.update(start)
-        for t in range(start, steps):
-            for stepper in steppers:
-                stepper.set_step(t)
-            if graph_step is not None:
-                pending.append(graph_step(x, y))
-            else:
-                y_pred = forward(x)
-                if not isinstance(y_pred, Tensor) or y_pred.shape != y.shape:
-                    raise ValueError(_output_mismatch(y_pred, y))
-                loss = criterion(y_pred, y)
-                pending.append(loss.detach() if run is None else run.step_loss(loss, t))
-            depths.append(_total_depth(blocks))
-            if log_every and t % log_every == log_every - 1:
-                _flush(pending, losses)
-                write(f"{t} {losses[-1]}", file=out)
-            elif len(pending) >= _CHECK_EVERY:
-                _flush(pending, losses)
-            if graph_step is None:
-                optimizer.zero_grad()
-                loss.backward()
-                if run is not None:
-                    run.tie.restore_skipped_grads()
-                optimizer.step()
+    start = 0
+    if checkpointer is not None:
+        start = checkpointer.start(model, optimizer, report.losses, report.depths)
+    report.restored(start)
+    with _rows_shared(run, blocks):
+        for t in range(start, options.steps):
+            loss, logged, depth = step.forward(t, x, y)
+            report.record(t, logged, depth)
+            step.update(loss)
             if checkpointer is not None and checkpointer.due(t + 1):
-                _flush(pending, losses)
-                checkpointer.save(t + 1, model, optimizer, losses, depths)
-            if bar is not None:
-                bar.update(1)
-            if progress and (len(pending) >= _PROGRESS_WINDOW or t == steps - 1):
-                if bar is None:
-                    _flush(pending, losses)
-                else:
-                    _show_progress(bar, pending, losses, depths)
-        _flush(pending, losses)
-        if checkpointer is not None and checkpointer.saved_step != steps:
-            checkpointer.save(steps, model, optimizer, losses, depths)
-    finally:
-        if bar is not None:
-            bar.close()
-        if run is not None:
-            run.close()
-        model.train(was_training)
-    history = TrainingHistory(
-        StepRecord(t, loss, depth)
-        for t, (loss, depth) in enumerate(zip(losses, depths, strict=True))
-    )
-    if summary:
-        write(history.summary(), file=out)
-    return history
+                report.flush()
+                checkpointer.save(t + 1, model, optimizer, report.losses, report.depths)
+            report.stepped(t)
+    report.flush()
+    if checkpointer is not None and checkpointer.saved_step != options.steps:
+        checkpointer.save(options.steps, model, optimizer, report.losses, report.depths)
+
+
+def _rows_shared(
+    run: DistributedRun | None, blocks: list[RepeatedBlock]
+) -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext() if run is None else run.rows_shared(blocks)
+
+
+class _Step:
+    """One step of the article's loop: forward, ``MSELoss(reduction="sum")``, backward, SGD."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        blocks: list[RepeatedBlock],
+        run: DistributedRun | None,
+        optimizer: torch.optim.Optimizer,
+        *,
+        cuda_graphs: bool = False,
+    ) -> None:
+        self._forward = model if run is None else run.ddp
+        self._blocks = blocks
+        self._run = run
+        self._optimizer = optimizer
+        self._criterion = nn.MSELoss(reduction="sum")
+        # With CUDA graphs, the whole step (backward and update too) is one replay.
+        self._graph = (
+            CUDAGraphStep(model, optimizer, _checked(self._criterion)) if cuda_graphs else None
+        )
+        samplers = {id(s): s for block in blocks if has_set_step(s := block.sampler)}
+        self._steppers = list(samplers.values())
+
+    def forward(self, t: int, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, int | None]:
+        """Step ``t``'s loss, the loss to log (detached) and the depth to record."""
+        for stepper in self._steppers:
+            stepper.set_step(t)
+        if self._graph is not None:
+            loss = self._graph(x, y)
+            return loss, loss, _total_depth(self._blocks)
+        y_pred = self._forward(x)
+        if not isinstance(y_pred, Tensor) or y_pred.shape != y.shape:
+            raise ValueError(_output_mismatch(y_pred, y))
+        loss = self._criterion(y_pred, y)
+        if self._run is not None:
+            logged, depth = self._run.step_loss(loss, t)
+            return loss, logged, depth
+        return loss, loss.detach(), _total_depth(self._blocks)
+
+    def update(self, loss: Tensor) -> None:
+        """Back-propagate ``loss`` and step the optimizer (a graph's replay did both)."""
+        if self._graph is not None:
+            return
+        self._optimizer.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        if self._run is not None:
+            self._run.tie.restore_skipped_grads()
+        self._optimizer.step()
 
 
 def _total_depth(blocks: list[RepeatedBlock]) -> int | None:
     if len(blocks) == 1:
         depth = blocks[0].last_depth
-        return depth if depth is None or type(depth) is int else _repeats_applied(depth)
+        return depth if depth is None or type(depth) is int else repeats_applied(depth)
     if not blocks:
         return None
-    return sum(_repeats_applied(block.last_depth) for block in blocks)
-
-
-def _repeats_applied(depth: int | Tensor | None) -> int:
-    """A block's depth as an int: a per-row block counts its deepest row's repeats."""
-    if depth is None:
-        return 0
-    if isinstance(depth, Tensor):
-        return int(depth.max()) if depth.numel() else 0
-    return depth
-
-
-def _flush(pending: list[Tensor], losses: list[float]) -> None:
-    if pending:
-        first = len(losses)
-        losses.extend(torch.stack(pending).tolist())
-        pending.clear()
-        check_losses(losses, first)
+    return sum(repeats_applied(block.last_depth) for block in blocks)
 
 
 def _checked(criterion: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
@@ -292,36 +363,3 @@ def _output_mismatch(y_pred: object, y: Tensor) -> str:
         f"the model's output must have the shape of y, {tuple(y.shape)}, got {got}; "
         f"MSELoss would otherwise broadcast them into a wrong loss"
     )
-
-
-def _progress_bar_class() -> Any:
-    try:
-        from tqdm import tqdm
-    except ImportError as error:
-        raise ImportError(
-            "progress=True draws its bar with tqdm, which is not installed: "
-            "pip install tqdm (or the 'progress' extra: pip install '.[progress]' "
-            "in stochdepth's repository)"
-        ) from error
-    return tqdm
-
-
-def _progress_bar(steps: int) -> Any:
-    return _progress_bar_class()(total=steps, desc="train", unit="step", file=sys.stderr)
-
-
-def _write_nothing(*_: object, **__: object) -> None:
-    """What ranks other than 0 print with."""
-
-
-def _show_progress(
-    bar: Any, pending: list[Tensor], losses: list[float], depths: list[int | None]
-) -> None:
-    window = len(pending)
-    _flush(pending, losses)
-    recent = losses[-window:] if window else losses[-1:]
-    used = [depth for depth in depths if depth is not None]
-    postfix = {"loss": f"{sum(recent) / max(len(recent), 1):.4g}"}
-    if used:
-        postfix["mean_depth"] = f"{sum(used) / len(used):.2f}"
-    bar.set_postfix(postfix, refresh=False)

@@ -1,0 +1,68 @@
+"""Depth 0 under DDP: the identity that keeps a skipped layer's parameters in the graph.
+
+At depth 0 a block skips its layer, whose parameters then take no part in the loss.
+``DistributedDataParallel`` with its default ``find_unused_parameters=False`` waits
+for their gradients, reduces nothing that step, and fails on the next forward pass
+("Expected to have finished reduction in the prior iteration..."). Passing the
+block's output through :class:`ZeroGradTie`, an identity that lists the parameters as
+inputs and gives them no gradient, makes DDP's hooks fire for them as for any used
+parameter, so that every bucket is reduced and the replicas stay identical.
+
+The block calls :func:`tie_skipped_layer` on its depth-0 training path; it ties only
+inside a DDP forward pass, so that a single process, FSDP and eval mode are untouched.
+This module imports nothing of stochdepth's: the block imports it, and so does
+``stochdepth._distributed`` (``SkippedLayerTie``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+class ZeroGradTie(torch.autograd.Function):
+    """Identity on ``x`` that makes ``params`` part of the graph with no gradient.
+
+    Its backward returns ``None`` for the parameters: autograd still runs their
+    gradient accumulators, so DDP's hooks fire and their bucket is reduced, but
+    nothing is accumulated (outside DDP their ``.grad`` stays ``None``).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, *params: Tensor) -> Tensor:
+        ctx.parameter_count = len(params)
+        # A copy, not a view: an in-place op after the block (ReLU(inplace=True))
+        # may not modify a view returned by a custom Function.
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, *grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
+        return (grad_outputs[0], *([None] * ctx.parameter_count))
+
+
+def tie(x: Tensor, params: list[nn.Parameter]) -> Tensor:
+    """``x``, tied to ``params`` through :class:`ZeroGradTie` (``x`` itself without params)."""
+    if not params:
+        return x
+    return ZeroGradTie.apply(x, *params)  # type: ignore[no-untyped-call,no-any-return]
+
+
+def in_ddp_forward() -> bool:
+    """Whether a ``DistributedDataParallel`` forward pass is running, with gradients on."""
+    active = getattr(DistributedDataParallel, "_active_ddp_module", None)
+    return active is not None and torch.is_grad_enabled()
+
+
+def tie_skipped_layer(layer: nn.Module, x: Tensor) -> Tensor:
+    """What a training block that skipped ``layer`` returns: ``x``, tied inside DDP.
+
+    Inside a DDP forward pass with gradients enabled, ``x`` goes through
+    :class:`ZeroGradTie` with the layer's trainable parameters (one copy of ``x``);
+    anywhere else it is ``x`` itself.
+    """
+    if not in_ddp_forward():
+        return x
+    return tie(x, [p for p in layer.parameters() if p.requires_grad])
