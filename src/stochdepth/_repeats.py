@@ -389,7 +389,7 @@ class PerRow:
 
     def _run(self, block: Host, x: Tensor, depth: object) -> Tensor:
         depths = block._choice.rows(row_count(x), depth, block.training)
-        return per_row(
+        out = per_row(
             block.layer,
             x,
             depths,
@@ -397,6 +397,8 @@ class PerRow:
             checkpointed=self.checkpointed,
             checkpoint_every=self.every,
         )
+        # Every row at depth 0: a depth-0 pass of the whole batch (under DDP, say).
+        return block._depth_zero(x) if out is x else out
 
     # Data-dependent row counts: run eagerly inside a compiled model (one graph break).
     _outside_graph = outside_graph(_run)
