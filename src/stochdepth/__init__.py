@@ -15,6 +15,7 @@ from ._version import __version__ as __version__
 from .samplers._builtin import BernoulliDepth as BernoulliDepth
 from .samplers._builtin import FixedDepth as FixedDepth
 from .samplers._builtin import GeometricDepth as GeometricDepth
+from .samplers._builtin import LogNormalPoissonDepth as LogNormalPoissonDepth
 from .samplers._builtin import ScheduledDepth as ScheduledDepth
 from .samplers._builtin import SeededDepth as SeededDepth
 from .samplers._builtin import UniformDepth as UniformDepth
@@ -40,6 +41,7 @@ __all__ = [
     "DynamicNet",
     "FixedDepth",
     "GeometricDepth",
+    "LogNormalPoissonDepth",
     "NonFiniteError",
     "RepeatedBlock",
     "SamplerPluginError",
