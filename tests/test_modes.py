@@ -32,6 +32,7 @@ from stochdepth import (
     train,
 )
 
+from fakes import CountingSampler
 from strategies import LAYERS, MAX_DEPTH, depths, features, layer_names, seeds
 
 torch_seeds = st.integers(min_value=0, max_value=2**32 - 1)
@@ -235,24 +236,11 @@ def test_an_int_depth_applies_to_every_row() -> None:
     assert torch.equal(block.last_depth, torch.full((5,), 2))  # type: ignore[arg-type]
 
 
-class ScalarOnly:
-    """A protocol-only sampler (no ``sample_batch``): the block draws row by row."""
-
-    min_depth = 0
-    max_depth = 3
-
-    def __init__(self, seed: int) -> None:
-        self._rng = random.Random(seed)
-
-    def sample(self) -> int:
-        return self._rng.randint(0, 3)
-
-
 @given(seed=st.integers(min_value=0, max_value=2**32 - 1), batch=rows)
 def test_a_sampler_without_sample_batch_is_asked_once_per_row(seed: int, batch: int) -> None:
-    block = RepeatedBlock(nn.Linear(2, 2), ScalarOnly(seed), per_sample=True)
+    block = RepeatedBlock(nn.Linear(2, 2), CountingSampler(0, 3, seed), per_sample=True)
     block(torch.randn(batch, 2))
-    twin = ScalarOnly(seed)
+    twin = CountingSampler(0, 3, seed)
     assert block.last_depth.tolist() == [twin.sample() for _ in range(batch)]  # type: ignore[union-attr]
 
 
