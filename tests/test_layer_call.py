@@ -462,3 +462,29 @@ def test_a_replaced_layer_is_the_one_that_runs_and_copies_run_their_own() -> Non
         twin.layer.bias.fill_(1.0)
     assert torch.equal(twin(x), torch.ones(2, 3))
     assert torch.equal(block(x), hand_plain(block.layer, x, 2))
+
+
+def test_skipped_layer_tie_ties_a_layer_that_grad_depth_left_unrecorded() -> None:
+    from stochdepth import SkippedLayerTie
+
+    torch.manual_seed(0)
+    block = RepeatedBlock(nn.Linear(3, 3), FixedDepth(2), grad_depth=SeededDepth(0, 1, seed=3))
+    tie = SkippedLayerTie(block)
+    twin = SeededDepth(0, 1, seed=3)
+    x = torch.randn(2, 3, requires_grad=True)
+    drawn = set()
+    for _ in range(8):
+        k = twin.sample()
+        drawn.add(k)
+        block.zero_grad(set_to_none=True)
+        x.grad = None
+        block(x).sum().backward()
+        restored = tie.restore_skipped_grads()
+        if k == 0:  # every repeat ran without autograd: tied, as at depth 0
+            assert restored == ["layer.weight", "layer.bias"]
+            assert block.layer.weight.grad is None
+        else:
+            assert restored == []
+            assert block.layer.weight.grad is not None
+    assert drawn == {0, 1}
+    tie.remove()
