@@ -33,6 +33,9 @@ Comparisons (A is the reference, B the thing measured; ratio = B / A):
    per-sample, checkpointed, the layer compiled, and on CUDA ``CUDAGraphStep``. On a
    CPU a step at width 1024 takes seconds: there it runs with ``--quick`` or when asked
    for (``--sections 7``).
+8. truncated backprop: a transformer-sized layer (``nn.TransformerEncoderLayer``,
+   width 256, 128 positions, batch 32) at depth 32 with ``grad_depth=4`` against
+   full backprop: peak activation memory and the time of a training step.
 
 Times are medians over chunks of steps run interleaved (A B A B ...), so that a
 machine's load drifts through both sides alike. Every row is printed even when its
@@ -94,6 +97,9 @@ class Sizes:
     model_shape: tuple[int, int] = (32, 128)  # batch, positions
     model_chunk: int = 2  # steps per timed chunk (comparison 7)
     model_chunks: int = 7
+    truncated: tuple[int, int, int, int, int] = (32, 128, 256, 32, 4)  # batch, positions,
+    # width, depth, grad_depth
+    truncated_reps: int = 3
 
 
 QUICK = Sizes(
@@ -110,6 +116,8 @@ QUICK = Sizes(
     model_shape=(2, 4),
     model_chunk=1,
     model_chunks=2,
+    truncated=(2, 4, 8, 6, 2),
+    truncated_reps=1,
 )
 
 
@@ -346,7 +354,7 @@ def compile_one(bench: Bench, row: Row, mode: str, options: dict[str, object]) -
         torch._inductor.config.force_disable_caches = True
         warnings.filterwarnings("ignore", "dynamo_pgo force disabled")
     torch._dynamo.reset()
-    explained = torch._dynamo.explain(copy.deepcopy(model))(x, depth())
+    explained = torch._dynamo.explain(copy.deepcopy(model))(x, depth=depth())
     torch._dynamo.reset()
     counters.clear()
     compiled = torch.compile(model, backend=bench.backend, **options)  # type: ignore[arg-type]
@@ -359,7 +367,7 @@ def compile_one(bench: Bench, row: Row, mode: str, options: dict[str, object]) -
         def step() -> None:
             if cudagraphs:
                 torch.compiler.cudagraph_mark_step_begin()
-            loss = criterion(net(x, depth()), y)
+            loss = criterion(net(x, depth=depth()), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -463,7 +471,7 @@ def activation_peak(bench: Bench, block: RepeatedBlock, x: Tensor, depth: int) -
         bench.sync()
         torch.cuda.reset_peak_memory_stats(bench.device)
         base = torch.cuda.memory_allocated(bench.device)
-        block(x, depth).sum().backward()
+        block(x, depth=depth).sum().backward()
         bench.sync()
         peak = torch.cuda.max_memory_allocated(bench.device) - base
         layer_grads()
@@ -473,7 +481,7 @@ def activation_peak(bench: Bench, block: RepeatedBlock, x: Tensor, depth: int) -
     tracker = MemTracker()
     tracker.track_external(block, x)
     with tracker:
-        block(x, depth).sum().backward()
+        block(x, depth=depth).sum().backward()
     snapshot = tracker.get_tracker_snapshot("peak")
     peaks = next(iter(snapshot.values()))
     layer_grads()
@@ -724,6 +732,48 @@ def model_size_width(bench: Bench, width: int) -> None:
             row.note = f"{notes[name]}; {shape}; paired ratio {medians[f'{name}/skip']:.3f}"
 
 
+# --------------------------------------------------------------------------- 5. truncated backprop
+
+
+def truncated_backprop(bench: Bench) -> None:
+    """8: ``grad_depth=k`` against full backprop on a transformer-sized layer."""
+    batch, positions, width, depth, k = bench.sizes.truncated
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(
+        width, nhead=4, dim_feedforward=4 * width, dropout=0.0, batch_first=True
+    ).to(bench.device)
+    x = torch.randn(batch, positions, width, device=bench.device)
+    full = RepeatedBlock(layer, FixedDepth(depth))
+    truncated = RepeatedBlock(layer, FixedDepth(depth), grad_depth=k)
+    size = f"TransformerEncoderLayer({width}, 4 heads), batch {batch}, {positions} positions"
+    section, what = "8 truncated backprop", f"depth {depth}: grad_depth={k} vs full backprop"
+    with bench.row(section, f"{what}, activation memory") as row:
+        want, how = activation_peak(bench, full, x, depth)
+        got, _ = activation_peak(bench, truncated, x, depth)
+        row.a, row.b = mib(want), mib(got)
+        row.ratio = got / want if want else None
+        row.note = f"{size}; {how}"
+
+    def step_of(block: RepeatedBlock) -> Callable[[], int]:
+        def run() -> int:
+            layer.zero_grad(set_to_none=True)
+            block(x).sum().backward()
+            return 1
+
+        return run
+
+    with bench.row(section, f"{what}, forward + backward step") as row:
+        medians = bench.interleaved(
+            {"full": step_of(full), "truncated": step_of(truncated)}, bench.sizes.truncated_reps
+        )
+        row.a, row.b = ms(medians["full"]), ms(medians["truncated"])
+        row.ratio = medians["truncated"] / medians["full"]
+        row.note = (
+            f"{size}; median of {bench.sizes.truncated_reps} steps a side; the first "
+            f"{depth - k} repeats run under torch.no_grad()"
+        )
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -775,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
         "--sections",
         default=None,
         help=(
-            "which comparisons to run, by number (default: 1,2,3,4,5,6,7 on CUDA; 1,2,3,4,5 on "
+            "which comparisons to run, by number (default: all, 1..8, on CUDA; 1,2,3,4,5,8 on "
             "the CPU, and 7 too with --quick)"
         ),
     )
