@@ -681,7 +681,7 @@ def model_size_width(bench: Bench, width: int) -> None:
     block.layer = torch.compile(block.layer, backend=bench.backend)  # type: ignore[assignment]
     models["compiled"] = net, block
     steps["compiled"] = training_step(net, net, criterion, x, y, lr)
-    criterion(net[1](net[0](x), 2), y).backward()  # compile forward and backward
+    criterion(net[1](net[0](x), depth=2), y).backward()  # compile forward and backward
     net.zero_grad(set_to_none=True)
     bench.sync()
     compile_seconds = time.perf_counter() - start
@@ -870,17 +870,18 @@ def main(argv: list[str] | None = None) -> int:
         "5": layer_drop,
         "6": cuda_graph_rows,
         "7": model_size_rows,
+        "8": truncated_backprop,
     }
     # Section 7 at full size takes seconds a step on a CPU: there only on demand (or --quick).
     if device.type == "cuda":
-        default = "1,2,3,4,5,6,7"
+        default = ",".join(sections)
     else:
-        default = "1,2,3,4,5,7" if args.quick else "1,2,3,4,5"
+        default = "1,2,3,4,5,7,8" if args.quick else "1,2,3,4,5,8"
     given = default if args.sections is None else args.sections
     chosen = [name.strip() for name in given.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(sections))
     if unknown or not chosen:
-        parser.error(f"--sections takes numbers among 1,2,3,4,5,6,7, got {given!r}")
+        parser.error(f"--sections takes numbers among {','.join(sections)}, got {given!r}")
     if "6" in chosen and device.type != "cuda":
         parser.error("--sections 6 (CUDA graphs) needs --device cuda")
     for name in sorted(set(chosen)):

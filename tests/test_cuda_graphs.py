@@ -229,7 +229,7 @@ def test_undoing_the_warm_up_gives_eager_training_bitwise(
 
     def step(model: DynamicNet, optimizer: torch.optim.Optimizer, depth: int) -> Tensor:
         optimizer.zero_grad(set_to_none=True)
-        loss = MSE(model(x, depth), y)
+        loss = MSE(model(x, depth=depth), y)
         loss.backward()
         optimizer.step()
         return loss.detach()

@@ -334,9 +334,7 @@ def _force(
     def hook(
         block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        if "depth" in kwargs:
-            return args, {**kwargs, "depth": depth}
-        return (args[0], depth, *args[2:]), kwargs
+        return args, {**kwargs, "depth": depth}  # depth is keyword-only
 
     return hook
 
