@@ -13,9 +13,12 @@ import stochdepth
 EXAMPLES: dict[str, Callable[[], BaseException]] = {
     "CheckpointError": lambda: stochdepth.CheckpointError("run.ckpt", "is truncated:\n  12 bytes"),
     "DepthMismatchError": lambda: stochdepth.DepthMismatchError("differ", [[1, 2], [1, 3]], 7),
+    "ExitCriterionPluginError": lambda: stochdepth.ExitCriterionPluginError("failed to load"),
+    "ExitCriterionPluginWarning": lambda: stochdepth.ExitCriterionPluginWarning("left out"),
     "NonFiniteError": lambda: stochdepth.NonFiniteError("loss is inf", step=3, loss=float("inf")),
     "SamplerPluginError": lambda: stochdepth.SamplerPluginError("sampler 'x' failed to load"),
     "SamplerPluginWarning": lambda: stochdepth.SamplerPluginWarning("plugin left out"),
+    "UnknownExitCriterionError": lambda: stochdepth.UnknownExitCriterionError("unknown 'z'"),
     "UnknownSamplerError": lambda: stochdepth.UnknownSamplerError("unknown sampler 'y'"),
 }
 

@@ -6,12 +6,27 @@ from ._distributed import SkippedLayerTie as SkippedLayerTie
 from ._distributed import check_depth_agreement as check_depth_agreement
 from ._errors import CheckpointError as CheckpointError
 from ._errors import DepthMismatchError as DepthMismatchError
+from ._errors import ExitCriterionPluginError as ExitCriterionPluginError
+from ._errors import ExitCriterionPluginWarning as ExitCriterionPluginWarning
 from ._errors import NonFiniteError as NonFiniteError
 from ._errors import SamplerPluginError as SamplerPluginError
 from ._errors import SamplerPluginWarning as SamplerPluginWarning
+from ._errors import UnknownExitCriterionError as UnknownExitCriterionError
 from ._errors import UnknownSamplerError as UnknownSamplerError
+from ._halting import halting_depths as halting_depths
+from ._halting import halting_distribution as halting_distribution
+from ._halting import ponder_loss as ponder_loss
 from ._model import DynamicNet as DynamicNet
 from ._version import __version__ as __version__
+from .exits._builtin import LatentChange as LatentChange
+from .exits._builtin import OutputKL as OutputKL
+from .exits._policy import ExitWhenConverged as ExitWhenConverged
+from .exits._protocol import ExitCriterion as ExitCriterion
+from .exits._registry import available_exit_criteria as available_exit_criteria
+from .exits._registry import get_exit_criterion as get_exit_criterion
+from .exits._registry import refresh_exit_criteria as refresh_exit_criteria
+from .exits._registry import register_exit_criterion as register_exit_criterion
+from .exits._registry import unregister_exit_criterion as unregister_exit_criterion
 from .samplers._builtin import BernoulliDepth as BernoulliDepth
 from .samplers._builtin import FixedDepth as FixedDepth
 from .samplers._builtin import GeometricDepth as GeometricDepth
@@ -38,9 +53,15 @@ __all__ = [
     "DepthMismatchError",
     "DepthSampler",
     "DynamicNet",
+    "ExitCriterion",
+    "ExitCriterionPluginError",
+    "ExitCriterionPluginWarning",
+    "ExitWhenConverged",
     "FixedDepth",
     "GeometricDepth",
+    "LatentChange",
     "NonFiniteError",
+    "OutputKL",
     "RepeatedBlock",
     "SamplerPluginError",
     "SamplerPluginWarning",
@@ -50,15 +71,24 @@ __all__ = [
     "StepRecord",
     "TrainingHistory",
     "UniformDepth",
+    "UnknownExitCriterionError",
     "UnknownSamplerError",
     "__version__",
+    "available_exit_criteria",
     "available_samplers",
     "check_depth_agreement",
+    "get_exit_criterion",
     "get_sampler",
+    "halting_depths",
+    "halting_distribution",
     "load_checkpoint",
+    "ponder_loss",
+    "refresh_exit_criteria",
     "refresh_samplers",
+    "register_exit_criterion",
     "register_sampler",
     "train",
+    "unregister_exit_criterion",
     "unregister_sampler",
 ]
 
