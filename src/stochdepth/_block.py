@@ -13,7 +13,7 @@ from . import _repeats
 from ._depth import DEFAULT_DEPTH_LIMIT, DepthChoice, EvalDepth, check_within_limit, row_count
 from ._repeats import outside_graph
 from ._validation import check_bool, check_int, describe
-from .exits._loop import until_converged
+from .exits._loop import PlainRepeat, until_converged
 from .exits._policy import ExitWhenConverged
 from .samplers._protocol import DepthSampler, has_state
 
@@ -178,15 +178,9 @@ class RepeatedBlock(nn.Module):
     @outside_graph  # the depth depends on the values: run eagerly under compile
     def _exit_early(self, policy: ExitWhenConverged, x: Tensor) -> Tensor:
         """Eval mode with ``eval_depth=ExitWhenConverged(...)``: repeat until converged."""
-
-        def apply(state: Tensor, repeat: int, rows: Tensor | None) -> Tensor:
-            out = self.layer(state)
-            if not isinstance(out, Tensor) or out.shape != state.shape:
-                raise self._shape_error(state, out, repeat, policy.max_depth)
-            return out
-
         if self._per_sample:
             row_count(x)
+        apply = PlainRepeat(self.layer, self._shape_error)
         out, used = until_converged(apply, x, policy, self._per_sample)
         self._choice.last = used
         return out

@@ -6,26 +6,34 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+from typing_extensions import Protocol, Self
 
 from stochdepth._validation import describe
 
 from ._policy import ExitWhenConverged
 
-Apply = Callable[[Tensor, int, "Tensor | None"], Tensor]
-"""One repeat: ``apply(state, repeat, rows)`` -> the next state.
+ShapeError = Callable[[Tensor, object, int, int], Exception]
 
-``rows`` holds the indices, in the batch, of the rows that ``state`` holds (``None``:
-all of them, in order), so that row-aligned arguments can be cut to match.
-"""
+
+class Repeat(Protocol):
+    """One repeat of the layer, as the block applies it (its extra arguments bound)."""
+
+    def __call__(self, x: Tensor, repeat: int, depth: int) -> Tensor:
+        """Apply repeat ``repeat`` (0-based, of at most ``depth``) to the state ``x``."""
+        ...
+
+    def take(self, index: Tensor) -> Self:
+        """The same repeat for the rows ``index`` of the batch (row-aligned arguments cut)."""
+        ...
 
 
 def until_converged(
-    apply: Apply, x: Tensor, policy: ExitWhenConverged, per_row: bool
+    apply: Repeat, x: Tensor, policy: ExitWhenConverged, per_row: bool
 ) -> tuple[Tensor, int | Tensor]:
     """Repeat ``apply`` on ``x`` until ``policy``'s criterion stops it, or ``max_depth``.
 
     Args:
-        apply: One repeat (see :data:`Apply`).
+        apply: One repeat.
         x: The input, rows along dimension 0.
         policy: The criterion, the head and the depth bounds.
         per_row: Stop each row on its own, running later repeats only on the rows
@@ -40,10 +48,10 @@ def until_converged(
     return _whole_batch(apply, x, policy)
 
 
-def _whole_batch(apply: Apply, x: Tensor, policy: ExitWhenConverged) -> tuple[Tensor, int]:
+def _whole_batch(apply: Repeat, x: Tensor, policy: ExitWhenConverged) -> tuple[Tensor, int]:
     previous, previous_output = x, None
     for repeat in range(policy.max_depth):
-        current = apply(previous, repeat, None)
+        current = apply(previous, repeat, policy.max_depth)
         if policy.min_depth <= repeat + 1 < policy.max_depth:
             stop, previous_output = _ask(policy, previous, current, repeat, previous_output)
             if bool(stop.all()):
@@ -52,7 +60,7 @@ def _whole_batch(apply: Apply, x: Tensor, policy: ExitWhenConverged) -> tuple[Te
     return previous, policy.max_depth
 
 
-def _row_by_row(apply: Apply, x: Tensor, policy: ExitWhenConverged) -> tuple[Tensor, Tensor]:
+def _row_by_row(apply: Repeat, x: Tensor, policy: ExitWhenConverged) -> tuple[Tensor, Tensor]:
     rows = x.shape[0]
     depths = torch.full((rows,), policy.max_depth, dtype=torch.int64)
     if rows == 0:
@@ -61,8 +69,9 @@ def _row_by_row(apply: Apply, x: Tensor, policy: ExitWhenConverged) -> tuple[Ten
     pieces: list[Tensor] = []
     places: list[Tensor] = []
     previous, previous_output = x, None
+    running = apply  # the repeat for the rows still going
     for repeat in range(policy.max_depth):
-        current = apply(previous, repeat, None if len(pieces) == 0 else index)
+        current = running(previous, repeat, policy.max_depth)
         if policy.min_depth <= repeat + 1 < policy.max_depth:
             stop, output = _ask(policy, previous, current, repeat, previous_output)
             if bool(stop.any()):
@@ -74,6 +83,7 @@ def _row_by_row(apply: Apply, x: Tensor, policy: ExitWhenConverged) -> tuple[Ten
                 output = None if output is None else output[going]
                 if index.numel() == 0:
                     break
+                running = apply.take(index)
             previous_output = output
         previous = current
     else:
@@ -114,3 +124,28 @@ def _ask(
             f"({rows},), one answer per row, but returned {shown} at repeat {repeat + 1}"
         )
     return stop, output
+
+
+class PlainRepeat:
+    """A :class:`Repeat` of a layer that takes the state alone: ``layer(x)``, checked.
+
+    Args:
+        layer: The repeated module.
+        error: Builds the error for an output of another shape:
+            ``(x, out, repeat, depth)``.
+    """
+
+    def __init__(self, layer: Callable[[Tensor], object], error: ShapeError) -> None:
+        self.layer = layer
+        self.error = error
+
+    def __call__(self, x: Tensor, repeat: int, depth: int) -> Tensor:
+        """Apply the layer once and check the shape."""
+        out = self.layer(x)
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            raise self.error(x, out, repeat, depth)
+        return out
+
+    def take(self, index: Tensor) -> PlainRepeat:
+        """The same repeat: the layer has no row-aligned arguments to cut."""
+        return self
