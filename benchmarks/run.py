@@ -19,6 +19,9 @@ Comparisons (A is the reference, B the thing measured; ratio = B / A):
    (``mode="masked", per_sample=True``), forward and backward, batch 512, width 512.
 4. memory: peak activation memory at depths 1, 8 and 64 with and without
    ``checkpoint=True`` (target at depth 64 <= 0.25 of plain).
+5. truncated backprop: a transformer-sized layer (``nn.TransformerEncoderLayer``,
+   width 256, 128 positions, batch 32) at depth 32 with ``grad_depth=4`` against
+   full backprop: peak activation memory and the time of a training step.
 
 Times are medians over chunks of steps run interleaved (A B A B ...), so that a
 machine's load drifts through both sides alike. Every row is printed even when its
@@ -64,6 +67,9 @@ class Sizes:
     per_sample_reps: int = 12
     memory: tuple[int, int] = (256, 256)  # batch, width
     memory_depths: tuple[int, ...] = (1, 8, 64)
+    truncated: tuple[int, int, int, int, int] = (32, 128, 256, 32, 4)  # batch, positions,
+    # width, depth, grad_depth
+    truncated_reps: int = 3
 
 
 QUICK = Sizes(
@@ -73,6 +79,8 @@ QUICK = Sizes(
     per_sample=(16, 8),
     per_sample_reps=3,
     memory=(4, 8),
+    truncated=(2, 4, 8, 6, 2),
+    truncated_reps=1,
 )
 
 
@@ -319,7 +327,7 @@ def compile_one(bench: Bench, row: Row, mode: str, options: dict[str, object]) -
         def step() -> None:
             if cudagraphs:
                 torch.compiler.cudagraph_mark_step_begin()
-            loss = criterion(net(x, depth()), y)
+            loss = criterion(net(x, depth=depth()), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -423,7 +431,7 @@ def activation_peak(bench: Bench, block: RepeatedBlock, x: Tensor, depth: int) -
         bench.sync()
         torch.cuda.reset_peak_memory_stats(bench.device)
         base = torch.cuda.memory_allocated(bench.device)
-        block(x, depth).sum().backward()
+        block(x, depth=depth).sum().backward()
         bench.sync()
         peak = torch.cuda.max_memory_allocated(bench.device) - base
         layer_grads()
@@ -433,7 +441,7 @@ def activation_peak(bench: Bench, block: RepeatedBlock, x: Tensor, depth: int) -
     tracker = MemTracker()
     tracker.track_external(block, x)
     with tracker:
-        block(x, depth).sum().backward()
+        block(x, depth=depth).sum().backward()
     snapshot = tracker.get_tracker_snapshot("peak")
     peaks = next(iter(snapshot.values()))
     layer_grads()
@@ -458,6 +466,48 @@ def memory(bench: Bench) -> None:
             row.a, row.b = mib(want), mib(got)
             row.ratio = got / want if want else None
             row.note = f"batch {batch}, width {width}; {how}"
+
+
+# --------------------------------------------------------------------------- 5. truncated backprop
+
+
+def truncated_backprop(bench: Bench) -> None:
+    """5: ``grad_depth=k`` against full backprop on a transformer-sized layer."""
+    batch, positions, width, depth, k = bench.sizes.truncated
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(
+        width, nhead=4, dim_feedforward=4 * width, dropout=0.0, batch_first=True
+    ).to(bench.device)
+    x = torch.randn(batch, positions, width, device=bench.device)
+    full = RepeatedBlock(layer, FixedDepth(depth))
+    truncated = RepeatedBlock(layer, FixedDepth(depth), grad_depth=k)
+    size = f"TransformerEncoderLayer({width}, 4 heads), batch {batch}, {positions} positions"
+    section, what = "5 truncated backprop", f"depth {depth}: grad_depth={k} vs full backprop"
+    with bench.row(section, f"{what}, activation memory") as row:
+        want, how = activation_peak(bench, full, x, depth)
+        got, _ = activation_peak(bench, truncated, x, depth)
+        row.a, row.b = mib(want), mib(got)
+        row.ratio = got / want if want else None
+        row.note = f"{size}; {how}"
+
+    def step_of(block: RepeatedBlock) -> Callable[[], int]:
+        def run() -> int:
+            layer.zero_grad(set_to_none=True)
+            block(x).sum().backward()
+            return 1
+
+        return run
+
+    with bench.row(section, f"{what}, forward + backward step") as row:
+        medians = bench.interleaved(
+            {"full": step_of(full), "truncated": step_of(truncated)}, bench.sizes.truncated_reps
+        )
+        row.a, row.b = ms(medians["full"]), ms(medians["truncated"])
+        row.ratio = medians["truncated"] / medians["full"]
+        row.note = (
+            f"{size}; median of {bench.sizes.truncated_reps} steps a side; the first "
+            f"{depth - k} repeats run under torch.no_grad()"
+        )
 
 
 # --------------------------------------------------------------------------- report
@@ -509,8 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument(
         "--sections",
-        default="1,2,3,4",
-        help="which comparisons to run, by number (default: all, 1,2,3,4)",
+        default="1,2,3,4,5",
+        help="which comparisons to run, by number (default: all, 1,2,3,4,5)",
     )
     parser.add_argument(
         "--clock",
@@ -545,11 +595,17 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     print("\n".join(header), file=sys.stderr, flush=True)
-    sections = {"1": overhead, "2": compile_rows, "3": per_sample, "4": memory}
+    sections = {
+        "1": overhead,
+        "2": compile_rows,
+        "3": per_sample,
+        "4": memory,
+        "5": truncated_backprop,
+    }
     chosen = [name.strip() for name in args.sections.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(sections))
     if unknown or not chosen:
-        parser.error(f"--sections takes numbers among 1,2,3,4, got {args.sections!r}")
+        parser.error(f"--sections takes numbers among {','.join(sections)}, got {args.sections!r}")
     for name in sorted(set(chosen)):
         sections[name](bench)
     command = "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)

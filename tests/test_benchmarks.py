@@ -51,6 +51,6 @@ def test_sections_choose_the_comparisons() -> None:
 
 
 def test_an_unknown_section_is_a_usage_error() -> None:
-    result = run_python(SCRIPT, "--sections", "5", check=False)
+    result = run_python(SCRIPT, "--sections", "6", check=False)
     assert result.returncode == 2
-    assert "--sections takes numbers among 1,2,3,4, got '5'" in result.stderr
+    assert "--sections takes numbers among 1,2,3,4,5, got '6'" in result.stderr

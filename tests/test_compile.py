@@ -86,12 +86,12 @@ def test_masked_mode_compiles_fullgraph_to_one_graph_for_every_depth() -> None:
     x = torch.randn(3, 6)
     for depth in [0, 3, 1, 4, 2, 0]:
         given = torch.tensor(depth)
-        out = compiled(x, given)
+        out = compiled(x, depth=given)
         if torch.__version__ >= "2.13":  # torch 2.11's Dynamo drops this side effect
             assert block.last_depth is given  # set under compile too
-        assert torch.equal(out, block(x, depth))
+        assert torch.equal(out, block(x, depth=depth))
     assert counter.frame_count == 1
-    explanation = torch._dynamo.explain(block)(x, torch.tensor(2))
+    explanation = torch._dynamo.explain(block)(x, depth=torch.tensor(2))
     assert explanation.graph_count == 1
     assert explanation.graph_break_count == 0
 
@@ -118,10 +118,10 @@ def test_masked_mode_exports_with_the_depth_as_a_tensor_argument(per_sample: boo
     block = RepeatedBlock(layer, FixedDepth(3), mode="masked", per_sample=per_sample)
     x = torch.randn(4, 5)
     example = torch.tensor([0, 1, 2, 3]) if per_sample else torch.tensor(2)
-    exported = torch.export.export(block, (x, example)).module()
+    exported = torch.export.export(block, (x,), {"depth": example}).module()
     for depth in range(4):
         depths = torch.tensor([depth, 3 - depth, 1, 0]) if per_sample else torch.tensor(depth)
-        assert torch.equal(exported(x, depths), block(x, depths))
+        assert torch.equal(exported(x, depth=depths), block(x, depth=depths))
 
 
 def test_per_sample_skip_mode_runs_under_compile() -> None:
@@ -146,6 +146,6 @@ def test_more_depths_than_the_recompile_limit_stay_correct() -> None:
     compiled = torch.compile(block, backend=counter)
     x = torch.randn(2, 3)
     for depth in range(limit + 3):
-        torch.testing.assert_close(compiled(x, depth), block(x, depth), rtol=0, atol=0)
+        torch.testing.assert_close(compiled(x, depth=depth), block(x, depth=depth), rtol=0, atol=0)
         assert block.last_depth == depth
     assert counter.frame_count == limit  # depths 0 to limit - 1, one graph each

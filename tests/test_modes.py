@@ -51,7 +51,7 @@ def backward(
     """Output, grad of x and grads of the parameters of ``(block(x) * weight).sum()``."""
     block.zero_grad(set_to_none=True)
     x = x.detach().clone().requires_grad_()
-    out = block(x) if depth is None else block(x, depth)
+    out = block(x) if depth is None else block(x, depth=depth)
     (out * weight).sum().backward()
     assert x.grad is not None
     return out.detach(), x.grad, [p.grad for p in block.parameters()]
@@ -124,15 +124,15 @@ def test_masked_mode_rejects_depths_it_cannot_hold() -> None:
     block = RepeatedBlock(nn.Linear(3, 3), SeededDepth(0, 2, seed=0), mode="masked")
     x = torch.randn(2, 3)
     with pytest.raises(ValueError, match=r"depth must be <= sampler.max_depth=2 .*got 3"):
-        block(x, 3)
+        block(x, depth=3)
     with pytest.raises(ValueError, match=r"depth must be <= sampler.max_depth=2 .*got 5"):
-        block(x, torch.tensor(5))
+        block(x, depth=torch.tensor(5))
     with pytest.raises(ValueError, match=r"depth must be >= 0, got a tensor holding -1"):
-        block(x, torch.tensor(-1))
+        block(x, depth=torch.tensor(-1))
     with pytest.raises(TypeError, match=r"integer tensor of shape \(\).*torch.float32"):
-        block(x, torch.tensor(1.0))
+        block(x, depth=torch.tensor(1.0))
     with pytest.raises(TypeError, match=r"integer tensor of shape \(\).*shape \(2,\)"):
-        block(x, torch.tensor([1, 1]))
+        block(x, depth=torch.tensor([1, 1]))
     block.eval_depth = 4
     block.eval()
     with pytest.raises(ValueError, match=r"got 4"):
@@ -146,10 +146,10 @@ def test_masked_mode_rejects_depths_it_cannot_hold() -> None:
 def test_a_depth_tensor_given_to_masked_mode_is_last_depth_and_not_counted() -> None:
     block = RepeatedBlock(nn.Linear(3, 3), FixedDepth(2), mode="masked")
     depth = torch.tensor(1)
-    block(torch.randn(2, 3), depth)
+    block(torch.randn(2, 3), depth=depth)
     assert block.last_depth is depth
     assert block.depth_histogram == {}
-    block(torch.randn(2, 3), 1)
+    block(torch.randn(2, 3), depth=1)
     assert block.depth_histogram == {1: 1}
 
 
@@ -202,10 +202,12 @@ def test_per_sample_skip_and_masked_modes_agree_on_given_depths(depth_list: list
     given_depths = torch.tensor(depth_list)
     skip = RepeatedBlock(layer, FixedDepth(5), per_sample=True)
     masked = RepeatedBlock(layer, FixedDepth(5), per_sample=True, mode="masked")
-    torch.testing.assert_close(skip(x, given_depths), masked(x, given_depths), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        skip(x, depth=given_depths), masked(x, depth=given_depths), rtol=0, atol=1e-12
+    )
     assert torch.equal(skip.last_depth, given_depths)  # type: ignore[arg-type]
     if max(depth_list) == 0:
-        assert skip(x, given_depths) is x
+        assert skip(x, depth=given_depths) is x
 
 
 def test_per_sample_telemetry_counts_rows() -> None:
@@ -229,7 +231,7 @@ def test_an_int_depth_applies_to_every_row() -> None:
     layer = nn.Linear(3, 3)
     block = RepeatedBlock(layer, FixedDepth(4), per_sample=True)
     x = torch.randn(5, 3)
-    assert torch.equal(block(x, 2), by_hand(layer, x, 2))
+    assert torch.equal(block(x, depth=2), by_hand(layer, x, 2))
     assert torch.equal(block.last_depth, torch.full((5,), 2))  # type: ignore[arg-type]
 
 
@@ -420,7 +422,7 @@ def count_saved_bytes(block: RepeatedBlock, x: Tensor, depth: int | Tensor) -> i
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        out = block(x.requires_grad_(), depth)
+        out = block(x.requires_grad_(), depth=depth)
     out.sum().backward()
     return saved
 
@@ -512,7 +514,7 @@ def test_the_depth_limit_holds_in_every_mode() -> None:
     x = torch.randn(3, 2)
     rows = RepeatedBlock(nn.Linear(2, 2), FixedDepth(2), per_sample=True, depth_limit=4)
     with pytest.raises(ValueError, match=r"depth_limit=4, got 5"):
-        rows(x, torch.tensor([1, 5, 0]))
+        rows(x, depth=torch.tensor([1, 5, 0]))
     with pytest.raises(ValueError, match=r"depth_limit=4, got 6"):
         rows(x, 6)
     masked = RepeatedBlock(nn.Linear(2, 2), FixedDepth(2), mode="masked", depth_limit=4)

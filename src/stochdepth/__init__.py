@@ -30,6 +30,7 @@ from .exits._registry import unregister_exit_criterion as unregister_exit_criter
 from .samplers._builtin import BernoulliDepth as BernoulliDepth
 from .samplers._builtin import FixedDepth as FixedDepth
 from .samplers._builtin import GeometricDepth as GeometricDepth
+from .samplers._builtin import LogNormalPoissonDepth as LogNormalPoissonDepth
 from .samplers._builtin import ScheduledDepth as ScheduledDepth
 from .samplers._builtin import SeededDepth as SeededDepth
 from .samplers._builtin import UniformDepth as UniformDepth
@@ -60,6 +61,7 @@ __all__ = [
     "FixedDepth",
     "GeometricDepth",
     "LatentChange",
+    "LogNormalPoissonDepth",
     "NonFiniteError",
     "OutputKL",
     "RepeatedBlock",

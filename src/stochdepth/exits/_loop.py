@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 from typing_extensions import Protocol, Self
@@ -11,8 +9,6 @@ from typing_extensions import Protocol, Self
 from stochdepth._validation import describe
 
 from ._policy import ExitWhenConverged
-
-ShapeError = Callable[[Tensor, object, int, int], Exception]
 
 
 class Repeat(Protocol):
@@ -124,28 +120,3 @@ def _ask(
             f"({rows},), one answer per row, but returned {shown} at repeat {repeat + 1}"
         )
     return stop, output
-
-
-class PlainRepeat:
-    """A :class:`Repeat` of a layer that takes the state alone: ``layer(x)``, checked.
-
-    Args:
-        layer: The repeated module.
-        error: Builds the error for an output of another shape:
-            ``(x, out, repeat, depth)``.
-    """
-
-    def __init__(self, layer: Callable[[Tensor], object], error: ShapeError) -> None:
-        self.layer = layer
-        self.error = error
-
-    def __call__(self, x: Tensor, repeat: int, depth: int) -> Tensor:
-        """Apply the layer once and check the shape."""
-        out = self.layer(x)
-        if not isinstance(out, Tensor) or out.shape != x.shape:
-            raise self.error(x, out, repeat, depth)
-        return out
-
-    def take(self, index: Tensor) -> PlainRepeat:
-        """The same repeat: the layer has no row-aligned arguments to cut."""
-        return self
