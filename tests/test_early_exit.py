@@ -200,3 +200,65 @@ def test_a_criterion_that_returns_no_bool_per_row_is_reported() -> None:
 def test_the_repr_shows_the_policy() -> None:
     block = RepeatedBlock(nn.Linear(2, 2), eval_depth=ExitWhenConverged(0.1, 3))
     assert "eval_depth=ExitWhenConverged(tol=0.1, max_depth=3" in repr(block)
+
+
+class Injected(nn.Module):
+    """``s -> tanh(W s + U e) `` with the input ``e`` injected, and the step index seen."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.state = nn.Linear(width, width, bias=False)
+        self.input = nn.Linear(width, width)
+        self.steps: list[int] = []
+
+    def forward(self, s: Tensor, e: Tensor, *, scale: float = 1.0, step: int = 0) -> Tensor:
+        self.steps.append(step)
+        return torch.tanh(scale * self.state(s) + self.input(e))
+
+
+@given(rows=st.integers(1, 6), tol=st.floats(1e-8, 1e-2), seed=st.integers(0, 2**16))
+def test_each_row_stops_as_it_would_alone_with_its_own_injected_input(
+    rows: int, tol: float, seed: int
+) -> None:
+    torch.manual_seed(seed)
+    layer = Injected(3).double()
+    with torch.no_grad():
+        layer.state.weight.mul_(0.5)  # a contraction in s: every row converges
+    policy = ExitWhenConverged(tol, 60)
+    block = RepeatedBlock(
+        layer, per_sample=True, row_args=0, step_kwarg="step", eval_depth=policy
+    ).eval()
+    e = 3 * torch.randn(rows, 3, dtype=torch.float64)
+    with torch.no_grad():
+        out = block(torch.zeros_like(e), e, scale=0.9)
+        depths = block.last_depth
+        assert isinstance(depths, Tensor)
+        for row in range(rows):
+            alone = block(torch.zeros_like(e[row : row + 1]), e[row : row + 1], scale=0.9)
+            assert block.last_depth.tolist() == [int(depths[row])]
+            torch.testing.assert_close(out[row : row + 1], alone, rtol=0, atol=1e-12)
+    assert set(layer.steps) <= set(range(60))
+
+
+@torch.no_grad()
+def test_the_batch_stops_when_every_row_may_with_extra_arguments() -> None:
+    torch.manual_seed(0)
+    layer = Injected(3).double()
+    with torch.no_grad():
+        layer.state.weight.mul_(0.5)
+    block = RepeatedBlock(layer, step_kwarg="step", eval_depth=ExitWhenConverged(1e-6, 60)).eval()
+    e = torch.randn(4, 3, dtype=torch.float64)
+    out = block(torch.zeros_like(e), e)
+    depth = block.last_depth
+    assert isinstance(depth, int)
+    assert layer.steps == list(range(depth))
+    s = torch.zeros_like(e)
+    for step in range(depth):
+        s = layer(s, e, step=step)
+    torch.testing.assert_close(out, s, rtol=0, atol=0)
+
+
+@torch.no_grad()
+def test_iterate_in_eval_mode_with_early_exit_runs_max_depth() -> None:
+    block = RepeatedBlock(Grow(), eval_depth=ExitWhenConverged(1e-3, 5)).eval()
+    assert len(list(block.iterate(torch.zeros(1, 1)))) == 5
