@@ -65,18 +65,18 @@ class Settings:
     """The sizes of one run; ``--quick`` shrinks them."""
 
     width: int = 32
-    steps: int = 3000
+    steps: int = 1000
     batch: int = 64
     train_bits: int = 16
     train_depth: int = 12  # the fixed recipe's depth, the random recipes' mean
     grad_depth: int = 8
     lr: float = 1e-3
     test_bits: tuple[int, ...] = (16, 32, 64, 128)
-    test_strings: int = 500
-    test_depth: int = 96  # sweep 1..test_depth
+    test_strings: int = 400
+    test_depth: int = 160  # sweep 1..test_depth
     exit_tol: float = 1e-3
-    ponder_steps: int = 3000
-    ponder_depth: int = 24
+    ponder_steps: int = 800
+    ponder_depth: int = 20
     ponder_bits: tuple[int, ...] = (4, 8, 12, 16)
     ponder_test_bits: tuple[int, ...] = (4, 8, 12, 16, 24, 32)
 
@@ -85,11 +85,15 @@ QUICK = Settings(
     width=16,
     steps=150,
     batch=32,
-    test_bits=(16, 32),
+    train_bits=8,
+    train_depth=6,
+    grad_depth=4,
+    test_bits=(8, 16, 32),
     test_strings=100,
     test_depth=32,
-    ponder_steps=100,
-    ponder_depth=12,
+    ponder_steps=60,
+    ponder_depth=8,
+    ponder_bits=(4, 8),
     ponder_test_bits=(4, 8, 16),
 )
 
@@ -167,7 +171,7 @@ def train(model: PrefixParity, settings: Settings, seed: int) -> float:
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        recent = [*recent[-49:], float(loss)]
+        recent = [*recent[-49:], float(loss.detach())]
     return sum(recent) / len(recent)
 
 
@@ -253,15 +257,16 @@ def table(results: dict[str, Result], settings: Settings) -> str:
 
 
 class Halting(nn.Module):
-    """PonderNet's halting head: ``lambda_n`` per string from the mean of its state."""
+    """PonderNet's halting head: ``lambda_n`` per string, from its state's mean and max."""
 
     def __init__(self, width: int) -> None:
         super().__init__()
-        self.linear = nn.Linear(width, 1)
+        self.linear = nn.Linear(2 * width, 1)
 
     def forward(self, state: Tensor) -> Tensor:
         """``lambda``, the probability of halting after this state, per string."""
-        return torch.sigmoid(self.linear(state.mean(dim=2))).squeeze(-1)
+        pooled = torch.cat([state.mean(dim=2), state.amax(dim=2)], dim=1)
+        return torch.sigmoid(self.linear(pooled)).squeeze(-1)
 
 
 def ponder(
@@ -313,10 +318,14 @@ def ponder(
                 "mean_depth": float(depth.float().mean()),
                 "expected_depth": expected,
                 "accuracy": float((chosen.argmax(dim=1) == y).all(dim=1).float().mean()),
+                "accuracy_at_max": float(
+                    (logits[:, -1].argmax(dim=1) == y).all(dim=1).float().mean()
+                ),
             }
             log(
                 f"ponder {bits:3d} bits: halting depth {report[bits]['mean_depth']:.2f} "
-                f"(expected {expected:.2f}), accuracy {report[bits]['accuracy']:.3f}"
+                f"(expected {expected:.2f}), accuracy {report[bits]['accuracy']:.3f} "
+                f"(at depth {n}: {report[bits]['accuracy_at_max']:.3f})"
             )
     return report
 
@@ -351,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run, under a minute")
     parser.add_argument("--ponder", action="store_true", help="run the PonderNet experiment")
     parser.add_argument("--seed", type=int, default=0, help="the seed (default 0)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", type=Path, help="write prefix_sums.json (and .svg) here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
