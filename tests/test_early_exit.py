@@ -262,3 +262,23 @@ def test_the_batch_stops_when_every_row_may_with_extra_arguments() -> None:
 def test_iterate_in_eval_mode_with_early_exit_runs_max_depth() -> None:
     block = RepeatedBlock(Grow(), eval_depth=ExitWhenConverged(1e-3, 5)).eval()
     assert len(list(block.iterate(torch.zeros(1, 1)))) == 5
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+@torch.no_grad()
+def test_early_exit_under_torch_compile_runs_eagerly_with_the_same_result(
+    per_sample: bool,
+) -> None:
+    block = RepeatedBlock(
+        contraction(), per_sample=per_sample, eval_depth=ExitWhenConverged(1e-4, 50)
+    ).eval()
+    x = 2.0 + torch.tensor([[0.5], [10.0], [100.0]], dtype=torch.float64).expand(3, 4)
+    eager = block(x)
+    eager_depth = block.last_depth
+    compiled = torch.compile(block)(x)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+    if per_sample:
+        assert isinstance(eager_depth, Tensor)
+        assert torch.equal(block.last_depth, eager_depth)  # type: ignore[arg-type]
+    else:
+        assert block.last_depth == eager_depth

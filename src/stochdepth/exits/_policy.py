@@ -31,6 +31,13 @@ class ExitWhenConverged:
     depths used (an int, or a tensor of the rows' depths). Training mode draws from the
     sampler as before, and a ``depth`` given to the forward pass is used as given.
 
+    The repeats go through the block's layer call: extra arguments reach the layer at
+    every repeat, and with ``per_sample=True`` the row-aligned ones (``row_args``) are cut
+    to the rows still going. ``grad_depth`` does not apply (the depth is known only at
+    the end): run eval passes under ``torch.no_grad()``. Under ``torch.compile`` the
+    loop runs eagerly (a graph break), since its depth depends on the values.
+    ``block.iterate`` in eval mode runs ``max_depth`` repeats.
+
     A value object: frozen, it holds no state between calls and compares by its fields
     (``criterion`` holds the built criterion; the built-in ones compare by their
     parameters).
