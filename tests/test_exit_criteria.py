@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 import pickle
+import sys
+import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,12 +17,15 @@ from hypothesis import strategies as st
 import stochdepth
 from stochdepth import (
     ExitCriterion,
+    ExitCriterionPluginError,
+    ExitCriterionPluginWarning,
     ExitWhenConverged,
     LatentChange,
     OutputKL,
     UnknownExitCriterionError,
     available_exit_criteria,
     get_exit_criterion,
+    refresh_exit_criteria,
     register_exit_criterion,
     unregister_exit_criterion,
 )
@@ -181,6 +187,56 @@ def test_a_factorys_bad_parameter_is_reported_with_the_criterions_name() -> None
         get_exit_criterion("latent_change", -1.0)
     with pytest.raises(TypeError, match="exit criterion 'latent_change'"):
         get_exit_criterion("latent_change", 0.1, norm=2)
+
+
+# --- plugins ------------------------------------------------------------------------------
+
+PLUGIN = """
+    import torch
+
+    class Calm:
+        '''Stop a row whose largest change is at most tol.'''
+
+        def __init__(self, tol):
+            self.tol = tol
+
+        def __call__(self, previous, current, repeat, outputs=None):
+            return (current - previous).flatten(1).abs().amax(dim=1) <= self.tol
+"""
+
+
+@pytest.fixture
+def plugin_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fake distribution declaring ``calm`` (good) and ``broken`` (fails to import)."""
+    info = tmp_path / "calm_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: calm-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[stochdepth.exit_criteria]\ncalm = calm_plugin:Calm\nbroken = calm_broken:Nope\n"
+    )
+    (tmp_path / "calm_plugin.py").write_text(textwrap.dedent(PLUGIN))
+    (tmp_path / "calm_broken.py").write_text("import no_such_module\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    refresh_exit_criteria()
+    yield tmp_path
+    for module in ("calm_plugin", "calm_broken"):
+        sys.modules.pop(module, None)
+    refresh_exit_criteria()
+
+
+def test_a_plugin_criterion_is_found_by_name_and_a_broken_one_is_left_out(
+    plugin_path: Path,
+) -> None:
+    criterion = get_exit_criterion("calm", 0.5)
+    assert type(criterion).__name__ == "Calm"
+    policy = ExitWhenConverged(0.5, 4, criterion="calm")
+    assert type(policy.criterion).__name__ == "Calm"
+    with pytest.warns(ExitCriterionPluginWarning, match="broken"):
+        names = available_exit_criteria()
+    assert "calm" in names
+    assert "broken" not in names
+    with pytest.raises(ExitCriterionPluginError, match="no_such_module"):
+        get_exit_criterion("broken", 0.5)
 
 
 # --- ExitWhenConverged -------------------------------------------------------------------
