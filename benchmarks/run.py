@@ -314,7 +314,7 @@ def compile_one(bench: Bench, row: Row, mode: str, options: dict[str, object]) -
         torch._inductor.config.force_disable_caches = True
         warnings.filterwarnings("ignore", "dynamo_pgo force disabled")
     torch._dynamo.reset()
-    explained = torch._dynamo.explain(copy.deepcopy(model))(x, depth())
+    explained = torch._dynamo.explain(copy.deepcopy(model))(x, depth=depth())
     torch._dynamo.reset()
     counters.clear()
     compiled = torch.compile(model, backend=bench.backend, **options)  # type: ignore[arg-type]

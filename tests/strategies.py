@@ -1,27 +1,29 @@
-"""Hypothesis strategies shared by the test modules."""
+"""Hypothesis strategies shared by the test modules, and the seeded-layer helper.
+
+Every strategy stays inside the bounds the code it feeds enforces: depths within
+``[0, 2**53]`` (``MAX_SAMPLER_DEPTH``), seeds within ``[0, 2**64 - 1]``, probabilities
+within what each sampler takes. The sampler strategies are composed from the
+registry's table of built-ins: each built-in's parameters are drawn by the entry of
+``SAMPLER_PARAMETERS`` under its name, and a built-in without one fails at import.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from hypothesis import strategies as st
 from torch import nn
 
-from stochdepth import (
-    BernoulliDepth,
-    DepthSampler,
-    FixedDepth,
-    GeometricDepth,
-    ScheduledDepth,
-    SeededDepth,
-    UniformDepth,
-)
+from stochdepth import DepthSampler
+from stochdepth.samplers._generator import MAX_SEED
+from stochdepth.samplers._registry import BUILTIN_SAMPLERS
 
 MAX_DEPTH = 6
 
 depths = st.integers(min_value=0, max_value=MAX_DEPTH)
-seeds = st.integers(min_value=0, max_value=2**64 - 1)
+seeds = st.integers(min_value=0, max_value=MAX_SEED)
 features = st.integers(min_value=1, max_value=8)
 batch_sizes = st.integers(min_value=1, max_value=5)
 leading_dims = st.lists(st.integers(min_value=1, max_value=3), max_size=2).map(tuple)
@@ -35,25 +37,49 @@ def bounds(draw: st.DrawFn, max_value: int = MAX_DEPTH) -> tuple[int, int]:
     return low, high
 
 
-@st.composite
-def samplers(draw: st.DrawFn) -> DepthSampler:
-    """One of the built-in samplers, with drawn bounds."""
-    low, high = draw(bounds())
-    kind = draw(
-        st.sampled_from(["uniform", "fixed", "seeded", "bernoulli", "geometric", "scheduled"])
-    )
-    if kind == "uniform":
-        return UniformDepth(low, high)
-    if kind == "fixed":
-        return FixedDepth(high)
-    if kind == "seeded":
-        return SeededDepth(low, high, seed=draw(seeds))
-    if kind == "bernoulli":
-        return BernoulliDepth(high, draw(st.floats(0.0, 1.0)), seed=draw(seeds))
-    if kind == "geometric":
-        return GeometricDepth(draw(st.floats(0.05, 1.0)), high, seed=draw(seeds))
+Parameters = Callable[[int, int], st.SearchStrategy[dict[str, Any]]]
+"""Given bounds ``(low, high)``, the keyword arguments of one built-in sampler."""
+
+SAMPLER_PARAMETERS: dict[str, Parameters] = {
+    "uniform": lambda low, high: st.just({"low": low, "high": high}),
+    "fixed": lambda low, high: st.fixed_dictionaries({"depth": st.sampled_from([low, high])}),
+    "seeded": lambda low, high: st.fixed_dictionaries(
+        {"low": st.just(low), "high": st.just(high), "seed": seeds}
+    ),
+    "bernoulli": lambda low, high: st.fixed_dictionaries(
+        {"max_depth": st.just(high), "p": st.floats(0.0, 1.0), "seed": seeds}
+    ),
+    "geometric": lambda low, high: st.fixed_dictionaries(
+        {"p": st.floats(0.05, 1.0), "max_depth": st.just(high), "seed": seeds}
+    ),
     # A fresh schedule, at step 0 like every other sampler here before its first draw.
-    return ScheduledDepth(high, low, draw(st.integers(0, 20)), low=low, seed=draw(seeds))
+    "scheduled": lambda low, high: st.fixed_dictionaries(
+        {
+            "start": st.just(high),
+            "end": st.just(low),
+            "steps": st.integers(0, 20),
+            "low": st.just(low),
+            "seed": seeds,
+        }
+    ),
+}
+if set(SAMPLER_PARAMETERS) != set(BUILTIN_SAMPLERS):
+    raise AssertionError(
+        f"strategies.SAMPLER_PARAMETERS covers {sorted(SAMPLER_PARAMETERS)}, but the "
+        f"built-in samplers are {sorted(BUILTIN_SAMPLERS)}"
+    )
+
+
+@st.composite
+def samplers(
+    draw: st.DrawFn,
+    names: tuple[str, ...] = tuple(sorted(BUILTIN_SAMPLERS)),
+    max_value: int = MAX_DEPTH,
+) -> DepthSampler:
+    """One of the built-in samplers ``names``, with drawn bounds up to ``max_value``."""
+    low, high = draw(bounds(max_value=max_value))
+    name = draw(st.sampled_from(names))
+    return BUILTIN_SAMPLERS[name](**draw(SAMPLER_PARAMETERS[name](low, high)))
 
 
 LAYERS: dict[str, Callable[[int], nn.Module]] = {
@@ -64,12 +90,18 @@ LAYERS: dict[str, Callable[[int], nn.Module]] = {
 }
 
 
+def make_layer(name: str, n: int, seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Build ``LAYERS[name](n)`` with weights from ``seed``, leaving the global RNG alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LAYERS[name](n).to(dtype)
+
+
 @st.composite
 def layers(draw: st.DrawFn, n: int, dtype: torch.dtype = torch.float32) -> nn.Module:
     """A shape-preserving layer on ``n`` features, its weights seeded by Hypothesis."""
-    make = LAYERS[draw(st.sampled_from(sorted(LAYERS)))]
-    torch.manual_seed(draw(st.integers(min_value=0, max_value=2**32 - 1)))
-    return make(n).to(dtype)
+    name = draw(st.sampled_from(sorted(LAYERS)))
+    return make_layer(name, n, draw(st.integers(min_value=0, max_value=2**32 - 1)), dtype)
 
 
 layer_names = st.sampled_from(sorted(LAYERS))
@@ -84,16 +116,9 @@ def inputs(draw: st.DrawFn, n: int, dtype: torch.dtype = torch.float32) -> torch
     return torch.randn(shape, generator=generator, dtype=dtype)
 
 
-@st.composite
-def wide_samplers(draw: st.DrawFn, max_value: int = 10**6) -> DepthSampler:
-    """One of the built-in samplers, with bounds drawn from a wide range."""
-    low, high = draw(bounds(max_value=max_value))
-    kind = draw(st.sampled_from(["uniform", "fixed", "seeded"]))
-    if kind == "uniform":
-        return UniformDepth(low, high)
-    if kind == "fixed":
-        return FixedDepth(draw(st.sampled_from([low, high])))
-    return SeededDepth(low, high, seed=draw(seeds))
+def wide_samplers(max_value: int = 10**6) -> st.SearchStrategy[DepthSampler]:
+    """The samplers without a law to draw by (uniform, fixed, seeded), with wide bounds."""
+    return samplers(names=("fixed", "seeded", "uniform"), max_value=max_value)
 
 
 non_ints = st.one_of(

@@ -7,7 +7,7 @@ import io
 import pickle
 import random
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from stochdepth import DepthSampler, FixedDepth, RepeatedBlock, SeededDepth, UniformDepth
 
+from fakes import CountingSampler, ModuleSampler, ScriptedSampler
 from strategies import (
     LAYERS,
     MAX_DEPTH,
@@ -28,6 +29,7 @@ from strategies import (
     layer_names,
     layers,
     leading_dims,
+    make_layer,
     samplers,
     seeds,
 )
@@ -37,13 +39,6 @@ draw_counts = st.integers(min_value=0, max_value=12)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def make_layer(name: str, n: int, seed: int, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Build ``LAYERS[name](n)`` with weights from ``seed``, leaving the global RNG alone."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return LAYERS[name](n).to(dtype)
 
 
 def by_hand(layer: nn.Module, x: Tensor, times: int) -> Tensor:
@@ -85,40 +80,6 @@ def same_params(a: nn.Module, b: nn.Module) -> bool:
     )
 
 
-class CountingSampler:
-    """A protocol-only sampler that draws uniformly and counts its ``sample`` calls."""
-
-    def __init__(self, low: int, high: int, seed: int = 0) -> None:
-        self.min_depth = low
-        self.max_depth = high
-        self.calls = 0
-        self._rng = random.Random(seed)
-
-    def sample(self) -> int:
-        self.calls += 1
-        return self._rng.randint(self.min_depth, self.max_depth)
-
-    def __repr__(self) -> str:
-        return f"CountingSampler({self.min_depth}, {self.max_depth})"
-
-
-class ScriptedSampler:
-    """A protocol-only sampler returning the given values in turn, whatever they are."""
-
-    def __init__(self, values: Sequence[object], low: int = 0, high: int = MAX_DEPTH) -> None:
-        self.min_depth = low
-        self.max_depth = high
-        self._values: Iterator[object] = iter(values)
-        self.calls = 0
-
-    def sample(self) -> int:
-        self.calls += 1
-        return next(self._values)  # type: ignore[return-value]
-
-    def __repr__(self) -> str:
-        return f"ScriptedSampler(low={self.min_depth}, high={self.max_depth})"
-
-
 class MyInt(int):
     """An integral type that is not exactly ``int``."""
 
@@ -126,20 +87,6 @@ class MyInt(int):
 class TupleLayer(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return x, x
-
-
-class ModuleSampler(nn.Module):
-    """A sampler that is itself a module, with a buffer holding its next depth."""
-
-    min_depth = 0
-    max_depth = 4
-
-    def __init__(self, depth: int) -> None:
-        super().__init__()
-        self.register_buffer("next_depth", torch.tensor(depth))
-
-    def sample(self) -> int:
-        return int(self.next_depth)
 
 
 # --------------------------------------------------------------------------- shapes

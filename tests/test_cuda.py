@@ -36,7 +36,7 @@ from stochdepth import (
     train,
 )
 
-from strategies import LAYERS, bounds, depths, features, inputs, leading_dims, seeds
+from strategies import LAYERS, bounds, depths, features, inputs, leading_dims, make_layer, seeds
 
 TOLERANCES: dict[torch.dtype, dict[str, float]] = {
     torch.float64: {"rtol": 1e-10, "atol": 1e-12},
@@ -51,13 +51,6 @@ draw_counts = st.integers(min_value=0, max_value=8)
 # its parameter and holds no state, so sharing it across the examples is safe.
 # No deadline: the first CUDA call of a process can take seconds.
 on_device = settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
-
-
-def make_layer(name: str, n: int, seed: int, dtype: torch.dtype) -> nn.Module:
-    """``LAYERS[name](n)`` with weights from ``seed``, leaving the global RNG alone."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return LAYERS[name](n).to(dtype)
 
 
 def assert_matches_cpu(got: Tensor | None, want: Tensor | None, what: str) -> None:

@@ -32,6 +32,7 @@ from stochdepth import (
     train,
 )
 
+from fakes import CountingSampler
 from strategies import LAYERS, MAX_DEPTH, depths, features, layer_names, seeds
 
 torch_seeds = st.integers(min_value=0, max_value=2**32 - 1)
@@ -235,24 +236,11 @@ def test_an_int_depth_applies_to_every_row() -> None:
     assert torch.equal(block.last_depth, torch.full((5,), 2))  # type: ignore[arg-type]
 
 
-class ScalarOnly:
-    """A protocol-only sampler (no ``sample_batch``): the block draws row by row."""
-
-    min_depth = 0
-    max_depth = 3
-
-    def __init__(self, seed: int) -> None:
-        self._rng = random.Random(seed)
-
-    def sample(self) -> int:
-        return self._rng.randint(0, 3)
-
-
 @given(seed=st.integers(min_value=0, max_value=2**32 - 1), batch=rows)
 def test_a_sampler_without_sample_batch_is_asked_once_per_row(seed: int, batch: int) -> None:
-    block = RepeatedBlock(nn.Linear(2, 2), ScalarOnly(seed), per_sample=True)
+    block = RepeatedBlock(nn.Linear(2, 2), CountingSampler(0, 3, seed), per_sample=True)
     block(torch.randn(batch, 2))
-    twin = ScalarOnly(seed)
+    twin = CountingSampler(0, 3, seed)
     assert block.last_depth.tolist() == [twin.sample() for _ in range(batch)]  # type: ignore[union-attr]
 
 
@@ -291,9 +279,9 @@ def test_a_bad_batched_draw_raises(result: object, error: type, match: str) -> N
 def test_bad_per_sample_depths_raise() -> None:
     block = RepeatedBlock(nn.Linear(2, 2), FixedDepth(2), per_sample=True)
     with pytest.raises(TypeError, match=r"integer tensor of shape \(3,\).*shape \(2,\)"):
-        block(torch.randn(3, 2), torch.tensor([1, 1]))
+        block(torch.randn(3, 2), depth=torch.tensor([1, 1]))
     with pytest.raises(ValueError, match=r"depth must be >= 0"):
-        block(torch.randn(2, 2), torch.tensor([1, -1]))
+        block(torch.randn(2, 2), depth=torch.tensor([1, -1]))
     with pytest.raises(ValueError, match=r"0-d tensor"):
         block(torch.tensor(1.0))
 
@@ -301,7 +289,7 @@ def test_bad_per_sample_depths_raise() -> None:
 def test_a_layer_changing_the_shape_of_the_active_rows_raises() -> None:
     block = RepeatedBlock(nn.Linear(2, 3), FixedDepth(2), per_sample=True)
     with pytest.raises(ValueError, match=r"\(1, 2\) into \(1, 3\) at repeat 1"):
-        block(torch.randn(2, 2), torch.tensor([0, 1]))
+        block(torch.randn(2, 2), depth=torch.tensor([0, 1]))
 
 
 def test_training_a_per_sample_model_records_the_deepest_row() -> None:
@@ -516,7 +504,7 @@ def test_the_depth_limit_holds_in_every_mode() -> None:
     with pytest.raises(ValueError, match=r"depth_limit=4, got 5"):
         rows(x, depth=torch.tensor([1, 5, 0]))
     with pytest.raises(ValueError, match=r"depth_limit=4, got 6"):
-        rows(x, 6)
+        rows(x, depth=6)
     masked = RepeatedBlock(nn.Linear(2, 2), FixedDepth(2), mode="masked", depth_limit=4)
     with pytest.raises(ValueError, match=r"depth_limit=4, got 9"):
         masked.sampler = FixedDepth(9)  # replaced after construction: checked as it is assigned
@@ -562,5 +550,5 @@ def test_masked_mode_refuses_a_layer_with_running_statistics() -> None:
 def test_a_masked_depth_too_deep_is_refused_before_it_is_counted(per_sample: bool) -> None:
     block = RepeatedBlock(nn.Linear(3, 3), FixedDepth(2), mode="masked", per_sample=per_sample)
     with pytest.raises(ValueError, match=r"depth must be <= sampler.max_depth=2"):
-        block(torch.randn(2, 3), 5)
+        block(torch.randn(2, 3), depth=5)
     assert (block.last_depth, block.depth_histogram) == (None, {})

@@ -53,8 +53,10 @@ class RepeatedBlock(nn.Module):
     input needs it: repeat until the state stops changing.
 
     Args:
-        layer: The module to repeat. It must return a tensor of its input's shape;
-            this is checked on every application.
+        layer: The module to repeat, called as ``layer(state, *args, **kwargs)``
+            with the extra arguments given to the block. It must return a tensor of
+            its input's shape (or, with ``output``, something the state is read
+            from); this is checked on every application.
         sampler: Where training-mode depths come from (default:
             ``UniformDepth(0, 3)``, the article's ``random.randint(0, 3)``). It is
             checked against :class:`~stochdepth.DepthSampler` here, once.
@@ -79,9 +81,9 @@ class RepeatedBlock(nn.Module):
         per_sample: Draw a depth for every row (dimension 0) of the input instead
             of one for the batch. In skip mode the layer then runs, at each repeat,
             only on the rows still active, so the work follows the mean depth. The
-            layer must treat rows independently (no ``BatchNorm``). Samplers with
-            ``sample_batch(n)`` draw the rows' depths at once; others are asked
-            ``n`` times.
+            layer must treat rows independently (no ``BatchNorm``). The rows' depths
+            come from the sampler's ``sample_batch`` (see
+            :class:`~stochdepth.DepthSampler`).
         checkpoint: Recompute the repeats in the backward pass instead of keeping
             their activations (``torch.utils.checkpoint``, non-reentrant):
             ``True`` checkpoints segments of ``ceil(sqrt(depth))`` repeats, so the
@@ -104,7 +106,7 @@ class RepeatedBlock(nn.Module):
             result is the layer applied to that row alone with its own arguments.
         step_kwarg: Pass the 0-based repeat index, a Python int, to the layer under
             this keyword (a Universal Transformer's time signal, a per-step
-            embedding). Not with ``mode="masked"`` and ``grad_depth`` together.
+            embedding).
         output: How the next state is read from what the layer returns: ``None``
             (default), the return value itself; an int, that element of a returned
             tuple or list (``0`` for Hugging Face style layers); or a callable mapping
@@ -127,14 +129,17 @@ class RepeatedBlock(nn.Module):
     Raises:
         TypeError: ``layer`` is not an ``nn.Module``, ``sampler`` does not satisfy
             :class:`~stochdepth.DepthSampler`, ``eval_depth`` is neither an int
-            nor a policy name, or ``mode``, ``per_sample`` or ``checkpoint`` has the
-            wrong type.
+            nor a policy name, or ``mode``, ``per_sample``, ``checkpoint``,
+            ``row_args``, ``step_kwarg``, ``output`` or ``grad_depth`` has the wrong
+            type.
         ValueError: ``eval_depth`` is negative or an unknown policy name, the
             sampler's bounds are negative or reversed, the sampler's ``max_depth``
             or an int ``eval_depth`` is above ``depth_limit``, ``mode`` is unknown,
             ``checkpoint`` is an int below 1, or ``mode="masked"`` is asked for with
-            an int ``eval_depth`` above the sampler's ``max_depth`` or a layer that
-            keeps running statistics.
+            an int ``eval_depth`` above the sampler's ``max_depth``, a layer that
+            keeps running statistics, or ``grad_depth``; ``row_args`` repeats an
+            entry or holds a negative position; ``step_kwarg`` is not a keyword
+            name; or ``grad_depth`` is a negative int.
 
     Example:
         >>> import torch
@@ -317,8 +322,13 @@ class RepeatedBlock(nn.Module):
     def _depth_zero(self, x: Tensor) -> Tensor:
         """The output of a pass whose depth is 0 for the whole batch: ``x`` itself.
 
-        The one place that every depth-0 pass of skip mode goes through (the layer
-        does not run, so its parameters get no gradient this step).
+        The one place that every depth-0 pass of skip mode goes through, in training
+        and eval mode alike (``self.training`` tells them apart): the layer does not
+        run, so its parameters get no gradient this step. What such a step needs
+        beyond the output (under DDP, say) belongs here. A pass whose ``grad_depth``
+        leaves no repeat recorded by autograd (``k = 0`` with autograd enabled) comes
+        here too, with ``x`` the repeats' result: its parameters get no gradient
+        either.
         """
         if torch.compiler.is_compiling():
             # One op, so that Dynamo compiles this depth's (empty) graph: a frame
@@ -468,8 +478,8 @@ class RepeatedBlock(nn.Module):
 
         Returns:
             ``{"sampler": sampler.state_dict()}``, or ``{}`` when the sampler keeps no
-            state of its own; with a ``grad_depth`` sampler that keeps state, its
-            state under ``"grad_depth"`` too.
+                state of its own; with a ``grad_depth`` sampler that keeps state, its
+                state under ``"grad_depth"`` too.
         """
         state: dict[str, Any] = {}
         sampler = self.sampler

@@ -196,7 +196,7 @@ def masked(
 
     Returns:
         Each row of ``x`` after its depth's repeats. The unused repeats contribute
-        exact zeros to the gradients (not ``None``).
+            exact zeros to the gradients (not ``None``).
     """
     if depth.ndim == 1:
         depth = depth.view(-1, *([1] * (x.ndim - 1)))

@@ -103,15 +103,7 @@ class UniformDepth(_DepthRange):
         value), so ``random.seed`` makes it reproducible too; the values are not
         those ``n`` calls of :meth:`sample` would return.
 
-        Args:
-            n: How many depths, an int >= 0.
-
-        Returns:
-            A CPU tensor of dtype ``torch.int64`` and shape ``(n,)``.
-
-        Raises:
-            TypeError: ``n`` is not an int.
-            ValueError: ``n`` is negative.
+        See :class:`~stochdepth.DepthSampler` for what ``sample_batch`` takes, returns and raises.
         """
         values = random.choices(range(self._low, self._high + 1), k=check_int("n", n))
         return torch.tensor(values, dtype=torch.int64)
@@ -167,15 +159,7 @@ class FixedDepth:
     def sample_batch(self, n: int) -> torch.Tensor:
         """Return ``n`` copies of :attr:`depth`.
 
-        Args:
-            n: How many depths, an int >= 0.
-
-        Returns:
-            A CPU tensor of dtype ``torch.int64`` and shape ``(n,)``.
-
-        Raises:
-            TypeError: ``n`` is not an int.
-            ValueError: ``n`` is negative.
+        See :class:`~stochdepth.DepthSampler` for what ``sample_batch`` takes, returns and raises.
         """
         return torch.full((check_int("n", n),), self._depth, dtype=torch.int64)
 
@@ -243,15 +227,7 @@ class SeededDepth(_DepthRange, GeneratorSampler):
     def sample_batch(self, n: int) -> torch.Tensor:
         """Draw ``n`` depths at once from the sampler's own generator.
 
-        Args:
-            n: How many depths, an int >= 0.
-
-        Returns:
-            A CPU tensor of dtype ``torch.int64`` and shape ``(n,)``.
-
-        Raises:
-            TypeError: ``n`` is not an int.
-            ValueError: ``n`` is negative.
+        See :class:`~stochdepth.DepthSampler` for what ``sample_batch`` takes, returns and raises.
         """
         size = (check_int("n", n),)
         return torch.randint(self._low, self._high + 1, size, generator=self._generator)
@@ -332,15 +308,7 @@ class BernoulliDepth(GeneratorSampler):
     def sample_batch(self, n: int) -> torch.Tensor:
         """Draw ``n`` depths at once, with the law of :meth:`sample`.
 
-        Args:
-            n: How many depths, an int >= 0.
-
-        Returns:
-            A CPU tensor of dtype ``torch.int64`` and shape ``(n,)``.
-
-        Raises:
-            TypeError: ``n`` is not an int.
-            ValueError: ``n`` is negative.
+        See :class:`~stochdepth.DepthSampler` for what ``sample_batch`` takes, returns and raises.
         """
         size = (check_int("n", n),)
         count, prob = self._count.expand(size), self._prob.expand(size)
@@ -435,15 +403,7 @@ class GeometricDepth(GeneratorSampler):
     def sample_batch(self, n: int) -> torch.Tensor:
         """Draw ``n`` depths at once, with the law of :meth:`sample`.
 
-        Args:
-            n: How many depths, an int >= 0.
-
-        Returns:
-            A CPU tensor of dtype ``torch.int64`` and shape ``(n,)``.
-
-        Raises:
-            TypeError: ``n`` is not an int.
-            ValueError: ``n`` is negative.
+        See :class:`~stochdepth.DepthSampler` for what ``sample_batch`` takes, returns and raises.
         """
         u = torch.rand(check_int("n", n), dtype=torch.float64, generator=self._generator)
         if self._log_q == -math.inf:
@@ -559,7 +519,7 @@ class ScheduledDepth(GeneratorSampler):
 
         Returns:
             ``start + (end - start) * min(step, steps) // steps``, or ``end`` when
-            ``steps`` is 0.
+                ``steps`` is 0.
 
         Raises:
             TypeError: ``step`` is not an int.
@@ -582,15 +542,7 @@ class ScheduledDepth(GeneratorSampler):
     def sample_batch(self, n: int) -> torch.Tensor:
         """Draw ``n`` depths at once, uniform over ``[low, bound_at(step)]``.
 
-        Args:
-            n: How many depths, an int >= 0.
-
-        Returns:
-            A CPU tensor of dtype ``torch.int64`` and shape ``(n,)``.
-
-        Raises:
-            TypeError: ``n`` is not an int.
-            ValueError: ``n`` is negative.
+        See :class:`~stochdepth.DepthSampler` for what ``sample_batch`` takes, returns and raises.
         """
         high = self.bound_at(self._step)
         size = (check_int("n", n),)
@@ -610,7 +562,7 @@ class ScheduledDepth(GeneratorSampler):
 
         Returns:
             ``{"seed": int, "generator_state": torch.ByteTensor, "step": int}``; it loads
-            with ``torch.load(weights_only=True)``.
+                with ``torch.load(weights_only=True)``.
         """
         return {**super().state_dict(), "step": self._step}
 

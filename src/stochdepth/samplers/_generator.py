@@ -93,7 +93,7 @@ class GeneratorSampler:
 
         Returns:
             ``{"seed": int, "generator_state": torch.ByteTensor, ...}``; it holds only
-            ints and tensors, so it loads with ``torch.load(weights_only=True)``.
+                ints and tensors, so it loads with ``torch.load(weights_only=True)``.
         """
         return {"seed": self._seed, "generator_state": self._generator.get_state()}
 

@@ -26,9 +26,13 @@ class DepthSampler(Protocol):
     - ``set_step(step: int)``: :func:`~stochdepth.train` calls it with each training
       step's index before the step, so that a schedule (such as
       :class:`~stochdepth.ScheduledDepth`) can follow training.
-    - ``sample_batch(n: int) -> torch.Tensor``: ``n`` depths at once, an int64 tensor
-      of shape ``(n,)``, for a block with ``per_sample=True``; without it, the block
-      calls ``sample()`` ``n`` times. Every built-in sampler has it.
+    - ``sample_batch(n: int) -> torch.Tensor``: ``n`` depths at once, for a block
+      with ``per_sample=True``; without it, the block calls ``sample()`` ``n`` times.
+      Every built-in sampler has it. The contract, written here once: ``n`` is an
+      int >= 0 (a ``TypeError`` for another type, a ``ValueError`` when negative);
+      the result is an integer tensor of shape ``(n,)``, each value in
+      ``[min_depth, max_depth]``, which the block checks and moves to the CPU as
+      ``torch.int64`` (the built-ins return that already).
 
     Example:
         >>> import stochdepth

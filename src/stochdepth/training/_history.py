@@ -66,8 +66,8 @@ class TrainingHistory(list[StepRecord]):
         """Return a one-line summary: steps, final loss, mean depth and histogram.
 
         Returns:
-            For example ``"500 steps, final loss 0.191512, mean depth 1.426,
-            depths 0:149 1:111 2:118 3:122"``.
+            The line, for example ``500 steps, final loss 0.191512, mean depth
+                1.426, depths 0:149 1:111 2:118 3:122``.
         """
         if not self:
             return "0 steps"
