@@ -237,7 +237,7 @@ class RepeatedBlock(nn.Module):
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {describe(x)}")
         call = self._call(x, args, kwargs)
-        if (policy := self._choice.early_exit(depth, self.training)) is not None:
+        if not self.training and (policy := self._choice.early_exit(depth)) is not None:
             return self._exit_early(policy, call, x)
         return self._repeats(self, x, call, depth)
 

@@ -190,10 +190,10 @@ class DepthChoice:
                 f"holds max_depth repeats), got {value}"
             )
 
-    def early_exit(self, depth: object, training: bool) -> ExitWhenConverged | None:
-        """The early-exit policy when this pass should use it: eval mode, no depth given."""
+    def early_exit(self, depth: object) -> ExitWhenConverged | None:
+        """In eval mode, the early-exit policy when this pass should use it: no depth given."""
         policy = self._eval_depth
-        if training or depth is not None or not isinstance(policy, ExitWhenConverged):
+        if depth is not None or not isinstance(policy, ExitWhenConverged):
             return None
         check_within_limit(self._sampler, policy, self.depth_limit)
         self._check_eval_within_max(self._sampler, policy)
@@ -202,7 +202,7 @@ class DepthChoice:
     def eval_value(self) -> int:
         """The eval-mode depth: the policy's, or a draw for ``"sample"``."""
         policy = check_eval_depth(self._eval_depth)
-        if isinstance(policy, ExitWhenConverged):  # a forward pass with no depth runs it
+        if isinstance(policy, ExitWhenConverged):  # iterate() runs max_depth repeats
             return policy.max_depth
         if policy == "sample":
             return draw_one(self._sampler)
