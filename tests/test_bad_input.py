@@ -139,12 +139,25 @@ def test_sampler_constructors(kind: type, name: str, data: st.DataObject) -> Non
 
 @given(
     name=st.one_of(
-        st.sampled_from(["uniform", "fixed", "seeded", "bernoulli", "geometric", "scheduled"]),
+        st.sampled_from(
+            [
+                "uniform",
+                "fixed",
+                "seeded",
+                "bernoulli",
+                "geometric",
+                "scheduled",
+                "lognormal_poisson",
+            ]
+        ),
         st.text(max_size=6),
     ),
     params=st.dictionaries(
         st.sampled_from(
-            ["low", "high", "depth", "seed", "p", "max_depth", "start", "end", "steps", "x"]
+            [
+                *("low", "high", "depth", "seed", "p", "max_depth", "start", "end", "steps"),
+                *("mean", "sigma", "x"),
+            ]
         ),
         st.one_of(
             ints.map(str),

@@ -22,6 +22,8 @@ ROWS = [
     "4 memory: depth 1: checkpoint=True vs plain",
     "4 memory: depth 8: checkpoint=True vs plain",
     "4 memory: depth 64: checkpoint=True vs plain",
+    "5 truncated backprop: depth 6: grad_depth=2 vs full backprop, activation memory",
+    "5 truncated backprop: depth 6: grad_depth=2 vs full backprop, forward + backward step",
 ]
 
 

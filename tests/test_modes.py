@@ -515,7 +515,7 @@ def test_the_depth_limit_holds_in_every_mode() -> None:
         masked(x)
     saving = RepeatedBlock(nn.Linear(2, 2), FixedDepth(2), checkpoint=True, depth_limit=4)
     with pytest.raises(ValueError, match=r"depth_limit=4, got 7"):
-        saving(x, 7)
+        saving(x, depth=7)
     assert "depth_limit=4, checkpoint=True" in repr(saving)
 
 
