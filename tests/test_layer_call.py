@@ -446,3 +446,19 @@ def test_repr_shows_the_new_options() -> None:
     text = repr(block)
     for part in ("row_args=('mask',)", "step_kwarg='t'", "output=0", "grad_depth=1"):
         assert part in text
+
+
+def test_a_replaced_layer_is_the_one_that_runs_and_copies_run_their_own() -> None:
+    import copy
+
+    block = RepeatedBlock(nn.Linear(3, 3), FixedDepth(2))
+    x = torch.randn(2, 3)
+    block.layer = nn.Identity()
+    assert torch.equal(block(x), x)
+    block.layer = nn.Linear(3, 3)
+    twin = copy.deepcopy(block)
+    with torch.no_grad():
+        twin.layer.weight.zero_()
+        twin.layer.bias.fill_(1.0)
+    assert torch.equal(twin(x), torch.ones(2, 3))
+    assert torch.equal(block(x), hand_plain(block.layer, x, 2))

@@ -15,6 +15,7 @@ from ._grad_depth import GradDepth
 from ._layer_call import (
     LayerCall,
     Output,
+    PlainCall,
     RowArgs,
     check_kwargs,
     check_output,
@@ -200,9 +201,16 @@ class RepeatedBlock(nn.Module):
                 "fullgraph compilation need), so no repeat can leave autograd; use "
                 "mode='skip' (with or without per_sample) for truncated backprop"
             )
+        self._plain_call: PlainCall | None = None
+        self._set_plain_call()
         self.register_load_state_dict_pre_hook(  # type: ignore[no-untyped-call]
             _default_missing_sampler_state
         )
+
+    def _set_plain_call(self) -> None:
+        """Build the call that every pass without extra arguments reuses, if it may."""
+        plain = self._step_kwarg is None and self._output is None
+        self._plain_call = PlainCall(self.layer, self._shape_error) if plain else None
 
     def forward(
         self, x: Tensor, /, *args: Any, depth: int | Tensor | None = None, **kwargs: Any
@@ -301,6 +309,9 @@ class RepeatedBlock(nn.Module):
 
     def _call(self, x: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LayerCall:
         """The layer call of one forward pass, its row-aligned arguments checked."""
+        plain = self._plain_call
+        if plain is not None and not args and not kwargs:
+            return plain
         if kwargs:
             check_kwargs(kwargs, self._step_kwarg)
         call = LayerCall(
@@ -341,6 +352,8 @@ class RepeatedBlock(nn.Module):
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
+            if name == "layer" and "_plain_call" in self.__dict__:
+                self._set_plain_call()
 
     def _adopt(self, sampler: DepthSampler) -> None:
         """Hold a sampler that is an ``nn.Module`` as a child, so the module tree has it."""

@@ -225,6 +225,32 @@ class LayerCall:
         return self._with_rows(lambda tensor: tensor[start:stop])
 
 
+class PlainCall(LayerCall):
+    """The layer call without extra arguments: ``layer(x)``, the default path.
+
+    A block keeps one and reuses it on every call that passes no extra arguments, so
+    the default path builds nothing per forward pass.
+    """
+
+    def __init__(self, layer: nn.Module, error: ShapeError) -> None:
+        super().__init__(layer, (), {}, RowArgs(None), None, None, error)
+
+    def __call__(self, x: Tensor, repeat: int, depth: int) -> Tensor:
+        """Apply repeat ``repeat`` (0-based, of ``depth``) to the state ``x``."""
+        out = self.layer(x)
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            raise self.error(x, out, repeat, depth)
+        return out
+
+    def take(self, index: Tensor) -> LayerCall:
+        """This call: it has no row-aligned arguments."""
+        return self
+
+    def narrow(self, start: int, stop: int) -> LayerCall:
+        """This call: it has no row-aligned arguments."""
+        return self
+
+
 def summarize(value: object) -> str:
     """A short description of what a layer returned, for error messages.
 
