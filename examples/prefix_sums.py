@@ -369,6 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     def log(line: str) -> None:
         print(line, flush=True)
 
+    start = time.perf_counter()
     results = run_recipes(settings, args.seed, log)
     print(table(results, settings))
     report = ponder(settings, args.seed, log) if args.ponder else {}
@@ -392,6 +393,7 @@ def main(argv: list[str] | None = None) -> None:
         }
         (args.out / "prefix_sums.json").write_text(json.dumps(data, indent=1))
         figure(results, settings, args.out / "prefix_sums.svg")
+    log(f"done in {time.perf_counter() - start:.0f} s")
     if any(math.isnan(r.loss) for r in results.values()):
         raise SystemExit("a training run's loss is NaN")
 
