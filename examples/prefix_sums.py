@@ -155,7 +155,24 @@ def recipes(settings: Settings, seed: int) -> dict[str, Callable[[nn.Module], Re
         sampler = LogNormalPoissonDepth(mean, 0.5, max_depth=4 * mean, seed=seed)
         return RepeatedBlock(layer, sampler, grad_depth=k, row_args=0, depth_limit=1000)
 
-    return {"fixed": fixed, "uniform": uniform, "lognormal_poisson": lognormal_poisson}
+    # Ablations (--recipes): which of the two changes, random depth or truncated backprop?
+    def fixed_truncated(layer: nn.Module) -> RepeatedBlock:
+        return RepeatedBlock(layer, FixedDepth(mean), grad_depth=k, row_args=0)
+
+    def uniform_full(layer: nn.Module) -> RepeatedBlock:
+        sampler: DepthSampler = SeededDepth(1, high, seed=seed)
+        return RepeatedBlock(layer, sampler, row_args=0, depth_limit=1000)
+
+    return {
+        "fixed": fixed,
+        "uniform": uniform,
+        "lognormal_poisson": lognormal_poisson,
+        "fixed_truncated": fixed_truncated,
+        "uniform_full": uniform_full,
+    }
+
+
+MAIN_RECIPES = ("fixed", "uniform", "lognormal_poisson")
 
 
 def train(model: PrefixParity, settings: Settings, seed: int) -> float:
@@ -213,14 +230,18 @@ class Result:
     exit: dict[int, tuple[float, float]] = field(default_factory=dict)
 
 
-def run_recipes(settings: Settings, seed: int, log: Callable[[str], None]) -> dict[str, Result]:
-    """Train every recipe from the same initial weights; sweep and early-exit each."""
+def run_recipes(
+    settings: Settings, seed: int, names: list[str], log: Callable[[str], None]
+) -> dict[str, Result]:
+    """Train the named recipes from the same initial weights; sweep and early-exit each."""
     results: dict[str, Result] = {}
     tests = {
         bits: bit_strings(settings.test_strings, bits, torch.Generator().manual_seed(seed + bits))
         for bits in settings.test_bits
     }
-    for name, wrap in recipes(settings, seed).items():
+    wraps = recipes(settings, seed)
+    for name in names:
+        wrap = wraps[name]
         torch.manual_seed(seed)
         model = PrefixParity(settings.width, wrap)
         start = time.perf_counter()
@@ -339,7 +360,10 @@ def figure(results: dict[str, Result], settings: Settings, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.2), sharey=True)
+    fig, grid = plt.subplots(
+        1, len(results), figsize=(4 * len(results), 3.2), sharey=True, squeeze=False
+    )
+    axes = grid[0]
     for ax, (name, result) in zip(axes, results.items(), strict=True):
         for bits, sweep in result.sweep.items():
             ax.plot(range(1, len(sweep) + 1), sweep, label=f"{bits} bits")
@@ -360,6 +384,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run, under a minute")
     parser.add_argument("--ponder", action="store_true", help="run the PonderNet experiment")
     parser.add_argument("--seed", type=int, default=0, help="the seed (default 0)")
+    parser.add_argument(
+        "--recipes",
+        default=",".join(MAIN_RECIPES),
+        help="comma-separated recipes to train (default: %(default)s; ablations: "
+        "fixed_truncated, uniform_full)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", type=Path, help="write prefix_sums.json (and .svg) here")
     args = parser.parse_args(argv)
@@ -370,7 +400,14 @@ def main(argv: list[str] | None = None) -> None:
         print(line, flush=True)
 
     start = time.perf_counter()
-    results = run_recipes(settings, args.seed, log)
+    names = [name.strip() for name in args.recipes.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(recipes(settings, args.seed)))
+    if unknown or not names:
+        parser.error(
+            f"--recipes: unknown recipe {', '.join(unknown) or '(none given)'}; the recipes "
+            f"are {', '.join(recipes(settings, args.seed))}"
+        )
+    results = run_recipes(settings, args.seed, names, log)
     print(table(results, settings))
     report = ponder(settings, args.seed, log) if args.ponder else {}
     if args.out is not None:

@@ -62,3 +62,10 @@ def test_the_figure_is_written_when_matplotlib_is_installed(quick_run: tuple[str
         assert not figure.exists()
     else:
         assert figure.read_text().lstrip().startswith("<?xml")
+
+
+def test_an_unknown_recipe_is_refused_naming_the_recipes() -> None:
+    result = run_python(EXAMPLE, "--quick", "--recipes", "fixed,nope", check=False)
+    assert result.returncode == 2
+    assert "--recipes: unknown recipe nope; the recipes are fixed, uniform" in result.stderr
+    assert result.stdout == ""
