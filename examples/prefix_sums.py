@@ -20,12 +20,17 @@ Training recipes (Schwarzschild et al., 2021; Bansal et al., 2022, made small):
 At test time each model also runs with early exit (``ExitWhenConverged``, each string
 on its own): the accuracy, and the mean depth it used.
 
+``--recipes`` picks the recipes; two ablations separate the random depth from the
+truncated backprop: ``fixed_truncated`` (a fixed depth with ``grad_depth``) and
+``uniform_full`` (a uniform depth, full backprop).
+
 ``--ponder`` adds the PonderNet experiment: a halting head trained with
 ``ponder_loss`` on strings of 4 to 16 bits; it reports the learned mean halting depth
 for each length (does it grow with the length?).
 
     python examples/prefix_sums.py --quick            # under a minute: a smoke run
     python examples/prefix_sums.py --ponder --out results/   # the docs page's run
+    python examples/prefix_sums.py --recipes fixed_truncated,uniform_full --out ablation/
 
 Seeds are fixed (``--seed``); ``--out DIR`` writes ``prefix_sums.json`` and, with
 matplotlib installed, ``prefix_sums.svg`` (transparent background).
