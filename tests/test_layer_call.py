@@ -462,3 +462,56 @@ def test_a_replaced_layer_is_the_one_that_runs_and_copies_run_their_own() -> Non
         twin.layer.bias.fill_(1.0)
     assert torch.equal(twin(x), torch.ones(2, 3))
     assert torch.equal(block(x), hand_plain(block.layer, x, 2))
+
+
+def test_skipped_layer_tie_ties_a_layer_that_grad_depth_left_unrecorded() -> None:
+    from stochdepth import SkippedLayerTie
+
+    torch.manual_seed(0)
+    block = RepeatedBlock(nn.Linear(3, 3), FixedDepth(2), grad_depth=SeededDepth(0, 1, seed=3))
+    tie = SkippedLayerTie(block)
+    twin = SeededDepth(0, 1, seed=3)
+    x = torch.randn(2, 3, requires_grad=True)
+    drawn = set()
+    for _ in range(8):
+        k = twin.sample()
+        drawn.add(k)
+        block.zero_grad(set_to_none=True)
+        x.grad = None
+        block(x).sum().backward()
+        restored = tie.restore_skipped_grads()
+        if k == 0:  # every repeat ran without autograd: tied, as at depth 0
+            assert restored == ["layer.weight", "layer.bias"]
+            assert block.layer.weight.grad is None
+        else:
+            assert restored == []
+            assert block.layer.weight.grad is not None
+    assert drawn == {0, 1}
+    tie.remove()
+
+
+@given(
+    lengths=st.lists(st.integers(1, 6), min_size=1, max_size=4),
+    depths=st.lists(st.integers(0, 4), min_size=4, max_size=4),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_padding_changes_no_real_tokens_output_under_per_sample(
+    lengths: list[int], depths: list[int], seed: int
+) -> None:
+    torch.manual_seed(seed)
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True)
+    block = RepeatedBlock(
+        layer.double(), FixedDepth(4), per_sample=True, row_args="src_key_padding_mask"
+    )
+    rows = len(lengths)
+    x = torch.randn(rows, 6, 8, dtype=torch.float64)
+    padded = torch.arange(6) >= torch.tensor(lengths)[:, None]
+    depth = torch.tensor(depths[:rows])
+    out = block(x, src_key_padding_mask=padded, depth=depth)
+    noise = x.clone()
+    noise[padded] = 50 * torch.randn(int(padded.sum()), 8, dtype=torch.float64)
+    again = block(noise, src_key_padding_mask=padded, depth=depth)
+    torch.testing.assert_close(out[~padded], again[~padded], **TOL)
+    for r in range(rows):
+        alone = block(x[r : r + 1], src_key_padding_mask=padded[r : r + 1], depth=depth[r : r + 1])
+        torch.testing.assert_close(out[r : r + 1], alone, **TOL)

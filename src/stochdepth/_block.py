@@ -196,10 +196,11 @@ class RepeatedBlock(nn.Module):
         self._grad = GradDepth(grad_depth)
         if self._grad.value is not None and self._mode == "masked":
             raise ValueError(
-                "grad_depth is not supported with mode='masked': masked mode records every "
-                "one of max_depth repeats in one fixed graph (what torch.export and "
-                "fullgraph compilation need), so no repeat can leave autograd; use "
-                "mode='skip' (with or without per_sample) for truncated backprop"
+                "grad_depth is not supported with mode='masked': which repeats would run "
+                "without autograd depends on the depth, a tensor in masked mode, and the one "
+                "fixed graph of max_depth repeats (what torch.export and fullgraph "
+                "compilation need) cannot switch autograd off by value; use mode='skip' "
+                "(with or without per_sample) for truncated backprop"
             )
         self._plain_call: PlainCall | None = None
         self._set_plain_call()

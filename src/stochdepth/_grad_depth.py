@@ -30,9 +30,10 @@ class GradDepth:
         ValueError: ``value`` is a negative int.
     """
 
-    __slots__ = ("value",)
+    __slots__ = ("last", "value")
 
     def __init__(self, value: object) -> None:
+        self.last: int | None = None  # the k of the last pass with autograd (telemetry)
         self.value: int | DepthSampler | None
         if value is None:
             self.value = None
@@ -51,9 +52,13 @@ class GradDepth:
         A sampler is drawn only while autograd is enabled, where ``k`` matters.
         """
         value = self.value
-        if value is None or isinstance(value, int):
-            return value
-        return draw_one(value) if torch.is_grad_enabled() else None
+        if value is None:
+            return None
+        if not torch.is_grad_enabled():
+            return value if isinstance(value, int) else None
+        k = value if isinstance(value, int) else draw_one(value)
+        self.last = k
+        return k
 
     def state(self) -> dict[str, Any] | None:
         """The sampler's state, for the block's ``state_dict``, or ``None``."""
