@@ -718,7 +718,7 @@ def test_sampler_with_bad_bounds_raises(
         RepeatedBlock(nn.Linear(2, 2), sampler)
 
 
-POLICIES = "an int >= 0 or one of 'max', 'min', 'sample'"
+POLICIES = "an int >= 0, one of 'max', 'min', 'sample', or ExitWhenConverged(...)"
 BAD_EVAL_DEPTHS = [
     (-1, ValueError, "eval_depth must be an int >= 0, got -1"),
     (2.0, TypeError, f"eval_depth must be {POLICIES}, got 2.0 of type float"),

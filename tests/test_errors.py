@@ -18,6 +18,9 @@ EXAMPLES: dict[str, Callable[[], BaseException]] = {
     "SamplerPluginError": lambda: stochdepth.SamplerPluginError("sampler 'x' failed to load"),
     "SamplerPluginWarning": lambda: stochdepth.SamplerPluginWarning("plugin left out"),
     "UnknownDropRuleError": lambda: stochdepth.UnknownDropRuleError("unknown drop rule 'y'"),
+    "ExitCriterionPluginError": lambda: stochdepth.ExitCriterionPluginError("failed to load"),
+    "ExitCriterionPluginWarning": lambda: stochdepth.ExitCriterionPluginWarning("left out"),
+    "UnknownExitCriterionError": lambda: stochdepth.UnknownExitCriterionError("unknown 'z'"),
     "UnknownSamplerError": lambda: stochdepth.UnknownSamplerError("unknown sampler 'y'"),
 }
 

@@ -18,9 +18,10 @@ CONTRACT = {
     "DynamicNet",
     "train",
 }
-# The subpackages that hold layer drop, the sampler family and the training loop; their names are
-# attributes of the package once imported, but their contents are reached through __all__.
-SUBPACKAGES = {"layer_drop", "samplers", "training"}
+# The subpackages that hold the exit criteria, layer drop, the sampler family and the
+# training loop; their names are attributes of the package once imported, but their contents
+# are reached through __all__.
+SUBPACKAGES = {"exits", "layer_drop", "samplers", "training"}
 
 
 def test_all_holds_the_contract_and_nothing_missing() -> None:
@@ -46,9 +47,13 @@ def test_public_objects_have_google_style_docstrings() -> None:
         obj = getattr(stochdepth, name)
         # Protocols, records, containers and exceptions are not called with arguments
         # of their own to document.
-        if name in ("DepthSampler", "DropRule", "StepRecord", "TrainingHistory") or (
-            isinstance(obj, type) and issubclass(obj, (Exception, Warning))
-        ):
+        if name in (
+            "DepthSampler",
+            "DropRule",
+            "ExitCriterion",
+            "StepRecord",
+            "TrainingHistory",
+        ) or (isinstance(obj, type) and issubclass(obj, (Exception, Warning))):
             continue
         if inspect.signature(obj).parameters:
             assert "Args:" in doc, name

@@ -7,13 +7,28 @@ from ._distributed import check_depth_agreement as check_depth_agreement
 from ._errors import CheckpointError as CheckpointError
 from ._errors import DepthMismatchError as DepthMismatchError
 from ._errors import DropRulePluginError as DropRulePluginError
+from ._errors import ExitCriterionPluginError as ExitCriterionPluginError
+from ._errors import ExitCriterionPluginWarning as ExitCriterionPluginWarning
 from ._errors import NonFiniteError as NonFiniteError
 from ._errors import SamplerPluginError as SamplerPluginError
 from ._errors import SamplerPluginWarning as SamplerPluginWarning
 from ._errors import UnknownDropRuleError as UnknownDropRuleError
+from ._errors import UnknownExitCriterionError as UnknownExitCriterionError
 from ._errors import UnknownSamplerError as UnknownSamplerError
+from ._halting import halting_depths as halting_depths
+from ._halting import halting_distribution as halting_distribution
+from ._halting import ponder_loss as ponder_loss
 from ._model import DynamicNet as DynamicNet
 from ._version import __version__ as __version__
+from .exits._builtin import LatentChange as LatentChange
+from .exits._builtin import OutputKL as OutputKL
+from .exits._policy import ExitWhenConverged as ExitWhenConverged
+from .exits._protocol import ExitCriterion as ExitCriterion
+from .exits._registry import available_exit_criteria as available_exit_criteria
+from .exits._registry import get_exit_criterion as get_exit_criterion
+from .exits._registry import refresh_exit_criteria as refresh_exit_criteria
+from .exits._registry import register_exit_criterion as register_exit_criterion
+from .exits._registry import unregister_exit_criterion as unregister_exit_criterion
 from .layer_drop._list import LayerDropList as LayerDropList
 from .layer_drop._registry import available_drop_rules as available_drop_rules
 from .layer_drop._registry import get_drop_rule as get_drop_rule
@@ -55,12 +70,18 @@ __all__ = [
     "DropRule",
     "DropRulePluginError",
     "DynamicNet",
+    "ExitCriterion",
+    "ExitCriterionPluginError",
+    "ExitCriterionPluginWarning",
+    "ExitWhenConverged",
     "FixedDepth",
     "GeometricDepth",
+    "LatentChange",
     "LayerDropList",
     "LogNormalPoissonDepth",
     "NestedDrop",
     "NonFiniteError",
+    "OutputKL",
     "RepeatedBlock",
     "SamplerPluginError",
     "SamplerPluginWarning",
@@ -71,20 +92,29 @@ __all__ = [
     "TrainingHistory",
     "UniformDepth",
     "UnknownDropRuleError",
+    "UnknownExitCriterionError",
     "UnknownSamplerError",
     "__version__",
     "available_drop_rules",
+    "available_exit_criteria",
     "available_samplers",
     "check_depth_agreement",
     "get_drop_rule",
+    "get_exit_criterion",
     "get_sampler",
+    "halting_depths",
+    "halting_distribution",
     "linear_drop_rates",
     "load_checkpoint",
+    "ponder_loss",
+    "refresh_exit_criteria",
     "refresh_samplers",
     "register_drop_rule",
+    "register_exit_criterion",
     "register_sampler",
     "train",
     "unregister_drop_rule",
+    "unregister_exit_criterion",
     "unregister_sampler",
 ]
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _repeats
-from ._depth import DEFAULT_DEPTH_LIMIT, DepthChoice, EvalDepth, check_within_limit
+from ._depth import DEFAULT_DEPTH_LIMIT, DepthChoice, EvalDepth, check_within_limit, row_count
 from ._grad_depth import GradDepth
 from ._layer_call import (
     LayerCall,
@@ -22,8 +22,11 @@ from ._layer_call import (
     check_step_kwarg,
     summarize,
 )
+from ._repeats import outside_graph
 from ._tie import tie_skipped_layer
 from ._validation import check_bool, check_int, describe
+from .exits._loop import until_converged
+from .exits._policy import ExitWhenConverged
 from .samplers._protocol import DepthSampler, has_state
 
 __all__ = ["DEFAULT_DEPTH_LIMIT", "EvalDepth", "Mode", "RepeatedBlock", "check_within_limit"]
@@ -48,7 +51,8 @@ class RepeatedBlock(nn.Module):
     sampler's ``max_depth``, the whole network, as stochastic depth and LayerDrop do
     at test time. ``eval_depth`` may instead be an int, ``"min"``, or ``"sample"`` to
     keep drawing as in training (what the article's model does, since it has no
-    eval mode).
+    eval mode), or :class:`~stochdepth.ExitWhenConverged` to spend depth where the
+    input needs it: repeat until the state stops changing.
 
     Args:
         layer: The module to repeat, called as ``layer(state, *args, **kwargs)``
@@ -59,7 +63,10 @@ class RepeatedBlock(nn.Module):
             ``UniformDepth(0, 3)``, the article's ``random.randint(0, 3)``). It is
             checked against :class:`~stochdepth.DepthSampler` here, once.
         eval_depth: The eval-mode depth: an int >= 0, ``"max"`` (default),
-            ``"min"`` or ``"sample"``.
+            ``"min"``, ``"sample"``, or ``ExitWhenConverged(tol, max_depth, ...)``:
+            repeat until the criterion says stop (with ``per_sample=True`` each row
+            stops on its own, and ``last_depth`` holds the rows' depths). Early exit
+            needs ``mode="skip"``.
         mode: ``"skip"`` (default): the layer runs exactly ``depth`` times, so the
             graph changes with the depth, and at depth 0 the layer is unused (its
             parameters get no gradient, ``.grad`` stays ``None``). ``"masked"``: the
@@ -239,7 +246,10 @@ class RepeatedBlock(nn.Module):
         """
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {describe(x)}")
-        return self._repeats(self, x, self._call(x, args, kwargs), depth)
+        call = self._call(x, args, kwargs)
+        if not self.training and (policy := self._choice.early_exit(depth)) is not None:
+            return self._exit_early(policy, call, x)
+        return self._repeats(self, x, call, depth)
 
     def iterate(
         self, x: Tensor, /, *args: Any, depth: int | None = None, **kwargs: Any
@@ -312,6 +322,15 @@ class RepeatedBlock(nn.Module):
         if self._rows:
             call.check_rows(x)
         return call
+
+    @outside_graph  # the depth depends on the values: run eagerly under compile
+    def _exit_early(self, policy: ExitWhenConverged, call: LayerCall, x: Tensor) -> Tensor:
+        """Eval mode with ``eval_depth=ExitWhenConverged(...)``: repeat until converged."""
+        if self._per_sample:
+            row_count(x)
+        out, used = until_converged(call, x, policy, self._per_sample)
+        self._choice.last = used
+        return out
 
     def _depth_zero(self, x: Tensor) -> Tensor:
         """The output of a pass whose depth is 0 for the whole batch: ``x`` itself.

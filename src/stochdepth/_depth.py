@@ -14,12 +14,13 @@ import torch
 from torch import Tensor
 
 from ._validation import check_int, describe
+from .exits._policy import ExitWhenConverged
 from .samplers._builtin import UniformDepth
 from .samplers._draws import draw_batch, draw_one
 from .samplers._protocol import DepthSampler, check_sampler
 
-EvalDepth = int | Literal["max", "min", "sample"]
-"""What depth a block uses in eval mode: a fixed int, or a policy name."""
+EvalDepth = int | Literal["max", "min", "sample"] | ExitWhenConverged
+"""What depth a block uses in eval mode: a fixed int, a policy name, or early exit."""
 
 DEFAULT_DEPTH_LIMIT = 10_000
 """The most times a block applies its layer in one forward pass, unless told otherwise."""
@@ -80,6 +81,12 @@ class DepthChoice:
         self._check_eval_within_max(self._sampler, self._eval_depth)
 
     def _check_eval_within_max(self, sampler: DepthSampler, eval_depth: EvalDepth) -> None:
+        if self.masked and isinstance(eval_depth, ExitWhenConverged):
+            raise ValueError(
+                "eval_depth=ExitWhenConverged(...) stops when the state converges, a depth "
+                "known only while running, but mode='masked' runs max_depth repeats in one "
+                "fixed graph: use mode='skip' for early exit"
+            )
         if self.masked and isinstance(eval_depth, int) and eval_depth > sampler.max_depth:
             raise ValueError(
                 f"eval_depth must be <= sampler.max_depth={sampler.max_depth} in "
@@ -183,9 +190,20 @@ class DepthChoice:
                 f"holds max_depth repeats), got {value}"
             )
 
+    def early_exit(self, depth: object) -> ExitWhenConverged | None:
+        """In eval mode, the early-exit policy when this pass should use it: no depth given."""
+        policy = self._eval_depth
+        if depth is not None or not isinstance(policy, ExitWhenConverged):
+            return None
+        check_within_limit(self._sampler, policy, self.depth_limit)
+        self._check_eval_within_max(self._sampler, policy)
+        return policy
+
     def eval_value(self) -> int:
         """The eval-mode depth: the policy's, or a draw for ``"sample"``."""
         policy = check_eval_depth(self._eval_depth)
+        if isinstance(policy, ExitWhenConverged):  # iterate() runs max_depth repeats
+            return policy.max_depth
         if policy == "sample":
             return draw_one(self._sampler)
         if policy == "max":
@@ -205,7 +223,11 @@ class DepthChoice:
 
 def check_eval_depth(value: object) -> EvalDepth:
     """Return ``value`` as an eval-depth policy, or raise an error naming ``eval_depth``."""
-    expected = f"an int >= 0 or one of {', '.join(map(repr, _EVAL_POLICIES))}"
+    expected = (
+        f"an int >= 0, one of {', '.join(map(repr, _EVAL_POLICIES))}, or ExitWhenConverged(...)"
+    )
+    if isinstance(value, ExitWhenConverged):
+        return value
     if isinstance(value, str):
         if value in _EVAL_POLICIES:
             return cast(EvalDepth, value)
@@ -224,6 +246,11 @@ def check_within_limit(sampler: DepthSampler, eval_depth: EvalDepth, limit: int)
         )
     if isinstance(eval_depth, int) and eval_depth > limit:
         raise ValueError(f"eval_depth must be <= depth_limit={limit}, got {eval_depth}")
+    if isinstance(eval_depth, ExitWhenConverged) and eval_depth.max_depth > limit:
+        raise ValueError(
+            f"eval_depth.max_depth must be <= depth_limit={limit}, got "
+            f"{eval_depth.max_depth}; pass depth_limit= to allow deeper forward passes"
+        )
 
 
 def row_count(x: Tensor) -> int:

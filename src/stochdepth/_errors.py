@@ -54,6 +54,24 @@ class DropRulePluginError(LookupError):
     """
 
 
+class UnknownExitCriterionError(LookupError):
+    """An exit criterion's name is neither built in, registered, nor from a plugin.
+
+    The message lists the names that are available, and the closest one.
+    """
+
+
+class ExitCriterionPluginError(RuntimeError):
+    """An exit-criterion plugin asked for by name failed to load or is not a criterion.
+
+    The message names the plugin's entry point and its distribution.
+    """
+
+
+class ExitCriterionPluginWarning(UserWarning):
+    """An exit-criterion plugin was left out of the listing: it is broken or shadowed."""
+
+
 class CheckpointError(ValueError):
     """A checkpoint cannot be used for this run.
 

@@ -1,0 +1,1 @@
+"""Early exit at test time: the exit criteria, their registry, and the policy."""

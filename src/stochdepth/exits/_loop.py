@@ -1,0 +1,122 @@
+"""The early-exit loop: repeat until the criterion says stop, for the batch or row by row."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from typing_extensions import Protocol, Self
+
+from stochdepth._validation import describe
+
+from ._policy import ExitWhenConverged
+
+
+class Repeat(Protocol):
+    """One repeat of the layer, as the block applies it (its extra arguments bound)."""
+
+    def __call__(self, x: Tensor, repeat: int, depth: int) -> Tensor:
+        """Apply repeat ``repeat`` (0-based, of at most ``depth``) to the state ``x``."""
+        ...
+
+    def take(self, index: Tensor) -> Self:
+        """The same repeat for the rows ``index`` of the batch (row-aligned arguments cut)."""
+        ...
+
+
+def until_converged(
+    apply: Repeat, x: Tensor, policy: ExitWhenConverged, per_row: bool
+) -> tuple[Tensor, int | Tensor]:
+    """Repeat ``apply`` on ``x`` until ``policy``'s criterion stops it, or ``max_depth``.
+
+    Args:
+        apply: One repeat.
+        x: The input, rows along dimension 0.
+        policy: The criterion, the head and the depth bounds.
+        per_row: Stop each row on its own, running later repeats only on the rows
+            still going; otherwise the batch stops when every row may.
+
+    Returns:
+        The output and the depth used: an int, or with ``per_row`` a CPU int64 tensor
+        of the rows' depths.
+    """
+    if per_row:
+        return _row_by_row(apply, x, policy)
+    return _whole_batch(apply, x, policy)
+
+
+def _whole_batch(apply: Repeat, x: Tensor, policy: ExitWhenConverged) -> tuple[Tensor, int]:
+    previous, previous_output = x, None
+    for repeat in range(policy.max_depth):
+        current = apply(previous, repeat, policy.max_depth)
+        if policy.min_depth <= repeat + 1 < policy.max_depth:
+            stop, previous_output = _ask(policy, previous, current, repeat, previous_output)
+            if bool(stop.all()):
+                return current, repeat + 1
+        previous = current
+    return previous, policy.max_depth
+
+
+def _row_by_row(apply: Repeat, x: Tensor, policy: ExitWhenConverged) -> tuple[Tensor, Tensor]:
+    rows = x.shape[0]
+    depths = torch.full((rows,), policy.max_depth, dtype=torch.int64)
+    if rows == 0:
+        return x, depths
+    index = torch.arange(rows, device=x.device)
+    pieces: list[Tensor] = []
+    places: list[Tensor] = []
+    previous, previous_output = x, None
+    running = apply  # the repeat for the rows still going
+    for repeat in range(policy.max_depth):
+        current = running(previous, repeat, policy.max_depth)
+        if policy.min_depth <= repeat + 1 < policy.max_depth:
+            stop, output = _ask(policy, previous, current, repeat, previous_output)
+            if bool(stop.any()):
+                going = ~stop
+                pieces.append(current[stop])
+                places.append(index[stop])
+                depths[index[stop].cpu()] = repeat + 1
+                current, index = current[going], index[going]
+                output = None if output is None else output[going]
+                if index.numel() == 0:
+                    break
+                running = apply.take(index)
+            previous_output = output
+        previous = current
+    else:
+        pieces.append(previous)
+        places.append(index)
+    order = torch.cat(places)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(rows, device=order.device)
+    return torch.cat(pieces).index_select(0, inverse), depths
+
+
+def _ask(
+    policy: ExitWhenConverged,
+    previous: Tensor,
+    current: Tensor,
+    repeat: int,
+    previous_output: Tensor | None,
+) -> tuple[Tensor, Tensor | None]:
+    """The criterion's answer for the rows of ``current``, and the head's output on it."""
+    head = policy.head
+    outputs = None
+    output = None
+    if head is not None:
+        if previous_output is None:
+            previous_output = head(previous)
+        output = head(current)
+        outputs = (previous_output, output)
+    stop = policy.exit_criterion(previous, current, repeat, outputs)
+    rows = current.shape[0]
+    if not isinstance(stop, Tensor) or stop.dtype != torch.bool or tuple(stop.shape) != (rows,):
+        shown = (
+            f"a tensor of dtype {stop.dtype} and shape {tuple(stop.shape)}"
+            if isinstance(stop, Tensor)
+            else describe(stop)
+        )
+        raise TypeError(
+            f"the exit criterion {policy.criterion!r} must return a bool tensor of shape "
+            f"({rows},), one answer per row, but returned {shown} at repeat {repeat + 1}"
+        )
+    return stop, output
