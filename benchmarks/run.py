@@ -34,7 +34,7 @@ Comparisons (A is the reference, B the thing measured; ratio = B / A):
    CPU a step at width 1024 takes seconds: there it runs with ``--quick`` or when asked
    for (``--sections 7``).
 8. per-row crossover: per-row depth (``per_sample=True``, rows' depths uniform over
-   0..8) three ways, for ``Linear(width, width)`` + ``ReLU`` at widths from 16 to 4096,
+   0..8) three ways, for ``Linear(width, width)`` + ``ReLU`` at widths from 8 to 4096,
    batch 512, training steps on the same rows' depths: compaction (skip mode, each
    repeat on the rows still active) against masked per-row (``mode="masked"``, every
    repeat on every row, ``torch.where``) and, on CUDA, masked per-row replayed from one
@@ -102,7 +102,7 @@ class Sizes:
     model_shape: tuple[int, int] = (32, 128)  # batch, positions
     model_chunk: int = 2  # steps per timed chunk (comparison 7)
     model_chunks: int = 7
-    crossover_widths: tuple[int, ...] = (16, 64, 256, 1024, 4096)
+    crossover_widths: tuple[int, ...] = (8, 16, 64, 256, 1024, 4096)
     crossover_cpu_widest: int = 1024  # a CPU step at 4096 takes seconds
     crossover_batch: int = 512
     crossover_chunk: int = 20  # steps per timed chunk up to width 256, fewer (>= 2) above
