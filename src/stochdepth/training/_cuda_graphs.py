@@ -65,10 +65,16 @@ class CUDAGraphStep:
     that changes every step makes every step a capture; keep it fixed for the graphs to pay.
     (``torch.optim.lr_scheduler`` schedulers that change it once an epoch are fine.)
 
+    **Masked blocks.** A block with ``mode="masked"`` (with or without ``per_sample``)
+    needs no graph per depth: its depth, or its rows' depths, is drawn outside the graph
+    as its eager forward pass draws it, and copied into a static depth tensor on the
+    device (0-d, or one value per row of the block's input) that the captured step reads:
+    one graph serves every depth, and its entry in :attr:`graphs` is ``None``.
+
     **Models.** Every parameter on one CUDA device; the model in training mode; every
-    ``RepeatedBlock`` in the default mode (``mode="skip"``, one depth per batch, no
-    ``checkpoint``), drawing its own depth (not given one by the model), called once per
-    forward pass. Nothing else in the forward pass may take decisions in Python from
+    ``RepeatedBlock`` in skip mode with one depth per batch (the default) or in masked
+    mode, without ``checkpoint``, drawing its own depth (not given one by the model),
+    called once per forward pass. Nothing else in the forward pass may take decisions in Python from
     random draws or tensor values, since a replay does not run Python. Random operations
     on the GPU (dropout) draw from the graphs' generator offsets, not eager's values.
     Loading another state into the model or the optimizer (``load_state_dict``) after the
@@ -95,10 +101,11 @@ class CUDAGraphStep:
         TypeError: ``model`` is not an ``nn.Module``, ``optimizer`` not a
             ``torch.optim.Optimizer``, ``loss_fn`` not callable, or ``max_graphs`` not
             an int.
-        ValueError: ``max_graphs`` is below 1; a ``RepeatedBlock`` is not in the default
-            mode, or sits inside another one's layer; the optimizer is not one of the
-            supported ones or is not set up for capture; or the model has no parameters
-            on a CUDA device (CUDA graphs record GPU kernels: a CPU model is refused).
+        ValueError: ``max_graphs`` is below 1; a ``RepeatedBlock`` has ``per_sample=True``
+            in skip mode or ``checkpoint``, or sits inside another one's layer; the
+            optimizer is not one of the supported ones or is not set up for capture; or the
+            model has no parameters on a CUDA device (CUDA graphs record GPU kernels: a
+            CPU model is refused).
 
     Example:
         ```python
