@@ -220,6 +220,17 @@ def test_forced_depths_run_the_block_at_its_depth_and_leave_its_telemetry() -> N
     assert sum(block.depth_histogram.values()) == 2
 
 
+def test_a_forced_depth_replaces_one_given_by_position_or_keyword() -> None:
+    # The hook finds depth by forward's signature, whichever way the call passes it.
+    layer = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+    block = RepeatedBlock(layer, FixedDepth(3))
+    x = torch.randn(2, 4)
+    with _forced_depths([block], [2]):
+        by_position, by_keyword = block(x, 1), block(x, depth=0)
+    assert torch.equal(by_position, layer(layer(x)))
+    assert torch.equal(by_keyword, by_position)
+
+
 def masked_block(seed: int, per_sample: bool, width: int = 4) -> RepeatedBlock:
     layer = nn.Sequential(nn.Linear(width, width), nn.Tanh())
     return RepeatedBlock(layer, SeededDepth(0, 3, seed=seed), mode="masked", per_sample=per_sample)
