@@ -286,7 +286,7 @@ def test_a_masked_block_runs_at_a_forced_depth_tensor(per_sample: bool) -> None:
         got = block(x)
     assert block.depth_histogram == histogram
     assert plain(block.last_depth) == last
-    want = block(x, static)  # a given depth tensor, as masked mode takes it
+    want = block(x, depth=static)  # a given depth tensor, as masked mode takes it
     assert torch.equal(got, want)
     if per_sample:  # row 0 at depth 0 is its input, row 1 three repeats of the layer
         assert torch.equal(got[0], x[0])
@@ -327,7 +327,7 @@ def test_under_capture_a_masked_block_does_not_read_its_depth_tensor(per_sample:
     static = torch.tensor([3, 0, 2, 1] if per_sample else 1)
     choice = block._choice
     with HostReads() as eager_reads:
-        want = block(x, static)
+        want = block(x, depth=static)
     assert eager_reads.reads > 0
     with _forced_depths([block], [static]), _checked_outside([block]), HostReads() as reads:
         got = block(x)
