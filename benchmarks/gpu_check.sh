@@ -34,8 +34,8 @@ timeout 150 "$python" -m pytest -p no:cacheprovider -q -rs --tb=short \
 echo "== benchmark on CUDA: 6 CUDA graphs"
 timeout 45 "$python" benchmarks/run.py --device cuda --sections 6 2>&1 \
     | tee "$out/benchmark-cuda-graphs.txt" || status=1
-echo "== benchmark on CUDA: 8 per-row crossover"
-timeout 60 "$python" benchmarks/run.py --device cuda --sections 8 2>&1 \
+echo "== benchmark on CUDA: 9 per-row crossover"
+timeout 60 "$python" benchmarks/run.py --device cuda --sections 9 2>&1 \
     | tee "$out/benchmark-cuda-per-row-crossover.txt" || status=1
 echo "== benchmark on CUDA: 7 model sizes"
 timeout 120 "$python" benchmarks/run.py --device cuda --sections 7 2>&1 \

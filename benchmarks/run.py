@@ -33,13 +33,16 @@ Comparisons (A is the reference, B the thing measured; ratio = B / A):
    per-sample, checkpointed, the layer compiled, and on CUDA ``CUDAGraphStep``. On a
    CPU a step at width 1024 takes seconds: there it runs with ``--quick`` or when asked
    for (``--sections 7``).
-8. per-row crossover: per-row depth (``per_sample=True``, rows' depths uniform over
+8. truncated backprop: a transformer-sized layer (``nn.TransformerEncoderLayer``,
+   width 256, 128 positions, batch 32) at depth 32 with ``grad_depth=4`` against
+   full backprop: peak activation memory and the time of a training step.
+9. per-row crossover: per-row depth (``per_sample=True``, rows' depths uniform over
    0..8) three ways, for ``Linear(width, width)`` + ``ReLU`` at widths from 8 to 4096,
    batch 512, training steps on the same rows' depths: compaction (skip mode, each
    repeat on the rows still active) against masked per-row (``mode="masked"``, every
    repeat on every row, ``torch.where``) and, on CUDA, masked per-row replayed from one
    graph by ``CUDAGraphStep``. Where the ratios cross 1 is the width below which masked
-   rows pay. On the CPU it runs when asked for (``--sections 8``, up to width 1024) or
+   rows pay. On the CPU it runs when asked for (``--sections 9``, up to width 1024) or
    with ``--quick``.
 
 Times are medians over chunks of steps run interleaved (A B A B ...), so that a
@@ -102,6 +105,9 @@ class Sizes:
     model_shape: tuple[int, int] = (32, 128)  # batch, positions
     model_chunk: int = 2  # steps per timed chunk (comparison 7)
     model_chunks: int = 7
+    truncated: tuple[int, int, int, int, int] = (32, 128, 256, 32, 4)  # batch, positions,
+    # width, depth, grad_depth
+    truncated_reps: int = 3
     crossover_widths: tuple[int, ...] = (8, 16, 64, 256, 1024, 4096)
     crossover_cpu_widest: int = 1024  # a CPU step at 4096 takes seconds
     crossover_batch: int = 512
@@ -123,6 +129,8 @@ QUICK = Sizes(
     model_shape=(2, 4),
     model_chunk=1,
     model_chunks=2,
+    truncated=(2, 4, 8, 6, 2),
+    truncated_reps=1,
     crossover_widths=(8, 16),
     crossover_batch=16,
     crossover_chunk=2,
@@ -363,7 +371,7 @@ def compile_one(bench: Bench, row: Row, mode: str, options: dict[str, object]) -
         torch._inductor.config.force_disable_caches = True
         warnings.filterwarnings("ignore", "dynamo_pgo force disabled")
     torch._dynamo.reset()
-    explained = torch._dynamo.explain(copy.deepcopy(model))(x, depth())
+    explained = torch._dynamo.explain(copy.deepcopy(model))(x, depth=depth())
     torch._dynamo.reset()
     counters.clear()
     compiled = torch.compile(model, backend=bench.backend, **options)  # type: ignore[arg-type]
@@ -376,7 +384,7 @@ def compile_one(bench: Bench, row: Row, mode: str, options: dict[str, object]) -
         def step() -> None:
             if cudagraphs:
                 torch.compiler.cudagraph_mark_step_begin()
-            loss = criterion(net(x, depth()), y)
+            loss = criterion(net(x, depth=depth()), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -480,7 +488,7 @@ def activation_peak(bench: Bench, block: RepeatedBlock, x: Tensor, depth: int) -
         bench.sync()
         torch.cuda.reset_peak_memory_stats(bench.device)
         base = torch.cuda.memory_allocated(bench.device)
-        block(x, depth).sum().backward()
+        block(x, depth=depth).sum().backward()
         bench.sync()
         peak = torch.cuda.max_memory_allocated(bench.device) - base
         layer_grads()
@@ -490,7 +498,7 @@ def activation_peak(bench: Bench, block: RepeatedBlock, x: Tensor, depth: int) -
     tracker = MemTracker()
     tracker.track_external(block, x)
     with tracker:
-        block(x, depth).sum().backward()
+        block(x, depth=depth).sum().backward()
     snapshot = tracker.get_tracker_snapshot("peak")
     peaks = next(iter(snapshot.values()))
     layer_grads()
@@ -741,11 +749,53 @@ def model_size_width(bench: Bench, width: int) -> None:
             row.note = f"{notes[name]}; {shape}; paired ratio {medians[f'{name}/skip']:.3f}"
 
 
-# --------------------------------------------------------------------------- 8. per-row crossover
+# --------------------------------------------------------------------------- 5. truncated backprop
+
+
+def truncated_backprop(bench: Bench) -> None:
+    """8: ``grad_depth=k`` against full backprop on a transformer-sized layer."""
+    batch, positions, width, depth, k = bench.sizes.truncated
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(
+        width, nhead=4, dim_feedforward=4 * width, dropout=0.0, batch_first=True
+    ).to(bench.device)
+    x = torch.randn(batch, positions, width, device=bench.device)
+    full = RepeatedBlock(layer, FixedDepth(depth))
+    truncated = RepeatedBlock(layer, FixedDepth(depth), grad_depth=k)
+    size = f"TransformerEncoderLayer({width}, 4 heads), batch {batch}, {positions} positions"
+    section, what = "8 truncated backprop", f"depth {depth}: grad_depth={k} vs full backprop"
+    with bench.row(section, f"{what}, activation memory") as row:
+        want, how = activation_peak(bench, full, x, depth)
+        got, _ = activation_peak(bench, truncated, x, depth)
+        row.a, row.b = mib(want), mib(got)
+        row.ratio = got / want if want else None
+        row.note = f"{size}; {how}"
+
+    def step_of(block: RepeatedBlock) -> Callable[[], int]:
+        def run() -> int:
+            layer.zero_grad(set_to_none=True)
+            block(x).sum().backward()
+            return 1
+
+        return run
+
+    with bench.row(section, f"{what}, forward + backward step") as row:
+        medians = bench.interleaved(
+            {"full": step_of(full), "truncated": step_of(truncated)}, bench.sizes.truncated_reps
+        )
+        row.a, row.b = ms(medians["full"]), ms(medians["truncated"])
+        row.ratio = medians["truncated"] / medians["full"]
+        row.note = (
+            f"{size}; median of {bench.sizes.truncated_reps} steps a side; the first "
+            f"{depth - k} repeats run under torch.no_grad()"
+        )
+
+
+# --------------------------------------------------------------------------- 9. per-row crossover
 
 
 def crossover_rows(bench: Bench) -> None:
-    """8: per-row depth by compaction, by masking, and (CUDA) masked under CUDAGraphStep."""
+    """9: per-row depth by compaction, by masking, and (CUDA) masked under CUDAGraphStep."""
     for width in bench.sizes.crossover_widths:
         if bench.device.type == "cuda" or width <= bench.sizes.crossover_cpu_widest:
             crossover_width(bench, width)
@@ -779,7 +829,7 @@ def crossover_width(bench: Bench, width: int) -> None:
     }
     medians: dict[str, float] = {}
     what = f"width {width}: {names['masked']}"
-    with bench.row("8 per-row crossover", what) as row:
+    with bench.row("9 per-row crossover", what) as row:
         models = {"compaction": model(), "masked": model(mode="masked")}
         steps: dict[str, Callable[[], object]] = {
             name: training_step(net, net, criterion, x, y, lr) for name, (net, _) in models.items()
@@ -823,7 +873,7 @@ def crossover_width(bench: Bench, width: int) -> None:
             f"paired ratio {medians['masked/compaction']:.3f}"
         )
     if cuda:
-        with bench.row("8 per-row crossover", f"width {width}: {names['graphs']}") as row:
+        with bench.row("9 per-row crossover", f"width {width}: {names['graphs']}") as row:
             if "graphs" not in medians:
                 raise RuntimeError("not measured: see the row above")
             row.a, row.b = ms(medians["compaction"]), ms(medians["graphs"])
@@ -885,8 +935,8 @@ def main(argv: list[str] | None = None) -> int:
         "--sections",
         default=None,
         help=(
-            "which comparisons to run, by number (default: 1,2,3,4,5,6,7,8 on CUDA; 1,2,3,4,5 "
-            "on the CPU, and 7 and 8 too with --quick)"
+            "which comparisons to run, by number (default: all, 1..9, on CUDA; 1,2,3,4,5,8 on "
+            "the CPU, and 7 and 9 too with --quick)"
         ),
     )
     parser.add_argument(
@@ -930,18 +980,19 @@ def main(argv: list[str] | None = None) -> int:
         "5": layer_drop,
         "6": cuda_graph_rows,
         "7": model_size_rows,
-        "8": crossover_rows,
+        "8": truncated_backprop,
+        "9": crossover_rows,
     }
-    # Sections 7 and 8 at full size take minutes on a CPU: there on demand (or --quick).
+    # Sections 7 and 9 at full size take minutes on a CPU: there on demand (or --quick).
     if device.type == "cuda":
-        default = "1,2,3,4,5,6,7,8"
+        default = "1,2,3,4,5,6,7,8,9"
     else:
-        default = "1,2,3,4,5,7,8" if args.quick else "1,2,3,4,5"
+        default = "1,2,3,4,5,7,8,9" if args.quick else "1,2,3,4,5,8"
     given = default if args.sections is None else args.sections
     chosen = [name.strip() for name in given.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(sections))
     if unknown or not chosen:
-        parser.error(f"--sections takes numbers among 1,2,3,4,5,6,7,8, got {given!r}")
+        parser.error(f"--sections takes numbers among 1,2,3,4,5,6,7,8,9, got {given!r}")
     if "6" in chosen and device.type != "cuda":
         parser.error("--sections 6 (CUDA graphs) needs --device cuda")
     for name in sorted(set(chosen)):

@@ -52,6 +52,15 @@ SAMPLER_PARAMETERS: dict[str, Parameters] = {
     "geometric": lambda low, high: st.fixed_dictionaries(
         {"p": st.floats(0.05, 1.0), "max_depth": st.just(high), "seed": seeds}
     ),
+    # Depths 1..max_depth: a max_depth of at least 1, within the bound when it allows.
+    "lognormal_poisson": lambda low, high: st.fixed_dictionaries(
+        {
+            "mean": st.floats(0.05, 20.0),
+            "sigma": st.floats(0.0, 1.5),
+            "max_depth": st.just(max(high, 1)),
+            "seed": seeds,
+        }
+    ),
     # A fresh schedule, at step 0 like every other sampler here before its first draw.
     "scheduled": lambda low, high: st.fixed_dictionaries(
         {

@@ -139,12 +139,25 @@ def test_sampler_constructors(kind: type, name: str, data: st.DataObject) -> Non
 
 @given(
     name=st.one_of(
-        st.sampled_from(["uniform", "fixed", "seeded", "bernoulli", "geometric", "scheduled"]),
+        st.sampled_from(
+            [
+                "uniform",
+                "fixed",
+                "seeded",
+                "bernoulli",
+                "geometric",
+                "scheduled",
+                "lognormal_poisson",
+            ]
+        ),
         st.text(max_size=6),
     ),
     params=st.dictionaries(
         st.sampled_from(
-            ["low", "high", "depth", "seed", "p", "max_depth", "start", "end", "steps", "x"]
+            [
+                *("low", "high", "depth", "seed", "p", "max_depth", "start", "end", "steps"),
+                *("mean", "sigma", "x"),
+            ]
         ),
         st.one_of(
             ints.map(str),
@@ -258,7 +271,7 @@ def test_block_forward(x: Any, depth: Any, draw: Any) -> None:
     layer = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
     block = RepeatedBlock(layer, Bounds(0, 4, draw), depth_limit=100)
     with torch.no_grad():
-        out, error = attempt(lambda: block(x, depth), TypeError, ValueError, RuntimeError)
+        out, error = attempt(lambda: block(x, depth=depth), TypeError, ValueError, RuntimeError)
     if isinstance(error, RuntimeError):
         # An input the layer cannot take: the layer's own error, unchanged (the block
         # cannot know what its layer takes), naming the shapes involved.
@@ -332,7 +345,7 @@ def test_model_forward(shape: tuple[int, ...], depth: int | None) -> None:
     x = torch.randn(shape)
     try:
         with torch.no_grad():
-            out = model(x, depth)
+            out = model(x, depth=depth)
     except (TypeError, ValueError) as error:
         message = one_line(error)
         assert ("D_in=4" in message and str(tuple(shape)) in message) or "depth" in message

@@ -23,7 +23,15 @@ import article9
 from processes import QUIET_ENV, TIMEOUT
 
 SCRIPT = Path(sys.executable).with_name("stochdepth")
-SAMPLER_NAMES = ("uniform", "fixed", "seeded", "bernoulli", "geometric", "scheduled")
+SAMPLER_NAMES = (
+    "uniform",
+    "fixed",
+    "seeded",
+    "bernoulli",
+    "geometric",
+    "scheduled",
+    "lognormal_poisson",
+)
 # What `train` prints on stderr at the end (unless --no-summary), and nothing else.
 SUMMARY = re.compile(
     r"stochdepth train: \d+ steps(, final loss \S+, mean depth \d+\.\d{3}, depths( \d+:\d+)+)?\n"

@@ -121,6 +121,16 @@ def test_masked_blocks_pass_the_block_check(block_options: dict[str, Any]) -> No
         CUDAGraphStep(model, sgd(model), MSE)
 
 
+def test_a_grad_depth_sampler_is_refused_and_an_int_is_not() -> None:
+    layer = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    drawn = nn.Sequential(RepeatedBlock(layer, UniformDepth(0, 3), grad_depth=UniformDepth(0, 2)))
+    with pytest.raises(ValueError, match="grad_depth drawn by a sampler"):
+        CUDAGraphStep(drawn, sgd(drawn), MSE)
+    fixed = nn.Sequential(RepeatedBlock(layer, UniformDepth(0, 3), grad_depth=1))
+    with pytest.raises(ValueError, match="CUDA device"):  # only the CPU stops it here
+        CUDAGraphStep(fixed, sgd(fixed), MSE)
+
+
 def test_a_block_inside_a_blocks_layer_is_refused() -> None:
     inner = RepeatedBlock(nn.Linear(4, 4), UniformDepth(0, 2))
     model = RepeatedBlock(nn.Sequential(inner, nn.ReLU()), UniformDepth(0, 2))
@@ -391,7 +401,7 @@ def test_undoing_the_warm_up_gives_eager_training_bitwise(
 
     def step(model: DynamicNet, optimizer: torch.optim.Optimizer, depth: int) -> Tensor:
         optimizer.zero_grad(set_to_none=True)
-        loss = MSE(model(x, depth), y)
+        loss = MSE(model(x, depth=depth), y)
         loss.backward()
         optimizer.step()
         return loss.detach()

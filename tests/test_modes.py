@@ -52,7 +52,7 @@ def backward(
     """Output, grad of x and grads of the parameters of ``(block(x) * weight).sum()``."""
     block.zero_grad(set_to_none=True)
     x = x.detach().clone().requires_grad_()
-    out = block(x) if depth is None else block(x, depth)
+    out = block(x) if depth is None else block(x, depth=depth)
     (out * weight).sum().backward()
     assert x.grad is not None
     return out.detach(), x.grad, [p.grad for p in block.parameters()]
@@ -125,15 +125,15 @@ def test_masked_mode_rejects_depths_it_cannot_hold() -> None:
     block = RepeatedBlock(nn.Linear(3, 3), SeededDepth(0, 2, seed=0), mode="masked")
     x = torch.randn(2, 3)
     with pytest.raises(ValueError, match=r"depth must be <= sampler.max_depth=2 .*got 3"):
-        block(x, 3)
+        block(x, depth=3)
     with pytest.raises(ValueError, match=r"depth must be <= sampler.max_depth=2 .*got 5"):
-        block(x, torch.tensor(5))
+        block(x, depth=torch.tensor(5))
     with pytest.raises(ValueError, match=r"depth must be >= 0, got a tensor holding -1"):
-        block(x, torch.tensor(-1))
+        block(x, depth=torch.tensor(-1))
     with pytest.raises(TypeError, match=r"integer tensor of shape \(\).*torch.float32"):
-        block(x, torch.tensor(1.0))
+        block(x, depth=torch.tensor(1.0))
     with pytest.raises(TypeError, match=r"integer tensor of shape \(\).*shape \(2,\)"):
-        block(x, torch.tensor([1, 1]))
+        block(x, depth=torch.tensor([1, 1]))
     block.eval_depth = 4
     block.eval()
     with pytest.raises(ValueError, match=r"got 4"):
@@ -147,10 +147,10 @@ def test_masked_mode_rejects_depths_it_cannot_hold() -> None:
 def test_a_depth_tensor_given_to_masked_mode_is_last_depth_and_not_counted() -> None:
     block = RepeatedBlock(nn.Linear(3, 3), FixedDepth(2), mode="masked")
     depth = torch.tensor(1)
-    block(torch.randn(2, 3), depth)
+    block(torch.randn(2, 3), depth=depth)
     assert block.last_depth is depth
     assert block.depth_histogram == {}
-    block(torch.randn(2, 3), 1)
+    block(torch.randn(2, 3), depth=1)
     assert block.depth_histogram == {1: 1}
 
 
@@ -203,10 +203,12 @@ def test_per_sample_skip_and_masked_modes_agree_on_given_depths(depth_list: list
     given_depths = torch.tensor(depth_list)
     skip = RepeatedBlock(layer, FixedDepth(5), per_sample=True)
     masked = RepeatedBlock(layer, FixedDepth(5), per_sample=True, mode="masked")
-    torch.testing.assert_close(skip(x, given_depths), masked(x, given_depths), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        skip(x, depth=given_depths), masked(x, depth=given_depths), rtol=0, atol=1e-12
+    )
     assert torch.equal(skip.last_depth, given_depths)  # type: ignore[arg-type]
     if max(depth_list) == 0:
-        assert skip(x, given_depths) is x
+        assert skip(x, depth=given_depths) is x
 
 
 def test_per_sample_telemetry_counts_rows() -> None:
@@ -230,7 +232,7 @@ def test_an_int_depth_applies_to_every_row() -> None:
     layer = nn.Linear(3, 3)
     block = RepeatedBlock(layer, FixedDepth(4), per_sample=True)
     x = torch.randn(5, 3)
-    assert torch.equal(block(x, 2), by_hand(layer, x, 2))
+    assert torch.equal(block(x, depth=2), by_hand(layer, x, 2))
     assert torch.equal(block.last_depth, torch.full((5,), 2))  # type: ignore[arg-type]
 
 
@@ -277,9 +279,9 @@ def test_a_bad_batched_draw_raises(result: object, error: type, match: str) -> N
 def test_bad_per_sample_depths_raise() -> None:
     block = RepeatedBlock(nn.Linear(2, 2), FixedDepth(2), per_sample=True)
     with pytest.raises(TypeError, match=r"integer tensor of shape \(3,\).*shape \(2,\)"):
-        block(torch.randn(3, 2), torch.tensor([1, 1]))
+        block(torch.randn(3, 2), depth=torch.tensor([1, 1]))
     with pytest.raises(ValueError, match=r"depth must be >= 0"):
-        block(torch.randn(2, 2), torch.tensor([1, -1]))
+        block(torch.randn(2, 2), depth=torch.tensor([1, -1]))
     with pytest.raises(ValueError, match=r"0-d tensor"):
         block(torch.tensor(1.0))
 
@@ -287,7 +289,7 @@ def test_bad_per_sample_depths_raise() -> None:
 def test_a_layer_changing_the_shape_of_the_active_rows_raises() -> None:
     block = RepeatedBlock(nn.Linear(2, 3), FixedDepth(2), per_sample=True)
     with pytest.raises(ValueError, match=r"\(1, 2\) into \(1, 3\) at repeat 1"):
-        block(torch.randn(2, 2), torch.tensor([0, 1]))
+        block(torch.randn(2, 2), depth=torch.tensor([0, 1]))
 
 
 def test_training_a_per_sample_model_records_the_deepest_row() -> None:
@@ -408,7 +410,7 @@ def count_saved_bytes(block: RepeatedBlock, x: Tensor, depth: int | Tensor) -> i
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        out = block(x.requires_grad_(), depth)
+        out = block(x.requires_grad_(), depth=depth)
     out.sum().backward()
     return saved
 
@@ -500,9 +502,9 @@ def test_the_depth_limit_holds_in_every_mode() -> None:
     x = torch.randn(3, 2)
     rows = RepeatedBlock(nn.Linear(2, 2), FixedDepth(2), per_sample=True, depth_limit=4)
     with pytest.raises(ValueError, match=r"depth_limit=4, got 5"):
-        rows(x, torch.tensor([1, 5, 0]))
+        rows(x, depth=torch.tensor([1, 5, 0]))
     with pytest.raises(ValueError, match=r"depth_limit=4, got 6"):
-        rows(x, 6)
+        rows(x, depth=6)
     masked = RepeatedBlock(nn.Linear(2, 2), FixedDepth(2), mode="masked", depth_limit=4)
     with pytest.raises(ValueError, match=r"depth_limit=4, got 9"):
         masked.sampler = FixedDepth(9)  # replaced after construction: checked as it is assigned
@@ -513,7 +515,7 @@ def test_the_depth_limit_holds_in_every_mode() -> None:
         masked(x)
     saving = RepeatedBlock(nn.Linear(2, 2), FixedDepth(2), checkpoint=True, depth_limit=4)
     with pytest.raises(ValueError, match=r"depth_limit=4, got 7"):
-        saving(x, 7)
+        saving(x, depth=7)
     assert "depth_limit=4, checkpoint=True" in repr(saving)
 
 
@@ -548,5 +550,5 @@ def test_masked_mode_refuses_a_layer_with_running_statistics() -> None:
 def test_a_masked_depth_too_deep_is_refused_before_it_is_counted(per_sample: bool) -> None:
     block = RepeatedBlock(nn.Linear(3, 3), FixedDepth(2), mode="masked", per_sample=per_sample)
     with pytest.raises(ValueError, match=r"depth must be <= sampler.max_depth=2"):
-        block(torch.randn(2, 3), 5)
+        block(torch.randn(2, 3), depth=5)
     assert (block.last_depth, block.depth_histogram) == (None, {})

@@ -224,6 +224,14 @@ def test_the_samplers_command_lists_every_builtin(capsys: pytest.CaptureFixture[
     assert main(["samplers"]) == 0
     out = capsys.readouterr().out
     names = [line.split()[0] for line in out.splitlines()]
-    assert {"uniform", "fixed", "seeded", "bernoulli", "geometric", "scheduled"} <= set(names)
-    assert "bernoulli  Each of max_depth repeats survives with probability p" in out
+    assert {
+        "uniform",
+        "fixed",
+        "seeded",
+        "bernoulli",
+        "geometric",
+        "scheduled",
+        "lognormal_poisson",
+    } <= set(names)
+    assert "Each of max_depth repeats survives with probability p" in out
     assert "``" not in out

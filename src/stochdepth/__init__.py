@@ -26,6 +26,7 @@ from .layer_drop._schedule import linear_drop_rates as linear_drop_rates
 from .samplers._builtin import BernoulliDepth as BernoulliDepth
 from .samplers._builtin import FixedDepth as FixedDepth
 from .samplers._builtin import GeometricDepth as GeometricDepth
+from .samplers._builtin import LogNormalPoissonDepth as LogNormalPoissonDepth
 from .samplers._builtin import ScheduledDepth as ScheduledDepth
 from .samplers._builtin import SeededDepth as SeededDepth
 from .samplers._builtin import UniformDepth as UniformDepth
@@ -57,6 +58,7 @@ __all__ = [
     "FixedDepth",
     "GeometricDepth",
     "LayerDropList",
+    "LogNormalPoissonDepth",
     "NestedDrop",
     "NonFiniteError",
     "RepeatedBlock",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal, cast
 
 import torch
@@ -11,6 +11,17 @@ from torch import Tensor, nn
 
 from . import _repeats
 from ._depth import DEFAULT_DEPTH_LIMIT, DepthChoice, EvalDepth, check_within_limit
+from ._grad_depth import GradDepth
+from ._layer_call import (
+    LayerCall,
+    Output,
+    PlainCall,
+    RowArgs,
+    check_kwargs,
+    check_output,
+    check_step_kwarg,
+    summarize,
+)
 from ._tie import tie_skipped_layer
 from ._validation import check_bool, check_int, describe
 from .samplers._protocol import DepthSampler, has_state
@@ -40,8 +51,10 @@ class RepeatedBlock(nn.Module):
     eval mode).
 
     Args:
-        layer: The module to repeat. It must return a tensor of its input's shape;
-            this is checked on every application.
+        layer: The module to repeat, called as ``layer(state, *args, **kwargs)``
+            with the extra arguments given to the block. It must return a tensor of
+            its input's shape (or, with ``output``, something the state is read
+            from); this is checked on every application.
         sampler: Where training-mode depths come from (default:
             ``UniformDepth(0, 3)``, the article's ``random.randint(0, 3)``). It is
             checked against :class:`~stochdepth.DepthSampler` here, once.
@@ -78,6 +91,32 @@ class RepeatedBlock(nn.Module):
             10 000), a guard against a depth such as ``10**9`` that would run for
             hours or exhaust memory. The sampler's ``max_depth`` and an int
             ``eval_depth`` must not exceed it; a deeper forward pass raises.
+        row_args: The extra arguments that have a row per row of ``x`` (a padding
+            mask, an injected input, rotary ``(cos, sin)`` tables): keyword names, or
+            positions among the extra positional arguments (0 is the first after
+            ``x``); one entry or a sequence. Each may be a tensor or a nested tuple,
+            list or dict of tensors; every tensor in it must have ``x``'s number of
+            rows along dimension 0 (checked on every call). With ``per_sample=True``
+            they are cut to the rows that run at each repeat, so that each row's
+            result is the layer applied to that row alone with its own arguments.
+        step_kwarg: Pass the 0-based repeat index, a Python int, to the layer under
+            this keyword (a Universal Transformer's time signal, a per-step
+            embedding).
+        output: How the next state is read from what the layer returns: ``None``
+            (default), the return value itself; an int, that element of a returned
+            tuple or list (``0`` for Hugging Face style layers); or a callable mapping
+            the return value to the next state. The state's shape is checked.
+        grad_depth: Truncated backpropagation: autograd records only the last ``k``
+            repeats of each forward pass, and the first ``depth - k`` run under
+            ``torch.no_grad()`` (all of them when ``depth <= k``), so the activation
+            memory does not grow with ``depth - k``, and the input gets no gradient
+            when ``depth > k``. An int ``k >= 0``, or a depth sampler drawn on every
+            forward pass with autograd enabled. ``last_depth`` stays the total
+            depth. When no repeat is recorded (``k = 0``) the pass goes through the
+            depth-0 path. With ``per_sample=True`` each row records its own last
+            ``k`` repeats (the layer then runs on two groups of rows at the repeats
+            where some rows are still frozen). Refused in masked mode, whose graph
+            holds every repeat.
 
     Attributes:
         layer: The repeated module.
@@ -85,14 +124,17 @@ class RepeatedBlock(nn.Module):
     Raises:
         TypeError: ``layer`` is not an ``nn.Module``, ``sampler`` does not satisfy
             :class:`~stochdepth.DepthSampler`, ``eval_depth`` is neither an int
-            nor a policy name, or ``mode``, ``per_sample`` or ``checkpoint`` has the
-            wrong type.
+            nor a policy name, or ``mode``, ``per_sample``, ``checkpoint``,
+            ``row_args``, ``step_kwarg``, ``output`` or ``grad_depth`` has the wrong
+            type.
         ValueError: ``eval_depth`` is negative or an unknown policy name, the
             sampler's bounds are negative or reversed, the sampler's ``max_depth``
             or an int ``eval_depth`` is above ``depth_limit``, ``mode`` is unknown,
             ``checkpoint`` is an int below 1, or ``mode="masked"`` is asked for with
-            an int ``eval_depth`` above the sampler's ``max_depth`` or a layer that
-            keeps running statistics.
+            an int ``eval_depth`` above the sampler's ``max_depth``, a layer that
+            keeps running statistics, or ``grad_depth``; ``row_args`` repeats an
+            entry or holds a negative position; ``step_kwarg`` is not a keyword
+            name; or ``grad_depth`` is a negative int.
 
     Example:
         >>> import torch
@@ -119,6 +161,10 @@ class RepeatedBlock(nn.Module):
         mode: Mode = "skip",
         per_sample: bool = False,
         checkpoint: bool | int = False,
+        row_args: int | str | tuple[int | str, ...] | list[int | str] | None = None,
+        step_kwarg: str | None = None,
+        output: Output = None,
+        grad_depth: int | DepthSampler | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(layer, nn.Module):
@@ -138,19 +184,46 @@ class RepeatedBlock(nn.Module):
         self._per_sample = check_bool("per_sample", per_sample)
         self._checkpoint = _check_checkpoint(checkpoint)
         self._repeats = _repeats.strategy_for(self._mode == "masked", per_sample, self._checkpoint)
+        self._rows = RowArgs(row_args)
+        self._step_kwarg = check_step_kwarg(step_kwarg)
+        self._output = check_output(output)
+        self._grad = GradDepth(grad_depth)
+        if self._grad.value is not None and self._mode == "masked":
+            raise ValueError(
+                "grad_depth is not supported with mode='masked': which repeats would run "
+                "without autograd depends on the depth, a tensor in masked mode, and the one "
+                "fixed graph of max_depth repeats (what torch.export and fullgraph "
+                "compilation need) cannot switch autograd off by value; use mode='skip' "
+                "(with or without per_sample) for truncated backprop"
+            )
+        self._plain_call: PlainCall | None = None
+        self._set_plain_call()
         self.register_load_state_dict_pre_hook(  # type: ignore[no-untyped-call]
             _default_missing_sampler_state
         )
 
-    def forward(self, x: Tensor, depth: int | Tensor | None = None) -> Tensor:
+    def _set_plain_call(self) -> None:
+        """Build the call that every pass without extra arguments reuses, if it may."""
+        plain = self._step_kwarg is None and self._output is None
+        self._plain_call = PlainCall(self.layer, self._shape_error) if plain else None
+
+    def forward(
+        self, x: Tensor, /, *args: Any, depth: int | Tensor | None = None, **kwargs: Any
+    ) -> Tensor:
         """Apply the layer ``depth`` times, drawing ``depth`` when it is not given.
 
+        Each repeat calls ``layer(state, *args, **kwargs)``, with the same extra
+        arguments every time (and the repeat index under ``step_kwarg``).
+
         Args:
-            x: The input; the layer must map it to a tensor of the same shape.
-            depth: Use this depth instead of drawing one: an int >= 0 (at most
-                ``depth_limit``; in masked mode at most ``sampler.max_depth``), or, in
-                masked mode or with ``per_sample=True``, an integer tensor (0-d, or one
-                depth per row).
+            x: The input, the first state; the layer (through ``output``) must map a
+                state to a tensor of the same shape.
+            *args: Extra positional arguments, passed to the layer at every repeat.
+            depth: Keyword-only. Use this depth instead of drawing one: an int >= 0
+                (at most ``depth_limit``; in masked mode at most
+                ``sampler.max_depth``), or, in masked mode or with
+                ``per_sample=True``, an integer tensor (0-d, or one depth per row).
+            **kwargs: Extra keyword arguments, passed to the layer at every repeat.
 
         Returns:
             The layer applied ``depth`` times to ``x``; ``x`` itself at depth 0.
@@ -160,12 +233,85 @@ class RepeatedBlock(nn.Module):
                 returned something other than an int, or the layer returned something
                 other than a tensor.
             ValueError: ``depth`` is negative or above ``depth_limit``, the
-                sampler returned a depth outside its bounds, or the layer changed the
-                shape of its input.
+                sampler returned a depth outside its bounds, the layer changed the
+                shape of its input, or a row-aligned argument has the wrong number
+                of rows.
         """
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {describe(x)}")
-        return self._repeats(self, x, depth)
+        return self._repeats(self, x, self._call(x, args, kwargs), depth)
+
+    def iterate(
+        self, x: Tensor, /, *args: Any, depth: int | None = None, **kwargs: Any
+    ) -> Iterator[Tensor]:
+        """Yield the state after each repeat, 1 to ``depth``, for a loss at several depths.
+
+        The states are those a forward pass computes on the way (progressive loss,
+        convergence plots, stopping early: break out of the loop). One depth serves
+        the whole batch, whatever ``per_sample`` and ``mode`` say, and the repeats run
+        one by one, without checkpoints: the depth is drawn as ``sampler.sample()``
+        in training mode, the eval policy's in eval mode, or ``depth`` when given,
+        and it is chosen (and recorded in ``last_depth``) when the first state is
+        asked for. With ``grad_depth=k`` the first ``depth - k`` states come from
+        repeats run without autograd. Depth 0 yields nothing.
+
+        Args:
+            x: The input, the first state.
+            *args: Extra positional arguments, passed at every repeat.
+            depth: Keyword-only. An int >= 0 instead of drawing one.
+            **kwargs: Extra keyword arguments, passed at every repeat.
+
+        Yields:
+            The state after repeat 1, 2, ..., ``depth``.
+
+        Raises:
+            TypeError: As :meth:`forward`; ``depth`` is a tensor.
+            ValueError: As :meth:`forward`.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> from stochdepth import FixedDepth, RepeatedBlock
+            >>> block = RepeatedBlock(nn.Linear(4, 4), FixedDepth(3))
+            >>> [state.shape for state in block.iterate(torch.randn(2, 4))]
+            [torch.Size([2, 4]), torch.Size([2, 4]), torch.Size([2, 4])]
+        """
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {describe(x)}")
+        if isinstance(depth, Tensor):
+            raise TypeError(
+                "depth must be an int in iterate(), which runs one depth for the whole "
+                f"batch; got a tensor of shape {tuple(depth.shape)}"
+            )
+        call = self._call(x, args, kwargs)
+        return self._states(call, x, depth)
+
+    def _states(self, call: LayerCall, x: Tensor, depth: int | None) -> Iterator[Tensor]:
+        used = self._choice.one(depth, self.training)
+        if self._mode == "masked":
+            self._choice.check_within_max(used)
+        frozen = _repeats.frozen_repeats(used, self._grad.draw())
+        for repeat in range(used):
+            if repeat < frozen:
+                with torch.no_grad():
+                    x = call(x, repeat, used)
+            else:
+                x = call(x, repeat, used)
+            yield x
+
+    def _call(self, x: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LayerCall:
+        """The layer call of one forward pass, its row-aligned arguments checked."""
+        plain = self._plain_call
+        if plain is not None and not args and not kwargs:
+            return plain
+        if kwargs:
+            check_kwargs(kwargs, self._step_kwarg)
+        call = LayerCall(
+            self.layer, args, kwargs, self._rows, self._step_kwarg, self._output, self._shape_error
+        )
+        if self._rows:
+            call.check_rows(x)
+        return call
 
     def _depth_zero(self, x: Tensor) -> Tensor:
         """The output of a pass whose depth is 0 for the whole batch: ``x`` itself.
@@ -173,7 +319,10 @@ class RepeatedBlock(nn.Module):
         The one place that every depth-0 pass of skip mode goes through, in training
         and eval mode alike (``self.training`` tells them apart): the layer does not
         run, so its parameters get no gradient this step. What such a step needs
-        beyond the output (under DDP, say) belongs here.
+        beyond the output (under DDP, say) belongs here. A pass whose ``grad_depth``
+        leaves no repeat recorded by autograd (``k = 0`` with autograd enabled) comes
+        here too, with ``x`` the repeats' result: its parameters get no gradient
+        either.
         """
         if torch.compiler.is_compiling():
             # One op, so that Dynamo compiles this depth's (empty) graph: a frame
@@ -188,6 +337,8 @@ class RepeatedBlock(nn.Module):
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
+            if name == "layer" and "_plain_call" in self.__dict__:
+                self._set_plain_call()
 
     def _adopt(self, sampler: DepthSampler) -> None:
         """Hold a sampler that is an ``nn.Module`` as a child, so the module tree has it."""
@@ -287,15 +438,34 @@ class RepeatedBlock(nn.Module):
     def _shape_error(self, x: Tensor, out: object, repeat: int, depth: int) -> Exception:
         layer = type(self.layer).__name__
         where = f"at repeat {repeat + 1} of {depth}"
+        if self._output is None:
+            what = "RepeatedBlock's layer must return a tensor of its input's shape"
+            returned, turned = f"{layer} returned", f"{layer} turned"
+        else:
+            what = (
+                f"the state that output={self._output!r} reads must be a tensor of the "
+                f"input's shape"
+            )
+            returned = f"it read {summarize(out)} from what {layer} returned"
+            turned = f"from {layer}'s return value it read, for"
         if not isinstance(out, Tensor):
-            return TypeError(
-                f"RepeatedBlock's layer must return a tensor of its input's shape, but "
-                f"{layer} returned {describe(out)} {where}"
+            if self._output is not None:
+                return TypeError(f"{what}, but {returned} {where}")
+            hint = ""
+            if isinstance(out, (tuple, list)):
+                hint = (
+                    "; pass output=0 (or the state's index) to RepeatedBlock to take the "
+                    "state from it"
+                )
+            return TypeError(f"{what}, but {returned} {summarize(out)} {where}{hint}")
+        if self._output is not None:
+            return ValueError(
+                f"{what}, but {turned} an input of shape {tuple(x.shape)}, a tensor of "
+                f"shape {tuple(out.shape)} {where}"
             )
         return ValueError(
-            f"RepeatedBlock's layer must return a tensor of its input's shape, but "
-            f"{layer} turned an input of shape {tuple(x.shape)} into {tuple(out.shape)} "
-            f"{where}"
+            f"{what}, but {turned} an input of shape {tuple(x.shape)} into "
+            f"{tuple(out.shape)} {where}"
         )
 
     def get_extra_state(self) -> dict[str, Any]:
@@ -306,12 +476,17 @@ class RepeatedBlock(nn.Module):
 
         Returns:
             ``{"sampler": sampler.state_dict()}``, or ``{}`` when the sampler keeps no
-                state of its own.
+                state of its own; with a ``grad_depth`` sampler that keeps state, its
+                state under ``"grad_depth"`` too.
         """
+        state: dict[str, Any] = {}
         sampler = self.sampler
-        if isinstance(sampler, nn.Module) or not has_state(sampler):
-            return {}
-        return {"sampler": sampler.state_dict()}
+        if not isinstance(sampler, nn.Module) and has_state(sampler):
+            state["sampler"] = sampler.state_dict()
+        grad_state = self._grad.state()
+        if grad_state is not None:
+            state["grad_depth"] = grad_state
+        return state
 
     def set_extra_state(self, state: Any) -> None:
         """Restore the sampler's state saved by :meth:`get_extra_state`.
@@ -326,6 +501,8 @@ class RepeatedBlock(nn.Module):
         """
         if not isinstance(state, Mapping):
             raise TypeError(f"RepeatedBlock extra state must be a mapping, got {describe(state)}")
+        if state.get("grad_depth") is not None:
+            self._grad.load(state["grad_depth"])
         sampler_state = state.get("sampler")
         if sampler_state is None:
             return
@@ -352,6 +529,10 @@ class RepeatedBlock(nn.Module):
                 ("mode", self._mode, "skip"),
                 ("per_sample", self._per_sample, False),
                 ("checkpoint", self._checkpoint, False),
+                ("row_args", self._rows.spec(), ()),
+                ("step_kwarg", self._step_kwarg, None),
+                ("output", self._output, None),
+                ("grad_depth", self._grad.value, None),
             )
             if value != default
         )
@@ -405,5 +586,6 @@ def _default_missing_sampler_state(
     key = prefix + _EXTRA_STATE_KEY
     if key not in state_dict and isinstance(module, RepeatedBlock):
         sampler = module.sampler
-        if isinstance(sampler, nn.Module) or not has_state(sampler):
+        stateless = isinstance(sampler, nn.Module) or not has_state(sampler)
+        if stateless and module._grad.state() is None:
             state_dict[key] = {}

@@ -329,11 +329,14 @@ def _skipped_its_layer(block: RepeatedBlock) -> bool:
     """Whether the block's last forward pass left its layer out of the graph.
 
     A block in ``"skip"`` mode (the default) at depth 0, or, with a depth per row,
-    with every row at depth 0. A block in another mode (``"masked"``) applies its
-    layer at every depth, masked: nothing to tie.
+    with every row at depth 0, or whose ``grad_depth`` recorded no repeat. A block
+    in another mode (``"masked"``) applies its layer at every depth, masked: nothing
+    to tie.
     """
     if getattr(block, "mode", "skip") != "skip":
         return False
+    if block._grad.last == 0:  # grad_depth left no repeat recorded: the layer is unused
+        return True
     depth: object = block.last_depth
     if isinstance(depth, Tensor):
         return depth.numel() == 0 or not bool(depth.any())

@@ -95,12 +95,12 @@ class DynamicNet(nn.Module):
         """The shared ``Linear(H, H)``, under the article's name."""
         return cast(nn.Linear, cast(nn.Sequential, self.middle.layer)[0])
 
-    def forward(self, x: Tensor, depth: int | None = None) -> Tensor:
+    def forward(self, x: Tensor, *, depth: int | None = None) -> Tensor:
         """Predict ``y`` from ``x``, repeating the middle layer ``depth`` times.
 
         Args:
             x: Input of shape ``(..., D_in)``.
-            depth: Use this depth instead of drawing one (an int >= 0).
+            depth: Keyword-only. Use this depth instead of drawing one (an int >= 0).
 
         Returns:
             The prediction, of shape ``(..., D_out)``.
@@ -118,7 +118,7 @@ class DynamicNet(nn.Module):
                 f"x must have shape (..., D_in) with D_in={in_features}, got shape {tuple(x.shape)}"
             )
         h_relu = self.input_linear(x).relu()
-        h_relu = self.middle(h_relu, depth)
+        h_relu = self.middle(h_relu, depth=depth)
         y_pred: Tensor = self.output_linear(h_relu)
         return y_pred
 

@@ -18,9 +18,11 @@ of the loops below.
 * :func:`segments`: split ``depth`` repeats into checkpointed segments
   (``torch.utils.checkpoint``, non-reentrant), so that only each segment's input is
   kept for the backward pass.
+* :func:`repeats`: the first ``depth - k`` repeats without autograd (``grad_depth``),
+  the rest with it, checkpointed or not.
 
-Every application checks that the layer returned a tensor of its input's shape; the
-check raises through ``error(x, out, repeat, depth)``, which builds the message.
+Every repeat goes through a :class:`~stochdepth._layer_call.LayerCall`, which passes
+the extra arguments and checks the next state's shape.
 """
 
 from __future__ import annotations
@@ -36,9 +38,8 @@ from torch.utils.checkpoint import checkpoint
 from typing_extensions import Protocol
 
 from ._depth import DepthChoice, row_count
-
-ShapeError = Callable[[Tensor, object, int, int], Exception]
-"""Builds the error for a layer that changed its input's shape: ``(x, out, repeat, depth)``."""
+from ._grad_depth import GradDepth
+from ._layer_call import LayerCall
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -52,28 +53,21 @@ def outside_graph(function: _F) -> _F:
     return cast(_F, torch.compiler.disable(function))  # type: ignore[no-untyped-call]
 
 
-def skip(
-    layer: nn.Module, x: Tensor, start: int, stop: int, depth: int, error: ShapeError
-) -> Tensor:
-    """Apply ``layer`` for repeats ``start..stop-1`` (of ``depth``); checks every output.
+def skip(call: LayerCall, x: Tensor, start: int, stop: int, depth: int) -> Tensor:
+    """Apply repeats ``start..stop-1`` (of ``depth``) through ``call``.
 
     Args:
-        layer: The repeated module.
+        call: Applies one repeat to the state and checks the next state's shape.
         x: The input of repeat ``start``.
         start: The first repeat's index.
         stop: One past the last repeat's index.
         depth: The total depth, for error messages.
-        error: Builds the error raised when the layer changes the shape.
 
     Returns:
         The output of repeat ``stop - 1``; ``x`` itself when ``start >= stop``.
     """
-    shape = x.shape
     for repeat in range(start, stop):
-        out = layer(x)
-        if not isinstance(out, Tensor) or out.shape != shape:
-            raise error(x, out, repeat, depth)
-        x = out
+        x = call(x, repeat, depth)
     return x
 
 
@@ -124,54 +118,78 @@ def segment_length(depth: int, checkpoint_every: int | None) -> int:
 
 
 def segments(
-    layer: nn.Module,
-    x: Tensor,
-    depth: int,
-    checkpoint_every: int | None,
-    error: ShapeError,
+    call: LayerCall, x: Tensor, start: int, depth: int, checkpoint_every: int | None
 ) -> Tensor:
-    """Apply ``layer`` ``depth`` times in checkpointed segments.
+    """Apply repeats ``start..depth-1`` through ``call`` in checkpointed segments.
 
     During the forward pass each segment keeps only its input; the backward pass
     recomputes one segment at a time. The recomputation runs the same kernels on the
     same values, so the gradients are bitwise those of :func:`skip`.
 
     Args:
-        layer: The repeated module.
-        x: The input.
-        depth: The number of repeats.
-        checkpoint_every: Repeats per segment, or ``None`` for ``ceil(sqrt(depth))``.
-        error: Builds the error raised when the layer changes the shape.
+        call: Applies one repeat.
+        x: The input of repeat ``start``.
+        start: The first repeat's index.
+        depth: The total depth.
+        checkpoint_every: Repeats per segment, or ``None`` for the square root of the
+            number of repeats.
 
     Returns:
-        The layer applied ``depth`` times; ``x`` itself at depth 0.
+        The output of the last repeat; ``x`` itself when ``start >= depth``.
     """
-    length = segment_length(depth, checkpoint_every)
-    for start in range(0, depth, length):
-        stop = min(start + length, depth)
-        x = cast(Tensor, run_checkpointed(layer, skip, layer, x, start, stop, depth, error))
+    length = segment_length(depth - start, checkpoint_every)
+    for first in range(start, depth, length):
+        stop = min(first + length, depth)
+        x = cast(Tensor, run_checkpointed(call.layer, skip, call, x, first, stop, depth))
     return x
 
 
+def repeats(
+    call: LayerCall,
+    x: Tensor,
+    depth: int,
+    frozen: int,
+    checkpointed: bool,
+    checkpoint_every: int | None,
+) -> Tensor:
+    """Apply ``depth`` repeats, the first ``frozen`` of them without autograd.
+
+    Args:
+        call: Applies one repeat.
+        x: The input.
+        depth: The number of repeats.
+        frozen: How many leading repeats run under ``torch.no_grad()`` (``grad_depth``).
+        checkpointed: Whether to checkpoint the recorded repeats in segments.
+        checkpoint_every: Repeats per segment, or ``None`` for the square root.
+
+    Returns:
+        The output of the last repeat; ``x`` itself at depth 0.
+    """
+    if frozen:
+        with torch.no_grad():
+            x = skip(call, x, 0, frozen, depth)
+    if checkpointed and torch.is_grad_enabled():
+        return segments(call, x, frozen, depth, checkpoint_every)
+    return skip(call, x, frozen, depth, depth)
+
+
 def masked(
-    layer: nn.Module,
+    call: LayerCall,
     x: Tensor,
     depth: Tensor,
     max_depth: int,
-    error: ShapeError,
     *,
     checkpointed: bool = False,
     checkpoint_every: int | None = None,
 ) -> Tensor:
-    """Apply ``layer`` ``max_depth`` times, keeping repeat ``i`` only where ``i < depth``.
+    """Apply the layer ``max_depth`` times, keeping repeat ``i`` only where ``i < depth``.
 
     Args:
-        layer: The repeated module; it runs ``max_depth`` times on every row.
+        call: Applies one repeat; it runs ``max_depth`` times on every row.
         x: The input.
         depth: A 0-d integer tensor (one depth for the batch) or a 1-d one of
             ``x.shape[0]`` values (one depth per row), on ``x``'s device.
         max_depth: How many repeats the graph holds.
-        error: Builds the error raised when the layer changes the shape.
         checkpointed: Whether to checkpoint the repeats in segments.
         checkpoint_every: Repeats per checkpointed segment, or ``None`` for
             ``ceil(sqrt(max_depth))``.
@@ -185,10 +203,7 @@ def masked(
 
     def run(x: Tensor, start: int, stop: int) -> Tensor:
         for repeat in range(start, stop):
-            out = layer(x)
-            if not isinstance(out, Tensor) or out.shape != x.shape:
-                raise error(x, out, repeat, max_depth)
-            x = torch.where(depth > repeat, out, x)
+            x = torch.where(depth > repeat, call(x, repeat, max_depth), x)
         return x
 
     if not checkpointed or not torch.is_grad_enabled():
@@ -196,31 +211,38 @@ def masked(
     length = segment_length(max_depth, checkpoint_every)
     for start in range(0, max_depth, length):
         stop = min(start + length, max_depth)
-        x = cast(Tensor, run_checkpointed(layer, run, x, start, stop))
+        x = cast(Tensor, run_checkpointed(call.layer, run, x, start, stop))
     return x
 
 
 def per_row(
-    layer: nn.Module,
+    call: LayerCall,
     x: Tensor,
     depths: Tensor,
-    error: ShapeError,
     *,
+    grad_depth: int | None = None,
     checkpointed: bool = False,
     checkpoint_every: int | None = None,
 ) -> Tensor:
-    """Apply ``layer`` to each row of ``x`` its own number of times, only where needed.
+    """Apply the layer to each row of ``x`` its own number of times, only where needed.
 
     The rows are sorted by depth, deepest first (one gather); repeat ``i`` then runs
     the layer on the prefix of rows whose depth exceeds ``i``, and the rows that stop
     there are set aside. One concatenation and one gather put the rows back in order.
-    The layer runs on ``sum(depths)`` rows in all.
+    The layer runs on ``sum(depths)`` rows in all. Row-aligned arguments are sorted
+    and cut with the rows.
+
+    With ``grad_depth = k`` each row's first ``depth - k`` repeats run without
+    autograd: at repeat ``i`` the rows whose depth exceeds ``i + k`` (a prefix of the
+    active rows) run under ``torch.no_grad()``, the others with autograd.
 
     Args:
-        layer: The repeated module; it must treat rows (dimension 0) independently.
+        call: Applies one repeat; the layer must treat rows (dimension 0)
+            independently.
         x: The input, rows along dimension 0.
         depths: A CPU ``torch.int64`` tensor of ``x.shape[0]`` depths >= 0.
-        error: Builds the error raised when the layer changes the shape.
+        grad_depth: How many of each row's last repeats autograd records (``None``:
+            all of them).
         checkpointed: Whether to checkpoint the repeats in segments.
         checkpoint_every: Repeats per checkpointed segment, or ``None`` for
             ``ceil(sqrt(max(depths)))``.
@@ -236,19 +258,35 @@ def per_row(
     # active[i]: how many rows have depth > i, for i in 0..deepest.
     active: list[int] = (rows - torch.cumsum(counts, 0)).tolist()
     checkpointed = checkpointed and torch.is_grad_enabled()
+    if grad_depth is not None and not torch.is_grad_enabled():
+        grad_depth = None
     if deepest == 0 or active[deepest - 1] == rows:  # every row has the same depth
-        if checkpointed:
-            return segments(layer, x, deepest, checkpoint_every, error)
-        return skip(layer, x, 0, deepest, deepest, error)
+        frozen = max(deepest - grad_depth, 0) if grad_depth is not None else 0
+        return repeats(call, x, deepest, frozen, checkpointed, checkpoint_every)
     order = torch.argsort(depths, descending=True, stable=True).to(x.device)
+    call = call.take(order)
+
+    def frozen_rows(repeat: int) -> int:
+        """How many of the active rows run repeat ``repeat`` without autograd."""
+        if grad_depth is None or repeat + grad_depth > deepest:
+            return 0
+        return active[repeat + grad_depth]
 
     def run(h: Tensor, start: int, stop: int) -> tuple[Tensor, ...]:
         """Repeats ``start..stop-1``: the rows still active after them, and those done."""
         done = []
         for repeat in range(start, stop):
-            out = layer(h)
-            if not isinstance(out, Tensor) or out.shape != h.shape:
-                raise error(h, out, repeat, deepest)
+            live = active[repeat]
+            frozen = frozen_rows(repeat)
+            if frozen == 0:
+                out = call.narrow(0, live)(h, repeat, deepest)
+            elif frozen == live:
+                with torch.no_grad():
+                    out = call.narrow(0, live)(h, repeat, deepest)
+            else:
+                with torch.no_grad():
+                    still = call.narrow(0, frozen)(h[:frozen], repeat, deepest)
+                out = torch.cat([still, call.narrow(frozen, live)(h[frozen:], repeat, deepest)])
             keep = active[repeat + 1]
             h, finished = torch.split(out, [keep, out.shape[0] - keep])
             done.append(finished)
@@ -262,7 +300,7 @@ def per_row(
     for start in range(0, deepest, length):
         stop = min(start + length, deepest)
         if checkpointed:
-            outputs = run_checkpointed(layer, run, h, start, stop)
+            outputs = run_checkpointed(call.layer, run, h, start, stop)
         else:
             outputs = run(h, start, stop)
         h, *finished = cast(tuple[Tensor, ...], outputs)
@@ -276,11 +314,6 @@ class Host(Protocol):
     """What a repeat strategy uses of its block."""
 
     @property
-    def layer(self) -> nn.Module:
-        """The repeated module."""
-        ...
-
-    @property
     def training(self) -> bool:
         """Whether the block is in training mode."""
         ...
@@ -288,19 +321,22 @@ class Host(Protocol):
     @property
     def _choice(self) -> DepthChoice: ...
 
-    def _shape_error(self, x: Tensor, out: object, repeat: int, depth: int) -> Exception: ...
+    @property
+    def _grad(self) -> GradDepth: ...
 
     def _depth_zero(self, x: Tensor) -> Tensor: ...
 
 
-def _one_depth(choice: DepthChoice, depth: object, training: bool) -> int:
-    return choice.one(depth, training)
+def _choose(
+    choice: DepthChoice, grad: GradDepth, depth: object, training: bool
+) -> tuple[int, int | None]:
+    return choice.one(depth, training), grad.draw()
 
 
 # Under torch.compile the depth is chosen outside the compiled graph: a graph break
 # here, so that every call draws anew (Dynamo would otherwise bake one draw into the
 # graph) and the repeats after it compile to one graph per distinct depth.
-_one_depth_outside_graph = outside_graph(_one_depth)
+_choose_outside_graph = outside_graph(_choose)
 
 
 class Skip:
@@ -315,17 +351,25 @@ class Skip:
         self.checkpointed = checkpoint is not False
         self.every = None if checkpoint is True else int(checkpoint)
 
-    def __call__(self, block: Host, x: Tensor, depth: object) -> Tensor:
+    def __call__(self, block: Host, x: Tensor, call: LayerCall, depth: object) -> Tensor:
         """Choose the depth and apply the layer that many times."""
         if torch.compiler.is_compiling():
-            used = _one_depth_outside_graph(block._choice, depth, block.training)
+            used, k = _choose_outside_graph(block._choice, block._grad, depth, block.training)
         else:
-            used = block._choice.one(depth, block.training)
+            used, k = block._choice.one(depth, block.training), block._grad.draw()
         if used == 0:
             return block._depth_zero(x)
-        if self.checkpointed and torch.is_grad_enabled():
-            return segments(block.layer, x, used, self.every, block._shape_error)
-        return skip(block.layer, x, 0, used, used, block._shape_error)
+        frozen = frozen_repeats(used, k)
+        out = repeats(call, x, used, frozen, self.checkpointed, self.every)
+        # Every repeat ran without autograd: the layer got no gradient, as at depth 0.
+        return block._depth_zero(out) if frozen == used else out
+
+
+def frozen_repeats(depth: int, grad_depth: int | None) -> int:
+    """How many leading repeats of ``depth`` run without autograd (``grad_depth``)."""
+    if grad_depth is None or not torch.is_grad_enabled():
+        return 0
+    return max(depth - grad_depth, 0)
 
 
 def _masked_depth(
@@ -350,7 +394,7 @@ class Masked:
         self.every = None if checkpoint is True else int(checkpoint)
         self.per_row = per_row
 
-    def __call__(self, block: Host, x: Tensor, depth: object) -> Tensor:
+    def __call__(self, block: Host, x: Tensor, call: LayerCall, depth: object) -> Tensor:
         """Choose the depth as a tensor and apply the masked repeats."""
         choice = block._choice
         if isinstance(depth, Tensor):
@@ -360,11 +404,10 @@ class Masked:
         else:
             used = choice.masked_depth(x, depth, block.training, self.per_row)
         return masked(
-            block.layer,
+            call,
             x,
             used,
             choice.max_depth(),
-            block._shape_error,
             checkpointed=self.checkpointed,
             checkpoint_every=self.every,
         )
@@ -381,29 +424,35 @@ class PerRow:
         self.checkpointed = checkpoint is not False
         self.every = None if checkpoint is True else int(checkpoint)
 
-    def __call__(self, block: Host, x: Tensor, depth: object) -> Tensor:
+    def __call__(self, block: Host, x: Tensor, call: LayerCall, depth: object) -> Tensor:
         """Choose the rows' depths and apply the layer to each row that many times."""
         if torch.compiler.is_compiling():
-            return self._outside_graph(block, x, depth)
-        return self._run(block, x, depth)
+            return self._outside_graph(block, x, call, depth)
+        return self._run(block, x, call, depth)
 
-    def _run(self, block: Host, x: Tensor, depth: object) -> Tensor:
+    def _run(self, block: Host, x: Tensor, call: LayerCall, depth: object) -> Tensor:
         depths = block._choice.rows(row_count(x), depth, block.training)
-        return per_row(
-            block.layer,
+        k = block._grad.draw()
+        out = per_row(
+            call,
             x,
             depths,
-            block._shape_error,
+            grad_depth=k,
             checkpointed=self.checkpointed,
             checkpoint_every=self.every,
         )
+        if out is x or (k == 0 and torch.is_grad_enabled()):
+            # Every row at depth 0, or every repeat without autograd: the layer got no
+            # gradient, a depth-0 pass of the whole batch (tied under DDP, say).
+            return block._depth_zero(out)
+        return out
 
     # Data-dependent row counts: run eagerly inside a compiled model (one graph break).
     _outside_graph = outside_graph(_run)
 
 
 Strategy = Skip | Masked | PerRow
-"""A repeat strategy: called as ``strategy(block, x, depth)``."""
+"""A repeat strategy: called as ``strategy(block, x, call, depth)``."""
 
 
 def strategy_for(masked_mode: bool, per_sample: bool, checkpoint: bool | int) -> Strategy:

@@ -23,6 +23,7 @@ from stochdepth import (
     DepthSampler,
     FixedDepth,
     GeometricDepth,
+    LogNormalPoissonDepth,
     SamplerPluginError,
     SamplerPluginWarning,
     ScheduledDepth,
@@ -46,6 +47,7 @@ BUILTINS = {
     "bernoulli": BernoulliDepth,
     "geometric": GeometricDepth,
     "scheduled": ScheduledDepth,
+    "lognormal_poisson": LogNormalPoissonDepth,
 }
 
 

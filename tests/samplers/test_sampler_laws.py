@@ -19,10 +19,13 @@ from stochdepth import (
     BernoulliDepth,
     DepthSampler,
     GeometricDepth,
+    LogNormalPoissonDepth,
     RepeatedBlock,
     ScheduledDepth,
     SeededDepth,
+    get_sampler,
 )
+from stochdepth.samplers._builtin import lognormal_poisson_law
 
 from stats import assert_follows, assert_moments
 from strategies import seeds
@@ -200,6 +203,84 @@ def test_scheduled_is_uniform_under_the_bound(step: int) -> None:
     assert_moments(values, law, mean=(1 + bound) / 2, variance=(n * n - 1) / 12)
 
 
+# --- LogNormalPoissonDepth: 1 + Poisson(rate), rate log-normal with mean `mean` ---------
+
+
+@given(st.floats(0.05, 40.0), st.floats(0.0, 1.5), st.integers(1, 40), seeds)
+def test_lognormal_poisson_stays_in_bounds(
+    mean: float, sigma: float, max_depth: int, seed: int
+) -> None:
+    sampler = LogNormalPoissonDepth(mean, sigma, max_depth=max_depth, seed=seed)
+    assert (sampler.min_depth, sampler.max_depth) == (1, max_depth)
+    assert all(1 <= depth <= max_depth and type(depth) is int for depth in draws(sampler, 30))
+    batch = sampler.sample_batch(30)
+    assert batch.dtype == torch.int64
+    assert 1 <= int(batch.min()) <= int(batch.max()) <= max_depth
+    law = sampler.probabilities()
+    assert sorted(law) == list(range(1, max_depth + 1))
+    assert math.isclose(sum(law.values()), 1.0)
+    assert min(law.values()) >= 0.0
+
+
+@pytest.mark.parametrize(
+    ("mean", "sigma", "max_depth"), [(3, 0.5, 12), (8, 0.5, 20), (1, 1.0, 6), (30, 0.5, 64)]
+)
+def test_lognormal_poisson_follows_its_probabilities(
+    mean: float, sigma: float, max_depth: int
+) -> None:
+    sampler = LogNormalPoissonDepth(mean, sigma, max_depth=max_depth, seed=17 + max_depth)
+    law = sampler.probabilities()
+    assert_follows(draws(sampler, N_DRAWS), law)
+    assert_follows(sampler.sample_batch(N_DRAWS).tolist(), law)
+
+
+def test_lognormal_poisson_has_the_documented_mean_and_variance() -> None:
+    # max_depth far beyond the tail, so clipping moves no measurable mass: the depth
+    # has mean 1 + mean and variance mean + mean^2 (exp(sigma^2) - 1).
+    mean, sigma = 4.0, 0.5
+    sampler = LogNormalPoissonDepth(mean, sigma, max_depth=120, seed=3)
+    values = sampler.sample_batch(N_DRAWS).tolist()
+    variance = mean + mean**2 * math.expm1(sigma**2)
+    assert_moments(values, sampler.probabilities(), mean=1 + mean, variance=variance)
+
+
+def test_lognormal_poisson_probabilities_are_accurate() -> None:
+    # sigma = 0 is 1 + Poisson(mean), in closed form; otherwise a grid 4 times finer
+    # changes no probability by more than 1e-12.
+    exact = LogNormalPoissonDepth(2.5, 0.0, max_depth=15, seed=0).probabilities()
+    for depth in range(1, 15):
+        j = depth - 1
+        want = math.exp(-2.5 + j * math.log(2.5) - math.lgamma(j + 1))
+        assert math.isclose(exact[depth], want, rel_tol=1e-12, abs_tol=1e-15)
+    for mean, sigma, max_depth in [(3, 0.5, 16), (32, 0.5, 128), (1, 2.0, 30)]:
+        sampler = LogNormalPoissonDepth(mean, sigma, max_depth=max_depth, seed=0)
+        law = sampler.probabilities()
+        finer = lognormal_poisson_law(math.log(mean) - sigma**2 / 2, sigma, max_depth, refine=4)
+        assert max(abs(law[d] - finer[d]) for d in law) < 1e-12
+
+
+def test_lognormal_poisson_clips_the_tail_onto_max_depth() -> None:
+    sampler = LogNormalPoissonDepth(6, max_depth=4, seed=1)
+    law = sampler.probabilities()
+    unclipped = LogNormalPoissonDepth(6, max_depth=400, seed=1).probabilities()
+    assert math.isclose(law[4], sum(p for d, p in unclipped.items() if d >= 4), rel_tol=1e-9)
+    assert sampler.sample_batch(2000).bincount().tolist()[4] > 1500
+
+
+def test_the_law_checks_reject_poisson_without_the_lognormal_rate() -> None:
+    generator = torch.Generator().manual_seed(0)
+    plain = 1 + torch.poisson(torch.full((N_DRAWS,), 4.0), generator=generator)
+    law = LogNormalPoissonDepth(4, 0.5, max_depth=60, seed=0).probabilities()
+    with pytest.raises(AssertionError, match="chi-square"):
+        assert_follows(plain.clamp(max=60).to(torch.int64).tolist(), law)
+
+
+def test_lognormal_poisson_is_registered() -> None:
+    sampler = get_sampler("lognormal_poisson:mean=3,max_depth=10,seed=4")
+    assert isinstance(sampler, LogNormalPoissonDepth)
+    assert (sampler.mean, sampler.sigma, sampler.max_depth, sampler.seed) == (3.0, 0.5, 10, 4)
+
+
 # --- every generator sampler: seeds, generators and state ------------------------------
 
 FACTORIES: dict[str, Callable[..., DepthSampler]] = {
@@ -207,6 +288,7 @@ FACTORIES: dict[str, Callable[..., DepthSampler]] = {
     "bernoulli": lambda **kw: BernoulliDepth(6, 0.6, **kw),
     "geometric": lambda **kw: GeometricDepth(0.3, 7, **kw),
     "scheduled": lambda **kw: ScheduledDepth(1, 6, 40, **kw),
+    "lognormal_poisson": lambda **kw: LogNormalPoissonDepth(3, max_depth=9, **kw),
 }
 kinds = st.sampled_from(sorted(FACTORIES))
 
@@ -393,6 +475,18 @@ def test_a_bad_step_in_the_state_is_rejected_and_changes_nothing() -> None:
         (lambda: ScheduledDepth(1, 5, -1), ValueError, r"^steps must be an int >= 0, got -1"),
         (lambda: ScheduledDepth(1, 5, 10, low=2), ValueError, r"^start and end must be >= low"),
         (lambda: ScheduledDepth(1.5, 5, 10), TypeError, r"^start must be an int, got 1.5"),
+        (lambda: LogNormalPoissonDepth(0, max_depth=4), ValueError, r"^mean must be > 0.0"),
+        (lambda: LogNormalPoissonDepth(2, -0.5, max_depth=4), ValueError, r"^sigma must be >= 0"),
+        (
+            lambda: LogNormalPoissonDepth(2, max_depth=0),
+            ValueError,
+            r"^max_depth must be an int >= 1",
+        ),
+        (
+            lambda: LogNormalPoissonDepth("2", max_depth=3),
+            TypeError,
+            r"^mean must be a real number",
+        ),
         (
             lambda: ScheduledDepth(1, 5, 10, seed=2**64),
             ValueError,

@@ -20,6 +20,7 @@ from ._builtin import (
     BernoulliDepth,
     FixedDepth,
     GeometricDepth,
+    LogNormalPoissonDepth,
     ScheduledDepth,
     SeededDepth,
     UniformDepth,
@@ -42,6 +43,7 @@ BUILTIN_SAMPLERS: Mapping[str, SamplerFactory] = {
     "bernoulli": BernoulliDepth,
     "geometric": GeometricDepth,
     "scheduled": ScheduledDepth,
+    "lognormal_poisson": LogNormalPoissonDepth,
 }
 """The built-in samplers by name: the one place they are listed."""
 

@@ -523,6 +523,11 @@ def _graphable_blocks(model: nn.Module) -> list[RepeatedBlock]:
             )
         elif block.checkpoint is not False:
             problem = f"checkpoint={block.checkpoint!r}"
+        elif _draws_grad_depth(block):
+            problem = (
+                "grad_depth drawn by a sampler (drawn in the forward pass, which a replay "
+                "does not run; an int grad_depth is fine)"
+            )
         elif any(isinstance(m, RepeatedBlock) for m in block.layer.modules()):
             problem = "a RepeatedBlock inside its layer"
         if problem is not None:
@@ -532,6 +537,12 @@ def _graphable_blocks(model: nn.Module) -> list[RepeatedBlock]:
                 f"checkpoint, but the model has one with {problem}"
             )
     return blocks
+
+
+def _draws_grad_depth(block: RepeatedBlock) -> bool:
+    """Whether the block draws its ``grad_depth`` at every forward pass (a sampler)."""
+    value = getattr(getattr(block, "_grad", None), "value", None)
+    return value is not None and not isinstance(value, int)
 
 
 def _check_optimizer(optimizer: torch.optim.Optimizer) -> None:

@@ -1,0 +1,302 @@
+"""How one repeat calls the layer: extra arguments, the repeat index, and the next state.
+
+A :class:`~stochdepth.RepeatedBlock` builds one :class:`LayerCall` per forward pass
+from the arguments it was given after ``x``. Every repeat strategy applies the layer
+through it, so that the extra arguments reach the layer unchanged at every repeat,
+the repeat index reaches it under ``step_kwarg``, and the next state is taken from
+what the layer returns (``output``) and checked against the state's shape.
+
+Row-aligned arguments (``row_args``) have a row per row of ``x``; the per-row
+strategy cuts them with the rows it runs (:meth:`LayerCall.take`,
+:meth:`LayerCall.narrow`).
+"""
+
+from __future__ import annotations
+
+import keyword
+import numbers
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from ._validation import describe
+
+Output = int | Callable[[Any], Tensor] | None
+"""How the next state is read from the layer's return value (``output=``)."""
+
+ShapeError = Callable[[Tensor, object, int, int], Exception]
+"""Builds the error for a state of the wrong shape: ``(x, state, repeat, depth)``."""
+
+
+class RowArgs:
+    """Which extra arguments are row-aligned: positions among ``args`` and keyword names.
+
+    Args:
+        spec: ``None``, or an int, a str, or a sequence of ints (positions among the
+            extra positional arguments, 0 the first after ``x``) and strs (keyword
+            names).
+
+    Raises:
+        TypeError: An entry is neither an int nor a str.
+        ValueError: A position is negative, a name is not an identifier, or an
+            entry is repeated.
+    """
+
+    def __init__(self, spec: object) -> None:
+        entries: Sequence[object]
+        if spec is None:
+            entries = ()
+        elif isinstance(spec, (int, str)):
+            entries = (spec,)
+        elif isinstance(spec, Sequence):
+            entries = spec
+        else:
+            raise TypeError(
+                f"row_args must be an int, a str, or a sequence of them (positions among the "
+                f"extra positional arguments, keyword names), got {describe(spec)}"
+            )
+        positions: list[int] = []
+        names: list[str] = []
+        for entry in entries:
+            if isinstance(entry, str):
+                if not entry.isidentifier() or keyword.iskeyword(entry) or entry == "depth":
+                    raise ValueError(
+                        f"row_args names must be keyword argument names other than "
+                        f"'depth', got {entry!r}"
+                    )
+                names.append(entry)
+            elif isinstance(entry, numbers.Integral) and not isinstance(entry, bool):
+                if int(entry) < 0:
+                    raise ValueError(
+                        f"row_args positions must be >= 0 (0 is the first argument after "
+                        f"x), got {int(entry)}"
+                    )
+                positions.append(int(entry))
+            else:
+                raise TypeError(
+                    f"row_args entries must be ints (positions) or strs (keyword names), "
+                    f"got {describe(entry)}"
+                )
+        if len(set(positions)) != len(positions) or len(set(names)) != len(names):
+            raise ValueError(f"row_args must not repeat an entry, got {spec!r}")
+        self.positions: frozenset[int] = frozenset(positions)
+        self.names: frozenset[str] = frozenset(names)
+
+    def __bool__(self) -> bool:
+        return bool(self.positions or self.names)
+
+    def spec(self) -> tuple[int | str, ...]:
+        """The entries, positions first, for ``repr``."""
+        return (*sorted(self.positions), *sorted(self.names))
+
+
+def map_tensors(value: Any, function: Callable[[Tensor], Tensor]) -> Any:
+    """Apply ``function`` to every tensor in a nested tuple, list or dict; keep the rest."""
+    if isinstance(value, Tensor):
+        return function(value)
+    if isinstance(value, tuple):
+        items = tuple(map_tensors(item, function) for item in value)
+        return type(value)(*items) if hasattr(value, "_fields") else items
+    if isinstance(value, list):
+        return [map_tensors(item, function) for item in value]
+    if isinstance(value, Mapping):
+        return {key: map_tensors(item, function) for key, item in value.items()}
+    return value
+
+
+def _tensors(value: Any) -> list[Tensor]:
+    found: list[Tensor] = []
+    map_tensors(value, lambda tensor: found.append(tensor) or tensor)  # type: ignore[func-returns-value]
+    return found
+
+
+class LayerCall:
+    """Calls ``layer(x, *args, **kwargs)`` for one repeat and returns the next state.
+
+    Args:
+        layer: The repeated module.
+        args: The extra positional arguments, passed after the state.
+        kwargs: The extra keyword arguments.
+        rows: Which of them are row-aligned.
+        step_kwarg: The keyword under which the 0-based repeat index is passed, or
+            ``None``.
+        output: How the next state is read from the layer's return value.
+        error: Builds the error for a state of the wrong shape.
+    """
+
+    def __init__(
+        self,
+        layer: nn.Module,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        rows: RowArgs,
+        step_kwarg: str | None,
+        output: Output,
+        error: ShapeError,
+    ) -> None:
+        self.layer = layer
+        self.args = args
+        self.kwargs = kwargs
+        self.rows = rows
+        self.step_kwarg = step_kwarg
+        self.output = output
+        self.error = error
+
+    def __call__(self, x: Tensor, repeat: int, depth: int) -> Tensor:
+        """Apply repeat ``repeat`` (0-based, of ``depth``) to the state ``x``."""
+        kwargs = self.kwargs
+        if self.step_kwarg is not None:
+            kwargs = {**kwargs, self.step_kwarg: repeat}
+        try:
+            out = self.layer(x, *self.args, **kwargs)
+        except TypeError as error:
+            if self.args and isinstance(self.args[0], int) and hasattr(error, "add_note"):
+                error.add_note(
+                    f"RepeatedBlock passed {self.args[0]!r} to the layer as an extra "
+                    f"argument: depth is keyword-only, block(x, depth={self.args[0]!r})"
+                )
+            raise
+        output = self.output
+        if output is None:
+            state = out
+        elif isinstance(output, int):
+            if not isinstance(out, (tuple, list)) or not -len(out) <= output < len(out):
+                raise TypeError(
+                    f"output={output} takes element {output} of a tuple or list that the "
+                    f"layer returns, but {type(self.layer).__name__} returned "
+                    f"{summarize(out)} at repeat {repeat + 1} of {depth}"
+                )
+            state = out[output]
+        else:
+            state = output(out)
+        if not isinstance(state, Tensor) or state.shape != x.shape:
+            raise self.error(x, state, repeat, depth)
+        return state
+
+    def check_rows(self, x: Tensor) -> None:
+        """Refuse a row-aligned tensor without a row per row of ``x``."""
+        if not self.rows:
+            return
+        count = x.shape[0] if x.ndim else None
+        for name, value in self._row_values():
+            for tensor in _tensors(value):
+                if count is None or tensor.ndim == 0 or tensor.shape[0] != count:
+                    raise ValueError(
+                        f"row_args names {name} as row-aligned, so every tensor in it needs "
+                        f"a row per row of x along dimension 0 (x has shape "
+                        f"{tuple(x.shape)}), got a tensor of shape {tuple(tensor.shape)}"
+                    )
+
+    def _row_values(self) -> list[tuple[str, Any]]:
+        values = [
+            (f"positional argument {i}", self.args[i])
+            for i in sorted(self.rows.positions)
+            if i < len(self.args)
+        ]
+        values += [
+            (f"keyword argument {name!r}", self.kwargs[name])
+            for name in sorted(self.rows.names)
+            if name in self.kwargs
+        ]
+        return values
+
+    def _with_rows(self, function: Callable[[Tensor], Tensor]) -> LayerCall:
+        if not self.rows:
+            return self
+        positions, names = self.rows.positions, self.rows.names
+        args = tuple(
+            map_tensors(arg, function) if i in positions else arg for i, arg in enumerate(self.args)
+        )
+        kwargs = {
+            key: map_tensors(value, function) if key in names else value
+            for key, value in self.kwargs.items()
+        }
+        return LayerCall(
+            self.layer, args, kwargs, self.rows, self.step_kwarg, self.output, self.error
+        )
+
+    def take(self, index: Tensor) -> LayerCall:
+        """This call with the row-aligned arguments' rows picked by ``index``."""
+        return self._with_rows(lambda tensor: tensor.index_select(0, index.to(tensor.device)))
+
+    def narrow(self, start: int, stop: int) -> LayerCall:
+        """This call with the row-aligned arguments cut to rows ``start..stop-1``."""
+        return self._with_rows(lambda tensor: tensor[start:stop])
+
+
+class PlainCall(LayerCall):
+    """The layer call without extra arguments: ``layer(x)``, the default path.
+
+    A block keeps one and reuses it on every call that passes no extra arguments, so
+    the default path builds nothing per forward pass.
+    """
+
+    def __init__(self, layer: nn.Module, error: ShapeError) -> None:
+        super().__init__(layer, (), {}, RowArgs(None), None, None, error)
+
+    def __call__(self, x: Tensor, repeat: int, depth: int) -> Tensor:
+        """Apply repeat ``repeat`` (0-based, of ``depth``) to the state ``x``."""
+        out = self.layer(x)
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            raise self.error(x, out, repeat, depth)
+        return out
+
+    def take(self, index: Tensor) -> LayerCall:
+        """This call: it has no row-aligned arguments."""
+        return self
+
+    def narrow(self, start: int, stop: int) -> LayerCall:
+        """This call: it has no row-aligned arguments."""
+        return self
+
+
+def summarize(value: object) -> str:
+    """A short description of what a layer returned, for error messages.
+
+    Tensors and tuples of them are described by type and shape, never printed: a
+    tuple of activations would make an error message thousands of characters long.
+    """
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        items = ", ".join(summarize(item) for item in value[:4])
+        more = ", ..." if len(value) > 4 else ""
+        return f"a {type(value).__name__} of length {len(value)} ({items}{more})"
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{text} of type {type(value).__name__}"
+
+
+def check_output(value: object) -> Output:
+    """Return ``value`` as an ``output=`` option, or raise an error naming ``output``."""
+    if value is None or callable(value):
+        return value
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    raise TypeError(
+        f"output must be None, an int (the index of the next state in a tuple the layer "
+        f"returns) or a callable (mapping the layer's return value to the next state), "
+        f"got {describe(value)}"
+    )
+
+
+def check_step_kwarg(value: object) -> str | None:
+    """Return ``value`` as a ``step_kwarg=`` option, or raise an error naming it."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"step_kwarg must be a keyword name (a str) or None, got {describe(value)}")
+    if not value.isidentifier() or keyword.iskeyword(value) or value == "depth":
+        raise ValueError(f"step_kwarg must be a keyword name other than 'depth', got {value!r}")
+    return value
+
+
+def check_kwargs(kwargs: Collection[str], step_kwarg: str | None) -> None:
+    """Refuse a keyword argument that the block passes itself (``step_kwarg``)."""
+    if step_kwarg is not None and step_kwarg in kwargs:
+        raise TypeError(
+            f"{step_kwarg!r} is passed to the layer by the block (step_kwarg={step_kwarg!r}, "
+            f"the repeat index); do not pass it to the block"
+        )
