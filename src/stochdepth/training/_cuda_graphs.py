@@ -102,7 +102,8 @@ class CUDAGraphStep:
             ``torch.optim.Optimizer``, ``loss_fn`` not callable, or ``max_graphs`` not
             an int.
         ValueError: ``max_graphs`` is below 1; a ``RepeatedBlock`` has ``per_sample=True``
-            in skip mode or ``checkpoint``, or sits inside another one's layer; the
+            in skip mode, ``checkpoint`` or a ``grad_depth`` sampler, or sits inside another
+            one's layer; the
             optimizer is not one of the supported ones or is not set up for capture; or the
             model has no parameters on a CUDA device (CUDA graphs record GPU kernels: a
             CPU model is refused).
@@ -526,7 +527,7 @@ def _graphable_blocks(model: nn.Module) -> list[RepeatedBlock]:
         elif _draws_grad_depth(block):
             problem = (
                 "grad_depth drawn by a sampler (drawn in the forward pass, which a replay "
-                "does not run; an int grad_depth is fine)"
+                "does not run; an int grad_depth is accepted)"
             )
         elif any(isinstance(m, RepeatedBlock) for m in block.layer.modules()):
             problem = "a RepeatedBlock inside its layer"
