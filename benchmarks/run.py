@@ -698,7 +698,7 @@ def model_size_width(bench: Bench, width: int) -> None:
     block.layer = torch.compile(block.layer, backend=bench.backend)  # type: ignore[assignment]
     models["compiled"] = net, block
     steps["compiled"] = training_step(net, net, criterion, x, y, lr)
-    criterion(net[1](net[0](x), 2), y).backward()  # compile forward and backward
+    criterion(net[1](net[0](x), depth=2), y).backward()  # compile forward and backward
     net.zero_grad(set_to_none=True)
     bench.sync()
     compile_seconds = time.perf_counter() - start
