@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check: the CUDA tests and the benchmark rows of issue 16 (CUDA graphs, model
-# sizes) on a CUDA device, in one run of at most about 6 minutes (each step has its own
-# time limit); everything goes to stdout, and to OUT_DIR. CI has no GPU: run it by hand
+# The GPU check: the CUDA tests and the benchmark rows of issue 16 (CUDA graphs, the
+# per-row crossover, model sizes) on a CUDA device, in one run of at most about 7 minutes
+# (each step has its own time limit; it usually takes much less); everything goes to
+# stdout, and to OUT_DIR. CI has no GPU: run it by hand
 # on a machine with one, with a Python that has a CUDA build of torch, pytest and
 # hypothesis. It uses the source tree (PYTHONPATH=src), not an install, so it needs no
 # network.
@@ -33,6 +34,9 @@ timeout 150 "$python" -m pytest -p no:cacheprovider -q -rs --tb=short \
 echo "== benchmark on CUDA: 6 CUDA graphs"
 timeout 45 "$python" benchmarks/run.py --device cuda --sections 6 2>&1 \
     | tee "$out/benchmark-cuda-graphs.txt" || status=1
+echo "== benchmark on CUDA: 9 per-row crossover"
+timeout 60 "$python" benchmarks/run.py --device cuda --sections 9 2>&1 \
+    | tee "$out/benchmark-cuda-per-row-crossover.txt" || status=1
 echo "== benchmark on CUDA: 7 model sizes"
 timeout 120 "$python" benchmarks/run.py --device cuda --sections 7 2>&1 \
     | tee "$out/benchmark-cuda-model-sizes.txt" || status=1

@@ -36,6 +36,14 @@ Comparisons (A is the reference, B the thing measured; ratio = B / A):
 8. truncated backprop: a transformer-sized layer (``nn.TransformerEncoderLayer``,
    width 256, 128 positions, batch 32) at depth 32 with ``grad_depth=4`` against
    full backprop: peak activation memory and the time of a training step.
+9. per-row crossover: per-row depth (``per_sample=True``, rows' depths uniform over
+   0..8) three ways, for ``Linear(width, width)`` + ``ReLU`` at widths from 8 to 4096,
+   batch 512, training steps on the same rows' depths: compaction (skip mode, each
+   repeat on the rows still active) against masked per-row (``mode="masked"``, every
+   repeat on every row, ``torch.where``) and, on CUDA, masked per-row replayed from one
+   graph by ``CUDAGraphStep``. Where the ratios cross 1 is the width below which masked
+   rows pay. On the CPU it runs when asked for (``--sections 9``, up to width 1024) or
+   with ``--quick``.
 
 Times are medians over chunks of steps run interleaved (A B A B ...), so that a
 machine's load drifts through both sides alike. Every row is printed even when its
@@ -100,6 +108,11 @@ class Sizes:
     truncated: tuple[int, int, int, int, int] = (32, 128, 256, 32, 4)  # batch, positions,
     # width, depth, grad_depth
     truncated_reps: int = 3
+    crossover_widths: tuple[int, ...] = (8, 16, 64, 256, 1024, 4096)
+    crossover_cpu_widest: int = 1024  # a CPU step at 4096 takes seconds
+    crossover_batch: int = 512
+    crossover_chunk: int = 20  # steps per timed chunk up to width 256, fewer (>= 2) above
+    crossover_chunks: int = 9
 
 
 QUICK = Sizes(
@@ -118,6 +131,10 @@ QUICK = Sizes(
     model_chunks=2,
     truncated=(2, 4, 8, 6, 2),
     truncated_reps=1,
+    crossover_widths=(8, 16),
+    crossover_batch=16,
+    crossover_chunk=2,
+    crossover_chunks=2,
 )
 
 
@@ -774,6 +791,99 @@ def truncated_backprop(bench: Bench) -> None:
         )
 
 
+# --------------------------------------------------------------------------- 9. per-row crossover
+
+
+def crossover_rows(bench: Bench) -> None:
+    """9: per-row depth by compaction, by masking, and (CUDA) masked under CUDAGraphStep."""
+    for width in bench.sizes.crossover_widths:
+        if bench.device.type == "cuda" or width <= bench.sizes.crossover_cpu_widest:
+            crossover_width(bench, width)
+
+
+def crossover_width(bench: Bench, width: int) -> None:
+    """The rows of one width: each side trains its own copy of one block on the same rows.
+
+    Every side is a training step (forward, ``MSELoss``, backward, SGD with momentum) of
+    ``RepeatedBlock(Linear(width, width) + ReLU, per_sample=True)``, whose rows' depths
+    are the same on every side (one seeded sampler each, reseeded after the warm-up).
+    """
+    batch, device = bench.sizes.crossover_batch, bench.device
+    torch.manual_seed(0)
+    layer = nn.Sequential(nn.Linear(width, width), nn.ReLU()).to(device)
+    x = torch.randn(batch, width, device=device)
+    y = torch.zeros_like(x)
+    criterion = nn.MSELoss()
+    lr = 1e-6  # the weights hardly move: every side keeps training the same model
+
+    def model(**options: object) -> tuple[nn.Module, RepeatedBlock]:
+        block = RepeatedBlock(
+            copy.deepcopy(layer), SeededDepth(0, 8, seed=0), per_sample=True, **options
+        )
+        return nn.Sequential(block), block
+
+    cuda = device.type == "cuda"
+    names = {
+        "masked": "masked per-row vs compaction",
+        "graphs": "masked per-row, CUDAGraphStep vs compaction",
+    }
+    medians: dict[str, float] = {}
+    what = f"width {width}: {names['masked']}"
+    with bench.row("9 per-row crossover", what) as row:
+        models = {"compaction": model(), "masked": model(mode="masked")}
+        steps: dict[str, Callable[[], object]] = {
+            name: training_step(net, net, criterion, x, y, lr) for name, (net, _) in models.items()
+        }
+        capture_note = ""
+        if cuda:
+            net, block = models["graphs"] = model(mode="masked")
+            optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+            graph_step = CUDAGraphStep(net, optimizer, criterion)
+            steps["graphs"] = lambda: graph_step(x, y)
+            start = time.perf_counter()
+            for _ in range(2):  # the first step runs eagerly, the second captures
+                graph_step(x, y)
+            bench.sync()
+            capture_note = (
+                f"; {len(graph_step.graphs)} graph captured in "
+                f"{time.perf_counter() - start:.2f} s (with the first step and the warm-up)"
+            )
+        for step in steps.values():  # warm up every side
+            step()
+        for _, block in models.values():  # the same rows' depths on every side from here on
+            block.sampler = SeededDepth(0, 8, seed=1)
+            block.reset_depth_histogram()
+        # The work grows as width**2: fewer steps per chunk for the wide layers.
+        chunk = max(2, bench.sizes.crossover_chunk * 256**2 // max(width, 256) ** 2)
+        medians = bench.interleaved(
+            {name: repeat(step, chunk) for name, step in steps.items()},
+            bench.sizes.crossover_chunks,
+        )
+        histogram = models["compaction"][1].depth_histogram
+        mean = sum(d * c for d, c in histogram.items()) / max(sum(histogram.values()), 1)
+        note = (
+            f"Linear({width}, {width}) + ReLU, batch {batch}, rows' depths uniform 0..8 "
+            f"(mean {mean:.2f}), the same on every side; training step (forward, MSELoss, "
+            f"backward, SGD); {bench.sizes.crossover_chunks} chunks of {chunk} steps a side"
+        )
+        row.a, row.b = ms(medians["compaction"]), ms(medians["masked"])
+        row.ratio = medians["masked"] / medians["compaction"]
+        row.note = (
+            f"masked: every repeat on every row, torch.where keeps each row's own; {note}; "
+            f"paired ratio {medians['masked/compaction']:.3f}"
+        )
+    if cuda:
+        with bench.row("9 per-row crossover", f"width {width}: {names['graphs']}") as row:
+            if "graphs" not in medians:
+                raise RuntimeError("not measured: see the row above")
+            row.a, row.b = ms(medians["compaction"]), ms(medians["graphs"])
+            row.ratio = medians["graphs"] / medians["compaction"]
+            row.note = (
+                f"one graph for every rows' depths, read from a static tensor{capture_note}; "
+                f"{note}; paired ratio {medians['graphs/compaction']:.3f}"
+            )
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -825,8 +935,8 @@ def main(argv: list[str] | None = None) -> int:
         "--sections",
         default=None,
         help=(
-            "which comparisons to run, by number (default: all, 1..8, on CUDA; 1,2,3,4,5,8 on "
-            "the CPU, and 7 too with --quick)"
+            "which comparisons to run, by number (default: all, 1..9, on CUDA; 1,2,3,4,5,8 on "
+            "the CPU, and 7 and 9 too with --quick)"
         ),
     )
     parser.add_argument(
@@ -871,17 +981,18 @@ def main(argv: list[str] | None = None) -> int:
         "6": cuda_graph_rows,
         "7": model_size_rows,
         "8": truncated_backprop,
+        "9": crossover_rows,
     }
-    # Section 7 at full size takes seconds a step on a CPU: there only on demand (or --quick).
+    # Sections 7 and 9 at full size take minutes on a CPU: there on demand (or --quick).
     if device.type == "cuda":
-        default = ",".join(sections)
+        default = "1,2,3,4,5,6,7,8,9"
     else:
-        default = "1,2,3,4,5,7,8" if args.quick else "1,2,3,4,5,8"
+        default = "1,2,3,4,5,7,8,9" if args.quick else "1,2,3,4,5,8"
     given = default if args.sections is None else args.sections
     chosen = [name.strip() for name in given.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(sections))
     if unknown or not chosen:
-        parser.error(f"--sections takes numbers among {','.join(sections)}, got {given!r}")
+        parser.error(f"--sections takes numbers among 1,2,3,4,5,6,7,8,9, got {given!r}")
     if "6" in chosen and device.type != "cuda":
         parser.error("--sections 6 (CUDA graphs) needs --device cuda")
     for name in sorted(set(chosen)):

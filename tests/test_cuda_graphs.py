@@ -2,8 +2,10 @@
 
 The refusals (a CPU model, bad arguments, blocks and optimizers that cannot be captured)
 and the pieces that make a captured step equal an eager one (running a block at a given
-depth without touching its telemetry; undoing the warm-up, with the optimizer state it
-created zero-filled) are checked on the CPU. The equivalence of graph and eager training
+depth without touching its telemetry; drawing a masked block's depth outside the graph as
+its forward pass would, and running it at a depth tensor that it does not read on the
+host; undoing the warm-up, with the optimizer state it created zero-filled) are checked
+on the CPU. The equivalence of graph and eager training
 (the same depths, losses and weights within float32 rounding, ``.grad`` ``None`` at
 depth 0 as in eager training) needs a CUDA device: those tests use the ``cuda_device``
 fixture of tests/conftest.py, which skips them, saying why, on a machine without one.
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from stochdepth import (
     CUDAGraphStep,
@@ -31,7 +34,7 @@ from stochdepth import (
     train,
 )
 from stochdepth._cli import main
-from stochdepth.training._cuda_graphs import _forced_depths, _restore
+from stochdepth.training._cuda_graphs import _checked_outside, _draw, _forced_depths, _restore
 
 MSE = nn.MSELoss(reduction="sum")
 # float32 rounding: the graphs replay the eager step's kernels, but a library may pick
@@ -88,20 +91,44 @@ def test_bad_arguments_name_themselves(
 @pytest.mark.parametrize(
     ("block_options", "named"),
     [
-        ({"mode": "masked"}, "mode='masked'"),
-        ({"per_sample": True}, "per_sample=True"),
+        ({"per_sample": True}, "per_sample=True in skip mode"),
         ({"checkpoint": True}, "checkpoint=True"),
         ({"checkpoint": 2}, "checkpoint=2"),
+        ({"mode": "masked", "checkpoint": True}, "checkpoint=True"),
+        ({"mode": "masked", "per_sample": True, "checkpoint": 3}, "checkpoint=3"),
     ],
 )
-def test_blocks_outside_the_default_mode_are_refused(
+def test_blocks_that_no_graph_replays_are_refused(
     block_options: dict[str, Any], named: str
 ) -> None:
     layer = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
     model = nn.Sequential(RepeatedBlock(layer, UniformDepth(0, 3), **block_options))
-    with pytest.raises(ValueError, match="default mode") as caught:
+    with pytest.raises(ValueError, match="skip mode with one depth per batch") as caught:
         CUDAGraphStep(model, sgd(model), MSE)
-    assert named in str(caught.value)
+    message = str(caught.value)
+    assert named in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "block_options", [{"mode": "masked"}, {"mode": "masked", "per_sample": True}]
+)
+def test_masked_blocks_pass_the_block_check(block_options: dict[str, Any]) -> None:
+    # One graph serves all their depths: only the CPU stops them here.
+    layer = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    model = nn.Sequential(RepeatedBlock(layer, UniformDepth(0, 3), **block_options))
+    with pytest.raises(ValueError, match="CUDA device"):
+        CUDAGraphStep(model, sgd(model), MSE)
+
+
+def test_a_grad_depth_sampler_is_refused_and_an_int_is_not() -> None:
+    layer = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    drawn = nn.Sequential(RepeatedBlock(layer, UniformDepth(0, 3), grad_depth=UniformDepth(0, 2)))
+    with pytest.raises(ValueError, match="grad_depth drawn by a sampler"):
+        CUDAGraphStep(drawn, sgd(drawn), MSE)
+    fixed = nn.Sequential(RepeatedBlock(layer, UniformDepth(0, 3), grad_depth=1))
+    with pytest.raises(ValueError, match="CUDA device"):  # only the CPU stops it here
+        CUDAGraphStep(fixed, sgd(fixed), MSE)
 
 
 def test_a_block_inside_a_blocks_layer_is_refused() -> None:
@@ -201,6 +228,151 @@ def test_forced_depths_run_the_block_at_its_depth_and_leave_its_telemetry() -> N
     assert torch.equal(block.sampler.state_dict()["generator_state"], state)  # no draw
     block(x)  # the hook is gone: the block draws again
     assert sum(block.depth_histogram.values()) == 2
+
+
+def test_a_forced_depth_replaces_one_given_to_the_block() -> None:
+    # The hook finds depth by forward's signature, not by where it sits in the call.
+    layer = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+    block = RepeatedBlock(layer, FixedDepth(3))
+    x = torch.randn(2, 4)
+    with _forced_depths([block], [2]):
+        got = block(x, depth=0)
+    assert torch.equal(got, layer(layer(x)))
+
+
+def masked_block(seed: int, per_sample: bool, width: int = 4) -> RepeatedBlock:
+    layer = nn.Sequential(nn.Linear(width, width), nn.Tanh())
+    return RepeatedBlock(layer, SeededDepth(0, 3, seed=seed), mode="masked", per_sample=per_sample)
+
+
+def plain(depth: object) -> object:
+    """A depth as a comparable value: an int, or a tensor's list of values."""
+    return depth.tolist() if isinstance(depth, Tensor) else depth
+
+
+@pytest.mark.parametrize("per_sample", [False, True], ids=["batch", "rows"])
+def test_drawing_a_masked_depth_outside_draws_as_the_forward_pass(per_sample: bool) -> None:
+    # The same sampler calls, last_depth and histogram as the eager forward pass, and the
+    # depth as a CPU int64 tensor of the block input's rows (0-d without per_sample).
+    torch.manual_seed(0)
+    eager = masked_block(11, per_sample)
+    drawing = copy.deepcopy(eager)
+    x = torch.randn(6, 5, 4)  # rows along dimension 0, as the block's input has them
+    stub = torch.empty((6,) if per_sample else (), dtype=torch.int64)
+    for _ in range(25):
+        eager(x)
+        depth = _draw(drawing, stub)
+        assert isinstance(depth, Tensor)
+        assert (depth.dtype, depth.device, depth.shape) == (torch.int64, stub.device, stub.shape)
+        assert plain(depth) == plain(eager.last_depth)
+        assert plain(drawing.last_depth) == plain(eager.last_depth)
+    assert drawing.depth_histogram == eager.depth_histogram
+    assert sum(eager.depth_histogram.values()) == 25 * (6 if per_sample else 1)
+
+
+def test_drawing_a_skip_depth_outside_is_an_int_as_the_forward_pass_draws() -> None:
+    eager = RepeatedBlock(nn.Linear(4, 4), UniformDepth(0, 3))
+    drawing = copy.deepcopy(eager)
+    x = torch.randn(2, 4)
+    random.seed(3)
+    want = []
+    for _ in range(20):
+        eager(x)
+        want.append(eager.last_depth)
+    random.seed(3)
+    assert [_draw(drawing, None) for _ in range(20)] == want
+    assert drawing.depth_histogram == eager.depth_histogram
+
+
+@pytest.mark.parametrize("per_sample", [False, True], ids=["batch", "rows"])
+def test_a_masked_block_runs_at_a_forced_depth_tensor(per_sample: bool) -> None:
+    torch.manual_seed(1)
+    block = masked_block(2, per_sample)
+    x = torch.randn(5, 4)
+    block(x)
+    histogram, last = block.depth_histogram, plain(block.last_depth)
+    static = torch.tensor([0, 3, 1, 2, 3] if per_sample else 2)
+    with _forced_depths([block], [static]):
+        got = block(x)
+    assert block.depth_histogram == histogram
+    assert plain(block.last_depth) == last
+    want = block(x, depth=static)  # a given depth tensor, as masked mode takes it
+    assert torch.equal(got, want)
+    if per_sample:  # row 0 at depth 0 is its input, row 1 three repeats of the layer
+        assert torch.equal(got[0], x[0])
+        alone = block.layer(block.layer(block.layer(x[1:2])))  # one row: float rounding
+        torch.testing.assert_close(got[1:2], alone)
+
+
+class HostReads(TorchDispatchMode):
+    """Counts ``aten._local_scalar_dense``: a tensor's value read on the host.
+
+    On a CUDA device such a read waits for the device, which a graph capture refuses.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.reads += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("per_sample", [False, True], ids=["batch", "rows"])
+def test_under_capture_a_masked_block_does_not_read_its_depth_tensor(per_sample: bool) -> None:
+    # Outside a capture masked mode checks a given depth tensor by value (a host read);
+    # CUDAGraphStep checks the drawn depths before copying them in, and the capture
+    # (_checked_outside) uses the static tensor unread, with the same output.
+    torch.manual_seed(2)
+    block = masked_block(3, per_sample)
+    x = torch.randn(4, 4)
+    static = torch.tensor([3, 0, 2, 1] if per_sample else 1)
+    choice = block._choice
+    with HostReads() as eager_reads:
+        want = block(x, depth=static)
+    assert eager_reads.reads > 0
+    with _forced_depths([block], [static]), _checked_outside([block]), HostReads() as reads:
+        got = block(x)
+    assert reads.reads == 0
+    assert torch.equal(got, want)
+    assert block._choice is choice  # the block's own choice again, after the capture
+
+
+@pytest.mark.parametrize("per_sample", [False, True], ids=["batch", "rows"])
+def test_a_step_at_a_static_depth_tensor_trains_as_eager_bitwise(per_sample: bool) -> None:
+    # What a replay does, on the CPU: draw outside, copy into the one static tensor, run
+    # the step at it (as captured: unread); against eager training, step for step.
+    torch.manual_seed(4)
+    eager = nn.Sequential(nn.Linear(3, 4), masked_block(5, per_sample), nn.Linear(4, 2))
+    graphed = copy.deepcopy(eager)
+    block = graphed[1]
+    x, y = torch.randn(6, 3), torch.randn(6, 2)
+    static = torch.zeros((6,) if per_sample else (), dtype=torch.int64)
+    eager_opt, graphed_opt = sgd(eager), sgd(graphed)
+    for _ in range(15):
+        eager_opt.zero_grad(set_to_none=True)
+        want = MSE(eager(x), y)
+        want.backward()
+        eager_opt.step()
+        static.copy_(_draw(block, static))
+        with _forced_depths([block], [static]), _checked_outside([block]):
+            graphed_opt.zero_grad(set_to_none=True)
+            got = MSE(graphed(x), y)
+            got.backward()
+            graphed_opt.step()
+        assert torch.equal(got, want)
+        assert plain(block.last_depth) == plain(eager[1].last_depth)
+        for a, b in zip(eager.parameters(), graphed.parameters(), strict=True):
+            assert torch.equal(a, b)
+    assert block.depth_histogram == eager[1].depth_histogram
 
 
 @pytest.mark.parametrize(
@@ -306,7 +478,10 @@ def assert_same_training(
     eager: tuple[list[Tensor], list[object], list[list[Tensor | None]]],
     graphed: tuple[list[Tensor], list[object], list[list[Tensor | None]]],
 ) -> None:
-    assert graphed[1] == eager[1], "the depth sequences differ"
+    def depths(run: tuple[list[Tensor], list[object], Any]) -> list[object]:
+        return [tuple(plain(d) for d in step) for step in run[1]]  # type: ignore[attr-defined]
+
+    assert depths(graphed) == depths(eager), "the depth sequences differ"
     torch.testing.assert_close(torch.stack(graphed[0]), torch.stack(eager[0]), **CLOSE)
     for t, (got, want) in enumerate(zip(graphed[2], eager[2], strict=True)):
         for index, (g, w) in enumerate(zip(got, want, strict=True)):
@@ -491,3 +666,85 @@ def test_a_block_called_twice_is_refused(cuda_device: torch.device) -> None:
     with pytest.raises(ValueError, match=r"called exactly once per forward pass .* 2 times"):
         step(x, x)
     assert torch.equal(block.layer[0].weight, weight)  # refused before the optimizer step
+
+
+def masked_model(device: torch.device, per_sample: bool, seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layer = nn.Sequential(nn.Linear(32, 32), nn.Tanh())
+    block = RepeatedBlock(layer, SeededDepth(0, 4, seed=seed), mode="masked", per_sample=per_sample)
+    return nn.Sequential(nn.Linear(16, 32), block, nn.Linear(32, 4)).to(device)
+
+
+@pytest.mark.parametrize("per_sample", [False, True], ids=["batch", "rows"])
+def test_one_graph_trains_a_masked_block_like_eager(
+    cuda_device: torch.device, per_sample: bool
+) -> None:
+    # The depth (or the rows' depths) drawn outside, copied into one static tensor that
+    # the one captured graph reads: the eager run's depths, losses and weights.
+    eager = masked_model(cuda_device, per_sample, seed=6)
+    graphed = copy.deepcopy(eager)
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(24, 10, 16, generator=generator).to(cuda_device)  # 24 rows of 10 x 16
+    y = torch.randn(24, 10, 4, generator=generator).to(cuda_device)
+    step = CUDAGraphStep(graphed, sgd(graphed), MSE)
+    want = eager_run(eager, sgd(eager), x, y, 60)
+    got = graph_run(step, x, y, 60)
+    assert_same_training(want, got)
+    assert_same_weights(eager, graphed)
+    assert step.graphs == [(None,)]
+    assert (step.captures, step.eager_steps) == (1, 1)
+    assert graphed[1].depth_histogram == eager[1].depth_histogram
+    drawn = [plain(d) for (d,) in got[1]]
+    if per_sample:
+        assert all(len(d) == 24 for d in drawn)  # type: ignore[arg-type]
+        assert len({tuple(d) for d in drawn}) > 50  # type: ignore[arg-type]
+        assert sum(graphed[1].depth_histogram.values()) == 60 * 24
+    else:
+        assert set(drawn) == {0, 1, 2, 3, 4}
+    # Masked mode: the layer has a gradient at every step, zeros where no repeat counted.
+    assert all(grads[2] is not None for grads in got[2])
+
+
+class SkipAndMaskedRows(nn.Module):
+    """A skip-mode block and a masked per-row block, both drawing from Python's random."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skip = RepeatedBlock(nn.Sequential(nn.Linear(32, 32), nn.Tanh()), UniformDepth(0, 2))
+        self.rows = RepeatedBlock(
+            nn.Sequential(nn.Linear(32, 32), nn.ReLU()),
+            UniformDepth(0, 3),
+            mode="masked",
+            per_sample=True,
+        )
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.head(self.skip(self.rows(x)))
+        return out
+
+
+def test_masked_and_skip_blocks_share_graphs_and_the_eager_fallback(
+    cuda_device: torch.device,
+) -> None:
+    # A graph per depth of the skip block, each reading the masked block's depth tensor;
+    # with max_graphs=2 the third skip depth runs eagerly, at the same static tensor.
+    torch.manual_seed(7)
+    eager = SkipAndMaskedRows().to(cuda_device)
+    graphed = copy.deepcopy(eager)
+    x = torch.randn(16, 32, device=cuda_device)
+    y = torch.randn(16, 4, device=cuda_device)
+    random.seed(8)
+    want = eager_run(eager, sgd(eager), x, y, 50)
+    random.seed(8)
+    step = CUDAGraphStep(graphed, sgd(graphed), MSE, max_graphs=2)
+    got = graph_run(step, x, y, 50)
+    assert_same_training(want, got)
+    assert_same_weights(eager, graphed)
+    assert len(step.graphs) == 2
+    assert all(key[0] is None and isinstance(key[1], int) for key in step.graphs)
+    # got[1] lists the blocks in module order (skip, rows), the keys in call order (rows, skip).
+    beyond = sum(1 for (depth, _) in got[1][1:] if (None, depth) not in step.graphs)
+    assert beyond > 0
+    assert step.eager_steps == 1 + beyond
+    assert graphed.rows.depth_histogram == eager.rows.depth_histogram

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from stochdepth._block import RepeatedBlock
+from stochdepth._depth import DepthChoice
 from stochdepth._validation import check_int, describe
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 """A loss: ``loss_fn(output, target)`` returns a scalar tensor."""
+
+Key = tuple[int | None, ...]
+"""A graph's key: each block's depth in call order, ``None`` for a masked-mode block."""
 
 DEFAULT_MAX_GRAPHS = 16
 """How many depths (or combinations of depths) get a graph, unless told otherwise."""
@@ -60,10 +65,16 @@ class CUDAGraphStep:
     that changes every step makes every step a capture; keep it fixed for the graphs to pay.
     (``torch.optim.lr_scheduler`` schedulers that change it once an epoch are fine.)
 
+    **Masked blocks.** A block with ``mode="masked"`` (with or without ``per_sample``)
+    needs no graph per depth: its depth, or its rows' depths, is drawn outside the graph
+    as its eager forward pass draws it, and copied into a static depth tensor on the
+    device (0-d, or one value per row of the block's input) that the captured step reads:
+    one graph serves every depth, and its entry in :attr:`graphs` is ``None``.
+
     **Models.** Every parameter on one CUDA device; the model in training mode; every
-    ``RepeatedBlock`` in the default mode (``mode="skip"``, one depth per batch, no
-    ``checkpoint``), drawing its own depth (not given one by the model), called once per
-    forward pass. Nothing else in the forward pass may take decisions in Python from
+    ``RepeatedBlock`` in skip mode with one depth per batch (the default) or in masked
+    mode, without ``checkpoint``, drawing its own depth (not given one by the model),
+    called once per forward pass. Nothing else in the forward pass may take decisions in Python from
     random draws or tensor values, since a replay does not run Python. Random operations
     on the GPU (dropout) draw from the graphs' generator offsets, not eager's values.
     Loading another state into the model or the optimizer (``load_state_dict``) after the
@@ -90,10 +101,12 @@ class CUDAGraphStep:
         TypeError: ``model`` is not an ``nn.Module``, ``optimizer`` not a
             ``torch.optim.Optimizer``, ``loss_fn`` not callable, or ``max_graphs`` not
             an int.
-        ValueError: ``max_graphs`` is below 1; a ``RepeatedBlock`` is not in the default
-            mode, or sits inside another one's layer; the optimizer is not one of the
-            supported ones or is not set up for capture; or the model has no parameters
-            on a CUDA device (CUDA graphs record GPU kernels: a CPU model is refused).
+        ValueError: ``max_graphs`` is below 1; a ``RepeatedBlock`` has ``per_sample=True``
+            in skip mode, ``checkpoint`` or a ``grad_depth`` sampler, or sits inside another
+            one's layer; the
+            optimizer is not one of the supported ones or is not set up for capture; or the
+            model has no parameters on a CUDA device (CUDA graphs record GPU kernels: a
+            CPU model is refused).
 
     Example:
         ```python
@@ -139,7 +152,11 @@ class CUDAGraphStep:
         self._params = [p for group in optimizer.param_groups for p in group["params"]]
         self.device = _cuda_device(model)
         self._order: list[RepeatedBlock] | None = None  # the blocks in call order
-        self._graphs: dict[tuple[int, ...], _Graph] = {}
+        # Per block in call order, masked mode only: the depth tensor the graphs read
+        # (on the device) and a CPU tensor of its shape to draw with; None in skip mode.
+        self._static_depths: list[Tensor | None] = []
+        self._stubs: list[Tensor | None] = []
+        self._graphs: dict[Key, _Graph] = {}
         self._pool: Any = None
         self._stream: torch.cuda.Stream | None = None
         self._static: tuple[Tensor, Tensor] | None = None
@@ -148,8 +165,11 @@ class CUDAGraphStep:
         self.captures = 0
 
     @property
-    def graphs(self) -> list[tuple[int, ...]]:
-        """The depths that have a graph: one tuple per graph, a depth per block, in call order."""
+    def graphs(self) -> list[Key]:
+        """The depths that have a graph: one tuple per graph, a depth per block, in call order.
+
+        A masked-mode block's entry is ``None``: one graph serves all its depths.
+        """
         return list(self._graphs)
 
     def reset(self) -> None:
@@ -186,15 +206,17 @@ class CUDAGraphStep:
         static_x, static_y = self._static_buffers(x, y)
         if self._hyper is not None and self._hyper != _hyperparameters(self.optimizer):
             self.reset()  # the graphs hold the old lr, momentum, ...: capture anew
-        depths = tuple([block._choice.one(None, training=True) for block in order])
-        graph = self._graphs.get(depths)
-        if graph is None and len(self._graphs) >= self.max_graphs:
-            return self._eager_step(x, y, depths)
-        with torch.cuda.device(self.device):  # replay launches on the current device's stream
+        drawn = [_draw(block, stub) for block, stub in zip(order, self._stubs, strict=True)]
+        key = tuple([depth if isinstance(depth, int) else None for depth in drawn])
+        graph = self._graphs.get(key)
+        with torch.cuda.device(self.device):  # copies and replay on the current device's stream
+            self._copy_depths(drawn)
+            if graph is None and len(self._graphs) >= self.max_graphs:
+                return self._eager_step(x, y, key)
             static_x.copy_(x)
             static_y.copy_(y)
             if graph is None:
-                graph = self._capture(depths, static_x, static_y)
+                graph = self._capture(key, static_x, static_y)
             graph.graph.replay()
         for param, grad in graph.grads:
             param.grad = grad
@@ -213,11 +235,17 @@ class CUDAGraphStep:
         """An eager step that draws as eager training does and records the call order."""
         self._static_buffers(x, y)
         order: list[RepeatedBlock] = []
+        rows: list[int] = []  # each block input's rows (dimension 0)
 
         def record(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            if _given_depth(args, kwargs) is not None:
+            bound = _bind(block, args, kwargs)
+            if bound is None:  # a call that forward refuses itself, right after this hook
+                return
+            if bound.arguments.get("depth") is not None:
                 raise ValueError(_given_depth_message(block))
             order.append(block)  # type: ignore[arg-type]
+            x_in = bound.arguments.get("x")
+            rows.append(x_in.shape[0] if isinstance(x_in, Tensor) and x_in.ndim else 0)
 
         handles = [b.register_forward_pre_hook(record, with_kwargs=True) for b in self._blocks]
         try:
@@ -229,16 +257,48 @@ class CUDAGraphStep:
         _check_called_once(self._blocks, order)
         loss.backward()  # type: ignore[no-untyped-call]
         _uncaptured_step(self.optimizer)
+        self._static_depths, self._stubs = [], []
+        for block, count in zip(order, rows, strict=True):
+            static = stub = None
+            if block.mode == "masked":  # the depth tensor that masked mode reads, per row or not
+                shape = (count,) if block.per_sample else ()
+                static = torch.zeros(shape, dtype=torch.int64, device=self.device)
+                stub = torch.empty(shape, dtype=torch.int64)
+            self._static_depths.append(static)
+            self._stubs.append(stub)
         self._order = order
         self.eager_steps += 1
         return loss.detach()
 
-    def _eager_step(self, x: Tensor, y: Tensor, depths: tuple[int, ...]) -> Tensor:
+    def _eager_step(self, x: Tensor, y: Tensor, key: Key) -> Tensor:
         """A step at depths beyond the bound: eagerly, at the depths already drawn."""
-        with _forced_depths(self._order or [], depths):
+        with _forced_depths(self._order or [], self._forced(key)):
             loss = self._run_eager(x, y)
         self.eager_steps += 1
         return loss
+
+    # ------------------------------------------------------------------ depths
+
+    def _forced(self, key: Key) -> list[int | Tensor]:
+        """What each block runs at: its drawn depth, or (masked mode) its static depth tensor."""
+        forced: list[int | Tensor] = []
+        for depth, static in zip(key, self._static_depths, strict=True):
+            if depth is None:
+                assert static is not None  # masked blocks have one, from the first step
+                forced.append(static)
+            else:
+                forced.append(depth)
+        return forced
+
+    def _copy_depths(self, drawn: list[int | Tensor]) -> None:
+        """Copy the masked blocks' drawn depths into the tensors that the graphs read.
+
+        From pinned memory, without waiting: the caching host allocator keeps the pinned
+        copy until the device has read it, and the replay follows on the same stream.
+        """
+        for static, depth in zip(self._static_depths, drawn, strict=True):
+            if static is not None and isinstance(depth, Tensor):
+                static.copy_(depth.pin_memory(), non_blocking=True)
 
     # ------------------------------------------------------------------ capture
 
@@ -259,8 +319,12 @@ class CUDAGraphStep:
                 )
         return static
 
-    def _capture(self, depths: tuple[int, ...], static_x: Tensor, static_y: Tensor) -> _Graph:
-        """Warm up the step at ``depths`` on a side stream, restore, and capture it."""
+    def _capture(self, key: Key, static_x: Tensor, static_y: Tensor) -> _Graph:
+        """Warm up the step at ``key``'s depths on a side stream, restore, and capture it.
+
+        Masked-mode blocks run at their static depth tensor, which the graph reads on
+        every replay: one graph for all their depths.
+        """
         order = self._order or []
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
@@ -278,7 +342,7 @@ class CUDAGraphStep:
                 for p, s in optimizer.state.items()
             }
         current = torch.cuda.current_stream(self.device)
-        with _forced_depths(order, depths):
+        with _forced_depths(order, self._forced(key)):
             try:
                 stream.wait_stream(current)
                 with torch.cuda.stream(stream):
@@ -289,12 +353,15 @@ class CUDAGraphStep:
                 _restore(tensors, saved_tensors, optimizer, saved_state)
             graph = torch.cuda.CUDAGraph()
             optimizer.zero_grad(set_to_none=True)
-            with torch.cuda.graph(graph, pool=self._pool, stream=stream):
+            with (
+                _checked_outside(order),
+                torch.cuda.graph(graph, pool=self._pool, stream=stream),
+            ):
                 loss = self.loss_fn(self.model(static_x), static_y)
                 loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
         captured = _Graph(graph, loss.detach(), [(p, p.grad) for p in params])
-        self._graphs[depths] = captured
+        self._graphs[key] = captured
         self.captures += 1
         return captured
 
@@ -310,9 +377,57 @@ class _Graph:
         self.graph, self.loss, self.grads = graph, loss, grads
 
 
+def _draw(block: RepeatedBlock, stub: Tensor | None) -> int | Tensor:
+    """Draw a block's depth as its eager forward pass would, outside any graph.
+
+    The same sampler calls and telemetry (``last_depth``, ``depth_histogram``) as eager:
+    in skip mode ``DepthChoice.one``; in masked mode ``DepthChoice.masked_depth`` itself,
+    given a CPU tensor of the block input's rows (``stub``), so that the depth (0-d, or
+    the rows' depths) comes back as a CPU int64 tensor, checked against ``max_depth``.
+    """
+    if stub is None:
+        return block._choice.one(None, training=True)
+    return block._choice.masked_depth(stub, None, True, block.per_sample)
+
+
+class _CheckedOutside:
+    """A masked block's depth choice while its step is captured.
+
+    Masked mode checks a given depth tensor by value (``DepthChoice.given_tensor``), which
+    reads it on the host: a synchronisation, which a CUDA graph capture refuses. The
+    tensor given during a capture is the static depth tensor, whose values were drawn and
+    checked outside the graph (and change at every replay): it is used as it is.
+    Everything else is the block's own choice.
+    """
+
+    def __init__(self, choice: DepthChoice) -> None:
+        self._inner = choice
+
+    def given_tensor(self, x: Tensor, depth: Tensor, per_row: bool) -> Tensor:
+        """The static depth tensor, unread: int64 on the device, of the block input's rows."""
+        return depth
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 @contextmanager
-def _forced_depths(blocks: list[RepeatedBlock], depths: tuple[int, ...]) -> Iterator[None]:
-    """Make each block run at its given depth, its telemetry left as it was."""
+def _checked_outside(blocks: list[RepeatedBlock]) -> Iterator[None]:
+    """Let masked blocks take their static depth tensors unread (see :class:`_CheckedOutside`)."""
+    masked = [block for block in blocks if block.mode == "masked"]
+    saved = [block._choice for block in masked]
+    for block, choice in zip(masked, saved, strict=True):
+        block._choice = cast(DepthChoice, _CheckedOutside(choice))
+    try:
+        yield
+    finally:
+        for block, choice in zip(masked, saved, strict=True):
+            block._choice = choice
+
+
+@contextmanager
+def _forced_depths(blocks: list[RepeatedBlock], depths: Sequence[int | Tensor]) -> Iterator[None]:
+    """Make each block run at its given depth (an int, or a depth tensor), telemetry kept."""
     saved = [(dict(block._choice.counts), block._choice.last) for block in blocks]
     handles = [
         block.register_forward_pre_hook(_force(depth), with_kwargs=True)
@@ -329,12 +444,16 @@ def _forced_depths(blocks: list[RepeatedBlock], depths: tuple[int, ...]) -> Iter
 
 
 def _force(
-    depth: int,
+    depth: int | Tensor,
 ) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]]:
     def hook(
         block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        return args, {**kwargs, "depth": depth}  # depth is keyword-only
+        bound = _bind(block, args, kwargs)
+        if bound is None:  # forward refuses the call itself
+            return args, kwargs
+        bound.arguments["depth"] = depth
+        return bound.args, bound.kwargs
 
     return hook
 
@@ -350,8 +469,18 @@ def _uncaptured_step(optimizer: torch.optim.Optimizer) -> None:
         optimizer.step()
 
 
-def _given_depth(args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
-    return kwargs.get("depth", args[1] if len(args) > 1 else None)
+def _bind(
+    block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> inspect.BoundArguments | None:
+    """The arguments of a call of ``block.forward`` by name; ``None`` if they do not fit.
+
+    By the signature, so that ``depth`` is found however it is passed (by position or
+    keyword) and whatever else the forward pass takes.
+    """
+    try:
+        return inspect.signature(block.forward).bind(*args, **kwargs)
+    except TypeError:
+        return None
 
 
 def _given_depth_message(block: nn.Module) -> str:
@@ -379,25 +508,42 @@ def _check_tensors(x: object, y: object) -> None:
 
 
 def _graphable_blocks(model: nn.Module) -> list[RepeatedBlock]:
-    """The model's blocks, each refused unless it draws one depth per batch in skip mode."""
+    """The model's blocks, each refused unless a graph can replay it.
+
+    Skip mode with one depth per batch (a graph per depth), or masked mode, with or
+    without ``per_sample`` (one graph for every depth, read from a tensor); never
+    checkpointed, never nested.
+    """
     blocks = [m for m in model.modules() if isinstance(m, RepeatedBlock)]
     for block in blocks:
         problem = None
-        if block.mode != "skip":
-            problem = f"mode={block.mode!r}"
-        elif block.per_sample:
-            problem = "per_sample=True"
+        if block.mode == "skip" and block.per_sample:
+            problem = (
+                "per_sample=True in skip mode (its row counts change with every draw; "
+                "mode='masked' with per_sample=True has one graph)"
+            )
         elif block.checkpoint is not False:
             problem = f"checkpoint={block.checkpoint!r}"
+        elif _draws_grad_depth(block):
+            problem = (
+                "grad_depth drawn by a sampler (drawn in the forward pass, which a replay "
+                "does not run; an int grad_depth is accepted)"
+            )
         elif any(isinstance(m, RepeatedBlock) for m in block.layer.modules()):
             problem = "a RepeatedBlock inside its layer"
         if problem is not None:
             raise ValueError(
-                f"CUDAGraphStep captures one graph per depth of RepeatedBlocks in the default "
-                f"mode (mode='skip', one depth per batch, no checkpoint), but the model has one "
-                f"with {problem}"
+                f"CUDAGraphStep captures RepeatedBlocks in skip mode with one depth per batch "
+                f"(a graph per depth) or in masked mode (one graph for every depth), without "
+                f"checkpoint, but the model has one with {problem}"
             )
     return blocks
+
+
+def _draws_grad_depth(block: RepeatedBlock) -> bool:
+    """Whether the block draws its ``grad_depth`` at every forward pass (a sampler)."""
+    value = getattr(getattr(block, "_grad", None), "value", None)
+    return value is not None and not isinstance(value, int)
 
 
 def _check_optimizer(optimizer: torch.optim.Optimizer) -> None:
