@@ -103,9 +103,9 @@ class CUDAGraphStep:
             ``torch.optim.Optimizer``, ``loss_fn`` not callable, or ``max_graphs`` not
             an int.
         ValueError: ``max_graphs`` is below 1; the model holds a
-            :class:`~stochdepth.LayerDropList` (its drops are drawn in Python); a ``RepeatedBlock`` has ``per_sample=True``
-            in skip mode, ``checkpoint`` or a ``grad_depth`` sampler, or sits inside another
-            one's layer; the
+            :class:`~stochdepth.LayerDropList` (its drops are drawn in Python); a
+            ``RepeatedBlock`` has ``per_sample=True`` in skip mode, ``checkpoint`` or a
+            ``grad_depth`` sampler, or sits inside another one's layer; the
             optimizer is not one of the supported ones or is not set up for capture; or the
             model has no parameters on a CUDA device (CUDA graphs record GPU kernels: a
             CPU model is refused).
