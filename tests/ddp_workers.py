@@ -393,6 +393,34 @@ def scenario_per_sample(rank: int) -> dict[str, Any]:
     }
 
 
+def grad_depth_model() -> nn.Module:
+    """A block at depth 2 whose grad_depth draws 0 or 1: some steps record no repeat.
+
+    The block comes first: a pass that records no repeat cuts the graph to whatever
+    is before the block too, which DDP would find unused.
+    """
+    torch.manual_seed(SEED)
+    _, d_in, _, d_out = SIZES
+    block = RepeatedBlock(
+        nn.Sequential(nn.Linear(d_in, d_in), nn.Tanh()),
+        FixedDepth(2),
+        grad_depth=SeededDepth(0, 1, seed=SAMPLER_SEED),
+    )
+    return nn.Sequential(block, nn.Linear(d_in, d_out))
+
+
+def scenario_grad_depth_zero(rank: int) -> dict[str, Any]:
+    """train(distributed=True) through steps whose grad_depth draws 0 (the layer unused)."""
+    x, y = global_batch()
+    model = grad_depth_model()
+    history = train(model, x, y, steps=STEPS, log_every=None, distributed=True)
+    return {
+        "losses": [record.loss for record in history],
+        "parameters": flat_parameters(model),
+        "identical": identical_across_ranks(model),
+    }
+
+
 CHECKPOINT_DIR: list[Path] = []  # set by run_scenarios: a folder that every rank sees
 
 
@@ -470,6 +498,7 @@ SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
     "plain_ddp": scenario_plain_ddp,
     "plain_ddp_no_momentum": scenario_plain_ddp_no_momentum,
     "plain_ddp_restored": scenario_plain_ddp_restored,
+    "grad_depth_zero": scenario_grad_depth_zero,
     "raw_ddp": scenario_raw_ddp,  # last: it leaves a DDP reducer in a failed state
 }
 

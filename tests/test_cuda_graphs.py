@@ -28,6 +28,7 @@ from stochdepth import (
     CUDAGraphStep,
     DynamicNet,
     FixedDepth,
+    LayerDropList,
     RepeatedBlock,
     SeededDepth,
     UniformDepth,
@@ -119,6 +120,26 @@ def test_masked_blocks_pass_the_block_check(block_options: dict[str, Any]) -> No
     model = nn.Sequential(RepeatedBlock(layer, UniformDepth(0, 3), **block_options))
     with pytest.raises(ValueError, match="CUDA device"):
         CUDAGraphStep(model, sgd(model), MSE)
+
+
+@pytest.mark.parametrize(
+    "list_options", [{}, {"mode": "row"}, {"masked": True}, {"drop_rate": 0.0}]
+)
+def test_a_layer_drop_list_is_refused(list_options: dict[str, Any]) -> None:
+    # Its drops are drawn in Python, which a replay skips: every step would drop the
+    # captured step's layers. Refused before the device check, so the CPU sees it.
+    options = {"drop_rate": 0.5, **list_options}
+    layers = LayerDropList(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)), **options)
+    model = nn.Sequential(layers, RepeatedBlock(nn.Linear(4, 4), UniformDepth(0, 3)))
+    with pytest.raises(ValueError, match="cannot replay a LayerDropList") as caught:
+        CUDAGraphStep(model, sgd(model), MSE)
+    assert "\n" not in str(caught.value)
+
+
+def test_train_refuses_cuda_graphs_for_a_layer_drop_list() -> None:
+    model = nn.Sequential(LayerDropList([nn.Linear(4, 4)], 0.5), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="cannot replay a LayerDropList"):
+        train(model, torch.randn(4, 4), torch.randn(4, 2), steps=1, cuda_graphs=True)
 
 
 def test_a_grad_depth_sampler_is_refused_and_an_int_is_not() -> None:

@@ -266,6 +266,21 @@ def test_per_sample_distributed_training_equals_a_single_process(
         assert torch.allclose(record["parameters"], parameters, rtol=RTOL, atol=ATOL)
 
 
+def test_distributed_training_through_grad_depth_0_equals_a_single_process(
+    ranks: list[dict[str, Any]],
+) -> None:
+    # A step whose grad_depth draws 0 leaves the layer without gradient: a single
+    # process leaves its .grad None, so momentum SGD skips it; DDP must too.
+    x, y = ddp_workers.global_batch()
+    model = ddp_workers.grad_depth_model()
+    history = train(model, x, y, steps=ddp_workers.STEPS, log_every=None)
+    parameters = ddp_workers.flat_parameters(model)
+    for record in result(ranks, "grad_depth_zero"):
+        assert record["identical"]
+        assert record["losses"] == pytest.approx([r.loss for r in history], rel=RTOL)
+        assert torch.allclose(record["parameters"], parameters, rtol=RTOL, atol=ATOL)
+
+
 def test_distributed_checkpoints_resume_exactly(ranks: list[dict[str, Any]]) -> None:
     for record in result(ranks, "checkpoint"):
         assert record["same_history"]

@@ -262,6 +262,13 @@ def test_exit_when_converged_takes_a_criterion_object_with_tol_none() -> None:
         ExitWhenConverged(None, 4)
 
 
+def test_a_criterion_that_is_neither_name_nor_callable_is_named_even_with_a_tol() -> None:
+    # The default tol is given positionally in most calls: the error must name the
+    # criterion that is wrong, not ask for tol=None.
+    with pytest.raises(TypeError, match=r"criterion must be .* got 3 of type int"):
+        ExitWhenConverged(0.1, 4, criterion=3)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [

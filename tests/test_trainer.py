@@ -186,6 +186,19 @@ def test_sampler_argument_is_checked() -> None:
         train(DynamicNet(*SIZES[1:]), x, y, steps=1, sampler="uniform")  # type: ignore[arg-type]
 
 
+def test_a_sampler_one_block_refuses_is_given_to_no_block() -> None:
+    # A masked block whose eval_depth exceeds the new sampler's max_depth refuses it:
+    # the blocks before it in the model keep their own samplers (no half-bound model).
+    own = FixedDepth(1), FixedDepth(4)
+    first = RepeatedBlock(nn.Linear(3, 3), own[0])
+    second = RepeatedBlock(nn.Linear(3, 3), own[1], mode="masked", eval_depth=4)
+    model = nn.Sequential(first, second)
+    with pytest.raises(ValueError, match=r"eval_depth must be <= sampler.max_depth=2 .* got 4"):
+        train(model, torch.randn(4, 3), torch.randn(4, 3), steps=1, sampler=FixedDepth(2))
+    assert first.sampler is own[0]
+    assert second.sampler is own[1]
+
+
 class TwoBlocks(nn.Module):
     def __init__(self) -> None:
         super().__init__()

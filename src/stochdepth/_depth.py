@@ -61,10 +61,20 @@ class DepthChoice:
 
     @sampler.setter
     def sampler(self, sampler: object) -> None:
+        self._sampler = self.check_fits(sampler)
+
+    def check_fits(self, sampler: object) -> DepthSampler:
+        """Return ``sampler`` checked as the setter checks it, without assigning it.
+
+        Raises:
+            TypeError: ``sampler`` does not satisfy the sampler protocol.
+            ValueError: It draws deeper than ``depth_limit``, or (masked mode) its
+                ``max_depth`` is below an int ``eval_depth``.
+        """
         checked = check_sampler(sampler)
         check_within_limit(checked, self._eval_depth, self.depth_limit)
         self._check_eval_within_max(checked, self._eval_depth)
-        self._sampler = checked
+        return checked
 
     @property
     def eval_depth(self) -> EvalDepth:

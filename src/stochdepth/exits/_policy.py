@@ -104,12 +104,12 @@ class ExitWhenConverged:
             tol = check_real("tol", tol, minimum=0.0)
             built = get_exit_criterion(criterion, tol)
         else:
+            built = check_criterion(criterion)  # first: a bad criterion is the problem
             if tol is not None:
                 raise TypeError(
                     f"tol must be None with a criterion object, which holds its own "
                     f"tolerance; got tol={tol!r} and criterion={criterion!r}"
                 )
-            built = check_criterion(criterion)
         if needs_head(built) and head is None:
             raise ValueError(
                 f"the criterion {built!r} compares a head's outputs: give head= (a module "

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from stochdepth._block import RepeatedBlock
 from stochdepth._depth import DepthChoice
 from stochdepth._validation import check_int, describe
+from stochdepth.layer_drop._list import LayerDropList
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 """A loss: ``loss_fn(output, target)`` returns a scalar tensor."""
@@ -101,9 +102,10 @@ class CUDAGraphStep:
         TypeError: ``model`` is not an ``nn.Module``, ``optimizer`` not a
             ``torch.optim.Optimizer``, ``loss_fn`` not callable, or ``max_graphs`` not
             an int.
-        ValueError: ``max_graphs`` is below 1; a ``RepeatedBlock`` has ``per_sample=True``
-            in skip mode, ``checkpoint`` or a ``grad_depth`` sampler, or sits inside another
-            one's layer; the
+        ValueError: ``max_graphs`` is below 1; the model holds a
+            :class:`~stochdepth.LayerDropList` (its drops are drawn in Python); a
+            ``RepeatedBlock`` has ``per_sample=True`` in skip mode, ``checkpoint`` or a
+            ``grad_depth`` sampler, or sits inside another one's layer; the
             optimizer is not one of the supported ones or is not set up for capture; or the
             model has no parameters on a CUDA device (CUDA graphs record GPU kernels: a
             CPU model is refused).
@@ -514,6 +516,14 @@ def _graphable_blocks(model: nn.Module) -> list[RepeatedBlock]:
     without ``per_sample`` (one graph for every depth, read from a tensor); never
     checkpointed, never nested.
     """
+    for module in model.modules():
+        if isinstance(module, LayerDropList):
+            raise ValueError(
+                f"CUDAGraphStep cannot replay a LayerDropList: it draws which layers to drop "
+                f"in Python at every forward pass (in mode={module.mode!r}, masked="
+                f"{module.masked!r} too), which a replay does not run, so every step would "
+                f"drop the layers of the captured one; train this model without CUDA graphs"
+            )
     blocks = [m for m in model.modules() if isinstance(m, RepeatedBlock)]
     for block in blocks:
         problem = None

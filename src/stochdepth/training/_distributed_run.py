@@ -103,10 +103,15 @@ class DistributedRun:
         blocks = [module for module in self.model.modules() if isinstance(module, RepeatedBlock)]
         depths = block_depths(self.model)
         repeats = [repeats_applied(block.last_depth) for block in blocks]
+        recorded = [
+            repeats_recorded(block, count) for block, count in zip(blocks, repeats, strict=True)
+        ]
         local = torch.cat(
             [
                 loss.detach().reshape(1).to(self.device, torch.float64),
-                torch.tensor([*depths, *repeats], dtype=torch.float64, device=self.device),
+                torch.tensor(
+                    [*depths, *repeats, *recorded], dtype=torch.float64, device=self.device
+                ),
             ]
         )
         gathered = [torch.empty_like(local) for _ in range(self.world_size)]
@@ -115,9 +120,12 @@ class DistributedRun:
         raise_on_mismatch(table[:, 1 : 1 + len(depths)].long().tolist(), step)
         # The ranks' losses, summed in rank order: the same float on every rank.
         total = table[:, 0].to(loss.dtype).sum().to(loss.device)
-        deepest = table[:, 1 + len(depths) :].amax(dim=0).long().tolist() if blocks else []
-        for block, repeats_anywhere in zip(blocks, deepest, strict=True):
-            if repeats_anywhere:  # some rank's rows ran the layer: its gradient stays
+        columns = table[:, 1 + len(depths) :].amax(dim=0).long().tolist() if blocks else []
+        deepest, recorded_anywhere = columns[: len(blocks)], columns[len(blocks) :]
+        for block, repeats_anywhere in zip(blocks, recorded_anywhere, strict=True):
+            # Some rank's rows ran the layer with autograd: its gradient stays. Repeats
+            # that grad_depth ran without autograd give it none, as at depth 0.
+            if repeats_anywhere:
                 self.tie.note_ran(block)
         return total, (sum(deepest) if blocks else None)
 
@@ -146,6 +154,12 @@ class DistributedRun:
     def close(self) -> None:
         """Remove the tie's hooks."""
         self.tie.remove()
+
+
+def repeats_recorded(block: RepeatedBlock, repeats: int) -> int:
+    """How many of a block's last ``repeats`` autograd recorded (``grad_depth`` keeps ``k``)."""
+    k = block._grad.last if block._grad.value is not None else None
+    return repeats if k is None else min(repeats, k)
 
 
 def repeats_applied(depth: int | Tensor | None) -> int:

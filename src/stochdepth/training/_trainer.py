@@ -16,7 +16,7 @@ from typing import TextIO
 import torch
 from torch import Tensor, nn
 
-from stochdepth._block import RepeatedBlock, check_within_limit
+from stochdepth._block import RepeatedBlock
 from stochdepth._validation import check_bool, check_int, check_real, check_stream, describe
 from stochdepth.samplers._protocol import DepthSampler, check_sampler, has_set_step
 
@@ -239,8 +239,8 @@ def bind_sampler(model: nn.Module, sampler: DepthSampler | None) -> list[Repeate
             f"sampler was given, but model has no RepeatedBlock to use it: {type(model).__name__}"
         )
     sampler = check_sampler(sampler)
-    for block in blocks:
-        check_within_limit(sampler, block.eval_depth, block.depth_limit)
+    for block in blocks:  # every block checked before any is changed
+        block._choice.check_fits(sampler)
     for block in blocks:
         block.sampler = sampler
     return blocks
