@@ -421,6 +421,50 @@ def scenario_grad_depth_zero(rank: int) -> dict[str, Any]:
     }
 
 
+def upstream_grad_depth_model() -> nn.Module:
+    """A Linear, then a block whose grad_depth draws 0 or 1, then a Linear.
+
+    A pass whose grad_depth draws 0 records no repeat, so the first Linear gets no
+    gradient either: under plain DDP the block must reach it too.
+    """
+    torch.manual_seed(SEED)
+    _, d_in, _, d_out = SIZES
+    block = RepeatedBlock(
+        nn.Sequential(nn.Linear(d_in, d_in), nn.Tanh()),
+        FixedDepth(2),
+        grad_depth=SeededDepth(0, 1, seed=SAMPLER_SEED),
+    )
+    return nn.Sequential(nn.Linear(d_in, d_in), block, nn.Linear(d_in, d_out))
+
+
+def upstream_grad_depth_run(
+    model: nn.Module, ddp: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> list[int]:
+    """PLAIN_STEPS of plain SGD (no momentum) on the mean loss; the grad depths drawn."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=PLAIN_LR)
+    block = model[1]
+    drawn = []
+    for _ in range(PLAIN_STEPS):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(ddp(x), y).backward()
+        drawn.append(block._grad.last)
+        optimizer.step()
+    return drawn
+
+
+def scenario_plain_ddp_grad_depth_zero(rank: int) -> dict[str, Any]:
+    """Plain DDP in a user's own loop through passes whose grad_depth draws 0."""
+    model = upstream_grad_depth_model()
+    ddp = DistributedDataParallel(model)
+    x, y = (t.chunk(WORLD_SIZE)[rank] for t in global_batch())
+    drawn = upstream_grad_depth_run(model, ddp, x, y)
+    return {
+        "drawn": drawn,
+        "identical": identical_across_ranks(model),
+        "parameters": flat_parameters(model),
+    }
+
+
 CHECKPOINT_DIR: list[Path] = []  # set by run_scenarios: a folder that every rank sees
 
 
@@ -499,6 +543,7 @@ SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
     "plain_ddp_no_momentum": scenario_plain_ddp_no_momentum,
     "plain_ddp_restored": scenario_plain_ddp_restored,
     "grad_depth_zero": scenario_grad_depth_zero,
+    "plain_ddp_grad_depth_zero": scenario_plain_ddp_grad_depth_zero,
     "raw_ddp": scenario_raw_ddp,  # last: it leaves a DDP reducer in a failed state
 }
 

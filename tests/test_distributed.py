@@ -281,6 +281,23 @@ def test_distributed_training_through_grad_depth_0_equals_a_single_process(
         assert torch.allclose(record["parameters"], parameters, rtol=RTOL, atol=ATOL)
 
 
+def test_plain_ddp_trains_through_grad_depth_0_with_layers_before_the_block(
+    ranks: list[dict[str, Any]],
+) -> None:
+    # grad_depth 0 cuts the graph before the block too; under plain DDP the block sends
+    # zeros to its input, so the first Linear is reduced. Without momentum, zeros and
+    # None make the same update: the ranks equal one process on the whole batch.
+    model = ddp_workers.upstream_grad_depth_model()
+    x, y = ddp_workers.global_batch()
+    drawn = ddp_workers.upstream_grad_depth_run(model, model, x, y)
+    assert 0 in drawn
+    reference = ddp_workers.flat_parameters(model)
+    for record in result(ranks, "plain_ddp_grad_depth_zero"):
+        assert record["drawn"] == drawn
+        assert record["identical"]
+        assert torch.allclose(record["parameters"], reference, rtol=RTOL, atol=ATOL)
+
+
 def test_distributed_checkpoints_resume_exactly(ranks: list[dict[str, Any]]) -> None:
     for record in result(ranks, "checkpoint"):
         assert record["same_history"]

@@ -40,6 +40,7 @@ from typing_extensions import Protocol
 from ._depth import DepthChoice, row_count
 from ._grad_depth import GradDepth
 from ._layer_call import LayerCall
+from ._tie import tie_cut_input
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -361,6 +362,8 @@ class Skip:
             return block._depth_zero(x)
         frozen = frozen_repeats(used, k)
         out = repeats(call, x, used, frozen, self.checkpointed, self.every)
+        if frozen:  # the state no longer depends on x: DDP must still reach what made x
+            out = tie_cut_input(out, x)
         # Every repeat ran without autograd: the layer got no gradient, as at depth 0.
         return block._depth_zero(out) if frozen == used else out
 
@@ -441,6 +444,8 @@ class PerRow:
             checkpointed=self.checkpointed,
             checkpoint_every=self.every,
         )
+        if k is not None and torch.is_grad_enabled() and bool((depths > k).any()):
+            out = tie_cut_input(out, x)  # some rows' states no longer depend on x: as in Skip
         if out is x or (k == 0 and torch.is_grad_enabled()):
             # Every row at depth 0, or every repeat without autograd: the layer got no
             # gradient, a depth-0 pass of the whole batch (tied under DDP, say).

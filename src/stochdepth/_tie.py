@@ -43,6 +43,27 @@ class ZeroGradTie(torch.autograd.Function):
         return (grad_outputs[0], *([None] * ctx.parameter_count))
 
 
+class ZeroGradSource(torch.autograd.Function):
+    """Identity on ``x`` that sends a zero gradient to ``source``, which ``x`` came from.
+
+    A pass whose first repeats ran without autograd (``grad_depth`` below the depth)
+    returns a state that no longer depends on the block's input, so the layers before
+    the block get no gradient through it; inside DDP, their buckets would never be
+    reduced. Zeros sent back to ``source`` make autograd reach them, so DDP's hooks fire
+    (zeros, not ``x * 0``, so that a non-finite input cannot poison the gradient).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, source: Tensor) -> Tensor:
+        ctx.source_like = (source.shape, source.dtype, source.device)
+        return x.clone()  # a copy, as in ZeroGradTie
+
+    @staticmethod
+    def backward(ctx: Any, *grad_outputs: Tensor) -> tuple[Tensor, Tensor]:
+        shape, dtype, device = ctx.source_like
+        return grad_outputs[0], torch.zeros(shape, dtype=dtype, device=device)
+
+
 def tie(x: Tensor, params: list[nn.Parameter]) -> Tensor:
     """``x``, tied to ``params`` through :class:`ZeroGradTie` (``x`` itself without params)."""
     if not params:
@@ -66,3 +87,15 @@ def tie_skipped_layer(layer: nn.Module, x: Tensor) -> Tensor:
     if not in_ddp_forward():
         return x
     return tie(x, [p for p in layer.parameters() if p.requires_grad])
+
+
+def tie_cut_input(out: Tensor, source: Tensor) -> Tensor:
+    """``out``, whose repeats started without autograd, tied to the block's input inside DDP.
+
+    Inside a DDP forward pass with gradients enabled, and ``source`` needing a
+    gradient, ``out`` goes through :class:`ZeroGradSource` (one copy of ``out``), so
+    that the layers before the block are reduced; anywhere else it is ``out`` itself.
+    """
+    if not (in_ddp_forward() and source.requires_grad):
+        return out
+    return ZeroGradSource.apply(out, source)  # type: ignore[no-untyped-call,no-any-return]
