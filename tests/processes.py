@@ -1,12 +1,18 @@
-"""Running Python in a subprocess, as a user would from a shell."""
+"""Running Python in a subprocess, as a user would from a shell, or as spawned DDP ranks."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.multiprocessing as mp
 
 # torch 2.13 warns on stderr at import when NumPy is absent; stochdepth does not use
 # NumPy, and the tests check that stderr holds nothing else.
@@ -30,3 +36,32 @@ def run_python(
         timeout=TIMEOUT,
         env={**QUIET_ENV, **(env or {})},
     )
+
+
+def spawn_ranks(
+    entry: Callable[[int, str, str], None], world_size: int, out: Path, deadline_s: float
+) -> list[dict[str, Any]]:
+    """Spawn ``world_size`` ranks of ``entry(rank, init_file, out_dir)``; return what each saved.
+
+    Each rank saves its results to ``out/rank{N}.pt``. Ranks still running after
+    ``deadline_s`` seconds fail the test (a hang) and are killed.
+    """
+    context = mp.start_processes(
+        entry,
+        args=(str(out / "init"), str(out)),
+        nprocs=world_size,
+        join=False,
+        start_method="spawn",
+    )
+    deadline = time.monotonic() + deadline_s
+    try:
+        while not context.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"the {world_size} DDP ranks did not finish within {deadline_s} s: a hang"
+                )
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+    return [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in range(world_size)]

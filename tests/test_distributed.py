@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -44,7 +43,7 @@ from stochdepth._cli import main
 from stochdepth.training._launch import parameter_digest
 
 import ddp_workers
-from processes import QUIET_ENV
+from processes import QUIET_ENV, spawn_ranks
 
 SPAWN_DEADLINE = 180  # seconds for both ranks to run every scenario (about 10 s idle)
 # The distributed run sums each rank's gradient where a single process computes the
@@ -60,26 +59,7 @@ RTOL, ATOL = 1e-5, 1e-6
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("ddp")
-    context = mp.start_processes(
-        ddp_workers.run_scenarios,
-        args=(str(out / "init"), str(out)),
-        nprocs=ddp_workers.WORLD_SIZE,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + SPAWN_DEADLINE
-    try:
-        while not context.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the two DDP ranks did not finish within {SPAWN_DEADLINE} s: a hang")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
-    return [
-        torch.load(out / f"rank{rank}.pt", weights_only=False)
-        for rank in range(ddp_workers.WORLD_SIZE)
-    ]
+    return spawn_ranks(ddp_workers.run_scenarios, ddp_workers.WORLD_SIZE, out, SPAWN_DEADLINE)
 
 
 def result(ranks: list[dict[str, Any]], name: str, *, raises: bool = False) -> list[dict[str, Any]]:

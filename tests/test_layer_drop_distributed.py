@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 
 from stochdepth import LayerDropList
 
 import layer_drop_workers as workers
+from processes import spawn_ranks
 
 SPAWN_DEADLINE = 240  # seconds: a hang fails the test instead of stalling the run
 
@@ -20,25 +19,7 @@ SPAWN_DEADLINE = 240  # seconds: a hang fails the test instead of stalling the r
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("layer_drop_ddp")
-    context = mp.start_processes(
-        workers.run_scenarios,
-        args=(str(out / "init"), str(out)),
-        nprocs=workers.WORLD_SIZE,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + SPAWN_DEADLINE
-    try:
-        while not context.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the two DDP ranks did not finish within {SPAWN_DEADLINE} s: a hang")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
-    return [
-        torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in range(workers.WORLD_SIZE)
-    ]
+    return spawn_ranks(workers.run_scenarios, workers.WORLD_SIZE, out, SPAWN_DEADLINE)
 
 
 def result(ranks: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
