@@ -1,5 +1,7 @@
 """stochdepth: weight-shared layers whose depth is drawn at random on every forward pass."""
 
+from typing import TYPE_CHECKING, Any
+
 from ._block import RepeatedBlock as RepeatedBlock
 from ._distributed import BroadcastDepth as BroadcastDepth
 from ._distributed import SkippedLayerTie as SkippedLayerTie
@@ -58,6 +60,9 @@ from .training._history import StepRecord as StepRecord
 from .training._history import TrainingHistory as TrainingHistory
 from .training._trainer import train as train
 
+if TYPE_CHECKING:
+    from .generation._cache import DepthCache as DepthCache
+
 __all__ = [
     "BernoulliDepth",
     "BernoulliDrop",
@@ -65,6 +70,7 @@ __all__ = [
     "CUDAGraphStep",
     "Checkpoint",
     "CheckpointError",
+    "DepthCache",
     "DepthMismatchError",
     "DepthSampler",
     "DropRule",
@@ -118,9 +124,28 @@ __all__ = [
     "unregister_sampler",
 ]
 
+# Public names whose module imports an optional dependency (transformers): imported on
+# first use, through the module's __getattr__, so that `import stochdepth` never needs it.
+_LAZY = {"DepthCache": "stochdepth.generation._cache"}
+
 # Show the public names as `stochdepth.X`, not the private modules they live in.
 for _name in __all__:
+    if _name in _LAZY:
+        continue
     _obj = globals()[_name]
     if hasattr(_obj, "__module__") and not isinstance(_obj, str):
         _obj.__module__ = __name__
 del _name, _obj
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name that needs an optional dependency, on first use."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    obj = getattr(importlib.import_module(module), name)
+    obj.__module__ = __name__
+    globals()[name] = obj
+    return obj

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _repeats
+from ._cache_guard import check_caches
 from ._depth import DEFAULT_DEPTH_LIMIT, DepthChoice, EvalDepth, check_within_limit, row_count
 from ._grad_depth import GradDepth
 from ._layer_call import (
@@ -316,6 +317,7 @@ class RepeatedBlock(nn.Module):
             return plain
         if kwargs:
             check_kwargs(kwargs, self._step_kwarg)
+        check_caches(self, _extra_arguments(args, kwargs))
         call = LayerCall(
             self.layer, args, kwargs, self._rows, self._step_kwarg, self._output, self._shape_error
         )
@@ -556,6 +558,14 @@ class RepeatedBlock(nn.Module):
             if value != default
         )
         return f"{sampler}eval_depth={self.eval_depth!r}{options}"
+
+
+def _extra_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """The extra arguments of a forward pass, each with how an error names it."""
+    for position, value in enumerate(args):
+        yield f"positional argument {position} after x", value
+    for name, value in kwargs.items():
+        yield f"keyword argument {name!r}", value
 
 
 def _running_statistics(layer: nn.Module) -> str:

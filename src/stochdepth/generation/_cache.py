@@ -1,0 +1,333 @@
+"""`DepthCache`: a Hugging Face key/value cache with a slot per repeat of each repeated layer.
+
+This module imports ``transformers`` (an optional dependency); ``stochdepth`` imports it
+only when ``stochdepth.DepthCache`` is first used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
+
+from ._policy import CachePolicy, PolicyName
+from ._tracker import RepeatTracker
+
+
+class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
+    """The cache of one layer index inside a block: a :class:`DynamicLayer` per slot.
+
+    Args:
+        layer_idx: The layer index, for error messages.
+        repeat_of: Returns the 0-based repeat running now.
+        policy: Which slot each repeat uses.
+    """
+
+    is_compileable = False
+    is_croppable = True
+    is_sliding = False
+
+    def __init__(self, layer_idx: int, repeat_of: Callable[[], int], policy: CachePolicy) -> None:
+        self.is_initialized = True
+        self.layer_idx = layer_idx
+        self._repeat_of = repeat_of
+        self._policy = policy
+        self.slots: list[DynamicLayer] = []
+        self._past = 0
+
+    @property
+    def keys(self) -> Tensor | None:  # type: ignore[override]
+        """The first slot's keys (what code reading ``layer.keys`` expects)."""
+        return self.slots[0].keys if self.slots else None
+
+    @property
+    def values(self) -> Tensor | None:  # type: ignore[override]
+        """The first slot's values."""
+        return self.slots[0].values if self.slots else None
+
+    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+        """Nothing to do: each slot initializes itself on its first update."""
+
+    def update(
+        self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
+        """Store the running repeat's keys and values; return what it attends to.
+
+        Raises:
+            ValueError: The running repeat's slot lacks earlier positions (the block
+                ran fewer repeats for them: the depth changed between forward passes).
+        """
+        repeat = self._repeat_of()
+        if repeat == 0:
+            self._past = _length(self.slots[0]) if self.slots else 0
+        past = self._past
+        index = self._policy.slot(repeat)
+        while len(self.slots) <= index:
+            self.slots.append(_dynamic_layer())
+        slot = self.slots[index]
+        have = _length(slot)
+        new = key_states.shape[-2]
+        if have != past and not (not self._policy.exact and have == past + new):
+            raise ValueError(
+                f"repeat {repeat + 1} of the RepeatedBlock with layer_idx={self.layer_idx} "
+                f"has keys and values for {have} earlier positions, but the sequence has "
+                f"{past}: an earlier forward pass ran a different depth. A DepthCache with "
+                f"policy='exact' needs the same depth at every step (a fixed eval_depth); "
+                f"policy='last' or 'first' shares one slot across depths"
+            )
+        if have == past:
+            if self._policy.writes(repeat):
+                return slot.update(key_states, value_states)
+            if past == 0:
+                return key_states, value_states
+        # The earlier positions only: an earlier repeat of this pass may have written the
+        # new positions.
+        keys = cast(Tensor, slot.keys)[..., :past, :]
+        values = cast(Tensor, slot.values)[..., :past, :]
+        keys = torch.cat([keys, key_states], dim=-2)
+        values = torch.cat([values, value_states], dim=-2)
+        if self._policy.writes(repeat):
+            slot.keys, slot.values = keys, values
+        return keys, values
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        """The key length and offset for the attention mask, as a ``DynamicLayer``'s."""
+        return self.get_seq_length() + query_length, 0
+
+    def get_seq_length(self) -> int:
+        """The positions cached (those of the first slot)."""
+        return _length(self.slots[0]) if self.slots else 0
+
+    def get_max_length(self) -> int:
+        """``-1``: the slots grow without bound."""
+        return -1
+
+    def reset(self) -> None:
+        """Forget every slot."""
+        self.slots = []
+        self._past = 0
+
+    def offload(self) -> None:
+        """Move every slot to the CPU."""
+        for slot in self.slots:
+            slot.offload()  # type: ignore[no-untyped-call]
+
+    def prefetch(self) -> None:
+        """Move every slot back to its device."""
+        for slot in self.slots:
+            slot.prefetch()  # type: ignore[no-untyped-call]
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Remove the last ``-tokens_to_remove`` positions from every slot."""
+        for slot in self.slots:
+            slot.crop(tokens_to_remove)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Reorder every slot's rows (beam search)."""
+        for slot in self.slots:
+            slot.reorder_cache(beam_idx)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Repeat every slot's rows ``repeats`` times."""
+        for slot in self.slots:
+            slot.batch_repeat_interleave(repeats)
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        """Keep the rows ``indices`` of every slot."""
+        for slot in self.slots:
+            slot.batch_select_indices(indices)
+
+
+def _length(slot: DynamicLayer) -> int:
+    return slot.get_seq_length()
+
+
+def _dynamic_layer() -> DynamicLayer:
+    return DynamicLayer()  # type: ignore[no-untyped-call]
+
+
+class DepthCache(Cache):
+    """A ``transformers`` cache that keeps a slot per repeat of every repeated layer.
+
+    Pass it to a model's ``forward`` or to ``generate()`` the way you pass a
+    ``DynamicCache`` (``cache=DepthCache(model)``). A Hugging Face attention layer
+    writes its keys and values under its ``layer_idx``; inside a
+    :class:`~stochdepth.RepeatedBlock` every repeat has the same ``layer_idx``, so an
+    ordinary cache would let the repeats overwrite each other (the block refuses one,
+    naming this class). A ``DepthCache`` is told by each block which repeat is running
+    and keeps the entries of ``(layer_idx, repeat)`` apart; layers outside a block get
+    an ordinary ``DynamicLayer``. With ``policy="exact"`` cached generation computes what
+    generation without a cache computes, and what an unrolled model (its repeats
+    distinct layers with the same weights) computes with a ``DynamicCache``.
+
+    The cache finds the blocks of ``model`` and the layer indices of their layers (the
+    int ``layer_idx`` attribute of Hugging Face attention modules) when it is made, and
+    registers a hook on each block; :meth:`close` removes them (so does the cache's
+    garbage collection). ``crop``, ``reorder_cache`` (beam search) and
+    ``batch_select_indices`` work on every slot.
+
+    With ``policy="exact"`` every forward pass must run the same depth (an int
+    ``eval_depth``, or ``FixedDepth``): a repeat without entries for earlier positions
+    raises. The cheaper policies trade exactness for memory (see the docs page
+    "Generating with a repeated layer" for their drift):
+
+    * ``"first"``: one slot per layer, written by the first repeat and read by all
+      (Mixture-of-Recursions' KV sharing);
+    * ``"last"``: one slot per layer, holding the deepest repeat's entries (Ouro);
+    * ``"window"``: ``window`` slots; repeat ``r`` uses slot ``min(r, window - 1)``.
+
+    Args:
+        model: The model whose :class:`~stochdepth.RepeatedBlock` modules to follow.
+        policy: ``"exact"`` (default), ``"first"``, ``"last"`` or ``"window"``.
+        window: The number of slots of ``policy="window"``, an int >= 1.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``, or ``policy`` or ``window`` has
+            the wrong type.
+        ValueError: ``model`` holds no ``RepeatedBlock``, holds nested ones, or two
+            with layers of the same ``layer_idx``; ``policy`` is unknown; ``window`` is
+            missing or below 1.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from stochdepth import DepthCache, RepeatedBlock
+        >>> config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+        ...                      num_hidden_layers=3, num_attention_heads=4)
+        >>> model = LlamaForCausalLM(config).eval()
+        >>> model.model.layers[1] = RepeatedBlock(model.model.layers[1], eval_depth=4)
+        >>> prompt = torch.tensor([[5, 9, 2, 7]])
+        >>> cache = DepthCache(model)
+        >>> with torch.no_grad():
+        ...     out = model.generate(prompt, attention_mask=torch.ones_like(prompt),
+        ...                          max_new_tokens=3, do_sample=False, cache=cache,
+        ...                          pad_token_id=0)
+        >>> out.shape
+        torch.Size([1, 7])
+        >>> cache.slot_count(1)  # layer 1, the repeated one: a slot per repeat
+        4
+    """
+
+    def __init__(
+        self, model: nn.Module, *, policy: PolicyName = "exact", window: int | None = None
+    ) -> None:
+        self._policy = CachePolicy(policy, window)
+        self._tracker = RepeatTracker(model)
+        self._owned = set(self._tracker.owned())
+        super().__init__(layers=[])
+
+    @property
+    def policy(self) -> PolicyName:
+        """The cache policy (set at construction)."""
+        return self._policy.name
+
+    @property
+    def window(self) -> int | None:
+        """The number of slots of ``policy="window"``; ``None`` otherwise."""
+        return self._policy.window
+
+    def tracks_block(self, block: object) -> bool:
+        """Whether ``block`` is one of the :class:`~stochdepth.RepeatedBlock` s this cache follows.
+
+        A block refuses a cache that does not track it.
+
+        Args:
+            block: A module.
+
+        Returns:
+            ``True`` for a block of the model the cache was made for.
+        """
+        return self._tracker.tracks(block)
+
+    def update(
+        self,
+        key_states: Tensor,
+        value_states: Tensor,
+        layer_idx: int,
+        *args: Any,
+        **kwargs: Any,
+    ) -> tuple[Tensor, Tensor]:
+        """Store the keys and values of ``layer_idx`` (in the running repeat's slot).
+
+        Args:
+            key_states: The new keys, ``(batch, heads, positions, head_dim)``.
+            value_states: The new values, of the same shape.
+            layer_idx: The attention layer's index.
+            *args: Passed on to the layer's cache, as ``transformers`` does.
+            **kwargs: Passed on likewise (``cache_kwargs``).
+
+        Returns:
+            The keys and values to attend to: the earlier positions' and the new ones.
+        """
+        while len(self.layers) <= layer_idx:
+            index = len(self.layers)
+            if index in self._owned:
+                self.layers.append(RepeatSlots(index, self._repeat_getter(index), self._policy))
+            else:
+                self.layers.append(_dynamic_layer())
+        layer = cast(CacheLayerMixin, self.layers[layer_idx])
+        keys, values = layer.update(key_states, value_states, *args, **kwargs)
+        return keys, values
+
+    def _repeat_getter(self, layer_idx: int) -> Callable[[], int]:
+        def repeat_of() -> int:
+            repeat = self._tracker.repeat_of(layer_idx)
+            return 0 if repeat is None else repeat
+
+        return repeat_of
+
+    def slot_count(self, layer_idx: int) -> int:
+        """How many slots the layer index holds: a repeated layer's, or 1 for another.
+
+        Args:
+            layer_idx: The layer index.
+
+        Returns:
+            The number of key/value slots (0 before the layer first writes).
+        """
+        if layer_idx >= len(self.layers):
+            return 0
+        layer = self.layers[layer_idx]
+        return len(layer.slots) if isinstance(layer, RepeatSlots) else 1
+
+    def memory_bytes(self) -> int:
+        """The bytes that the cached keys and values take, every slot of every layer.
+
+        Returns:
+            The sum of the keys' and values' sizes in bytes.
+        """
+        total = 0
+        for layer in self.layers:
+            slots = layer.slots if isinstance(layer, RepeatSlots) else [layer]
+            for slot in cast(list[CacheLayerMixin], slots):
+                for tensor in (slot.keys, slot.values):
+                    if isinstance(tensor, Tensor):
+                        total += tensor.numel() * tensor.element_size()
+        return total
+
+    def close(self) -> None:
+        """Remove the hooks this cache put on the model's blocks.
+
+        The cache then no longer knows which repeat runs: a block refuses it.
+        """
+        self._tracker.close()
+        self._tracker = _Closed()
+
+    def __repr__(self) -> str:
+        window = f", window={self.window}" if self.window is not None else ""
+        return f"DepthCache(policy={self.policy!r}{window}, layers={len(self.layers)})"
+
+
+class _Closed(RepeatTracker):
+    """A closed cache's tracker: it follows no block."""
+
+    def __init__(self) -> None:
+        self._owner = {}
+        self._blocks = set()
+        self._repeat = {}
+
+    def close(self) -> None:
+        """Nothing to remove."""

@@ -1,0 +1,153 @@
+"""Which repeat of which block is running: what a :class:`~stochdepth.DepthCache` asks.
+
+A :class:`RepeatTracker` finds the :class:`~stochdepth.RepeatedBlock` modules of a model
+and the layer indices their layers write to the cache under (the ``layer_idx``
+attribute of Hugging Face attention modules, and of any attention module that follows
+the protocol on the docs page "Generating with a repeated layer"). It registers a hook on
+each block that records the 0-based repeat about to run, so that a cache can put the
+keys and values of ``(layer_idx, repeat)`` in a slot of their own.
+
+The hooks hold the tracker weakly and are removed when it is closed or collected, so a
+cache that is dropped leaves nothing behind on the model.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from stochdepth._block import RepeatedBlock
+from stochdepth._validation import describe
+
+
+def layer_indices(module: nn.Module) -> set[int]:
+    """The ``layer_idx`` values (ints) of ``module`` and its submodules."""
+    found = set()
+    for child in module.modules():
+        index = getattr(child, "layer_idx", None)
+        if isinstance(index, int) and not isinstance(index, bool):
+            found.add(index)
+    return found
+
+
+class RepeatTracker:
+    """Follows the repeats of every :class:`~stochdepth.RepeatedBlock` in ``model``.
+
+    Args:
+        model: The module whose blocks to follow (a ``LlamaForCausalLM``, say).
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: ``model`` holds no ``RepeatedBlock``; a block is nested in another;
+            or two blocks hold layers with the same ``layer_idx``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {describe(model)}")
+        blocks = [module for module in model.modules() if isinstance(module, RepeatedBlock)]
+        if not blocks:
+            raise ValueError(
+                f"model must hold a RepeatedBlock for a DepthCache to follow, but "
+                f"{type(model).__name__} holds none: use an ordinary cache (DynamicCache)"
+            )
+        self._owner: dict[int, RepeatedBlock] = {}
+        self._blocks: set[int] = set()
+        for block in blocks:
+            inner = [m for m in block.layer.modules() if isinstance(m, RepeatedBlock)]
+            if inner:
+                raise ValueError(
+                    "DepthCache does not follow a RepeatedBlock nested in another one's "
+                    f"layer (found one inside {type(block.layer).__name__}): a repeat of the "
+                    "inner block has no single index in the outer block's repeats"
+                )
+            self._blocks.add(id(block))
+            for index in layer_indices(block.layer):
+                other = self._owner.get(index)
+                if other is not None:
+                    raise ValueError(
+                        f"two RepeatedBlocks hold layers with layer_idx={index}: each layer "
+                        f"writing to the cache needs its own layer index"
+                    )
+                self._owner[index] = block
+        self._repeat: dict[int, int] = {id(block): -1 for block in blocks}
+        self._handles: list[RemovableHandle] = []
+        reference = weakref.ref(self)
+        for block in blocks:
+            self._handles.extend(_hook(block, reference))
+        self._finalizer = weakref.finalize(self, _remove, self._handles)
+
+    def tracks(self, block: object) -> bool:
+        """Whether ``block`` is one of the blocks this tracker follows."""
+        return id(block) in self._blocks
+
+    def owned(self) -> dict[int, RepeatedBlock]:
+        """The layer indices written from inside a block, and the block of each."""
+        return dict(self._owner)
+
+    def repeat_of(self, layer_idx: int) -> int | None:
+        """The repeat running in the block that holds ``layer_idx``; ``None`` outside one.
+
+        Raises:
+            RuntimeError: The layer wrote to the cache before its block ran a repeat
+                (its hook did not fire: the tracker was closed, say).
+        """
+        block = self._owner.get(layer_idx)
+        if block is None:
+            return None
+        repeat = self._repeat[id(block)]
+        if repeat < 0:
+            raise RuntimeError(
+                f"the layer with layer_idx={layer_idx} wrote to the DepthCache, but its "
+                f"RepeatedBlock has not told the cache which repeat is running (was the "
+                f"cache closed, or is the layer called outside its block?)"
+            )
+        return repeat
+
+    def set_repeat(self, block: RepeatedBlock, repeat: int) -> None:
+        """Record that ``block`` is about to run repeat ``repeat`` (0-based)."""
+        self._repeat[id(block)] = repeat
+
+    def close(self) -> None:
+        """Remove the hooks from the model's blocks."""
+        self._finalizer()
+
+
+def _hook(block: RepeatedBlock, tracker: weakref.ref[RepeatTracker]) -> list[RemovableHandle]:
+    """Register what tells ``tracker`` the repeat ``block`` is about to run."""
+    register: Callable[..., RemovableHandle] | None = getattr(block, "register_repeat_hook", None)
+    if register is not None:  # the public seam of RepeatedBlock (issue 19)
+
+        def on_repeat(module: RepeatedBlock, repeat: int) -> None:
+            target = tracker()
+            if target is not None:
+                target.set_repeat(module, repeat)
+
+        return [register(on_repeat)]
+    # Until the seam is there: count the layer's calls from the block's forward pass on.
+    # Exact for what generation runs (eval mode, one call of the layer per repeat).
+
+    def on_block(module: nn.Module, args: Any) -> None:
+        target = tracker()
+        if target is not None:
+            target.set_repeat(block, -1)
+
+    def on_layer(module: nn.Module, args: Any) -> None:
+        target = tracker()
+        if target is not None:
+            target.set_repeat(block, target._repeat[id(block)] + 1)
+
+    return [
+        block.register_forward_pre_hook(on_block),
+        block.layer.register_forward_pre_hook(on_layer),
+    ]
+
+
+def _remove(handles: list[RemovableHandle]) -> None:
+    for handle in handles:
+        handle.remove()
+    handles.clear()
