@@ -18,10 +18,11 @@ CONTRACT = {
     "DynamicNet",
     "train",
 }
-# The subpackages that hold the exit criteria, layer drop, the sampler family and the
-# training loop; their names are attributes of the package once imported, but their contents
-# are reached through __all__.
-SUBPACKAGES = {"exits", "layer_drop", "samplers", "training"}
+# The subpackages that hold the exit criteria, layer drop, the sampler family, the
+# training loop and generation (imported when stochdepth.DepthCache is first used); their
+# names are attributes of the package once imported, but their contents are reached
+# through __all__.
+SUBPACKAGES = {"exits", "generation", "layer_drop", "samplers", "training"}
 
 
 def test_all_holds_the_contract_and_nothing_missing() -> None:

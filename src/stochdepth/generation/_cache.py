@@ -197,8 +197,9 @@ class DepthCache(Cache):
         >>> from stochdepth import DepthCache, RepeatedBlock
         >>> config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
         ...                      num_hidden_layers=3, num_attention_heads=4)
-        >>> model = LlamaForCausalLM(config).eval()
+        >>> model = LlamaForCausalLM(config)
         >>> model.model.layers[1] = RepeatedBlock(model.model.layers[1], eval_depth=4)
+        >>> model = model.eval()  # the block too: eval mode runs eval_depth repeats
         >>> prompt = torch.tensor([[5, 9, 2, 7]])
         >>> cache = DepthCache(model)
         >>> with torch.no_grad():
