@@ -32,6 +32,13 @@ ROWS = [
     "8 truncated backprop: depth 6: grad_depth=2 vs full backprop, activation memory",
     "8 truncated backprop: depth 6: grad_depth=2 vs full backprop, forward + backward step",
     *(f"9 per-row crossover: width {width}: masked per-row vs compaction" for width in (8, 16)),
+    *(
+        f"10 decoding: batch {batch}: DepthCache vs unrolled 4 layers with DynamicCache, per token"
+        for batch in (1, 2)
+    ),
+    "10 decoding: memory per token: policy='first' vs policy='exact'",
+    "10 decoding: memory per token: policy='last' vs policy='exact'",
+    "10 decoding: memory per token: policy='window', window=2 vs policy='exact'",
 ]
 
 
