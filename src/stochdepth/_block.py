@@ -23,6 +23,7 @@ from ._layer_call import (
     check_step_kwarg,
     summarize,
 )
+from ._per_token import PerToken, deepest_possible, freeze_for_caches, positions
 from ._repeats import outside_graph
 from ._tie import tie_skipped_layer
 from ._validation import check_bool, check_int, describe
@@ -87,6 +88,19 @@ class RepeatedBlock(nn.Module):
             layer must treat rows independently (no ``BatchNorm``). The rows' depths
             come from the sampler's ``sample_batch`` (see
             :class:`~stochdepth.DepthSampler`).
+        per_token: Give every position of a ``(batch, seq, ...)`` state its own depth
+            (drawn per position in training; with ``ExitWhenConverged`` in eval mode,
+            each position stops on its own; ``depth=`` a ``(batch, seq)`` tensor;
+            ``last_depth`` the ``(batch, seq)`` depths). A position's state is frozen
+            once its depth is reached, while the layer keeps seeing every position:
+            the pass equals the hand loop ``h = where(r < depth, layer(h), h)`` over
+            ``r < max(depth)`` (``sampler.max_depth`` in masked mode). Works with
+            ``row_args``, ``step_kwarg``, ``checkpoint`` and ``torch.compile``;
+            refused with ``per_sample`` and ``grad_depth``. With a
+            :class:`~stochdepth.DepthCache` a pass that stops early applies the layer
+            once more to the frozen states, so that the cache holds their keys and
+            values for the later repeats (see the docs page "Generating with a
+            repeated layer").
         checkpoint: Recompute the repeats in the backward pass instead of keeping
             their activations (``torch.utils.checkpoint``, non-reentrant):
             ``True`` checkpoints segments of ``ceil(sqrt(depth))`` repeats, so the
@@ -157,7 +171,6 @@ class RepeatedBlock(nn.Module):
 
     layer: nn.Module
     _choice: DepthChoice
-    _repeats: _repeats.Strategy
 
     def __init__(
         self,
@@ -168,6 +181,7 @@ class RepeatedBlock(nn.Module):
         depth_limit: int = DEFAULT_DEPTH_LIMIT,
         mode: Mode = "skip",
         per_sample: bool = False,
+        per_token: bool = False,
         checkpoint: bool | int = False,
         row_args: int | str | tuple[int | str, ...] | list[int | str] | None = None,
         step_kwarg: str | None = None,
@@ -190,12 +204,31 @@ class RepeatedBlock(nn.Module):
                 )
             self._choice.use_masked()
         self._per_sample = check_bool("per_sample", per_sample)
+        self._per_token = check_bool("per_token", per_token)
+        if per_token and per_sample:
+            raise ValueError(
+                "per_token=True gives every position of a (batch, seq, ...) state its own "
+                "depth and per_sample=True every row: choose one"
+            )
         self._checkpoint = _check_checkpoint(checkpoint)
-        self._repeats = _repeats.strategy_for(self._mode == "masked", per_sample, self._checkpoint)
+        self._repeats: _repeats.Strategy | PerToken
+        if per_token:
+            self._repeats = PerToken(self._mode == "masked", self._checkpoint)
+        else:
+            self._repeats = _repeats.strategy_for(
+                self._mode == "masked", per_sample, self._checkpoint
+            )
         self._rows = RowArgs(row_args)
         self._step_kwarg = check_step_kwarg(step_kwarg)
         self._output = check_output(output)
         self._grad = GradDepth(grad_depth)
+        if self._grad.value is not None and per_token:
+            raise ValueError(
+                "grad_depth is not supported with per_token=True: the positions interact "
+                "through the layer (attention), so cutting one position's gradient after "
+                "its own last k repeats would cut the others' too; use grad_depth with "
+                "per_sample=True or one depth for the batch"
+            )
         if self._grad.value is not None and self._mode == "masked":
             raise ValueError(
                 "grad_depth is not supported with mode='masked': which repeats would run "
@@ -330,8 +363,13 @@ class RepeatedBlock(nn.Module):
         """Eval mode with ``eval_depth=ExitWhenConverged(...)``: repeat until converged."""
         if self._per_sample:
             row_count(x)
-        out, used = until_converged(call, x, policy, self._per_sample)
+        if self._per_token:
+            positions(x)
+        out, used = until_converged(call, x, policy, self._per_sample, self._per_token)
         self._choice.last = used
+        if self._per_token:
+            ran = int(cast(Tensor, used).max()) if x.numel() else 0
+            freeze_for_caches(self, call, out, ran, deepest_possible(self._choice, False, False))
         return out
 
     def _depth_zero(self, x: Tensor) -> Tensor:
@@ -422,6 +460,11 @@ class RepeatedBlock(nn.Module):
     def per_sample(self) -> bool:
         """Whether every row draws its own depth (set at construction)."""
         return self._per_sample
+
+    @property
+    def per_token(self) -> bool:
+        """Whether every position of a ``(batch, seq, ...)`` state has its own depth."""
+        return self._per_token
 
     @property
     def checkpoint(self) -> bool | int:
@@ -549,6 +592,7 @@ class RepeatedBlock(nn.Module):
                 ("depth_limit", self.depth_limit, DEFAULT_DEPTH_LIMIT),
                 ("mode", self._mode, "skip"),
                 ("per_sample", self._per_sample, False),
+                ("per_token", self._per_token, False),
                 ("checkpoint", self._checkpoint, False),
                 ("row_args", self._rows.spec(), ()),
                 ("step_kwarg", self._step_kwarg, None),

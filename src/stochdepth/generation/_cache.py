@@ -7,6 +7,7 @@ only when ``stochdepth.DepthCache`` is first used.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -17,8 +18,32 @@ from ._policy import CachePolicy, PolicyName
 from ._tracker import RepeatTracker
 
 
+@dataclass
+class Pass:
+    """The positions one forward pass added, and which repeats wrote them.
+
+    Attributes:
+        start: The first position.
+        stop: One past the last.
+        last: The deepest repeat that wrote their keys and values (``-1``: none yet).
+        frozen: Whether the entries of repeat ``last`` hold for every later repeat:
+            the block applied the layer once more to the frozen states
+            (``per_token=True``), so that a later, deeper pass can read them.
+    """
+
+    start: int
+    stop: int
+    last: int = -1
+    frozen: bool = False
+
+
 class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
     """The cache of one layer index inside a block: a :class:`DynamicLayer` per slot.
+
+    Every slot holds the same positions once it is read: a slot that lacks the
+    positions of a pass that stopped before reaching it gets them from that pass's
+    deepest slot when the pass was frozen (their keys and values are those of the frozen
+    states); with ``policy="exact"`` an unfrozen pass is refused there.
 
     Args:
         layer_idx: The layer index, for error messages.
@@ -36,7 +61,7 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
         self._repeat_of = repeat_of
         self._policy = policy
         self.slots: list[DynamicLayer] = []
-        self._past = 0
+        self.passes: list[Pass] = []
 
     @property
     def keys(self) -> Tensor | None:  # type: ignore[override]
@@ -57,34 +82,29 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
         """Store the running repeat's keys and values; return what it attends to.
 
         Raises:
-            ValueError: The running repeat's slot lacks earlier positions (the block
-                ran fewer repeats for them: the depth changed between forward passes).
+            ValueError: With ``policy="exact"``, the running repeat's slot lacks the
+                positions of an earlier pass that stopped before it and was not frozen
+                (the depth changed between forward passes).
         """
         repeat = self._repeat_of()
-        if repeat == 0:
-            self._past = _length(self.slots[0]) if self.slots else 0
-        past = self._past
+        new = key_states.shape[-2]
+        if repeat == 0:  # every pass starts with repeat 0 (its frozen one at depth 0)
+            start = self.get_seq_length()
+            self.passes.append(Pass(start, start + new))
+        current = self.passes[-1]
+        past = current.start
         index = self._policy.slot(repeat)
-        while len(self.slots) <= index:
-            self.slots.append(_dynamic_layer())
+        self._fill(index, past, repeat)
         slot = self.slots[index]
         have = _length(slot)
-        new = key_states.shape[-2]
-        if have != past and not (not self._policy.exact and have == past + new):
-            raise ValueError(
-                f"repeat {repeat + 1} of the RepeatedBlock with layer_idx={self.layer_idx} "
-                f"has keys and values for {have} earlier positions, but the sequence has "
-                f"{past}: an earlier forward pass ran a different depth. A DepthCache with "
-                f"policy='exact' needs the same depth at every step (a fixed eval_depth); "
-                f"policy='last' or 'first' shares one slot across depths"
-            )
+        current.last = max(current.last, repeat)
         if have == past:
             if self._policy.writes(repeat):
                 return slot.update(key_states, value_states)
             if past == 0:
                 return key_states, value_states
         # The earlier positions only: an earlier repeat of this pass may have written the
-        # new positions.
+        # new positions (shared slots).
         keys = cast(Tensor, slot.keys)[..., :past, :]
         values = cast(Tensor, slot.values)[..., :past, :]
         keys = torch.cat([keys, key_states], dim=-2)
@@ -93,13 +113,47 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
             slot.keys, slot.values = keys, values
         return keys, values
 
+    def _fill(self, index: int, past: int, repeat: int) -> None:
+        """Give slot ``index`` the positions before ``past`` that it lacks."""
+        while len(self.slots) <= index:
+            self.slots.append(_dynamic_layer())
+        slot = self.slots[index]
+        have = _length(slot)
+        if have >= past:
+            return
+        for earlier in self.passes[:-1]:
+            if earlier.stop <= have:
+                continue
+            source = self._policy.slot(earlier.last) if earlier.last >= 0 else -1
+            if source >= index or source < 0 or (self._policy.exact and not earlier.frozen):
+                raise ValueError(
+                    f"repeat {repeat + 1} of the RepeatedBlock with layer_idx="
+                    f"{self.layer_idx} has no keys and values for positions "
+                    f"{max(earlier.start, have)}..{earlier.stop - 1}, which an earlier "
+                    f"forward pass ran to depth {earlier.last + 1} only: with "
+                    f"policy='exact' every pass needs the same depth (a fixed eval_depth), "
+                    f"or per_token=True, whose passes leave the keys and values of the "
+                    f"frozen states for the later repeats; policy='last' or 'first' shares "
+                    f"one slot across depths"
+                )
+            lower = max(earlier.start, have)
+            keys = cast(Tensor, self.slots[source].keys)[..., lower : earlier.stop, :]
+            values = cast(Tensor, self.slots[source].values)[..., lower : earlier.stop, :]
+            slot.update(keys, values)
+            have = earlier.stop
+
+    def freeze(self) -> None:
+        """Mark the running pass's deepest entries as valid for every later repeat."""
+        if self.passes:
+            self.passes[-1].frozen = True
+
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         """The key length and offset for the attention mask, as a ``DynamicLayer``'s."""
         return self.get_seq_length() + query_length, 0
 
     def get_seq_length(self) -> int:
-        """The positions cached (those of the first slot)."""
-        return _length(self.slots[0]) if self.slots else 0
+        """The positions cached."""
+        return self.passes[-1].stop if self.passes else 0
 
     def get_max_length(self) -> int:
         """``-1``: the slots grow without bound."""
@@ -108,7 +162,7 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
     def reset(self) -> None:
         """Forget every slot."""
         self.slots = []
-        self._past = 0
+        self.passes = []
 
     def offload(self) -> None:
         """Move every slot to the CPU."""
@@ -121,9 +175,24 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
             slot.prefetch()  # type: ignore[no-untyped-call]
 
     def crop(self, tokens_to_remove: int) -> None:
-        """Remove the last ``-tokens_to_remove`` positions from every slot."""
+        """Remove the last ``-tokens_to_remove`` positions from every slot.
+
+        Raises:
+            ValueError: ``tokens_to_remove`` is positive (the legacy form, refused as
+                ``DynamicLayer`` refuses it).
+        """
+        if tokens_to_remove > 0:
+            raise ValueError(
+                f"crop takes minus the number of positions to remove, got {tokens_to_remove}"
+            )
+        keep = max(self.get_seq_length() + tokens_to_remove, 0)
         for slot in self.slots:
-            slot.crop(tokens_to_remove)
+            if _length(slot) > keep:
+                slot.keys = cast(Tensor, slot.keys)[..., :keep, :]
+                slot.values = cast(Tensor, slot.values)[..., :keep, :]
+        self.passes = [p for p in self.passes if p.start < keep]
+        if self.passes:
+            self.passes[-1].stop = min(self.passes[-1].stop, keep)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Reorder every slot's rows (beam search)."""
@@ -279,6 +348,22 @@ class DepthCache(Cache):
             return 0 if repeat is None else repeat
 
         return repeat_of
+
+    def freeze_pass(self, block: object) -> None:
+        """Mark the running pass of ``block`` frozen: its deepest entries hold from then on.
+
+        A block with ``per_token=True`` calls this after applying its layer once more
+        to the frozen states of a pass that stopped early, so that a later, deeper pass
+        reads those keys and values at the repeats this pass did not run.
+
+        Args:
+            block: The :class:`~stochdepth.RepeatedBlock` whose pass stopped.
+        """
+        for index, owner in self._tracker.owned().items():
+            if owner is block and index < len(self.layers):
+                layer = self.layers[index]
+                if isinstance(layer, RepeatSlots):
+                    layer.freeze()
 
     def slot_count(self, layer_idx: int) -> int:
         """How many slots the layer index holds: a repeated layer's, or 1 for another.
