@@ -146,3 +146,18 @@ spec_words = st.from_regex(r"[A-Za-z][A-Za-z0-9_]{0,7}", fullmatch=True).filter(
     lambda word: word.lower() not in {"true", "false", "inf", "nan", "infinity"}
 )
 """Spec values that are neither a number nor a bool, so they stay strings."""
+
+
+@st.composite
+def token_depths(draw: st.DrawFn, max_depth: int = MAX_DEPTH) -> torch.Tensor:
+    """A ``(batch, seq)`` int64 tensor of per-position depths in ``[0, max_depth]``."""
+    batch = draw(st.integers(min_value=1, max_value=3))
+    seq = draw(st.integers(min_value=1, max_value=5))
+    values = draw(
+        st.lists(
+            st.integers(min_value=0, max_value=max_depth),
+            min_size=batch * seq,
+            max_size=batch * seq,
+        )
+    )
+    return torch.tensor(values, dtype=torch.int64).view(batch, seq)

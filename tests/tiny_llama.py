@@ -39,7 +39,7 @@ def llama_config(layers: int = 3, **overrides: Any) -> Any:
 
 
 def repeated_llama(depth: int = 4, seed: int = 0, **block_options: Any) -> Any:
-    """Prelude, a RepeatedBlock around one decoder layer (``FixedDepth(depth)``), coda; eval mode."""
+    """Prelude, a RepeatedBlock of one decoder layer (``FixedDepth(depth)``), coda; in eval mode."""
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import stochdepth
-from stochdepth import DepthCache, FixedDepth, RepeatedBlock
+from stochdepth import DepthCache, ExitWhenConverged, FixedDepth, RepeatedBlock
 
 from tiny_llama import greedy, prompts, repeated_llama, unrolled_llama
 
@@ -102,9 +102,7 @@ def test_any_object_with_the_cache_methods_is_refused() -> None:
     assert torch.equal(block(torch.zeros(2, 3), cache=None), torch.full((2, 3), 2.0))
 
 
-def test_beam_search_gives_the_unrolled_models_beams(
-    model: nn.Module, unrolled: nn.Module
-) -> None:
+def test_beam_search_gives_the_unrolled_models_beams(model: nn.Module, unrolled: nn.Module) -> None:
     ids, mask = prompts(batch=2, length=5, seed=3)
     options = {"num_beams": 3, "num_return_sequences": 2}
     cached = greedy(model, ids, mask, new=6, cache=DepthCache(model), **options)
@@ -172,7 +170,10 @@ def test_a_depth_that_changes_between_steps_is_refused(model: nn.Module) -> None
         model(input_ids=ids[:, :5], cache=cache, use_cache=True)
         block.eval_depth = DEPTH + 1
         try:
-            with pytest.raises(ValueError, match=r"repeat 5 .* positions 0..4, which an earlier forward pass ran to depth 4 only"):
+            with pytest.raises(
+                ValueError,
+                match=r"repeat 5 .* positions 0..4, which an earlier forward pass ran to depth 4",
+            ):
                 model(input_ids=ids[:, 5:], cache=cache, use_cache=True)
         finally:
             block.eval_depth = DEPTH
@@ -200,7 +201,7 @@ def test_a_dropped_cache_leaves_no_hook_behind(model: nn.Module) -> None:
 
 
 def test_bad_models_are_refused_clearly() -> None:
-    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got 3"):
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module, got 3"):
         DepthCache(3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="holds none: use an ordinary cache"):
         DepthCache(nn.Linear(2, 2))
@@ -217,7 +218,11 @@ def test_bad_models_are_refused_clearly() -> None:
 @pytest.mark.parametrize(
     ("options", "error", "match"),
     [
-        ({"policy": "all"}, ValueError, "policy must be one of 'exact', 'first', 'last', 'window', got 'all'"),
+        (
+            {"policy": "all"},
+            ValueError,
+            "policy must be one of 'exact', 'first', 'last', 'window', got 'all'",
+        ),
         ({"policy": 3}, TypeError, "policy must be one of .* got 3"),
         ({"policy": "window"}, ValueError, "needs window="),
         ({"policy": "window", "window": 0}, ValueError, "window must be an int >= 1, got 0"),
@@ -286,7 +291,7 @@ def test_cheaper_policies_keep_fewer_slots_and_drift_a_little(
     assert cheap_cache.memory_bytes() * (DEPTH + 2) == exact_cache.memory_bytes() * (slots + 2)
     # The prompt's pass attends within itself: its logits are exact; later ones drift.
     assert torch.equal(cheap.scores[0], exact.scores[0])
-    drift = max(float((a - b).abs().max()) for a, b in zip(cheap.scores, exact.scores))
+    drift = max(float((a - b).abs().max()) for a, b in zip(cheap.scores, exact.scores, strict=True))
     assert 0 < drift < 1
 
 
@@ -305,3 +310,57 @@ def test_the_last_policy_stores_the_deepest_repeats_keys(model: nn.Module) -> No
     forward(model, ids, exact)
     assert torch.equal(last.layers[1].slots[0].keys, exact.layers[1].slots[DEPTH - 1].keys)
     assert repr(last) == "DepthCache(policy='last', layers=3)"
+
+
+def per_token_exit_model(seed: int = 0, **options: object) -> nn.Module:
+    """The tiny Llama with per_token=True, each position stopping on its own in eval."""
+    model = repeated_llama(DEPTH, seed=seed, per_token=True, **options)
+    # tol 0.2 on this seed: positions stop between 1 and 8 repeats.
+    model.model.layers[1].eval_depth = ExitWhenConverged(0.2, max_depth=12)
+    return model
+
+
+def depths_of_each_pass(block: nn.Module) -> tuple[list[torch.Tensor], object]:
+    seen: list[torch.Tensor] = []
+
+    def record(module: nn.Module, args: object, out: object) -> None:
+        seen.append(module.last_depth)
+
+    return seen, block.register_forward_hook(record)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_per_token_exit_with_the_cache_gives_the_tokens_and_depths_without_one(
+    batch: int,
+) -> None:
+    model = per_token_exit_model()
+    seen, handle = depths_of_each_pass(model.model.layers[1])
+    ids, mask = prompts(batch=batch, length=7)
+    plain = greedy(model, ids, mask, new=8, use_cache=False)
+    # Without a cache the last step recomputes every position: its depths are all of them.
+    recomputed = seen[-1]
+    seen.clear()
+    cache = DepthCache(model)
+    cached = greedy(model, ids, mask, new=8, cache=cache)
+    handle.remove()
+    assert torch.equal(cached.sequences, plain.sequences)
+    depths = torch.cat(seen, dim=1)  # the prompt's pass, then one position a step
+    assert torch.equal(depths, recomputed)
+    assert len(set(depths.flatten().tolist())) > 2  # positions did stop at their own depths
+    # Passes stopped before the deepest repeat, and their frozen entries were used.
+    passes = cache.layers[1].passes
+    assert any(p.frozen and p.last + 1 < max(q.last for q in passes) for p in passes)
+
+
+def test_per_token_with_step_kwarg_refuses_to_freeze_into_a_cache() -> None:
+    model = per_token_exit_model(step_kwarg="step")
+    layer = model.model.layers[1].layer
+    forward = layer.forward
+
+    def with_step(hidden_states: torch.Tensor, *args: object, step: int, **kwargs: object):
+        return forward(hidden_states, *args, **kwargs)
+
+    layer.forward = with_step
+    ids, mask = prompts(batch=1, length=6)
+    with pytest.raises(ValueError, match=r"step_kwarg='step'.*differ at each later repeat"):
+        greedy(model, ids, mask, new=2, cache=DepthCache(model))
