@@ -7,6 +7,9 @@ a coda layer. Rows:
 * decode time per token with a :class:`~stochdepth.DepthCache` against the unrolled model
   (``depth + 2`` distinct layers with the same weights) with transformers' own
   ``DynamicCache`` (target <= 1.05): what following the repeats costs;
+* with per-token early exit (``per_token=True``, ``ExitWhenConverged`` per token): decode
+  time against fixed depth ``depth``, both with a DepthCache, to compare with the layer
+  applications per step divided by ``depth`` (target: within 0.10 above it);
 * memory per token of each cheaper cache policy against the exact per-repeat cache, with
   its drift from the exact cache on the same tokens (teacher-forced along the exact
   cache's greedy continuation): the largest logit difference and the share of steps whose
@@ -26,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from stochdepth import DepthCache, FixedDepth, RepeatedBlock
+from stochdepth import DepthCache, ExitWhenConverged, FixedDepth, RepeatedBlock
 
 
 @dataclass
@@ -41,6 +44,7 @@ class DecodeSizes:
     batches: tuple[int, ...] = (1, 8)
     vocab: int = 512
     reps: int = 5  # decodes a side
+    exit_tol: float = 0.2  # ExitWhenConverged's tolerance for the per-token exit rows
 
 
 QUICK_DECODE = DecodeSizes(
@@ -48,7 +52,7 @@ QUICK_DECODE = DecodeSizes(
 )
 
 
-def build(sizes: DecodeSizes, device: torch.device) -> tuple[Any, Any]:
+def build(sizes: DecodeSizes, device: torch.device, **options: Any) -> tuple[Any, Any]:
     """The repeated model and its unrolled twin, both in eval mode on ``device``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -65,7 +69,9 @@ def build(sizes: DecodeSizes, device: torch.device) -> tuple[Any, Any]:
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     core = model.model.layers[1]
-    model.model.layers[1] = RepeatedBlock(core, FixedDepth(sizes.depth), eval_depth=sizes.depth)
+    model.model.layers[1] = RepeatedBlock(
+        core, FixedDepth(sizes.depth), eval_depth=sizes.depth, **options
+    )
     unrolled_config = copy.deepcopy(config)
     unrolled_config.num_hidden_layers = sizes.depth + 2
     unrolled = LlamaForCausalLM(unrolled_config)
@@ -132,7 +138,50 @@ def decode_rows(bench: Any) -> None:
             row.a, row.b = ms(times["unrolled"]), ms(times["depth"])
             row.ratio = times["depth"] / times["unrolled"]
             row.note = f"{shape}; median of {sizes.reps} decodes a side, prefill excluded"
+    exit_rows(bench, sizes, section, shape)
     policy_rows(bench, model, sizes, section, shape)
+
+
+def exit_rows(bench: Any, sizes: DecodeSizes, section: str, shape: str) -> None:
+    """Per-token early exit against fixed depth ``depth``, both with a DepthCache."""
+    fixed, _ = build(sizes, bench.device)
+    adaptive, _ = build(sizes, bench.device, per_token=True)
+    block = adaptive.model.layers[1]
+    block.eval_depth = ExitWhenConverged(sizes.exit_tol, max_depth=sizes.depth)
+    calls = [0]
+    block.layer.register_forward_pre_hook(lambda module, args: calls.__setitem__(0, calls[0] + 1))
+    block.register_forward_pre_hook(lambda module, args: calls.__setitem__(0, 0))
+    passes: list[tuple[Tensor, int]] = []  # each pass's depths, and the layer's calls in it
+    block.register_forward_hook(
+        lambda module, args, out: passes.append((module.last_depth, calls[0]))
+    )
+    generator = torch.Generator().manual_seed(2)
+    for batch in sizes.batches:
+        ids = torch.randint(3, sizes.vocab, (batch, sizes.prompt), generator=generator)
+        ids = ids.to(bench.device)
+        what = f"batch {batch}: per-token exit vs fixed depth {sizes.depth}, per token"
+        with bench.row(section, what) as row, torch.no_grad():
+            runs: dict[str, Callable[[], float]] = {
+                "fixed": decoder(bench, fixed, ids, lambda: DepthCache(fixed), sizes.new),
+                "exit": decoder(bench, adaptive, ids, lambda: DepthCache(adaptive), sizes.new),
+            }
+            passes.clear()
+            times = interleaved(runs, sizes.reps)
+            decoded = [(depth, n) for depth, n in passes if depth.shape[1] == 1]  # not prefill
+            applications = statistics.mean(n for _, n in decoded) if decoded else 0.0
+            mean = float(torch.cat([d for d, _ in decoded]).float().mean()) if decoded else 0.0
+            row.a, row.b = ms(times["fixed"]), ms(times["exit"])
+            row.ratio = times["exit"] / times["fixed"]
+            expected = applications / sizes.depth
+            row.target = round(expected + 0.10, 3)
+            row.note = (
+                f"{shape}; ExitWhenConverged({sizes.exit_tol}, max_depth={sizes.depth}) per "
+                f"token: mean depth of the decoded tokens {mean:.2f} (/ {sizes.depth} = "
+                f"{mean / sizes.depth:.3f}); layer applications per decode step {applications:.2f} "
+                f"(the batch's deepest token, + 1 on the frozen states when it stopped early: / "
+                f"{sizes.depth} = {expected:.3f}, the target is that + 0.10); median of "
+                f"{sizes.reps} decodes a side"
+            )
 
 
 def policy_rows(bench: Any, model: Any, sizes: DecodeSizes, section: str, shape: str) -> None:

@@ -36,6 +36,10 @@ ROWS = [
         f"10 decoding: batch {batch}: DepthCache vs unrolled 4 layers with DynamicCache, per token"
         for batch in (1, 2)
     ),
+    *(
+        f"10 decoding: batch {batch}: per-token exit vs fixed depth 2, per token"
+        for batch in (1, 2)
+    ),
     "10 decoding: memory per token: policy='first' vs policy='exact'",
     "10 decoding: memory per token: policy='last' vs policy='exact'",
     "10 decoding: memory per token: policy='window', window=2 vs policy='exact'",

@@ -1,6 +1,6 @@
 """stochdepth: weight-shared layers whose depth is drawn at random on every forward pass."""
 
-from typing import TYPE_CHECKING, Any
+import typing as _typing
 
 from ._block import RepeatedBlock as RepeatedBlock
 from ._distributed import BroadcastDepth as BroadcastDepth
@@ -60,7 +60,7 @@ from .training._history import StepRecord as StepRecord
 from .training._history import TrainingHistory as TrainingHistory
 from .training._trainer import train as train
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from .generation._cache import DepthCache as DepthCache
 
 __all__ = [
@@ -138,7 +138,7 @@ for _name in __all__:
 del _name, _obj
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     """Import a public name that needs an optional dependency, on first use."""
     module = _LAZY.get(name)
     if module is None:
