@@ -37,7 +37,7 @@ ROWS = [
         for batch in (1, 2)
     ),
     *(
-        f"10 decoding: batch {batch}: per-token exit vs fixed depth 2, per token"
+        f"10 decoding: batch {batch}: per-token exit vs fixed depth 2, block per token"
         for batch in (1, 2)
     ),
     "10 decoding: memory per token: policy='first' vs policy='exact'",

@@ -100,20 +100,23 @@ def _token_by_token(apply: Repeat, x: Tensor, policy: ExitWhenConverged) -> tupl
     """Each position stops on its own; a stopped position's state stays as it was."""
     batch, seq = x.shape[0], x.shape[1]
     depths = torch.full((batch, seq), policy.max_depth, dtype=torch.int64)
-    going = torch.ones(batch, seq, dtype=torch.bool, device=x.device)
+    going: Tensor | None = None  # None while every position is going (no mask needed)
     shape = (batch, seq, *([1] * (x.ndim - 2)))
     previous, previous_output = x, None
     for repeat in range(policy.max_depth):
-        stepped = apply(previous, repeat, policy.max_depth)
-        current = torch.where(going.view(shape), stepped, previous)
+        current = apply(previous, repeat, policy.max_depth)
+        if going is not None:
+            current = torch.where(going.view(shape), current, previous)
         if policy.min_depth <= repeat + 1 < policy.max_depth and x.numel():
             stop, output = _ask(
                 policy, previous.flatten(0, 1), current.flatten(0, 1), repeat, previous_output
             )
-            stop = stop.view(batch, seq) & going
+            stop = stop.view(batch, seq)
+            if going is not None:
+                stop = stop & going
             if bool(stop.any()):
                 depths[stop.cpu()] = repeat + 1
-                going = going & ~stop
+                going = ~stop if going is None else going & ~stop
                 if not bool(going.any()):
                     return current, depths
             previous_output = output

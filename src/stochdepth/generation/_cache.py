@@ -121,9 +121,10 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
         have = _length(slot)
         if have >= past:
             return
-        for earlier in self.passes[:-1]:
-            if earlier.stop <= have:
-                continue
+        first = len(self.passes) - 1  # the running pass; the ones before it, backwards
+        while first > 0 and self.passes[first - 1].stop > have:
+            first -= 1
+        for earlier in self.passes[first:-1]:
             source = self._policy.slot(earlier.last) if earlier.last >= 0 else -1
             if source >= index or source < 0 or (self._policy.exact and not earlier.frozen):
                 raise ValueError(
