@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import doctest
 import subprocess
 import sys
@@ -364,3 +365,22 @@ def test_per_token_with_step_kwarg_refuses_to_freeze_into_a_cache() -> None:
     ids, mask = prompts(batch=1, length=6)
     with pytest.raises(ValueError, match=r"step_kwarg='step'.*differ at each later repeat"):
         greedy(model, ids, mask, new=2, cache=DepthCache(model))
+
+
+def test_a_deep_copy_follows_the_same_blocks_with_hooks_of_its_own(model: nn.Module) -> None:
+    ids, _ = prompts(batch=2, length=8, seed=8)
+    cache = DepthCache(model)
+    forward(model, ids[:, :6], cache)
+    twin = copy.deepcopy(cache)
+    assert twin.tracks_block(model.model.layers[1])
+    assert twin.layers[1].tracker is not cache.layers[1].tracker
+    cache.close()  # the copy keeps working without the original's hooks
+    reference = DepthCache(model)
+    forward(model, ids[:, :6], reference)
+    assert torch.equal(forward(model, ids[:, 6:], twin), forward(model, ids[:, 6:], reference))
+
+
+def test_a_per_sample_block_in_skip_mode_is_refused() -> None:
+    model = repeated_llama(DEPTH, per_sample=True)
+    with pytest.raises(ValueError, match=r"per_sample=True in mode='skip'.*per_token=True"):
+        DepthCache(model)

@@ -6,7 +6,7 @@ only when ``stochdepth.DepthCache`` is first used.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -47,7 +47,7 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
 
     Args:
         layer_idx: The layer index, for error messages.
-        repeat_of: Returns the 0-based repeat running now.
+        tracker: Tells the 0-based repeat running now.
         policy: Which slot each repeat uses.
     """
 
@@ -55,10 +55,10 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
     is_croppable = True
     is_sliding = False
 
-    def __init__(self, layer_idx: int, repeat_of: Callable[[], int], policy: CachePolicy) -> None:
+    def __init__(self, layer_idx: int, tracker: RepeatTracker, policy: CachePolicy) -> None:
         self.is_initialized = True
         self.layer_idx = layer_idx
-        self._repeat_of = repeat_of
+        self.tracker = tracker
         self._policy = policy
         self.slots: list[DynamicLayer] = []
         self.passes: list[Pass] = []
@@ -86,7 +86,7 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
                 positions of an earlier pass that stopped before it and was not frozen
                 (the depth changed between forward passes).
         """
-        repeat = self._repeat_of()
+        repeat = self.tracker.repeat_of(self.layer_idx) or 0
         new = key_states.shape[-2]
         if repeat == 0:  # every pass starts with repeat 0 (its frozen one at depth 0)
             start = self.get_seq_length()
@@ -336,19 +336,12 @@ class DepthCache(Cache):
         while len(self.layers) <= layer_idx:
             index = len(self.layers)
             if index in self._owned:
-                self.layers.append(RepeatSlots(index, self._repeat_getter(index), self._policy))
+                self.layers.append(RepeatSlots(index, self._tracker, self._policy))
             else:
                 self.layers.append(_dynamic_layer())
         layer = cast(CacheLayerMixin, self.layers[layer_idx])
         keys, values = layer.update(key_states, value_states, *args, **kwargs)
         return keys, values
-
-    def _repeat_getter(self, layer_idx: int) -> Callable[[], int]:
-        def repeat_of() -> int:
-            repeat = self._tracker.repeat_of(layer_idx)
-            return 0 if repeat is None else repeat
-
-        return repeat_of
 
     def freeze_pass(self, block: object) -> None:
         """Mark the running pass of ``block`` frozen: its deepest entries hold from then on.
@@ -403,6 +396,20 @@ class DepthCache(Cache):
         self._tracker.close()
         self._tracker = _Closed()
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> DepthCache:
+        """A copy of the cached entries that follows the same blocks, with hooks of its own.
+
+        The model's blocks are shared, not copied (``copy.deepcopy`` of the tracker would
+        copy them, and its hooks would stay on the originals).
+        """
+        twin = DepthCache.__new__(DepthCache)
+        memo[id(self)] = twin
+        tracker = self._tracker.clone() if self._tracker.following() else _Closed()
+        memo[id(self._tracker)] = tracker
+        for key, value in self.__dict__.items():
+            twin.__dict__[key] = copy.deepcopy(value, memo)
+        return twin
+
     def __repr__(self) -> str:
         window = f", window={self.window}" if self.window is not None else ""
         return f"DepthCache(policy={self.policy!r}{window}, layers={len(self.layers)})"
@@ -412,9 +419,14 @@ class _Closed(RepeatTracker):
     """A closed cache's tracker: it follows no block."""
 
     def __init__(self) -> None:
+        self._list = []
         self._owner = {}
         self._blocks = set()
         self._repeat = {}
+
+    def following(self) -> bool:
+        """``False``: a closed cache follows nothing."""
+        return False
 
     def close(self) -> None:
         """Nothing to remove."""

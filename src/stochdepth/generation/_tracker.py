@@ -55,6 +55,19 @@ class RepeatTracker:
                 f"model must hold a RepeatedBlock for a DepthCache to follow, but "
                 f"{type(model).__name__} holds none: use an ordinary cache (DynamicCache)"
             )
+        self._follow(blocks)
+
+    def _follow(self, blocks: list[RepeatedBlock]) -> None:
+        for block in blocks:
+            if block.per_sample and block.mode == "skip":
+                raise ValueError(
+                    "DepthCache cannot follow a RepeatedBlock with per_sample=True in "
+                    "mode='skip': its repeats run on the rows still going only, so a repeat "
+                    "would write keys and values for some rows of the batch; use "
+                    "per_token=True (a depth per position, every row at every repeat) or "
+                    "mode='masked'"
+                )
+        self._list = blocks
         self._owner: dict[int, RepeatedBlock] = {}
         self._blocks: set[int] = set()
         for block in blocks:
@@ -80,6 +93,17 @@ class RepeatTracker:
         for block in blocks:
             self._handles.extend(_hook(block, reference))
         self._finalizer = weakref.finalize(self, _remove, self._handles)
+
+    def clone(self) -> RepeatTracker:
+        """A new tracker following the same blocks, with hooks of its own."""
+        twin = RepeatTracker.__new__(RepeatTracker)
+        twin._follow(self._list)
+        twin._repeat.update(self._repeat)
+        return twin
+
+    def following(self) -> bool:
+        """Whether the tracker still follows its blocks (it was not closed)."""
+        return True
 
     def tracks(self, block: object) -> bool:
         """Whether ``block`` is one of the blocks this tracker follows."""
