@@ -156,7 +156,8 @@ class RepeatedBlock(nn.Module):
             an int ``eval_depth`` above the sampler's ``max_depth``, a layer that
             keeps running statistics, or ``grad_depth``; ``row_args`` repeats an
             entry or holds a negative position; ``step_kwarg`` is not a keyword
-            name; or ``grad_depth`` is a negative int.
+            name; ``grad_depth`` is a negative int; or ``per_token=True`` is asked
+            for with ``per_sample=True`` or ``grad_depth``.
 
     Example:
         >>> import torch
@@ -263,7 +264,8 @@ class RepeatedBlock(nn.Module):
             depth: Keyword-only. Use this depth instead of drawing one: an int >= 0
                 (at most ``depth_limit``; in masked mode at most
                 ``sampler.max_depth``), or, in masked mode or with
-                ``per_sample=True``, an integer tensor (0-d, or one depth per row).
+                ``per_sample=True``, an integer tensor (0-d, or one depth per row);
+                with ``per_token=True`` an int or a ``(batch, seq)`` integer tensor.
             **kwargs: Extra keyword arguments, passed to the layer at every repeat.
 
         Returns:
@@ -271,8 +273,10 @@ class RepeatedBlock(nn.Module):
 
         Raises:
             TypeError: ``x`` is not a tensor, ``depth`` is not an int, the sampler
-                returned something other than an int, or the layer returned something
-                other than a tensor.
+                returned something other than an int, the layer returned something
+                other than a tensor, or an extra argument is a key/value cache without a
+                slot per repeat of this block (a ``DynamicCache``: pass a
+                :class:`~stochdepth.DepthCache`).
             ValueError: ``depth`` is negative or above ``depth_limit``, the
                 sampler returned a depth outside its bounds, the layer changed the
                 shape of its input, or a row-aligned argument has the wrong number
@@ -442,8 +446,9 @@ class RepeatedBlock(nn.Module):
     def last_depth(self) -> int | Tensor | None:
         """The depth the last forward pass used (``None`` before the first).
 
-        An int, or with ``per_sample=True`` a tensor of the rows' depths; in masked
-        mode, the depth tensor when one was given.
+        An int, or with ``per_sample=True`` a tensor of the rows' depths (with
+        ``per_token=True``, of shape ``(batch, seq)``); in masked mode, the depth
+        tensor when one was given.
         """
         return self._choice.last
 
