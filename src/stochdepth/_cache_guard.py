@@ -20,6 +20,17 @@ from typing import Any
 from torch import nn
 
 
+class FrozenKeysStored(Exception):  # noqa: N818 (a signal, not an error)
+    """Raised by a cache inside a block's frozen application once it holds what it needs.
+
+    After a per-token pass that stops early, a :class:`~stochdepth.RepeatedBlock` applies
+    its layer once more to the frozen states, only so that a cache following the block
+    stores their keys and values. A cache that has stored them raises this from
+    ``update``: the block catches it and skips the rest of that application (the
+    attention and the MLP, whose output it would discard).
+    """
+
+
 def is_kv_cache(value: object) -> bool:
     """Whether ``value`` looks like a key/value cache (``update`` and ``get_seq_length``)."""
     return callable(getattr(value, "get_seq_length", None)) and callable(

@@ -16,19 +16,22 @@ needs, for a later token, the keys and values of a stopped position at the repea
 did not run: under these semantics they are those computed from its frozen state, the
 same at every later repeat. So when a pass stops before the deepest repeat a later pass
 may run, the block applies the layer once more to the frozen states (the output is
-discarded; the cache stores the keys and values) and tells the cache, through
-``cache.freeze_pass(block)``, that they hold for every later repeat.
+discarded; the cache stores the keys and values) inside
+``cache.frozen_application(block)``, which tells the cache that they hold for every later
+repeat, and lets it end the application once it has them (it raises
+:class:`~stochdepth._cache_guard.FrozenKeysStored`, which the block catches).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from ._cache_guard import is_kv_cache
+from ._cache_guard import FrozenKeysStored, is_kv_cache
 from ._depth import DepthChoice
 from ._layer_call import LayerCall
 from ._repeats import Host, masked, outside_graph
@@ -130,8 +133,10 @@ def freeze_for_caches(
     After a pass that ran ``used`` repeats, a later pass may run up to ``deepest``: the
     positions of this pass then need keys and values at repeats ``used`` and on, those
     of their frozen states. One more application of the layer (repeat ``used``, output
-    discarded, without autograd) writes them; ``cache.freeze_pass(block)`` tells each
-    cache that they hold for every later repeat.
+    discarded, without autograd) writes them, inside ``cache.frozen_application(block)``,
+    which tells each cache that they hold for every later repeat; a cache raises
+    :class:`~stochdepth._cache_guard.FrozenKeysStored` once it has them, which ends the
+    application early.
     """
     if used >= deepest:
         return
@@ -146,12 +151,14 @@ def freeze_for_caches(
             f"repeat and one stored copy would be wrong; use a fixed eval_depth (every "
             f"position at the same depth) or drop step_kwarg"
         )
-    with torch.no_grad():
-        call(state, used, deepest)
-    for cache in caches:
-        freeze = getattr(cache, "freeze_pass", None)
-        if callable(freeze):
-            freeze(block)
+    with contextlib.ExitStack() as stack, torch.no_grad():
+        for cache in caches:
+            frozen = getattr(cache, "frozen_application", None)
+            if callable(frozen):
+                stack.enter_context(frozen(block))
+        # A cache that holds the keys and values raises: the rest of the layer is moot.
+        with contextlib.suppress(FrozenKeysStored):
+            call(state, used, deepest)
 
 
 class PerToken:

@@ -6,13 +6,17 @@ only when ``stochdepth.DepthCache`` is first used.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
+
+from stochdepth._cache_guard import FrozenKeysStored
 
 from ._policy import CachePolicy, PolicyName
 from ._tracker import RepeatTracker
@@ -86,6 +90,14 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
                 positions of an earlier pass that stopped before it and was not frozen
                 (the depth changed between forward passes).
         """
+        keys, values = self._store(key_states, value_states)
+        if self.tracker.freezing(self.layer_idx):
+            self.freeze()
+            if self.tracker.stored(self.layer_idx):  # every layer of the block has them
+                raise FrozenKeysStored
+        return keys, values
+
+    def _store(self, key_states: Tensor, value_states: Tensor) -> tuple[Tensor, Tensor]:
         repeat = self.tracker.repeat_of(self.layer_idx) or 0
         new = key_states.shape[-2]
         if repeat == 0:  # every pass starts with repeat 0 (its frozen one at depth 0)
@@ -343,21 +355,28 @@ class DepthCache(Cache):
         keys, values = layer.update(key_states, value_states, *args, **kwargs)
         return keys, values
 
-    def freeze_pass(self, block: object) -> None:
-        """Mark the running pass of ``block`` frozen: its deepest entries hold from then on.
+    @contextlib.contextmanager
+    def frozen_application(self, block: object) -> Iterator[None]:
+        """The block's extra application to the frozen states of a pass that stopped early.
 
-        A block with ``per_token=True`` calls this after applying its layer once more
-        to the frozen states of a pass that stopped early, so that a later, deeper pass
-        reads those keys and values at the repeats this pass did not run.
+        A block with ``per_token=True`` applies its layer once more, inside this context,
+        after a pass that stopped before the deepest depth a later pass may reach: the
+        keys and values its layers write hold for every later repeat of this pass's
+        positions (they are those of the frozen states). Once every layer of the block
+        has written them, the cache raises ``FrozenKeysStored`` from ``update``, which
+        the block catches: the rest of the application (attention, MLP) is skipped.
 
         Args:
             block: The :class:`~stochdepth.RepeatedBlock` whose pass stopped.
+
+        Yields:
+            Nothing; the application runs inside.
         """
-        for index, owner in self._tracker.owned().items():
-            if owner is block and index < len(self.layers):
-                layer = self.layers[index]
-                if isinstance(layer, RepeatSlots):
-                    layer.freeze()
+        self._tracker.begin_freeze(block)
+        try:
+            yield
+        finally:
+            self._tracker.end_freeze(block)
 
     def slot_count(self, layer_idx: int) -> int:
         """How many slots the layer index holds: a repeated layer's, or 1 for another.
@@ -423,6 +442,7 @@ class _Closed(RepeatTracker):
         self._owner = {}
         self._blocks = set()
         self._repeat = {}
+        self._freezing = {}
 
     def following(self) -> bool:
         """``False``: a closed cache follows nothing."""

@@ -88,6 +88,8 @@ class RepeatTracker:
                     )
                 self._owner[index] = block
         self._repeat: dict[int, int] = {id(block): -1 for block in blocks}
+        # For a block inside its frozen application: its layer indices not yet written.
+        self._freezing: dict[int, set[int]] = {}
         self._handles: list[RemovableHandle] = []
         reference = weakref.ref(self)
         for block in blocks:
@@ -99,6 +101,7 @@ class RepeatTracker:
         twin = RepeatTracker.__new__(RepeatTracker)
         twin._follow(self._list)
         twin._repeat.update(self._repeat)
+        twin._freezing = {key: set(value) for key, value in self._freezing.items()}
         return twin
 
     def following(self) -> bool:
@@ -131,6 +134,28 @@ class RepeatTracker:
                 f"cache closed, or is the layer called outside its block?)"
             )
         return repeat
+
+    def begin_freeze(self, block: object) -> None:
+        """``block`` starts its application to the frozen states (``per_token=True``)."""
+        owned = {index for index, owner in self._owner.items() if owner is block}
+        if owned:
+            self._freezing[id(block)] = owned
+
+    def end_freeze(self, block: object) -> None:
+        """``block``'s application to the frozen states is over."""
+        self._freezing.pop(id(block), None)
+
+    def freezing(self, layer_idx: int) -> bool:
+        """Whether the block holding ``layer_idx`` is in its frozen application."""
+        block = self._owner.get(layer_idx)
+        return block is not None and id(block) in self._freezing
+
+    def stored(self, layer_idx: int) -> bool:
+        """Record that ``layer_idx`` wrote the frozen entries; whether all of its block did."""
+        block = self._owner[layer_idx]
+        remaining = self._freezing[id(block)]
+        remaining.discard(layer_idx)
+        return not remaining
 
     def set_repeat(self, block: RepeatedBlock, repeat: int) -> None:
         """Record that ``block`` is about to run repeat ``repeat`` (0-based)."""
