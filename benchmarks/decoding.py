@@ -220,7 +220,8 @@ def exit_rows(bench: Any, sizes: DecodeSizes, section: str, shape: str) -> None:
                 f"tokens' mean depth {mean:.2f} / {sizes.depth} = {mean / sizes.depth:.3f}, "
                 f"+ 0.10; layer applications per step {applications:.2f} / {sizes.depth} = "
                 f"{applications / sizes.depth:.3f} (the batch's deepest token, + 1 on the "
-                f"frozen states when it stops early, for the cache); whole decode step "
+                f"frozen states when it stops early, cut short once the cache has their keys "
+                f"and values); whole decode step "
                 f"{ms(step['fixed'])} vs {ms(step['exit'])} = "
                 f"{step['exit'] / step['fixed']:.3f}; median of {sizes.reps} decodes a side"
             )
