@@ -384,3 +384,20 @@ def test_a_per_sample_block_in_skip_mode_is_refused() -> None:
     model = repeated_llama(DEPTH, per_sample=True)
     with pytest.raises(ValueError, match=r"per_sample=True in mode='skip'.*per_token=True"):
         DepthCache(model)
+
+
+def test_the_application_to_the_frozen_states_stops_once_the_cache_has_them() -> None:
+    model = per_token_exit_model()
+    block = model.model.layers[1]
+    attention, mlp = [], []
+    block.layer.self_attn.register_forward_pre_hook(lambda module, args: attention.append(1))
+    block.layer.mlp.register_forward_pre_hook(lambda module, args: mlp.append(1))
+    ids, _ = prompts(batch=1, length=6)
+    cache = DepthCache(model)
+    forward(model, ids, cache)
+    depth = int(block.last_depth.max())
+    assert depth < 12  # the prompt's pass stopped early: a frozen application followed
+    assert len(attention) == depth + 1  # its attention ran up to the cache's update
+    assert len(mlp) == depth  # and no further
+    assert cache.layers[1].passes[0].frozen
+    assert cache.slot_count(1) == depth + 1
