@@ -8,6 +8,7 @@ from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from . import _repeats
 from ._depth import DEFAULT_DEPTH_LIMIT, DepthChoice, EvalDepth, check_within_limit, row_count
@@ -16,6 +17,7 @@ from ._layer_call import (
     LayerCall,
     Output,
     PlainCall,
+    RepeatHook,
     RowArgs,
     check_kwargs,
     check_output,
@@ -203,6 +205,7 @@ class RepeatedBlock(nn.Module):
                 "compilation need) cannot switch autograd off by value; use mode='skip' "
                 "(with or without per_sample) for truncated backprop"
             )
+        self._repeat_hooks: dict[int, RepeatHook] = {}
         self._plain_call: PlainCall | None = None
         self._set_plain_call()
         self.register_load_state_dict_pre_hook(  # type: ignore[no-untyped-call]
@@ -212,7 +215,9 @@ class RepeatedBlock(nn.Module):
     def _set_plain_call(self) -> None:
         """Build the call that every pass without extra arguments reuses, if it may."""
         plain = self._step_kwarg is None and self._output is None
-        self._plain_call = PlainCall(self.layer, self._shape_error) if plain else None
+        self._plain_call = (
+            PlainCall(self.layer, self._shape_error, self._repeat_hooks, self) if plain else None
+        )
 
     def forward(
         self, x: Tensor, /, *args: Any, depth: int | Tensor | None = None, **kwargs: Any
@@ -247,9 +252,135 @@ class RepeatedBlock(nn.Module):
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {describe(x)}")
         call = self._call(x, args, kwargs)
-        if not self.training and (policy := self._choice.early_exit(depth)) is not None:
+        training = self.training
+        if not training and (policy := self._choice.early_exit(depth)) is not None:
             return self._exit_early(policy, call, x)
-        return self._repeats(self, x, call, depth)
+        return self._repeats(self._choice, self._grad, x, call, depth, training, self._depth_zero)
+
+    def draw_depth(self, x: Tensor) -> int | Tensor:
+        """Draw the depth that the next forward pass on ``x`` would use, without running it.
+
+        Drawn exactly as :meth:`forward` draws it (advancing the sampler): in training
+        mode from the sampler, in eval mode the eval policy's depth (for
+        ``ExitWhenConverged``, its ``max_depth``). Nothing is recorded; pass the depth
+        to :meth:`run` (or to :meth:`forward`, which records it) and, to count it,
+        to :meth:`record_depth`.
+
+        Args:
+            x: The input the pass would run on (its rows count with ``per_sample``).
+
+        Returns:
+            An int, or with ``per_sample=True`` a CPU int64 tensor of the rows' depths.
+
+        Raises:
+            TypeError: ``x`` is not a tensor, or the sampler drew a non-int.
+            ValueError: The depth is out of the sampler's bounds, above
+                ``depth_limit``, or (masked mode) above ``max_depth``.
+        """
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {describe(x)}")
+        choice, training = self._choice, self.training
+        if self._mode == "masked":
+            return choice.masked_draw(x, None, training, self._per_sample, record=False)
+        if self._per_sample:
+            return choice.rows(row_count(x), None, training, record=False)
+        return choice.one(None, training, record=False)
+
+    def record_depth(self, depth: int | Tensor) -> None:
+        """Record ``depth`` in :attr:`last_depth` and the histogram, as a forward pass does.
+
+        For a driver that draws with :meth:`draw_depth` and runs with :meth:`run`
+        (CUDA graphs); the histogram counts only in training mode.
+        """
+        self._choice.record(depth, self.training)
+
+    def run(self, x: Tensor, /, *args: Any, depth: int | Tensor, **kwargs: Any) -> Tensor:
+        """Run at ``depth`` as ``forward(x, *args, depth=depth, **kwargs)``, recording nothing.
+
+        ``last_depth`` and :attr:`depth_histogram` are left as they are (a
+        ``grad_depth`` sampler is drawn, as in :meth:`forward`).
+
+        Raises:
+            TypeError: ``depth`` is ``None``; otherwise as :meth:`forward`.
+            ValueError: As :meth:`forward`.
+        """
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {describe(x)}")
+        if depth is None:
+            raise TypeError("run() needs a depth (an int or a depth tensor), got None")
+        call = self._call(x, args, kwargs)
+        return self._repeats(
+            self._choice, self._grad, x, call, depth, self.training, self._depth_zero, False
+        )
+
+    def step(self, state: Tensor, /, *args: Any, repeat: int, **kwargs: Any) -> Tensor:
+        """Apply the layer once, exactly as the forward pass applies repeat ``repeat``.
+
+        The extra arguments, ``step_kwarg``, ``output=`` and the shape check, and the
+        repeat hooks, as in :meth:`forward`; no depth is drawn or recorded. For a
+        driver that runs the repeats itself (a scheduler, a KV cache).
+
+        Args:
+            state: The state before the repeat.
+            *args: Extra positional arguments, as for :meth:`forward`.
+            repeat: Keyword-only: the 0-based repeat index.
+            **kwargs: Extra keyword arguments, as for :meth:`forward`.
+
+        Returns:
+            The state after the repeat.
+
+        Raises:
+            TypeError: ``state`` is not a tensor or ``repeat`` not an int.
+            ValueError: ``repeat`` is negative, or as :meth:`forward` for the layer's
+                result and the row-aligned arguments.
+        """
+        if not isinstance(state, Tensor):
+            raise TypeError(f"state must be a torch.Tensor, got {describe(state)}")
+        if type(repeat) is not int or repeat < 0:
+            repeat = check_int("repeat", repeat)
+        return self._call(state, args, kwargs)(state, repeat, repeat + 1)
+
+    def register_repeat_hook(self, hook: RepeatHook) -> RemovableHandle:
+        """Call ``hook(block, repeat)`` right before every application of the layer.
+
+        In every path (skip, masked, per row, :meth:`iterate`, early exit,
+        :meth:`step`) with the 0-based repeat index, and again, with the same index,
+        when activation checkpointing recomputes a repeat in the backward pass.
+
+        Returns:
+            A handle whose ``remove()`` unregisters the hook.
+        """
+        if not callable(hook):
+            raise TypeError(f"hook must be callable, got {describe(hook)}")
+        handle = RemovableHandle(self._repeat_hooks)
+        self._repeat_hooks[handle.id] = hook
+        return handle
+
+    def check_sampler(self, sampler: object) -> DepthSampler:
+        """Run the checks of ``block.sampler = sampler`` without binding it.
+
+        Returns:
+            ``sampler``, checked.
+
+        Raises:
+            TypeError: ``sampler`` does not satisfy :class:`~stochdepth.DepthSampler`.
+            ValueError: Its bounds exceed ``depth_limit``, or (masked mode) its
+                ``max_depth`` is below an int ``eval_depth``.
+        """
+        return self._choice.check_fits(sampler)
+
+    @property
+    def last_grad_depth(self) -> int | None:
+        """The truncated-backprop depth ``k`` the last pass with autograd drew, or ``None``.
+
+        ``None`` without ``grad_depth`` or before the first such pass.
+        """
+        return self._grad.last
+
+    @property
+    def grad_depth(self) -> int | DepthSampler | None:
+        """The ``grad_depth`` option given at construction."""
+        return self._grad.value
 
     def iterate(
         self, x: Tensor, /, *args: Any, depth: int | None = None, **kwargs: Any
@@ -317,7 +448,15 @@ class RepeatedBlock(nn.Module):
         if kwargs:
             check_kwargs(kwargs, self._step_kwarg)
         call = LayerCall(
-            self.layer, args, kwargs, self._rows, self._step_kwarg, self._output, self._shape_error
+            self.layer,
+            args,
+            kwargs,
+            self._rows,
+            self._step_kwarg,
+            self._output,
+            self._shape_error,
+            self._repeat_hooks,
+            self,
         )
         if self._rows:
             call.check_rows(x)
@@ -603,8 +742,5 @@ def _default_missing_sampler_state(
     and strict loading reports it.
     """
     key = prefix + _EXTRA_STATE_KEY
-    if key not in state_dict and isinstance(module, RepeatedBlock):
-        sampler = module.sampler
-        stateless = isinstance(sampler, nn.Module) or not has_state(sampler)
-        if stateless and module._grad.state() is None:
-            state_dict[key] = {}
+    if key not in state_dict and isinstance(module, RepeatedBlock) and not module.get_extra_state():
+        state_dict[key] = {}  # nothing to lose

@@ -335,7 +335,7 @@ def _skipped_its_layer(block: RepeatedBlock) -> bool:
     """
     if getattr(block, "mode", "skip") != "skip":
         return False
-    if block._grad.last == 0:  # grad_depth left no repeat recorded: the layer is unused
+    if block.last_grad_depth == 0:  # grad_depth left no repeat recorded: the layer is unused
         return True
     depth: object = block.last_depth
     if isinstance(depth, Tensor):

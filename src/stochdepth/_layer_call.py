@@ -28,6 +28,15 @@ Output = int | Callable[[Any], Tensor] | None
 ShapeError = Callable[[Tensor, object, int, int], Exception]
 """Builds the error for a state of the wrong shape: ``(x, state, repeat, depth)``."""
 
+RepeatHook = Callable[[Any, int], None]
+"""Called as ``hook(block, repeat)`` right before every application of the layer."""
+
+
+def run_hooks(hooks: Mapping[int, RepeatHook], owner: nn.Module, repeat: int) -> None:
+    """Call every repeat hook (a copy of the list, so a hook may remove itself)."""
+    for hook in tuple(hooks.values()):
+        hook(owner, repeat)
+
 
 class RowArgs:
     """Which extra arguments are row-aligned: positions among ``args`` and keyword names.
@@ -123,6 +132,9 @@ class LayerCall:
             ``None``.
         output: How the next state is read from the layer's return value.
         error: Builds the error for a state of the wrong shape.
+        hooks: The owner's repeat hooks (the owner's own mapping, shared, so that a
+            hook registered later is seen), called before every application.
+        owner: The module passed to the hooks.
     """
 
     def __init__(
@@ -134,6 +146,8 @@ class LayerCall:
         step_kwarg: str | None,
         output: Output,
         error: ShapeError,
+        hooks: Mapping[int, RepeatHook],
+        owner: nn.Module,
     ) -> None:
         self.layer = layer
         self.args = args
@@ -142,9 +156,13 @@ class LayerCall:
         self.step_kwarg = step_kwarg
         self.output = output
         self.error = error
+        self.hooks = hooks
+        self.owner = owner
 
     def __call__(self, x: Tensor, repeat: int, depth: int) -> Tensor:
         """Apply repeat ``repeat`` (0-based, of ``depth``) to the state ``x``."""
+        if self.hooks:
+            run_hooks(self.hooks, self.owner, repeat)
         kwargs = self.kwargs
         if self.step_kwarg is not None:
             kwargs = {**kwargs, self.step_kwarg: repeat}
@@ -213,7 +231,15 @@ class LayerCall:
             for key, value in self.kwargs.items()
         }
         return LayerCall(
-            self.layer, args, kwargs, self.rows, self.step_kwarg, self.output, self.error
+            self.layer,
+            args,
+            kwargs,
+            self.rows,
+            self.step_kwarg,
+            self.output,
+            self.error,
+            self.hooks,
+            self.owner,
         )
 
     def take(self, index: Tensor) -> LayerCall:
@@ -232,11 +258,19 @@ class PlainCall(LayerCall):
     the default path builds nothing per forward pass.
     """
 
-    def __init__(self, layer: nn.Module, error: ShapeError) -> None:
-        super().__init__(layer, (), {}, RowArgs(None), None, None, error)
+    def __init__(
+        self,
+        layer: nn.Module,
+        error: ShapeError,
+        hooks: Mapping[int, RepeatHook],
+        owner: nn.Module,
+    ) -> None:
+        super().__init__(layer, (), {}, RowArgs(None), None, None, error, hooks, owner)
 
     def __call__(self, x: Tensor, repeat: int, depth: int) -> Tensor:
         """Apply repeat ``repeat`` (0-based, of ``depth``) to the state ``x``."""
+        if self.hooks:
+            run_hooks(self.hooks, self.owner, repeat)
         out = self.layer(x)
         if not isinstance(out, Tensor) or out.shape != x.shape:
             raise self.error(x, out, repeat, depth)

@@ -240,7 +240,7 @@ def bind_sampler(model: nn.Module, sampler: DepthSampler | None) -> list[Repeate
         )
     sampler = check_sampler(sampler)
     for block in blocks:  # every block checked before any is changed
-        block._choice.check_fits(sampler)
+        block.check_sampler(sampler)
     for block in blocks:
         block.sampler = sampler
     return blocks
