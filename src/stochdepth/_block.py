@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal, cast
 
@@ -205,7 +206,7 @@ class RepeatedBlock(nn.Module):
                 "compilation need) cannot switch autograd off by value; use mode='skip' "
                 "(with or without per_sample) for truncated backprop"
             )
-        self._repeat_hooks: dict[int, RepeatHook] = {}
+        self._repeat_hooks: dict[int, RepeatHook] = OrderedDict()  # weakly referable
         self._plain_call: PlainCall | None = None
         self._set_plain_call()
         self.register_load_state_dict_pre_hook(  # type: ignore[no-untyped-call]
