@@ -76,7 +76,7 @@ def test_run_needs_a_depth_and_checks_it_as_forward_does() -> None:
         block.run(torch.randn(2, 4), depth=None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="depth must be <= the block's depth_limit"):
         block.run(torch.randn(2, 4), depth=10**6)
-    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"x must be a torch\.Tensor"):
         block.run([1.0], depth=1)  # type: ignore[arg-type]
 
 
@@ -107,7 +107,7 @@ def test_step_checks_the_state_and_the_repeat() -> None:
         block.step(torch.randn(2, 4), repeat=-1)
     with pytest.raises(TypeError, match="repeat"):
         block.step(torch.randn(2, 4), repeat=1.5)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="state must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"state must be a torch\.Tensor"):
         block.step("x", repeat=0)  # type: ignore[arg-type]
 
 
@@ -161,7 +161,8 @@ def test_a_repeat_hook_sees_per_row_iterate_step_and_early_exit_and_can_be_remov
     seen.clear()
     block.eval_depth = ExitWhenConverged(tol=0.0, max_depth=3)
     block.eval()(torch.randn(3, 4))
-    assert seen and seen[0] == 0
+    assert seen
+    assert seen[0] == 0
     handles = []
     calls: list[int] = []
     handles.append(block.register_repeat_hook(lambda _, r: calls.append(r)))
