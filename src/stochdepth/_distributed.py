@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from . import _tie
 from ._block import RepeatedBlock
 from ._errors import DepthMismatchError as DepthMismatchError
+from ._tie import process_group_up as process_group_up
 from ._validation import check_int, describe
 from .samplers._protocol import DepthSampler, check_sampler, has_set_step, has_state
 
@@ -152,11 +153,6 @@ class BroadcastDepth:
 
     def __repr__(self) -> str:
         return f"BroadcastDepth({self._sampler!r}, src={self._src})"
-
-
-def process_group_up() -> bool:
-    """Whether a default ``torch.distributed`` process group is initialized."""
-    return dist.is_available() and dist.is_initialized()
 
 
 class SkippedLayerTie:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -69,6 +70,11 @@ def tie(x: Tensor, params: list[nn.Parameter]) -> Tensor:
     if not params:
         return x
     return ZeroGradTie.apply(x, *params)  # type: ignore[no-untyped-call,no-any-return]
+
+
+def process_group_up() -> bool:
+    """Whether a default ``torch.distributed`` process group is initialized."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def in_ddp_forward() -> bool:

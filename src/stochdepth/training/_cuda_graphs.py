@@ -479,8 +479,8 @@ def _graphable_blocks(model: nn.Module) -> list[RepeatedBlock]:
         if isinstance(module, LayerDropList):
             raise ValueError(
                 f"CUDAGraphStep cannot replay a LayerDropList: it draws which layers to drop "
-                f"in Python at every forward pass (in mode={module.mode!r}, masked="
-                f"{module.masked!r} too), which a replay does not run, so every step would "
+                f"in Python at every forward pass (with mode={module.mode!r}, per_sample="
+                f"{module.per_sample!r} too), which a replay does not run, so every step would "
                 f"drop the layers of the captured one; train this model without CUDA graphs"
             )
     blocks = [m for m in model.modules() if isinstance(m, RepeatedBlock)]
