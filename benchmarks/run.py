@@ -83,7 +83,7 @@ from stochdepth import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import article9  # the article's class, kept verbatim in tests/
+from support import article9  # the article's class, kept verbatim in tests/support/
 
 
 @dataclass

@@ -26,7 +26,7 @@ from stochdepth import (
     train,
 )
 
-from processes import QUIET_ENV, TIMEOUT, run_python
+from support.processes import QUIET_ENV, TIMEOUT, run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "examples" / "sampler-plugin"

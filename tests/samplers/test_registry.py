@@ -38,7 +38,7 @@ from stochdepth import (
 )
 from stochdepth.samplers import _registry
 
-from processes import run_python
+from support.processes import run_python
 
 BUILTINS = {
     "uniform": UniformDepth,

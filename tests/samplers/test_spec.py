@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from stochdepth import FixedDepth, SeededDepth, UniformDepth, UnknownSamplerError, get_sampler
 from stochdepth.samplers._spec import parse_sampler_spec
 
-from strategies import bounds, seeds, spaces, spec_words
+from support.strategies import bounds, seeds, spaces, spec_words
 
 NAMES = ("uniform", "fixed", "seeded")
 

@@ -19,18 +19,11 @@ from torch._dynamo.testing import CompileCounter
 
 import stochdepth
 from stochdepth import (
-    BernoulliDrop,
     LayerDropList,
-    NestedDrop,
-    available_drop_rules,
-    get_drop_rule,
     linear_drop_rates,
-    register_drop_rule,
-    unregister_drop_rule,
 )
-from stochdepth.layer_drop import _registry
 
-from stats import assert_follows
+from support.stats import assert_follows
 
 rates = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 seeds = st.integers(min_value=0, max_value=2**64 - 1)
@@ -96,16 +89,6 @@ def test_the_law_check_rejects_a_wrong_rate() -> None:
     keep = [int(stack.draw_keep()[0]) for _ in range(4000)]
     with pytest.raises(AssertionError, match="chi-square"):
         assert_follows(keep, {1: 0.6, 0: 0.4})
-
-
-def test_bernoulli_drops_independently_and_nested_drops_nested_sets() -> None:
-    drop = torch.tensor([0.5, 0.5], dtype=torch.float64)
-    generator = torch.Generator().manual_seed(0)
-    nested = NestedDrop().draw(drop, 2000, generator)
-    assert torch.equal(nested[0], nested[1])  # equal rates: dropped together, always
-    independent = BernoulliDrop().draw(drop, 2000, generator)
-    both = int((independent[0] & independent[1]).sum())
-    assert 400 < both < 600  # about a quarter, far from the half that equality gives
 
 
 # --------------------------------------------------------------------------- batch mode
@@ -549,128 +532,6 @@ def test_layer_runs_count_kept_layers_and_rows() -> None:
     assert stack.layer_runs == [0, 0, 0]
     assert stack.draws == 0
     assert stack.keep_frequencies == [0.0] * 3
-
-
-# --------------------------------------------------------------------------- rules
-
-
-def test_the_registry_names_rules_and_suggests_the_closest() -> None:
-    assert {"bernoulli", "nested"} <= set(available_drop_rules())
-    assert isinstance(get_drop_rule("nested"), NestedDrop)
-    with pytest.raises(ValueError, match="did you mean 'bernoulli'"):
-        LayerDropList([nn.Identity()], 0.5, rule="bernouli")
-    with pytest.raises(ValueError, match="is a built-in drop rule"):
-        register_drop_rule("nested", BernoulliDrop)
-
-
-@pytest.fixture
-def drop_rules() -> Iterator[None]:
-    """Give the test the drop-rule registrations of a fresh process, and put them back."""
-    registered = _registry.DROP_RULES.snapshot()
-    _registry.DROP_RULES.restore(_registry.BUILTIN_DROP_RULES)
-    yield
-    _registry.DROP_RULES.restore(registered)
-
-
-@pytest.mark.usefixtures("drop_rules")
-def test_a_registered_rule_is_used_by_name() -> None:
-
-    class FirstOnly:
-        def draw(self, drop_rates: Tensor, rows: int | None, generator: torch.Generator) -> Tensor:
-            keep = torch.zeros(len(drop_rates), dtype=torch.bool)
-            keep[0] = True
-            return keep if rows is None else keep[:, None].expand(-1, rows)
-
-    register_drop_rule("first-only", FirstOnly)
-    with pytest.raises(ValueError, match="already registered"):
-        register_drop_rule("first-only", FirstOnly)
-    stack = LayerDropList([nn.Identity()] * 3, 0.5, rule="first-only", per_sample=True, seed=0)
-    stack(torch.zeros(4, 1))
-    assert stack.layer_runs == [4, 0, 0]
-    unregister_drop_rule("first-only")
-    assert "first-only" not in available_drop_rules()
-    with pytest.raises(ValueError, match="registered in this process"):
-        unregister_drop_rule("first-only")
-    with pytest.raises(ValueError, match="built-in drop rule and cannot be removed"):
-        unregister_drop_rule("bernoulli")
-
-
-@pytest.mark.usefixtures("drop_rules")
-def test_drop_rule_errors_are_their_own_classes_and_keep_the_old_bases() -> None:
-    with pytest.raises(
-        stochdepth.UnknownDropRuleError, match=r"^unknown drop rule 'nestd'.*'nested'\?$"
-    ):
-        get_drop_rule("nestd")
-    assert issubclass(stochdepth.UnknownDropRuleError, ValueError)
-    assert issubclass(stochdepth.UnknownDropRuleError, LookupError)
-    assert issubclass(stochdepth.DropRulePluginError, LookupError)
-    register_drop_rule("mine", NestedDrop)
-    with pytest.raises(ValueError, match=r"already registered as 'mine'.*pass replace=True"):
-        register_drop_rule("mine", BernoulliDrop)
-    register_drop_rule("mine", BernoulliDrop, replace=True)
-    assert isinstance(get_drop_rule("mine"), BernoulliDrop)
-    with pytest.raises(TypeError, match=r"^register_drop_rule\('x'\) needs a DropRule factory"):
-        register_drop_rule("x", NestedDrop())  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"^name must be letters"):
-        register_drop_rule("-x", NestedDrop)
-    with pytest.raises(
-        stochdepth.UnknownDropRuleError,
-        match=r"no drop rule is registered as 'other'; the names registered in this process are: "
-        r"mine$",
-    ):
-        unregister_drop_rule("other")
-    with pytest.raises(ValueError, match="built-in drop rule and cannot be replaced"):
-        register_drop_rule("bernoulli", NestedDrop, replace=True)
-
-
-def test_plugins_come_from_the_entry_point_group(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.metadata
-
-    group = _registry.ENTRY_POINT_GROUP
-    points = [
-        importlib.metadata.EntryPoint("plugged", "stochdepth:NestedDrop", group),
-        importlib.metadata.EntryPoint("broken", "no_such_module_here:Rule", group),
-    ]
-
-    def entry_points(**selection: Any) -> list[importlib.metadata.EntryPoint]:
-        assert selection == {"group": group}
-        return points
-
-    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
-    _registry.refresh_drop_rules()
-    try:
-        assert isinstance(get_drop_rule("plugged"), NestedDrop)
-        with pytest.warns(stochdepth.SamplerPluginWarning, match="'broken = no_such_module_here"):
-            names = available_drop_rules()
-        assert "plugged" in names
-        assert "broken" not in names
-        with pytest.raises(LookupError, match="failed to load: ModuleNotFoundError") as info:
-            get_drop_rule("broken")
-        assert isinstance(info.value, stochdepth.DropRulePluginError)
-    finally:
-        monkeypatch.undo()
-        _registry.refresh_drop_rules()
-
-
-def test_a_rule_that_returns_the_wrong_mask_is_named() -> None:
-    class Wrong:
-        def draw(self, drop_rates: Tensor, rows: int | None, generator: torch.Generator) -> Tensor:
-            return torch.ones(len(drop_rates))
-
-        def __repr__(self) -> str:
-            return "Wrong()"
-
-    stack = LayerDropList([nn.Identity()] * 2, 0.5, rule=Wrong())
-    with pytest.raises(
-        TypeError, match=r"drop rule Wrong\(\) must return a bool tensor of shape \(2,\)"
-    ):
-        stack(torch.zeros(1))
-
-
-def test_linear_drop_rates_follow_timm() -> None:
-    assert linear_drop_rates(0.1, 12) == pytest.approx(torch.linspace(0, 0.1, 12).tolist())
-    assert linear_drop_rates(0.5, 1) == [0.0]
-    assert linear_drop_rates(0.3, 4)[-1] == 0.3
 
 
 # --------------------------------------------------------------------------- bad input
