@@ -31,55 +31,25 @@ _WARMUP_STEPS = 3  # as PyTorch's CUDA Graphs notes do before a whole-network ca
 class CUDAGraphStep:
     """One training step (forward, loss, backward, optimizer step) replayed from a CUDA graph.
 
-    A model with a :class:`~stochdepth.RepeatedBlock` runs a different graph at every
-    depth, which rules out one CUDA graph for the whole step. This helper keeps one graph
-    per depth instead: each call draws the blocks' depths in Python, outside any graph,
-    exactly as the eager forward pass draws them (the same sampler calls, in the order the
-    forward pass calls the blocks, recorded in ``last_depth`` and ``depth_histogram``),
-    and replays the graph captured for those depths. A depth seen for the first time is
-    captured then: warmed up on a side stream (its parameters, buffers and optimizer state
-    restored afterwards), then recorded into a :class:`torch.cuda.CUDAGraph` with static input,
-    target, loss and gradient buffers. All graphs share one memory pool
-    (:func:`torch.cuda.graph_pool_handle`), which is safe because the graphs never run at
-    the same time and every tensor that outlives a replay is kept by this object.
+    Each call draws the blocks' depths in Python, outside any graph, exactly as the eager
+    forward pass draws them (:meth:`~stochdepth.RepeatedBlock.draw_depth`, recorded in
+    ``last_depth`` and ``depth_histogram``), and replays the graph of the whole step
+    captured for those depths, capturing it on first use. Losses and weights equal eager
+    training's on the same depths within float32 rounding; at depth 0 the layer's
+    parameters get no gradient, as in eager training. The first call runs eagerly and
+    learns the order in which the forward pass calls the blocks. A masked block needs
+    one graph for every depth (its depth is copied into a static tensor; its entry in
+    :attr:`graphs` is ``None``). At most ``max_graphs`` depths get a graph; a step at
+    another depth runs eagerly (counted in ``eager_steps``).
 
-    Each step does what the article's loop does, with ``optimizer.zero_grad()``
-    (``set_to_none=True``, PyTorch's default): the losses and weights equal those of
-    eager training on the same depths within float32 rounding (the same kernels run,
-    replayed). At depth 0 the repeated layer's parameters get no gradient: their
-    ``.grad`` is ``None`` after the step and the optimizer skips them, as in eager
-    training. After every step each parameter's ``.grad`` holds that step's gradient.
-
-    The first call runs eagerly: it draws as an eager step does, and learns the order in
-    which the forward pass calls the blocks (each must run exactly once per forward pass).
-
-    **Bound.** At most ``max_graphs`` distinct depths (tuples of the blocks' depths) get a
-    graph; a step at any other depth falls back to an eager step (correct, as slow as
-    eager), counted in ``eager_steps``. Each graph keeps its own gradient buffers (one
-    copy of the parameters' size) in the shared pool.
-
-    **Optimizers.** ``torch.optim.SGD`` (with ``dampening=0`` when it has momentum) and
-    ``torch.optim.Adam`` / ``torch.optim.AdamW`` with ``capturable=True``. Optimizer state
-    that the warm-up creates is zero-filled before capture, which is what these optimizers
-    start from. The hyperparameters (``lr``, ``momentum``, ...) are recorded into the graphs:
-    when they change, every graph is captured anew on its next use, so a learning rate
-    that changes every step makes every step a capture; keep it fixed for the graphs to pay.
-    (``torch.optim.lr_scheduler`` schedulers that change it once an epoch are fine.)
-
-    **Masked blocks.** A block with ``mode="masked"`` (with or without ``per_sample``)
-    needs no graph per depth: its depth, or its rows' depths, is drawn outside the graph
-    as its eager forward pass draws it, and copied into a static depth tensor on the
-    device (0-d, or one value per row of the block's input) that the captured step reads:
-    one graph serves every depth, and its entry in :attr:`graphs` is ``None``.
-
-    **Models.** Every parameter on one CUDA device; the model in training mode; every
-    ``RepeatedBlock`` in skip mode with one depth per batch (the default) or in masked
-    mode, without ``checkpoint``, drawing its own depth (not given one by the model),
-    called once per forward pass. Nothing else in the forward pass may take decisions in Python from
-    random draws or tensor values, since a replay does not run Python. Random operations
-    on the GPU (dropout) draw from the graphs' generator offsets, not eager's values.
-    Loading another state into the model or the optimizer (``load_state_dict``) after the
-    first capture replaces the tensors that the graphs read: call :meth:`reset` after it.
+    Supported: ``torch.optim.SGD`` (``dampening=0`` with momentum) and Adam / AdamW with
+    ``capturable=True``; every parameter on one CUDA device; blocks in skip mode with one
+    depth per batch or in masked mode, without ``checkpoint`` or a ``grad_depth`` sampler,
+    each called once per forward pass and drawing its own depth. A replay runs no
+    Python, and changed hyperparameters (``lr``) make every graph be captured anew; call
+    :meth:`reset` after loading another state into the model or the optimizer. How it
+    works, what it costs and what it refuses:
+    [CUDA graphs](../performance.md#cuda-graphs-for-a-random-depth-training-step).
 
     Args:
         model: The model to train, its parameters on a CUDA device.
