@@ -178,16 +178,9 @@ class LayerCall:
         output = self.output
         if output is None:
             state = out
-        elif isinstance(output, int):
-            if not isinstance(out, (tuple, list)) or not -len(out) <= output < len(out):
-                raise TypeError(
-                    f"output={output} takes element {output} of a tuple or list that the "
-                    f"layer returns, but {type(self.layer).__name__} returned "
-                    f"{summarize(out)} at repeat {repeat + 1} of {depth}"
-                )
-            state = out[output]
         else:
-            state = output(out)
+            where = f" at repeat {repeat + 1} of {depth}"
+            state = read_state(out, output, type(self.layer).__name__, where)
         if not isinstance(state, Tensor) or state.shape != x.shape:
             raise self.error(x, state, repeat, depth)
         return state
@@ -283,6 +276,35 @@ class PlainCall(LayerCall):
     def narrow(self, start: int, stop: int) -> LayerCall:
         """This call: it has no row-aligned arguments."""
         return self
+
+
+def read_state(out: object, output: Output, layer: str, where: str = "") -> object:
+    """The next state, read from a layer's return value ``out`` as ``output=`` says.
+
+    The one reading of ``output=`` that :class:`~stochdepth.RepeatedBlock` and
+    :class:`~stochdepth.LayerDropList` share; the caller checks the state's shape.
+
+    Args:
+        out: What the layer returned.
+        output: ``None`` (``out`` itself), an int (that element of a tuple or list), or
+            a callable mapping ``out`` to the state.
+        layer: The layer, as the error message names it.
+        where: Appended to the error message (the repeat, say).
+
+    Raises:
+        TypeError: ``output`` is an int and ``out`` is not a tuple or list with that
+            element.
+    """
+    if output is None:
+        return out
+    if isinstance(output, int):
+        if not isinstance(out, (tuple, list)) or not -len(out) <= output < len(out):
+            raise TypeError(
+                f"output={output} takes element {output} of a tuple or list that {layer} "
+                f"returns, but it returned {summarize(out)}{where}"
+            )
+        return out[output]
+    return output(out)
 
 
 def summarize(value: object) -> str:

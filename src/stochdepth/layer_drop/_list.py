@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
 
+from stochdepth._layer_call import Output, check_output, read_state
 from stochdepth._tie import process_group_up
 from stochdepth._validation import check_bool, check_int, check_probability, describe
 from stochdepth.samplers._generator import check_seed
@@ -27,8 +28,6 @@ LegacyMode = Literal["batch", "row"]
 Scale = Literal["train", "eval"]
 """Where a residual branch's ``1 - p`` factor goes: training (timm) or evaluation (the paper)."""
 
-Output = int | Callable[[Any], Tensor] | None
-"""How to read the next hidden state from what a layer returns."""
 
 _MODES = ("skip", "masked")
 _LEGACY_MODES = ("batch", "row")
@@ -207,7 +206,7 @@ class LayerDropList(nn.Module):
             )
         self._row_positions = tuple(a for a in self._row_args if isinstance(a, int))
         self._row_keywords = tuple(a for a in self._row_args if isinstance(a, str))
-        self._output = _check_output(output)
+        self._output = check_output(output)
         self._seed = check_seed(int(torch.randint(0, 2**62, ())) if seed is None else seed)
         self._generator = torch.Generator(device="cpu")
         self._generator.manual_seed(self._seed)
@@ -560,16 +559,8 @@ class LayerDropList(nn.Module):
         output = self._output
         if output is None:
             state = result
-        elif isinstance(output, int):
-            if not isinstance(result, tuple | list) or not -len(result) <= output < len(result):
-                raise TypeError(
-                    f"output={output} takes element {output} of a tuple or list that layer "
-                    f"{index} ({type(layer).__name__}) returns, but it returned "
-                    f"{_summary(result)}"
-                )
-            state = result[output]
         else:
-            state = output(result)
+            state = read_state(result, output, f"layer {index} ({type(layer).__name__})")
         if not isinstance(state, Tensor) or state.shape != h.shape:
             raise _shape_error(index, layer, h, state, output is not None)
         return state
@@ -788,17 +779,6 @@ def _check_row_args(value: object) -> tuple[int | str, ...]:
         else:
             raise TypeError(f"row_args must hold {expected}, got {describe(item)}")
     return tuple(result)
-
-
-def _check_output(value: object) -> Output:
-    if value is None or callable(value):
-        return cast(Output, value)
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return check_int("output", value, minimum=None)
-    raise TypeError(
-        f"output must be None, an int (an index into a returned tuple) or a callable, "
-        f"got {describe(value)}"
-    )
 
 
 def _rows(h: Tensor) -> int:
