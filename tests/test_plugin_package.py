@@ -19,7 +19,7 @@ import torch
 from stochdepth import (
     DynamicNet,
     RepeatedBlock,
-    UnknownSamplerError,
+    UnknownPluginError,
     available_samplers,
     get_sampler,
     refresh_samplers,
@@ -72,7 +72,7 @@ def _plugin_installed() -> Iterator[None]:
         refresh_samplers()
     assert not installed()
     assert "cyclic" not in available_samplers()
-    with pytest.raises(UnknownSamplerError):
+    with pytest.raises(UnknownPluginError):
         get_sampler("cyclic")
 
 

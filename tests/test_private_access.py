@@ -19,6 +19,10 @@ PACKAGE = SRC / "stochdepth"
 # today: torch's own internals (``torch._dynamo`` and the like) would go here too, each
 # with its reason, since a library's private API is a separate risk from our own.
 ALLOWED: dict[tuple[str, str], str] = {
+    ("__init__.py", "_sys._getframe"): (
+        "CPython's documented sys._getframe: the deprecated names' __getattr__ tells "
+        "importlib's probe of `from stochdepth import X` from a user's access, to warn once"
+    ),
     ("_tie.py", "DistributedDataParallel._active_ddp_module"): (
         "torch has no public way to ask whether a DDP forward pass is running; read with "
         "getattr and a default, so a torch without it means 'not in DDP'"

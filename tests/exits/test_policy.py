@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 import stochdepth
-from stochdepth import ExitWhenConverged, LatentChange, UnknownExitCriterionError
+from stochdepth import ExitWhenConverged, LatentChange, UnknownPluginError
 
 from support.fakes import Never
 
@@ -52,7 +52,7 @@ def test_a_criterion_that_is_neither_name_nor_callable_is_named_even_with_a_tol(
         ),
         ({"tol": 0.1, "max_depth": 3, "min_depth": 0}, ValueError, "min_depth must be an int >= 1"),
         ({"tol": -0.1, "max_depth": 3}, ValueError, "tol must be >= 0"),
-        ({"tol": 0.1, "max_depth": 3, "criterion": "nope"}, UnknownExitCriterionError, "nope"),
+        ({"tol": 0.1, "max_depth": 3, "criterion": "nope"}, UnknownPluginError, "nope"),
         ({"tol": 0.1, "max_depth": 3, "criterion": "output_kl"}, ValueError, "give head="),
         ({"tol": 0.1, "max_depth": 3, "head": 3}, TypeError, "head must be a callable"),
         ({"tol": None, "max_depth": 3, "criterion": LatentChange}, TypeError, "got the class"),

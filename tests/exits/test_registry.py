@@ -11,12 +11,12 @@ import pytest
 
 from stochdepth import (
     ExitCriterion,
-    ExitCriterionPluginError,
-    ExitCriterionPluginWarning,
     ExitWhenConverged,
     LatentChange,
     OutputKL,
-    UnknownExitCriterionError,
+    PluginError,
+    PluginWarning,
+    UnknownPluginError,
     available_exit_criteria,
     get_exit_criterion,
     refresh_exit_criteria,
@@ -55,7 +55,7 @@ def test_the_builtins_are_available_by_name() -> None:
 
 
 def test_an_unknown_name_lists_the_criteria_and_suggests_the_closest() -> None:
-    with pytest.raises(UnknownExitCriterionError, match="did you mean 'latent_change'") as info:
+    with pytest.raises(UnknownPluginError, match="did you mean 'latent_change'") as info:
         get_exit_criterion("latent_chang", 0.1)
     assert "output_kl" in str(info.value)
     assert isinstance(info.value, LookupError)
@@ -78,7 +78,7 @@ def test_register_and_unregister_a_criterion() -> None:
     register_exit_criterion("never", overwrite=True)(NeverWithTol)
     unregister_exit_criterion("never")
     assert "never" not in available_exit_criteria()
-    with pytest.raises(UnknownExitCriterionError, match="no exit criterion is registered"):
+    with pytest.raises(UnknownPluginError, match="no exit criterion is registered"):
         unregister_exit_criterion("never")
 
 
@@ -143,9 +143,9 @@ def test_a_plugin_criterion_is_found_by_name_and_a_broken_one_is_left_out(
     assert type(criterion).__name__ == "Calm"
     policy = ExitWhenConverged(0.5, 4, criterion="calm")
     assert type(policy.criterion).__name__ == "Calm"
-    with pytest.warns(ExitCriterionPluginWarning, match="broken"):
+    with pytest.warns(PluginWarning, match="broken"):
         names = available_exit_criteria()
     assert "calm" in names
     assert "broken" not in names
-    with pytest.raises(ExitCriterionPluginError, match="no_such_module"):
+    with pytest.raises(PluginError, match="no_such_module"):
         get_exit_criterion("broken", 0.5)

@@ -30,7 +30,7 @@ def test_the_registry_names_rules_and_suggests_the_closest() -> None:
     with pytest.raises(ValueError, match="did you mean 'bernoulli'"):
         LayerDropList([nn.Identity()], 0.5, rule="bernouli")
     with pytest.raises(ValueError, match="is a built-in drop rule"):
-        register_drop_rule("nested", BernoulliDrop)
+        register_drop_rule("nested")(BernoulliDrop)
 
 
 @pytest.fixture
@@ -51,9 +51,9 @@ def test_a_registered_rule_is_used_by_name() -> None:
             keep[0] = True
             return keep if rows is None else keep[:, None].expand(-1, rows)
 
-    register_drop_rule("first-only", FirstOnly)
+    assert register_drop_rule("first-only")(FirstOnly) is FirstOnly
     with pytest.raises(ValueError, match="already registered"):
-        register_drop_rule("first-only", FirstOnly)
+        register_drop_rule("first-only")(FirstOnly)
     stack = LayerDropList([nn.Identity()] * 3, 0.5, rule="first-only", per_sample=True, seed=0)
     stack(torch.zeros(4, 1))
     assert stack.layer_runs == [4, 0, 0]
@@ -66,31 +66,46 @@ def test_a_registered_rule_is_used_by_name() -> None:
 
 
 @pytest.mark.usefixtures("drop_rules")
-def test_drop_rule_errors_are_their_own_classes_and_keep_the_old_bases() -> None:
+def test_drop_rule_errors_are_the_shared_plugin_classes_with_the_old_bases() -> None:
     with pytest.raises(
-        stochdepth.UnknownDropRuleError, match=r"^unknown drop rule 'nestd'.*'nested'\?$"
+        stochdepth.UnknownPluginError, match=r"^unknown drop rule 'nestd'.*'nested'\?$"
     ):
         get_drop_rule("nestd")
-    assert issubclass(stochdepth.UnknownDropRuleError, ValueError)
-    assert issubclass(stochdepth.UnknownDropRuleError, LookupError)
-    assert issubclass(stochdepth.DropRulePluginError, LookupError)
-    register_drop_rule("mine", NestedDrop)
-    with pytest.raises(ValueError, match=r"already registered as 'mine'.*pass replace=True"):
-        register_drop_rule("mine", BernoulliDrop)
-    register_drop_rule("mine", BernoulliDrop, replace=True)
+    assert issubclass(stochdepth.UnknownPluginError, ValueError)
+    assert issubclass(stochdepth.UnknownPluginError, LookupError)
+    assert issubclass(stochdepth.PluginError, LookupError)
+    register_drop_rule("mine")(NestedDrop)
+    with pytest.raises(ValueError, match=r"already registered as 'mine'.*pass overwrite=True"):
+        register_drop_rule("mine")(BernoulliDrop)
+    register_drop_rule("mine", overwrite=True)(BernoulliDrop)
     assert isinstance(get_drop_rule("mine"), BernoulliDrop)
     with pytest.raises(TypeError, match=r"^register_drop_rule\('x'\) needs a DropRule factory"):
-        register_drop_rule("x", NestedDrop())  # type: ignore[arg-type]
+        register_drop_rule("x")(NestedDrop())  # type: ignore[type-var]
     with pytest.raises(ValueError, match=r"^name must be letters"):
-        register_drop_rule("-x", NestedDrop)
+        register_drop_rule("-x")
     with pytest.raises(
-        stochdepth.UnknownDropRuleError,
+        stochdepth.UnknownPluginError,
         match=r"no drop rule is registered as 'other'; the names registered in this process are: "
         r"mine$",
     ):
         unregister_drop_rule("other")
     with pytest.raises(ValueError, match="built-in drop rule and cannot be replaced"):
-        register_drop_rule("bernoulli", NestedDrop, replace=True)
+        register_drop_rule("bernoulli", overwrite=True)(NestedDrop)
+
+
+@pytest.mark.usefixtures("drop_rules")
+def test_the_old_call_and_replace_still_register_with_a_future_warning() -> None:
+    with pytest.warns(FutureWarning, match=r"register_drop_rule\(name\)\(factory\)"):
+        assert register_drop_rule("mine", NestedDrop) is None
+    assert isinstance(get_drop_rule("mine"), NestedDrop)
+    with pytest.warns(FutureWarning, match=r"replace=\.\.\.\) is deprecated; pass overwrite"):
+        register_drop_rule("mine", replace=True)(BernoulliDrop)
+    assert isinstance(get_drop_rule("mine"), BernoulliDrop)
+    with (
+        pytest.warns(FutureWarning, match="replace"),
+        pytest.raises(ValueError, match="already registered as 'mine'"),
+    ):
+        register_drop_rule("mine", replace=False)(NestedDrop)
 
 
 def test_plugins_come_from_the_entry_point_group(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,13 +125,13 @@ def test_plugins_come_from_the_entry_point_group(monkeypatch: pytest.MonkeyPatch
     _registry.refresh_drop_rules()
     try:
         assert isinstance(get_drop_rule("plugged"), NestedDrop)
-        with pytest.warns(stochdepth.SamplerPluginWarning, match="'broken = no_such_module_here"):
+        with pytest.warns(stochdepth.PluginWarning, match="'broken = no_such_module_here"):
             names = available_drop_rules()
         assert "plugged" in names
         assert "broken" not in names
         with pytest.raises(LookupError, match="failed to load: ModuleNotFoundError") as info:
             get_drop_rule("broken")
-        assert isinstance(info.value, stochdepth.DropRulePluginError)
+        assert isinstance(info.value, stochdepth.PluginError)
     finally:
         monkeypatch.undo()
         _registry.refresh_drop_rules()
