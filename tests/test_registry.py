@@ -89,7 +89,10 @@ def test_register_is_a_decorator_that_returns_the_factory_for_every_kind(kind: s
 
 def test_every_kind_raises_the_same_errors_naming_itself(kind: str) -> None:
     found = functions(kind)
-    with pytest.raises(stochdepth.UnknownPluginError, match=rf"^unknown {kind} 'nope'"):
+    plural = {"sampler": "samplers", "drop rule": "drop rules", "exit criterion": "exit criteria"}
+    with pytest.raises(
+        stochdepth.UnknownPluginError, match=rf"^unknown {kind} 'nope'; the {plural[kind]} are: "
+    ):
         KINDS[kind][3]("nope")
     with pytest.raises(stochdepth.UnknownPluginError, match=rf"^no {kind} is registered as 'nope'"):
         found["unregister"]("nope")

@@ -78,6 +78,7 @@ class Registry(Generic[T]):
 
     Args:
         kind: The kind's name in messages (``"sampler"``).
+        kinds: Its plural, when not ``kind + "s"`` (``"exit criteria"``).
         provides: What a factory makes, in messages (``"DepthSampler"``).
         group: The entry-point group plugins declare themselves under.
         builtins: The built-in factories by name, the one place they are listed.
@@ -94,8 +95,10 @@ class Registry(Generic[T]):
         builtins: Mapping[str, T],
         problem: Callable[[object], str | None],
         fixed_builtins: bool = False,
+        kinds: str | None = None,
     ) -> None:
         self.kind = kind
+        self.kinds = f"{kind}s" if kinds is None else kinds
         self.provides = provides
         self.group = group
         self.builtins: Mapping[str, T] = MappingProxyType(dict(builtins))
@@ -194,7 +197,7 @@ class Registry(Generic[T]):
                 close = difflib.get_close_matches(name, known, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise UnknownPluginError(
-                    f"unknown {self.kind} {name!r}; the {self.kind}s are: {', '.join(known)}{hint}"
+                    f"unknown {self.kind} {name!r}; the {self.kinds} are: {', '.join(known)}{hint}"
                 )
             loaded = plugin.load(self._problem, self.provides)
             if loaded is None:

@@ -43,6 +43,7 @@ def _factory_problem(factory: object) -> str | None:
 
 EXIT_CRITERIA: Registry[CriterionFactory] = Registry(
     kind="exit criterion",
+    kinds="exit criteria",
     provides="ExitCriterion",
     group=ENTRY_POINT_GROUP,
     builtins=BUILTIN_EXIT_CRITERIA,
