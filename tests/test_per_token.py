@@ -18,7 +18,7 @@ from torch._dynamo.testing import CompileCounter
 
 from stochdepth import ExitWhenConverged, FixedDepth, RepeatedBlock, SeededDepth, UniformDepth
 
-from strategies import MAX_DEPTH, token_depths
+from support.strategies import MAX_DEPTH, token_depths
 
 WIDTH = 4
 

@@ -26,15 +26,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ._cache_guard import FrozenKeysStored, is_kv_cache
 from ._depth import DepthChoice
+from ._grad_depth import GradDepth
 from ._layer_call import LayerCall
-from ._repeats import Host, masked, outside_graph
+from ._repeats import DepthZero, masked, outside_graph
 from ._validation import check_int
 from .exits._policy import ExitWhenConverged
 from .samplers._draws import draw_batch
@@ -52,13 +53,15 @@ def positions(x: Tensor) -> tuple[int, int]:
     return x.shape[0], x.shape[1]
 
 
-def token_depths(choice: DepthChoice, x: Tensor, depth: object, training: bool) -> Tensor:
+def token_depths(
+    choice: DepthChoice, x: Tensor, depth: object, training: bool, record: bool = True
+) -> Tensor:
     """The positions' depths, a ``(batch, seq)`` int64 tensor on ``x``'s device.
 
     Drawn from the sampler in training mode (``sampler.sample_batch``, one draw per
     position) or with ``eval_depth="sample"``, the eval policy's otherwise, or ``depth``
-    (an int, or an integer tensor of shape ``(batch, seq)``) checked. Recorded in
-    ``last_depth``, and in training mode in the histogram.
+    (an int, or an integer tensor of shape ``(batch, seq)``) checked. With ``record``,
+    recorded in ``last_depth``, and in training mode in the histogram.
     """
     shape = positions(x)
     if isinstance(depth, Tensor):
@@ -82,12 +85,11 @@ def token_depths(choice: DepthChoice, x: Tensor, depth: object, training: bool) 
             raise choice.limit_error(high, depth is not None)
         if choice.masked:
             choice.check_within_max(high)
-    choice.last = depths
-    if training and depths.numel() and not torch.compiler.is_compiling():
-        counts = choice.counts
-        for value, count in enumerate(torch.bincount(depths.flatten().cpu()).tolist()):
-            if count:
-                counts[value] = counts.get(value, 0) + count
+    if record:
+        if torch.compiler.is_compiling():  # a given tensor in masked mode: no counts
+            choice.last = depths
+        else:
+            choice.record(depths, training)
     return depths.to(x.device)
 
 
@@ -125,10 +127,8 @@ def tracking_caches(block: nn.Module, call: LayerCall) -> list[Any]:
     return found
 
 
-def freeze_for_caches(
-    block: nn.Module, call: LayerCall, state: Tensor, used: int, deepest: int
-) -> None:
-    """Give the caches following ``block`` the keys and values of the frozen states.
+def freeze_for_caches(call: LayerCall, state: Tensor, used: int, deepest: int) -> None:
+    """Give the caches following the block (``call.owner``) the frozen states' keys and values.
 
     After a pass that ran ``used`` repeats, a later pass may run up to ``deepest``: the
     positions of this pass then need keys and values at repeats ``used`` and on, those
@@ -140,6 +140,7 @@ def freeze_for_caches(
     """
     if used >= deepest:
         return
+    block = call.owner
     caches = tracking_caches(block, call)
     if not caches:
         return
@@ -175,16 +176,30 @@ class PerToken:
         self.checkpointed = checkpoint is not False
         self.every = None if checkpoint is True else int(checkpoint)
 
-    def __call__(self, block: Host, x: Tensor, call: LayerCall, depth: object) -> Tensor:
-        """Choose the positions' depths and apply the frozen-state repeats."""
-        choice = block._choice
+    def __call__(
+        self,
+        choice: DepthChoice,
+        grad: GradDepth,
+        x: Tensor,
+        call: LayerCall,
+        depth: object,
+        training: bool,
+        zero: DepthZero,
+        record: bool = True,
+    ) -> Tensor:
+        """Choose the positions' depths and apply the frozen-state repeats.
+
+        Called as the block's other strategies are (see
+        :class:`~stochdepth._repeats.Skip`); ``grad`` is unused (``grad_depth`` is
+        refused with ``per_token=True``).
+        """
         if torch.compiler.is_compiling() and not (self.masked_mode and isinstance(depth, Tensor)):
-            depths = _token_depths_outside_graph(choice, x, depth, block.training)
+            depths = _token_depths_outside_graph(choice, x, depth, training, record)
         else:
-            depths = token_depths(choice, x, depth, block.training)
+            depths = token_depths(choice, x, depth, training, record)
         repeats = choice.max_depth() if self.masked_mode else _deepest(depths)
         if repeats == 0:
-            out = block._depth_zero(x)
+            out = zero(x)
         else:
             out = masked(
                 call,
@@ -194,9 +209,9 @@ class PerToken:
                 checkpointed=self.checkpointed,
                 checkpoint_every=self.every,
             )
-        if not block.training and not torch.compiler.is_compiling():
+        if not training and not torch.compiler.is_compiling():
             deepest = deepest_possible(choice, False, depth is not None)
-            freeze_for_caches(cast(nn.Module, block), call, out, repeats, deepest)
+            freeze_for_caches(call, out, repeats, deepest)
         return out
 
 

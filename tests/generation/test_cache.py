@@ -14,7 +14,7 @@ from torch import nn
 import stochdepth
 from stochdepth import DepthCache, ExitWhenConverged, FixedDepth, RepeatedBlock
 
-from tiny_llama import greedy, prompts, repeated_llama, unrolled_llama
+from support.tiny_llama import greedy, prompts, repeated_llama, unrolled_llama
 
 pytest.importorskip("transformers", reason="DepthCache is a transformers cache (the hf extra)")
 
@@ -182,12 +182,12 @@ def test_a_depth_that_changes_between_steps_is_refused(model: nn.Module) -> None
 
 def test_close_removes_the_hooks_and_the_block_then_refuses_the_cache(model: nn.Module) -> None:
     block = model.model.layers[1]
-    hooks = len(block._forward_pre_hooks) + len(block.layer._forward_pre_hooks)
+    hooks = len(block._repeat_hooks)
     cache = DepthCache(model)
     assert cache.tracks_block(block)
     cache.close()
     assert not cache.tracks_block(block)
-    assert len(block._forward_pre_hooks) + len(block.layer._forward_pre_hooks) == hooks
+    assert len(block._repeat_hooks) == hooks
     ids, mask = prompts()
     with pytest.raises(TypeError, match="not made for the model"):
         greedy(model, ids, mask, cache=cache)
@@ -195,10 +195,10 @@ def test_close_removes_the_hooks_and_the_block_then_refuses_the_cache(model: nn.
 
 def test_a_dropped_cache_leaves_no_hook_behind(model: nn.Module) -> None:
     block = model.model.layers[1]
-    hooks = len(block._forward_pre_hooks) + len(block.layer._forward_pre_hooks)
+    hooks = len(block._repeat_hooks)
     cache = DepthCache(model)
     del cache
-    assert len(block._forward_pre_hooks) + len(block.layer._forward_pre_hooks) == hooks
+    assert len(block._repeat_hooks) == hooks
 
 
 def test_bad_models_are_refused_clearly() -> None:

@@ -3,7 +3,7 @@
 A :class:`RepeatTracker` finds the :class:`~stochdepth.RepeatedBlock` modules of a model
 and the layer indices their layers write to the cache under (the ``layer_idx``
 attribute of Hugging Face attention modules, and of any attention module that follows
-the protocol on the docs page "Generating with a repeated layer"). It registers a hook on
+the protocol on the docs page "Generating with a repeated layer"). It registers a repeat hook on
 each block that records the 0-based repeat about to run, so that a cache can put the
 keys and values of ``(layer_idx, repeat)`` in a slot of their own.
 
@@ -14,8 +14,6 @@ cache that is dropped leaves nothing behind on the model.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
-from typing import Any
 
 from torch import nn
 from torch.utils.hooks import RemovableHandle
@@ -55,6 +53,7 @@ class RepeatTracker:
                 f"model must hold a RepeatedBlock for a DepthCache to follow, but "
                 f"{type(model).__name__} holds none: use an ordinary cache (DynamicCache)"
             )
+        self._model = model
         self._follow(blocks)
 
     def _follow(self, blocks: list[RepeatedBlock]) -> None:
@@ -98,11 +97,14 @@ class RepeatTracker:
 
     def clone(self) -> RepeatTracker:
         """A new tracker following the same blocks, with hooks of its own."""
-        twin = RepeatTracker.__new__(RepeatTracker)
-        twin._follow(self._list)
-        twin._repeat.update(self._repeat)
-        twin._freezing = {key: set(value) for key, value in self._freezing.items()}
+        twin = RepeatTracker(self._model)
+        twin.adopt(self._repeat, self._freezing)
         return twin
+
+    def adopt(self, repeats: dict[int, int], freezing: dict[int, set[int]]) -> None:
+        """Take over another tracker's state (the running repeats, the frozen applications)."""
+        self._repeat.update(repeats)
+        self._freezing = {key: set(value) for key, value in freezing.items()}
 
     def following(self) -> bool:
         """Whether the tracker still follows its blocks (it was not closed)."""
@@ -167,33 +169,14 @@ class RepeatTracker:
 
 
 def _hook(block: RepeatedBlock, tracker: weakref.ref[RepeatTracker]) -> list[RemovableHandle]:
-    """Register what tells ``tracker`` the repeat ``block`` is about to run."""
-    register: Callable[..., RemovableHandle] | None = getattr(block, "register_repeat_hook", None)
-    if register is not None:  # the public seam of RepeatedBlock (issue 19)
+    """Register the repeat hook that tells ``tracker`` the repeat ``block`` is about to run."""
 
-        def on_repeat(module: RepeatedBlock, repeat: int) -> None:
-            target = tracker()
-            if target is not None:
-                target.set_repeat(module, repeat)
-
-        return [register(on_repeat)]
-    # Until the seam is there: count the layer's calls from the block's forward pass on.
-    # Exact for what generation runs (eval mode, one call of the layer per repeat).
-
-    def on_block(module: nn.Module, args: Any) -> None:
+    def on_repeat(module: RepeatedBlock, repeat: int) -> None:
         target = tracker()
         if target is not None:
-            target.set_repeat(block, -1)
+            target.set_repeat(module, repeat)
 
-    def on_layer(module: nn.Module, args: Any) -> None:
-        target = tracker()
-        if target is not None:
-            target.set_repeat(block, target._repeat[id(block)] + 1)
-
-    return [
-        block.register_forward_pre_hook(on_block),
-        block.layer.register_forward_pre_hook(on_layer),
-    ]
+    return [block.register_repeat_hook(on_repeat)]
 
 
 def _remove(handles: list[RemovableHandle]) -> None:
