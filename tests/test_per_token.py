@@ -209,3 +209,22 @@ def test_bad_inputs_and_depths_are_refused_clearly() -> None:
         masked(x, depth=torch.full((2, 3), 3))
     assert "per_token=True" in repr(block)
     assert block.per_token
+
+
+def test_the_seam_draws_runs_and_hooks_per_token() -> None:
+    layer = Mixer()
+    block = RepeatedBlock(layer, SeededDepth(0, 4, seed=9), per_token=True)
+    twin = RepeatedBlock(layer, SeededDepth(0, 4, seed=9), per_token=True)
+    x = torch.randn(2, 3, WIDTH)
+    drawn = block.draw_depth(x)
+    assert isinstance(drawn, torch.Tensor)
+    assert drawn.shape == (2, 3)
+    assert block.last_depth is None  # nothing recorded
+    twin(x)
+    assert torch.equal(drawn, twin.last_depth)  # type: ignore[arg-type]
+    seen: list[int] = []
+    block.register_repeat_hook(lambda module, repeat: seen.append(repeat))
+    out = block.run(x, depth=drawn)
+    assert block.last_depth is None
+    assert torch.equal(out, hand_loop(layer, x, drawn))
+    assert seen == list(range(int(drawn.max())))

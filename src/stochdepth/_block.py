@@ -255,7 +255,9 @@ class RepeatedBlock(nn.Module):
             x: The input the pass would run on (its rows count with ``per_sample``).
 
         Returns:
-            An int, or with ``per_sample=True`` a CPU int64 tensor of the rows' depths.
+            An int, or with ``per_sample=True`` a CPU int64 tensor of the rows' depths
+            (with ``per_token=True``, an int64 tensor of shape ``(batch, seq)`` on ``x``'s
+            device).
 
         Raises:
             TypeError: ``x`` is not a tensor, or the sampler drew a non-int.
