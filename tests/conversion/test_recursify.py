@@ -8,11 +8,14 @@ import re
 
 import pytest
 import torch
+from hypothesis import given
 from torch import Tensor, nn
 
 from stochdepth import RecursifyReport, RepeatedBlock, UniformDepth, recursify
 from stochdepth.conversion._deltas import DenseDelta, LowRankDelta
 from stochdepth.conversion._shared import SharedLayers
+
+from strategies import recursify_cases
 
 WIDTH = 8
 
@@ -88,6 +91,30 @@ def test_full_rank_equals_the_original_in_float64(core: slice, block_size: int, 
     assert report.repeats * block_size == stop - start
     assert len(converted) == len(layers) - (stop - start) + 1
     assert block_of(converted).eval_depth == report.repeats
+
+
+@given(recursify_cases())
+def test_full_rank_equals_the_original_for_any_stack(case: dict[str, object]) -> None:
+    width = case["width"]
+    assert isinstance(width, int)
+    torch.manual_seed(case["seed"])
+    layers = nn.ModuleList(
+        nn.Sequential(nn.Linear(width, 2 * width), nn.Tanh(), nn.Linear(2 * width, width))
+        for _ in range(case["count"])
+    ).double()
+    x = torch.randn(3, width, dtype=torch.float64)
+    converted = recursify(
+        layers,
+        core=case["core"],
+        block_size=case["block_size"],
+        init=case["init"],
+        lora_rank="full",
+        check=x,
+    )
+    assert converted.report.max_difference < 1e-12
+    core = case["core"]
+    assert isinstance(core, slice)
+    assert len(converted) == case["count"] - (core.stop - core.start) + 1
 
 
 def test_an_int_rank_of_min_out_in_is_exact_too() -> None:
@@ -397,6 +424,18 @@ def test_layers_of_different_shapes_are_refused() -> None:
     odd[3].down = nn.Linear(3 * WIDTH, WIDTH).double()
     with pytest.raises(ValueError, match=r"'up.weight' has shape \(16, 8\) in one and \(24, 8\)"):
         recursify(odd, core=slice(1, 4))
+
+
+def test_layers_differ_across_a_block_but_not_between_its_repeats() -> None:
+    """block_size=2 over alternating kinds of layer: each kind is shared with its own kind."""
+    torch.manual_seed(0)
+    kinds = [Layer, lambda: nn.Sequential(nn.Linear(WIDTH, WIDTH), nn.Tanh())]
+    layers = nn.ModuleList(kinds[i % 2]() for i in range(6)).double()
+    x = inputs()
+    converted = recursify(layers, core=slice(0, 6), block_size=2, lora_rank="full", check=x)
+    assert converted.report.max_difference < 1e-12
+    with pytest.raises(ValueError, match="must be of one type, got Layer and Sequential"):
+        recursify(layers, core=slice(0, 6), block_size=3)
 
 
 def test_what_cannot_be_shared_is_refused() -> None:
