@@ -448,3 +448,12 @@ def test_what_cannot_be_shared_is_refused() -> None:
     attention[1].sliding_window = None
     with pytest.raises(ValueError, match=r"agree on 'sliding_window'.* 4 in one and None"):
         recursify(attention, core=slice(0, 2))
+
+
+def test_a_stack_on_a_cuda_device_converts_there(cuda_device: torch.device) -> None:
+    layers = stack().to(cuda_device)
+    x = inputs().to(cuda_device)
+    converted = recursify(layers, core=slice(1, 5), lora_rank=3, per_repeat_copies=True)
+    assert {p.device for p in converted.parameters()} == {x.device}
+    full = recursify(layers, core=slice(1, 5), lora_rank="full", check=x)
+    assert full.report.max_difference < 1e-12
