@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import itertools
 import re
@@ -457,3 +458,20 @@ def test_a_stack_on_a_cuda_device_converts_there(cuda_device: torch.device) -> N
     assert {p.device for p in converted.parameters()} == {x.device}
     full = recursify(layers, core=slice(1, 5), lora_rank="full", check=x)
     assert full.report.max_difference < 1e-12
+
+
+def test_a_deep_copy_selects_its_own_repeats() -> None:
+    """The copy's deltas follow the copy's repeat index, not the original's."""
+    layers = stack()
+    x = inputs()
+    converted = recursify(layers, core=slice(1, 5), lora_rank="full").eval()
+    twin = copy.deepcopy(converted)
+    with torch.no_grad():
+        torch.testing.assert_close(run(twin, x), run(converted, x), rtol=0, atol=0)
+        shared, twin_shared = block_of(converted).layer, block_of(twin).layer
+        assert isinstance(shared, SharedLayers)
+        assert isinstance(twin_shared, SharedLayers)
+        shared.select_repeat(0)
+        twin_shared.select_repeat(2)
+        torch.testing.assert_close(twin_shared(x), layers[3](x), rtol=0, atol=1e-12)
+        torch.testing.assert_close(shared(x), layers[1](x), rtol=0, atol=1e-12)
