@@ -172,38 +172,12 @@ def recursify(
 
     index = RepeatIndex(repeats)
     shared: list[nn.Module] = []
-    ranks: dict[str, int] = {}
-    unrelaxed: list[str] = []
-    counts = {"shared": 0, "deltas": 0, "copies": 0}
+    relaxed = _Relaxed()
     for position in range(size):
         originals = [group[position] for group in groups]
         layer = _shared_layer(originals, init_value)
-        counts["shared"] += _count(layer)
-        for name, param, owner, attr in _parameters(layer):
-            where = f"layers.{position}.{name}"
-            residuals = torch.stack(
-                [original.get_parameter(name).detach() for original in originals]
-            ) - param.detach().unsqueeze(0)
-            delta: nn.Module | None = None
-            linear_weight = isinstance(owner, nn.Linear) and attr == "weight"
-            if linear_weight and rank is not None:
-                out_features, in_features = param.shape
-                if rank == "full":
-                    delta = DenseDelta(residuals, index)
-                    ranks[where] = min(out_features, in_features)
-                else:
-                    used = min(rank, out_features, in_features)
-                    delta = LowRankDelta(*low_rank_factors(residuals, used), index)
-                    ranks[where] = used
-                counts["deltas"] += _count(delta)
-            elif copies and not linear_weight:
-                delta = DenseDelta(residuals, index)
-                counts["copies"] += _count(delta)
-            else:
-                unrelaxed.append(where)
-            if delta is not None:
-                delta.to(param.device)
-                parametrize.register_parametrization(owner, attr, delta)
+        relaxed.shared += _count(layer)
+        relaxed.add(layer, originals, f"layers.{position}.", rank, copies, index)
         shared.append(layer)
 
     block = _repeated(
@@ -220,21 +194,73 @@ def recursify(
         core=(start, stop),
         block_size=size,
         repeats=repeats,
-        init=init_value,
+        init=init if isinstance(init, str) else init_value,
         lora_rank=rank,
         per_repeat_copies=copies,
         total_before=_count(*stack),
         total_after=_count(converted),
         core_before=_count(*stack[start:stop]),
-        ranks=ranks,
-        unrelaxed=tuple(unrelaxed),
+        shared=relaxed.shared,
+        deltas=relaxed.deltas,
+        copies=relaxed.copies,
+        ranks=relaxed.ranks,
+        unrelaxed=tuple(relaxed.unrelaxed),
         max_difference=None
         if check is None
         else _max_difference(stack, converted, block, check, check_kwargs or {}, output),
-        **counts,
     )
     converted.__dict__["report"] = report
     return converted
+
+
+class _Relaxed:
+    """The deltas added to the shared layers, and what they cost, for the report."""
+
+    def __init__(self) -> None:
+        self.shared = 0
+        self.deltas = 0
+        self.copies = 0
+        self.ranks: dict[str, int] = {}
+        self.unrelaxed: list[str] = []
+
+    def add(
+        self,
+        layer: nn.Module,
+        originals: list[nn.Module],
+        prefix: str,
+        rank: int | Literal["full"] | None,
+        copies: bool,
+        index: RepeatIndex,
+    ) -> None:
+        """Give every parameter of the shared ``layer`` its per-repeat delta, if it gets one.
+
+        A linear weight gets a low-rank (or, at ``"full"`` rank, dense) delta when
+        ``rank`` is set; any other parameter a dense one, its per-repeat copy, when
+        ``copies`` is. Each delta starts as what the repeat's original layer holds
+        minus the shared value (its truncated SVD for a low-rank delta).
+        """
+        for name, param, owner, attr in _parameters(layer):
+            where = prefix + name
+            residuals = torch.stack(
+                [original.get_parameter(name).detach() for original in originals]
+            ) - param.detach().unsqueeze(0)
+            linear_weight = isinstance(owner, nn.Linear) and attr == "weight"
+            delta: nn.Module
+            if linear_weight and rank is not None:
+                used = min(rank if rank != "full" else param.shape[0], *param.shape)
+                if rank == "full":
+                    delta = DenseDelta(residuals, index)
+                else:
+                    delta = LowRankDelta(*low_rank_factors(residuals, used), index)
+                self.ranks[where] = used
+                self.deltas += _count(delta)
+            elif copies and not linear_weight:
+                delta = DenseDelta(residuals, index)
+                self.copies += _count(delta)
+            else:
+                self.unrelaxed.append(where)
+                continue
+            parametrize.register_parametrization(owner, attr, delta)
 
 
 def _repeat_hook(block: RepeatedBlock, repeat: int) -> None:

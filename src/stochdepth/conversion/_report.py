@@ -17,8 +17,8 @@ class RecursifyReport:
         block_size: Layers in the shared block.
         repeats: How many times the block replaces ``block_size`` original layers
             (the eval depth of the converted block).
-        init: How the shared weights started (``"average"``, ``"first"`` or the
-            repeat whose layers they copy).
+        init: How the shared weights started: ``"average"``, ``"first"``, or the
+            group whose layers they copy (``init`` as given).
         lora_rank: The ``lora_rank`` asked for (``None``: no low-rank deltas).
         ranks: The rank of each linear layer's delta, by parameter name in the shared
             block (at most ``min(out, in)``; ``"full"`` gives that).
