@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from stochdepth import RepeatedBlock, UniformDepth, recursify
+from stochdepth import RepeatedBlock, SeededDepth, UniformDepth, recursify
 
 transformers = pytest.importorskip("transformers", reason="the hf extra is not installed")
 
@@ -137,3 +137,17 @@ def test_rebuilt_from_its_config_and_loaded() -> None:
             rtol=0,
             atol=0,
         )
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_a_cache_filled_at_another_depth_is_refused(attention: str) -> None:
+    """Training-mode depths vary per step: a slot an earlier step skipped is caught."""
+    model = llama()
+    model.set_attn_implementation(attention)
+    block = convert(model, sampler=SeededDepth(1, 4, seed=0))
+    model.train()  # the depth is drawn at every step
+    with pytest.raises(ValueError, match=r"holds \d+ positions where repeat 1's held"):
+        model.generate(tokens(1, 5), max_new_tokens=6, do_sample=False)
+    block.eval()  # eval_depth=4 at every step: the same generation runs
+    model.eval()
+    model.generate(tokens(1, 5), max_new_tokens=6, do_sample=False)

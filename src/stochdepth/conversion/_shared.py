@@ -57,6 +57,7 @@ class SharedLayers(nn.Module):
         self._slots = slots
         self._output = output
         self._step_kwarg = step_kwarg
+        self._held = 0  # positions in the cache slot of repeat 1, this pass
 
     @property
     def repeats(self) -> int:
@@ -94,33 +95,66 @@ class SharedLayers(nn.Module):
 
         Raises:
             ValueError: A cache (a keyword argument with ``get_seq_length``) is
-                passed at a repeat past :attr:`repeats`: it has no slot for it.
+                passed at a repeat past :attr:`repeats` (it has no slot for it), or
+                its slot for this repeat missed an earlier step (a different depth).
             TypeError: A layer returned something ``output`` cannot read.
         """
         repeat = kwargs.pop(REPEAT_KWARG, None)
         if repeat is not None:
             self.select_repeat(repeat)
-        if self._index.value >= self._index.count and _has_cache(kwargs):
+        cache = _cache_in(kwargs)
+        if self._step_kwarg is not None:
+            kwargs[self._step_kwarg] = self._index.value
+        for position, layer in enumerate(self.layers):
+            if cache is not None:
+                self._check_cache(cache, position)
+            x = read_state(layer(x, *args, **kwargs), self._output, layer)
+        return x
+
+    def _check_cache(self, cache: Any, position: int) -> None:
+        """Refuse a cache slot that this repeat cannot extend as the original layer would.
+
+        Every slot a pass writes to must hold the positions of the earlier steps: as
+        many as the slot of the pass's first repeat held. A repeat past
+        :attr:`repeats` has no slot; a repeat that an earlier step did not run (at a
+        smaller depth) holds fewer positions, and attention would silently read a
+        shorter past.
+        """
+        repeat = self._index.value
+        if repeat >= self._index.count:
             raise ValueError(
                 f"the converted block replaces {self._index.count} repeats of original "
                 f"layers, and a cache has a slot (layer_idx) for each of them only, but "
-                f"this pass runs repeat {self._index.value + 1}: with a cache, run at a "
-                f"depth of at most {self._index.count} (the block's eval_depth), or pass "
-                f"no cache (use_cache=False)"
+                f"this pass runs repeat {repeat + 1}: with a cache, run at a depth of at "
+                f"most {self._index.count} (the block's eval_depth), or pass no cache "
+                f"(use_cache=False)"
             )
-        if self._step_kwarg is not None:
-            kwargs[self._step_kwarg] = self._index.value
-        for layer in self.layers:
-            x = read_state(layer(x, *args, **kwargs), self._output, layer)
-        return x
+        slots = self._slots[repeat][position]
+        if not slots:
+            return
+        held = cache.get_seq_length(next(iter(slots.values())))
+        if repeat == 0 and position == 0:
+            self._held = held
+        elif held != self._held:
+            raise ValueError(
+                f"the cache's slot for repeat {repeat + 1} of the converted block holds "
+                f"{held} positions where repeat 1's held {self._held}: an earlier step "
+                f"ran at another depth, so this repeat would attend to a shorter past. "
+                f"With a cache, keep the depth the same at every step (eval mode with an "
+                f"int eval_depth), or pass no cache (use_cache=False)"
+            )
 
     def extra_repr(self) -> str:
         """Show the number of repeats with deltas of their own."""
         return f"repeats={self._index.count}"
 
 
-def _has_cache(kwargs: dict[str, Any]) -> bool:
-    return any(callable(getattr(value, "get_seq_length", None)) for value in kwargs.values())
+def _cache_in(kwargs: dict[str, Any]) -> Any:
+    """The key/value cache among the keyword arguments (what has ``get_seq_length``)."""
+    for value in kwargs.values():
+        if callable(getattr(value, "get_seq_length", None)):
+            return value
+    return None
 
 
 def read_state(out: object, output: Output, layer: nn.Module) -> Tensor:
