@@ -73,7 +73,10 @@ def recursify(
     shapes, buffers whose values differ between the layers, and plain attributes that
     differ (a sliding-window size, an attention type) other than ``layer_idx``, which
     the block sets at every repeat to the original layer's value, so that a Hugging
-    Face cache keeps one slot per original layer.
+    Face cache keeps one slot per original layer. With such a cache the block refuses
+    a depth above ``repeats`` and a depth that changed since an earlier step (their
+    slots would be missing or short); see the docs page "Converting a pretrained
+    model".
 
     Args:
         layers: The stack: an ``nn.ModuleList`` (a Hugging Face model's

@@ -1,4 +1,4 @@
-"""recursify on a tiny Hugging Face Llama built from a config (no download)."""
+"""recursify on tiny Hugging Face models built from configs (no download): Llama, ViT, BERT."""
 
 from __future__ import annotations
 
@@ -151,3 +151,50 @@ def test_a_cache_filled_at_another_depth_is_refused(attention: str) -> None:
     block.eval()  # eval_depth=4 at every step: the same generation runs
     model.eval()
     model.generate(tokens(1, 5), max_new_tokens=6, do_sample=False)
+
+
+def test_vit_blocks_full_rank() -> None:
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=32,
+        image_size=8,
+        patch_size=4,
+        num_channels=1,
+    )
+    original = transformers.ViTModel(config).double().eval()
+    for param in original.parameters():  # distinct layers, as pretrained ones are
+        torch.nn.init.normal_(param, std=0.2)
+    model = transformers.ViTModel(config).double().eval()
+    model.load_state_dict(original.state_dict())
+    model.layers = recursify(model.layers, core=slice(0, 4), block_size=2, lora_rank="full")
+    images = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(images).last_hidden_state,
+            original(images).last_hidden_state,
+            rtol=0,
+            atol=1e-12,
+        )
+
+
+def test_bert_encoder_full_rank() -> None:
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=30,
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    original = transformers.BertModel(config).double().eval()
+    model = transformers.BertModel(config).double().eval()
+    model.load_state_dict(original.state_dict())
+    model.encoder.layer = recursify(model.encoder.layer, core=slice(1, 4), lora_rank="full")
+    ids = tokens(2, 6) % 30
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(ids).last_hidden_state, original(ids).last_hidden_state, rtol=0, atol=1e-12
+        )
