@@ -198,3 +198,38 @@ def test_bert_encoder_full_rank() -> None:
         torch.testing.assert_close(
             model(ids).last_hidden_state, original(ids).last_hidden_state, rtol=0, atol=1e-12
         )
+
+
+def gradients(model: transformers.LlamaForCausalLM) -> dict[str, torch.Tensor]:
+    model.train()
+    ids = tokens(2, 7)
+    model(ids, labels=ids, use_cache=False).loss.backward()
+    return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_checkpointing_recomputes_each_repeat_with_its_own_deltas() -> None:
+    """The block's checkpoint=True selects each repeat's deltas again in the recomputation."""
+    plain, checkpointed = llama(), llama()
+    convert(plain, lora_rank=2, per_repeat_copies=True)
+    convert(checkpointed, lora_rank=2, per_repeat_copies=True, checkpoint=True)
+    expected, got = gradients(plain), gradients(checkpointed)
+    assert expected.keys() == got.keys()
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, rtol=0, atol=1e-12, msg=name)
+
+
+def test_hugging_face_gradient_checkpointing_is_refused_with_deltas() -> None:
+    """It would recompute every shared layer with the last repeat's deltas selected."""
+    model = llama()
+    convert(model, lora_rank=2)
+    model.activation_checkpointing_enable()
+    with pytest.raises(ValueError, match=r"gradient checkpointing on.*checkpoint=True"):
+        gradients(model)
+    # without deltas every repeat has the same weights: the recomputation is right
+    shared, checkpointed = llama(), llama()
+    convert(shared)
+    convert(checkpointed)
+    checkpointed.activation_checkpointing_enable()
+    expected, got = gradients(shared), gradients(checkpointed)
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, rtol=0, atol=1e-12, msg=name)

@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from stochdepth._layer_call import Output, summarize
 
-from ._deltas import RepeatIndex
+from ._deltas import DenseDelta, LowRankDelta, RepeatIndex
 
 REPEAT_KWARG = "_recursify_repeat"
 """The keyword under which the block passes the repeat index to :class:`SharedLayers`."""
@@ -58,6 +59,9 @@ class SharedLayers(nn.Module):
         self._output = output
         self._step_kwarg = step_kwarg
         self._held = 0  # positions in the cache slot of repeat 1, this pass
+        self._relaxed = any(
+            isinstance(module, (LowRankDelta, DenseDelta)) for module in self.modules()
+        )
 
     @property
     def repeats(self) -> int:
@@ -96,7 +100,9 @@ class SharedLayers(nn.Module):
         Raises:
             ValueError: A cache (a keyword argument with ``get_seq_length``) is
                 passed at a repeat past :attr:`repeats` (it has no slot for it), or
-                its slot for this repeat missed an earlier step (a different depth).
+                its slot for this repeat missed an earlier step (a different depth); or a
+                layer with deltas checkpoints itself (Hugging Face's gradient
+                checkpointing), which would recompute it with another repeat's deltas.
             TypeError: A layer returned something ``output`` cannot read.
         """
         repeat = kwargs.pop(REPEAT_KWARG, None)
@@ -105,9 +111,21 @@ class SharedLayers(nn.Module):
         cache = _cache_in(kwargs)
         if self._step_kwarg is not None:
             kwargs[self._step_kwarg] = self._index.value
+        recording = torch.is_grad_enabled()
         for position, layer in enumerate(self.layers):
             if cache is not None:
                 self._check_cache(cache, position)
+            if recording and self._relaxed and _checkpoints_itself(layer):
+                raise ValueError(
+                    f"{type(layer).__name__} has gradient checkpointing on (Hugging Face's "
+                    f"activation_checkpointing_enable(), formerly "
+                    f"gradient_checkpointing_enable()): it would recompute the shared layer "
+                    f"in the backward pass with the last repeat's deltas selected, and the "
+                    f"gradients would be wrong. Turn it off (model."
+                    f"activation_checkpointing_disable()) and pass checkpoint=True to "
+                    f"recursify: the block's own checkpointing selects each repeat's deltas "
+                    f"again when it recomputes"
+                )
             x = read_state(layer(x, *args, **kwargs), self._output, layer)
         return x
 
@@ -147,6 +165,11 @@ class SharedLayers(nn.Module):
     def extra_repr(self) -> str:
         """Show the number of repeats with deltas of their own."""
         return f"repeats={self._index.count}"
+
+
+def _checkpoints_itself(layer: nn.Module) -> bool:
+    """Whether ``layer`` checkpoints its own forward pass (a Hugging Face layer, in training)."""
+    return layer.training and getattr(layer, "gradient_checkpointing", False) is True
 
 
 def _cache_in(kwargs: dict[str, Any]) -> Any:
