@@ -475,3 +475,78 @@ def test_a_deep_copy_selects_its_own_repeats() -> None:
         twin_shared.select_repeat(2)
         torch.testing.assert_close(twin_shared(x), layers[3](x), rtol=0, atol=1e-12)
         torch.testing.assert_close(shared(x), layers[1](x), rtol=0, atol=1e-12)
+
+
+class Attention(nn.Module):
+    """A layer that writes to a cache under its layer_idx, as Hugging Face attention does."""
+
+    def __init__(self, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.proj = nn.Linear(WIDTH, WIDTH)
+
+    def forward(self, x: Tensor, cache: FakeCache | None = None) -> Tensor:
+        if cache is not None:
+            cache.update(self.layer_idx)
+        return x + torch.tanh(self.proj(x))
+
+
+class FakeCache:
+    """Counts the writes per layer_idx (``get_seq_length`` makes it a cache)."""
+
+    def __init__(self) -> None:
+        self.writes: list[int] = []
+
+    def update(self, layer_idx: int) -> None:
+        self.writes.append(layer_idx)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.writes.count(layer_idx)
+
+
+class TrackingCache(FakeCache):
+    """A cache that keeps a slot per repeat itself (as DepthCache says with tracks_block)."""
+
+    def tracks_block(self, block: nn.Module) -> bool:
+        return True
+
+
+def test_layer_idx_per_repeat_for_an_ordinary_cache_only() -> None:
+    torch.manual_seed(0)
+    layers = nn.ModuleList(Attention(i) for i in range(6))
+    converted = recursify(layers, core=slice(1, 5), block_size=2, init=1, lora_rank=2)
+    shared = block_of(converted).layer
+    assert isinstance(shared, SharedLayers)
+    # each shared layer keeps the layer_idx of the first original layer it stands for
+    assert [layer.layer_idx for layer in shared.layers] == [1, 2]
+    x = torch.randn(3, WIDTH)
+    ordinary = FakeCache()
+    for _ in range(2):  # two steps: the second extends every slot the first wrote
+        for layer in converted:
+            x = layer(x, cache=ordinary)
+    assert ordinary.writes == [0, 1, 2, 3, 4, 5] * 2  # one slot per original layer
+    assert [layer.layer_idx for layer in shared.layers] == [1, 2]
+    tracking = TrackingCache()
+    for layer in converted:
+        x = layer(x, cache=tracking)
+    assert tracking.writes == [0, 1, 2, 1, 2, 5]  # the cache tells the repeats apart
+
+
+def test_an_ordinary_cache_filled_at_another_depth_is_refused() -> None:
+    torch.manual_seed(0)
+    layers = nn.ModuleList(Attention(i) for i in range(4))
+    converted = recursify(layers, core=slice(0, 4))
+    block = block_of(converted)
+    cache = FakeCache()
+    x = torch.randn(3, WIDTH)
+    block(x, cache=cache, depth=2)
+    block(x, cache=cache, depth=2)
+    with pytest.raises(
+        ValueError, match=r"slot for repeat 3 .* holds 0 positions where repeat 1's held 2"
+    ):
+        block(x, cache=cache, depth=3)
+    with pytest.raises(
+        ValueError, match="runs repeat 5: with a cache, run at a depth of at most 4"
+    ):
+        block(x, cache=FakeCache(), depth=5)
+    block(x, depth=5)  # without a cache any depth runs

@@ -2,11 +2,16 @@
 
 It applies its ``block_size`` layers in turn, as the original stack did, and knows
 which repeat is running (:meth:`SharedLayers.select_repeat`, called by the
-:class:`~stochdepth.RepeatedBlock` before every application). The repeat selects the
-per-repeat deltas and sets each layer's ``layer_idx`` (the attribute through which
-Hugging Face attention layers address their cache) to the index of the original
-layer that this repeat replaces, so that a cache holds one slot per original layer,
-as it did before the conversion.
+:class:`~stochdepth.RepeatedBlock` before every application), which selects the
+per-repeat deltas.
+
+``layer_idx`` (the attribute through which Hugging Face attention layers address their
+cache): each shared layer keeps that of the first original layer it replaces, an index
+no other layer of the model has, which a cache with a slot per repeat
+(:class:`~stochdepth.DepthCache`, which says so with ``tracks_block``) reads. With an
+ordinary cache (``DynamicCache``, one slot per ``layer_idx``) the layer writes, at each
+repeat, under the ``layer_idx`` of the original layer that this repeat replaces, so that
+the cache holds one slot per original layer, as it did before the conversion.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ class SharedLayers(nn.Module):
         self._relaxed = any(
             isinstance(module, (LowRankDelta, DenseDelta)) for module in self.modules()
         )
+        for position in range(len(self.layers)):
+            self._set_layer_idx(position, 0)
 
     @property
     def repeats(self) -> int:
@@ -74,17 +81,17 @@ class SharedLayers(nn.Module):
         return self._index.value
 
     def select_repeat(self, repeat: int) -> None:
-        """Make the next application repeat ``repeat`` (0-based).
+        """Make the next application repeat ``repeat`` (0-based): select its deltas.
 
-        Selects the repeat's deltas (repeats past :attr:`repeats` use the last
-        repeat's) and sets the layers' ``layer_idx`` to those of the original layers
-        that this repeat replaces.
+        Repeats past :attr:`repeats` use the last repeat's deltas.
         """
         self._index.value = repeat
-        slots = self._slots[self._index.current()]
-        for layer, paths in zip(self.layers, slots, strict=True):
-            for path, layer_idx in paths.items():
-                setattr(layer.get_submodule(path), "layer_idx", layer_idx)  # noqa: B010
+
+    def _set_layer_idx(self, position: int, repeat: int) -> None:
+        """Give layer ``position`` the ``layer_idx`` values of repeat ``repeat``'s original."""
+        layer = self.layers[position]
+        for path, layer_idx in self._slots[repeat][position].items():
+            setattr(layer.get_submodule(path), "layer_idx", layer_idx)  # noqa: B010
 
     def forward(self, x: Tensor, /, *args: Any, **kwargs: Any) -> Tensor:
         """Apply the shared layers in turn to ``x``, with the same extra arguments.
@@ -113,8 +120,6 @@ class SharedLayers(nn.Module):
             kwargs[self._step_kwarg] = self._index.value
         recording = torch.is_grad_enabled()
         for position, layer in enumerate(self.layers):
-            if cache is not None:
-                self._check_cache(cache, position)
             if recording and self._relaxed and _checkpoints_itself(layer):
                 raise ValueError(
                     f"{type(layer).__name__} has gradient checkpointing on (Hugging Face's "
@@ -126,8 +131,35 @@ class SharedLayers(nn.Module):
                     f"recursify: the block's own checkpointing selects each repeat's deltas "
                     f"again when it recomputes"
                 )
-            x = read_state(layer(x, *args, **kwargs), self._output, layer)
+            if cache is None or callable(getattr(cache, "tracks_block", None)):
+                # No cache, or one that keeps a slot per repeat itself (DepthCache): the
+                # layer keeps the layer_idx of the first original layer it replaces.
+                out = layer(x, *args, **kwargs)
+            else:
+                out = self._through_ordinary_cache(cache, position, x, args, kwargs)
+            x = read_state(out, self._output, layer)
         return x
+
+    def _through_ordinary_cache(
+        self,
+        cache: Any,
+        position: int,
+        x: Tensor,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Apply layer ``position`` writing to the slot of the original layer it replaces.
+
+        An ordinary cache (``DynamicCache``) has a slot per ``layer_idx``: the layer
+        writes under the original layer's ``layer_idx`` for this repeat, and gets its
+        own back afterwards.
+        """
+        self._check_cache(cache, position)
+        self._set_layer_idx(position, self._index.value)
+        try:
+            return self.layers[position](x, *args, **kwargs)
+        finally:
+            self._set_layer_idx(position, 0)
 
     def _check_cache(self, cache: Any, position: int) -> None:
         """Refuse a cache slot that this repeat cannot extend as the original layer would.
