@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from processes import run_python
+from support.processes import run_python
 
 pytest.importorskip("transformers", reason="the recipe builds a Llama from transformers")
 

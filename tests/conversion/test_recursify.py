@@ -16,7 +16,7 @@ from stochdepth import RecursifyReport, RepeatedBlock, UniformDepth, recursify
 from stochdepth.conversion._deltas import DenseDelta, LowRankDelta
 from stochdepth.conversion._shared import SharedLayers
 
-from strategies import recursify_cases
+from support.strategies import recursify_cases
 
 WIDTH = 8
 

@@ -29,7 +29,7 @@ from stochdepth.samplers._protocol import DepthSampler
 
 from ._deltas import DenseDelta, LowRankDelta, RepeatIndex, low_rank_factors
 from ._report import RecursifyReport
-from ._shared import REPEAT_KWARG, LayerSlots, SharedLayers, read_state
+from ._shared import LayerSlots, SharedLayers, next_state
 
 Init = Literal["average", "first"] | int
 """How the shared weights start: the average, the first group's, or group ``k``'s."""
@@ -184,7 +184,7 @@ def recursify(
         shared.append(layer)
 
     block = _repeated(
-        SharedLayers(shared, index, _slots(groups), output, step_kwarg),
+        SharedLayers(shared, index, _slots(groups), output),
         repeats,
         sampler,
         eval_depth,
@@ -267,7 +267,11 @@ class _Relaxed:
 
 
 def _repeat_hook(block: RepeatedBlock, repeat: int) -> None:
-    """Tell the shared layers which repeat runs (a ``register_repeat_hook`` hook)."""
+    """Tell the shared layers which repeat runs: a ``register_repeat_hook`` hook.
+
+    The block calls it before every application of its layer, in every path and again
+    in a checkpoint's recomputation, so each application reads its own repeat's deltas.
+    """
     layers = block.layer
     assert isinstance(layers, SharedLayers)
     layers.select_repeat(repeat)
@@ -281,24 +285,15 @@ def _repeated(
     step_kwarg: str | None,
     options: dict[str, Any],
 ) -> RepeatedBlock:
-    """The block over the shared layers, which it tells the repeat index of every application.
-
-    Where ``RepeatedBlock.register_repeat_hook`` exists the block calls
-    :func:`_repeat_hook`; otherwise it passes the index under a keyword of its own
-    (``step_kwarg``), which :class:`SharedLayers` takes and passes on under the
-    user's ``step_kwarg``.
-    """
-    hooked = hasattr(RepeatedBlock, "register_repeat_hook")
+    """The block over the shared layers, which tells them the repeat of every application."""
     block = RepeatedBlock(
         layers,
         FixedDepth(repeats) if sampler is None else sampler,
         eval_depth=repeats if eval_depth is None else eval_depth,
-        step_kwarg=step_kwarg if hooked else REPEAT_KWARG,
+        step_kwarg=step_kwarg,
         **options,
     )
-    if hooked:
-        register = getattr(block, "register_repeat_hook")  # noqa: B009 (until issue 19 lands)
-        register(_repeat_hook)
+    block.register_repeat_hook(_repeat_hook)
     return block
 
 
@@ -535,5 +530,5 @@ def _run(
 ) -> Tensor:
     for layer in layers:
         out = layer(x, *args, **kwargs)
-        x = out if layer is block else read_state(out, output, layer)
+        x = out if layer is block else next_state(out, output, layer)
     return x

@@ -22,12 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from stochdepth._layer_call import Output, summarize
+from stochdepth._layer_call import Output, read_state, summarize
 
 from ._deltas import DenseDelta, LowRankDelta, RepeatIndex
-
-REPEAT_KWARG = "_recursify_repeat"
-"""The keyword under which the block passes the repeat index to :class:`SharedLayers`."""
 
 LayerSlots = list[list[dict[str, int]]]
 """``slots[r][j]``: for layer ``j`` of the block at repeat ``r``, the ``layer_idx`` of
@@ -43,8 +40,6 @@ class SharedLayers(nn.Module):
         slots: The original ``layer_idx`` values, per repeat and layer.
         output: How the next state is read from what a layer returns (as
             :class:`~stochdepth.RepeatedBlock`'s ``output``).
-        step_kwarg: The keyword under which to pass the repeat index on to the layers,
-            or ``None``.
     """
 
     layers: nn.ModuleList
@@ -55,14 +50,12 @@ class SharedLayers(nn.Module):
         index: RepeatIndex,
         slots: LayerSlots,
         output: Output,
-        step_kwarg: str | None,
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self._index = index
         self._slots = slots
         self._output = output
-        self._step_kwarg = step_kwarg
         self._held = 0  # positions in the cache slot of repeat 1, this pass
         self._relaxed = any(
             isinstance(module, (LowRankDelta, DenseDelta)) for module in self.modules()
@@ -112,12 +105,7 @@ class SharedLayers(nn.Module):
                 checkpointing), which would recompute it with another repeat's deltas.
             TypeError: A layer returned something ``output`` cannot read.
         """
-        repeat = kwargs.pop(REPEAT_KWARG, None)
-        if repeat is not None:
-            self.select_repeat(repeat)
         cache = _cache_in(kwargs)
-        if self._step_kwarg is not None:
-            kwargs[self._step_kwarg] = self._index.value
         recording = torch.is_grad_enabled()
         for position, layer in enumerate(self.layers):
             if recording and self._relaxed and _checkpoints_itself(layer):
@@ -137,7 +125,7 @@ class SharedLayers(nn.Module):
                 out = layer(x, *args, **kwargs)
             else:
                 out = self._through_ordinary_cache(cache, position, x, args, kwargs)
-            x = read_state(out, self._output, layer)
+            x = next_state(out, self._output, layer)
         return x
 
     def _through_ordinary_cache(
@@ -212,23 +200,13 @@ def _cache_in(kwargs: dict[str, Any]) -> Any:
     return None
 
 
-def read_state(out: object, output: Output, layer: nn.Module) -> Tensor:
+def next_state(out: object, output: Output, layer: nn.Module) -> Tensor:
     """The next state in what ``layer`` returned, read as ``output`` says.
 
     Raises:
         TypeError: ``out`` holds no tensor where ``output`` points.
     """
-    if output is None:
-        state = out
-    elif isinstance(output, int):
-        if not isinstance(out, (tuple, list)) or not -len(out) <= output < len(out):
-            raise TypeError(
-                f"output={output} takes element {output} of a tuple or list that the layer "
-                f"returns, but {type(layer).__name__} returned {summarize(out)}"
-            )
-        state = out[output]
-    else:
-        state = output(out)
+    state = read_state(out, output, type(layer).__name__)
     if not isinstance(state, Tensor):
         raise TypeError(
             f"the converted layers must return a tensor (or, with output=, something the "
