@@ -550,3 +550,20 @@ def test_an_ordinary_cache_filled_at_another_depth_is_refused() -> None:
     ):
         block(x, cache=FakeCache(), depth=5)
     block(x, depth=5)  # without a cache any depth runs
+
+
+def test_step_and_iterate_select_the_repeats_deltas() -> None:
+    """The repeat hook reaches every path: one step as repeat r is original layer r."""
+    layers = stack()
+    x = inputs()
+    converted = recursify(layers, core=slice(1, 5), lora_rank="full").eval()
+    block = block_of(converted)
+    with torch.no_grad():
+        for repeat in range(4):
+            torch.testing.assert_close(
+                block.step(x, repeat=repeat), layers[1 + repeat](x), rtol=0, atol=1e-12
+            )
+        expected = x
+        for state, layer in zip(block.iterate(x), layers[1:5], strict=True):
+            expected = layer(expected)
+            torch.testing.assert_close(state, expected, rtol=0, atol=1e-12)
