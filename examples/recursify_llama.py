@@ -23,7 +23,7 @@ uptraining, the script prints the parameter count and the largest logit differen
 the original for every ``lora_rank``; after it, the evaluation loss of every model, and
 of the converted ones at depths 2, 4 and 6.
 
-    python examples/recursify_llama.py            # a few minutes on one core
+    python examples/recursify_llama.py            # about 3 minutes on one core
     python examples/recursify_llama.py --quick    # seconds: a smoke run (the tests')
 
 It writes ``docs/img/recursify-llama.svg`` and, for the site's dark mode,
