@@ -567,3 +567,23 @@ def test_step_and_iterate_select_the_repeats_deltas() -> None:
         for state, layer in zip(block.iterate(x), layers[1:5], strict=True):
             expected = layer(expected)
             torch.testing.assert_close(state, expected, rtol=0, atol=1e-12)
+
+
+def test_layers_that_return_tuples_with_output() -> None:
+    class Pair(Layer):
+        def forward(self, x: Tensor, scale: float = 1.0) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+            return super().forward(x, scale), x.sum()
+
+    torch.manual_seed(0)
+    layers = nn.ModuleList(Pair() for _ in range(4)).double()
+    x = inputs()
+    converted = recursify(
+        layers, core=slice(0, 4), block_size=2, lora_rank="full", output=0, check=x
+    )
+    assert converted.report.max_difference < 1e-12
+    assert isinstance(converted[0](x), Tensor)  # the block returns the state alone
+    with pytest.raises(TypeError, match=r"output=2 takes element 2 .* Pair returns"):
+        recursify(layers, core=slice(0, 4), output=2, check=x)
+    wrong = recursify(layers, core=slice(0, 4), output=1)
+    with pytest.raises(ValueError, match=r"keep the state's shape.*\(5, 8\) into \(\)"):
+        wrong[0](x)

@@ -102,7 +102,8 @@ class SharedLayers(nn.Module):
                 passed at a repeat past :attr:`repeats` (it has no slot for it), or
                 its slot for this repeat missed an earlier step (a different depth); or a
                 layer with deltas checkpoints itself (Hugging Face's gradient
-                checkpointing), which would recompute it with another repeat's deltas.
+                checkpointing), which would recompute it with another repeat's deltas;
+                or a layer changed the state's shape.
             TypeError: A layer returned something ``output`` cannot read.
         """
         cache = _cache_in(kwargs)
@@ -125,7 +126,15 @@ class SharedLayers(nn.Module):
                 out = layer(x, *args, **kwargs)
             else:
                 out = self._through_ordinary_cache(cache, position, x, args, kwargs)
-            x = next_state(out, self._output, layer)
+            state = next_state(out, self._output, layer)
+            if state.shape != x.shape:
+                raise ValueError(
+                    f"the converted layers must keep the state's shape, but layer "
+                    f"{position} of the shared block ({type(layer).__name__}) turned "
+                    f"{tuple(x.shape)} into {tuple(state.shape)} (read with "
+                    f"output={self._output!r})"
+                )
+            x = state
         return x
 
     def _through_ordinary_cache(
