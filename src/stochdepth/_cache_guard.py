@@ -45,11 +45,18 @@ def check_caches(block: nn.Module, values: Iterable[tuple[str, Any]]) -> None:
         block: The block whose layer would receive the arguments.
         values: The extra arguments, as ``(description, value)`` pairs.
 
+    A layer that addresses an ordinary cache per repeat itself (one whose class sets
+    ``addresses_cache_per_repeat = True``, as the shared layers of
+    :func:`~stochdepth.recursify` do, giving each repeat the ``layer_idx`` of the original
+    layer it replaces) is trusted with any cache.
+
     Raises:
         TypeError: One of them is a key/value cache without a slot per repeat of
             ``block`` (not a :class:`~stochdepth.DepthCache` made for the model that
             holds ``block``).
     """
+    if getattr(getattr(block, "layer", None), "addresses_cache_per_repeat", False) is True:
+        return
     for name, value in values:
         if value is None or not is_kv_cache(value):
             continue

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 import stochdepth
-from stochdepth import DepthCache, ExitWhenConverged, FixedDepth, RepeatedBlock
+from stochdepth import DepthCache, ExitWhenConverged, FixedDepth, RepeatedBlock, recursify
 
-from support.tiny_llama import greedy, prompts, repeated_llama, unrolled_llama
+from support.tiny_llama import greedy, llama_config, prompts, repeated_llama, unrolled_llama
 
 pytest.importorskip("transformers", reason="DepthCache is a transformers cache (the hf extra)")
 
@@ -401,3 +401,23 @@ def test_the_application_to_the_frozen_states_stops_once_the_cache_has_them() ->
     assert len(mlp) == depth  # and no further
     assert cache.layers[1].passes[0].frozen
     assert cache.slot_count(1) == depth + 1
+
+
+def test_a_recursified_llama_generates_through_the_cache_at_any_depth() -> None:
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    original = LlamaForCausalLM(llama_config(layers=6)).eval()
+    model = copy.deepcopy(original)
+    model.model.layers = recursify(model.model.layers, core=slice(1, 5), lora_rank="full")
+    model = model.eval()
+    ids, mask = prompts(batch=2, length=7)
+    # At full rank and the eval depth (4, the layers it replaced): the original's tokens.
+    want = greedy(original, ids, mask, new=6)
+    got = greedy(model, ids, mask, new=6, cache=DepthCache(model))
+    assert torch.equal(got.sequences, want.sequences)
+    # Deeper than the layers it replaced (an ordinary cache has no slot for that): exact.
+    model.model.layers[1].eval_depth = 7
+    plain = greedy(model, ids, mask, new=6, use_cache=False)
+    cached = greedy(model, ids, mask, new=6, cache=DepthCache(model))
+    assert torch.equal(cached.sequences, plain.sequences)
