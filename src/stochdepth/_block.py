@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any, Literal, cast
 
 import torch
@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from . import _repeats
 from ._depth import DEFAULT_DEPTH_LIMIT, DepthChoice, EvalDepth, check_within_limit, row_count
+from ._extra_state import encode_state, read_extra_state
 from ._grad_depth import GradDepth
 from ._layer_call import (
     LayerCall,
@@ -487,16 +488,29 @@ class RepeatedBlock(nn.Module):
             f"{tuple(out.shape)} {where}"
         )
 
-    def get_extra_state(self) -> dict[str, Any]:
-        """Return the sampler's state, for ``state_dict``.
+    def get_extra_state(self) -> Tensor:
+        """Return the sampler's state, for ``state_dict``, as one ``uint8`` tensor.
 
         A sampler that is itself an ``nn.Module`` is saved through the module tree
-        instead, as a child of this block.
+        instead, as a child of this block. The state is encoded as one CPU tensor so
+        that safetensors (``save_pretrained``), ``torch.load(weights_only=True)`` and
+        ``torch.distributed.checkpoint`` all take it.
+
+        Returns:
+            The encoding of the state: the sampler's ``state_dict()`` under
+                ``"sampler"`` (none when the sampler keeps none) and a stateful
+                ``grad_depth`` sampler's under ``"grad_depth"``.
+        """
+        return encode_state(self._state_mapping())
+
+    def _state_mapping(self) -> dict[str, Any]:
+        """The state that :meth:`get_extra_state` encodes, as a mapping.
 
         Returns:
             ``{"sampler": sampler.state_dict()}``, or ``{}`` when the sampler keeps no
-                state of its own; with a ``grad_depth`` sampler that keeps state, its
-                state under ``"grad_depth"`` too.
+                state of its own (or is an ``nn.Module``, saved as a child); with a
+                ``grad_depth`` sampler that keeps state, its state under
+                ``"grad_depth"`` too.
         """
         state: dict[str, Any] = {}
         sampler = self.sampler
@@ -511,15 +525,15 @@ class RepeatedBlock(nn.Module):
         """Restore the sampler's state saved by :meth:`get_extra_state`.
 
         Args:
-            state: The mapping :meth:`get_extra_state` returned.
+            state: The tensor :meth:`get_extra_state` returned, or the mapping that
+                earlier versions saved (the same keys).
 
         Raises:
-            TypeError: ``state`` is not a mapping.
-            ValueError: ``state`` holds a sampler state but this block's sampler keeps
-                none, or the sampler rejects it.
+            TypeError: ``state`` is neither a tensor nor a mapping.
+            ValueError: ``state`` is not an encoded state, holds a sampler state but
+                this block's sampler keeps none, or the sampler rejects it.
         """
-        if not isinstance(state, Mapping):
-            raise TypeError(f"RepeatedBlock extra state must be a mapping, got {describe(state)}")
+        state = read_extra_state(state, "RepeatedBlock")
         if state.get("grad_depth") is not None:
             self._grad.load(state["grad_depth"])
         sampler_state = state.get("sampler")

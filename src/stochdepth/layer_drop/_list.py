@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
 
 from stochdepth._distributed import process_group_up
+from stochdepth._extra_state import encode_state, read_extra_state
 from stochdepth._validation import check_bool, check_int, check_probability, describe
-from stochdepth.samplers._generator import check_seed
+from stochdepth.samplers._generator import check_seed, generator_from_bytes, generator_to_bytes
 
 from ._registry import get_drop_rule
 from ._rules import DropRule, check_keep, check_rule
@@ -568,13 +569,25 @@ class LayerDropList(nn.Module):
 
     # ----------------------------------------------------------------- state
 
-    def get_extra_state(self) -> dict[str, Any]:
-        """Return the generator's state and the telemetry, for ``state_dict``.
+    def get_extra_state(self) -> Tensor:
+        """Return the generator's state and the telemetry, for ``state_dict``, as a tensor.
+
+        One CPU ``uint8`` tensor (an encoding of the mapping below), so that
+        safetensors (``save_pretrained``), ``torch.load(weights_only=True)`` and
+        ``torch.distributed.checkpoint`` all take it.
+
+        Returns:
+            The encoding of the generator's seed and state, ``layer_runs`` and
+                ``draws``.
+        """
+        return encode_state(self._state_mapping())
+
+    def _state_mapping(self) -> dict[str, Any]:
+        """The state that :meth:`get_extra_state` encodes, as a mapping.
 
         Returns:
             ``{"seed": int, "generator_state": ByteTensor, "layer_runs": LongTensor,
-            "draws": int}``: ints and tensors only, so it loads with
-            ``torch.load(weights_only=True)``.
+            "draws": int}``.
         """
         return {
             "seed": self._seed,
@@ -590,15 +603,16 @@ class LayerDropList(nn.Module):
         nothing.
 
         Args:
-            state: The mapping :meth:`get_extra_state` returned, or ``{}``.
+            state: The tensor :meth:`get_extra_state` returned, the mapping that
+                earlier versions saved (the same keys), or ``{}``.
 
         Raises:
             TypeError: ``state`` or one of its values has the wrong type.
-            ValueError: A key is missing, the telemetry is for another number of
-                layers, or the generator rejects the state.
+            ValueError: ``state`` is not an encoded state, a key is missing, the
+                telemetry is for another number of layers, or the generator rejects
+                the state.
         """
-        if not isinstance(state, Mapping):
-            raise TypeError(f"LayerDropList extra state must be a mapping, got {describe(state)}")
+        state = read_extra_state(state, "LayerDropList")
         if not state:
             return
         missing = sorted({"seed", "generator_state", "layer_runs", "draws"} - set(state))
@@ -631,6 +645,23 @@ class LayerDropList(nn.Module):
         self._generator, self._seed = generator, seed
         self._runs = runs.detach().to(device="cpu", dtype=torch.int64).clone()
         self._draws = draws
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The generator as bytes: torch.multiprocessing (spawn, Lightning's ddp_spawn)
+        # pickles a generator's state tensor into shared memory, which it does not
+        # survive (pytorch issue 146828).
+        state = dict(super().__getstate__())  # type: ignore[no-untyped-call]
+        state["_generator"] = generator_to_bytes(self._generator)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        saved = state["_generator"]
+        if isinstance(saved, bytes):
+            state["_generator"] = generator_from_bytes(saved)
+        super().__setstate__(state)  # type: ignore[no-untyped-call]
+        # the counts are this process's own, not a tensor shared with the parent
+        self._runs = self._runs.clone()
 
     def extra_repr(self) -> str:
         """Show the rates and the options that differ from the defaults in ``print(list)``."""
