@@ -405,7 +405,7 @@ def test_weights_of_a_plain_stack_load_strictly_and_keep_their_keys() -> None:
     stack.draw_keep()
     generator_state = stack.generator.get_state()
     assert set(stack.state_dict()) == set(blocks.state_dict()) | {"_extra_state"}
-    for layer in stack:
+    for layer in stack.children():  # iterating in training mode would draw
         nn.init.zeros_(layer.weight)
     stack.load_state_dict(blocks.state_dict())  # strict, without the list's own state
     assert torch.equal(stack[2].weight, blocks[2].weight)

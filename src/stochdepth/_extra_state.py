@@ -222,9 +222,9 @@ class _Reader:
             return str(node[1])
         if kind == "tensor":
             dtype, shape = _DTYPES[node[1]], [int(size) for size in node[2]]
-            count = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+            count = math.prod(shape) * torch.empty((), dtype=dtype, device="cpu").element_size()
             if not count:
-                return torch.empty(shape, dtype=dtype)
+                return torch.empty(shape, dtype=dtype, device="cpu")
             raw = torch.frombuffer(bytearray(self.take(count)), dtype=torch.uint8)
             return raw.view(dtype).reshape(shape)
         if kind in ("list", "tuple"):

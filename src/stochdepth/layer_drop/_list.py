@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Literal, cast
+from typing import Any, Literal, cast, overload
 
 import torch
 from torch import Tensor, nn
@@ -196,11 +196,13 @@ class LayerDropList(nn.Module):
         self._row_positions = tuple(a for a in self._row_args if isinstance(a, int))
         self._row_keywords = tuple(a for a in self._row_args if isinstance(a, str))
         self._output = _check_output(output)
-        self._seed = check_seed(int(torch.randint(0, 2**62, ())) if seed is None else seed)
+        self._seed = check_seed(
+            int(torch.randint(0, 2**62, (), device="cpu")) if seed is None else seed
+        )
         self._generator = torch.Generator(device="cpu")
         self._generator.manual_seed(self._seed)
         self.last_keep = None
-        self._runs = torch.zeros(len(self), dtype=torch.int64)
+        self._runs = torch.zeros(len(self), dtype=torch.int64, device="cpu")
         self._draws = 0
         self.register_load_state_dict_pre_hook(  # type: ignore[no-untyped-call]
             _default_missing_state
@@ -212,11 +214,68 @@ class LayerDropList(nn.Module):
         return len(self._modules)
 
     def __iter__(self) -> Iterator[nn.Module]:
-        """Iterate over every layer (no drops: call the list to apply them)."""
-        return iter(cast(dict[str, nn.Module], self._modules).values())
+        """Iterate over the layers to run: in training, drawn; in evaluation, ``eval_layers``.
 
-    def __getitem__(self, index: int) -> nn.Module:
+        A host model that loops over its own layers (``for layer in self.layers:``,
+        as Hugging Face, torchvision and timm models do) gets layer drop from this,
+        as from fairseq's ``LayerDropModuleList``: in training mode every iteration
+        draws a keep mask from the list's generator, exactly as a forward pass of the
+        list would (counted in :attr:`layer_runs`, saved in :attr:`last_keep`), and
+        yields the kept layers in order; in evaluation mode it yields the layers of
+        :attr:`eval_layers` (every layer by default). To visit every layer without a
+        draw, use ``children()`` or indexing.
+
+        Raises:
+            TypeError: In training mode, the list is one that a host loop cannot
+                apply: ``mode="row"`` (the host calls each layer on every row),
+                ``residual=True`` (the host would apply a branch as a layer) or
+                ``masked=True``. Call the list instead.
+        """
+        return iter(self._layers_to_run(range(len(self))))
+
+    def _layers_to_run(self, indices: range) -> list[nn.Module]:
+        """The layers among ``indices`` that a host loop runs now (drawing, in training)."""
+        layers = list(cast(dict[str, nn.Module], self._modules).values())
+        if not self.training:
+            chosen = indices if self._eval_layers is None else self._eval_layers
+            return [layers[index] for index in chosen if index in indices]
+        if self._mode != "batch" or self._residual or self._masked:
+            options = ", ".join(
+                f"{name}={value!r}"
+                for name, value, default in (
+                    ("mode", self._mode, "batch"),
+                    ("residual", self._residual, False),
+                    ("masked", self._masked, False),
+                )
+                if value != default
+            )
+            raise TypeError(
+                f"iterating a LayerDropList in training mode yields the layers that a "
+                f"host loop runs, which needs mode='batch', residual=False and "
+                f"masked=False; this list has {options}: call it (stack(h, ...)) instead "
+                f"of looping over it, or, for a model that loops over its own layers, "
+                f"use stochdepth.add_layer_drop"
+            )
+        keep = self._draw(None).tolist()
+        return [layers[index] for index in indices if keep[index]]
+
+    @overload
+    def __getitem__(self, index: int) -> nn.Module: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[nn.Module]: ...
+
+    def __getitem__(self, index: int | slice) -> nn.Module | list[nn.Module]:
+        """The layer at ``index``; a slice gives the layers to run among those it selects.
+
+        ``stack[:n]`` (Llama's ``self.layers[: config.num_hidden_layers]``) is a list
+        of the sliced layers that a host loop runs now, as iteration gives them: in
+        training mode drawn (one draw for the whole list, then cut), in evaluation
+        mode those of :attr:`eval_layers`.
+        """
         count = len(self)
+        if isinstance(index, slice):
+            return self._layers_to_run(range(count)[index])
         position = check_int("index", index, minimum=-count)
         if position >= count:
             raise IndexError(f"index must be in [-{count}, {count - 1}], got {position}")
@@ -267,7 +326,7 @@ class LayerDropList(nn.Module):
     @drop_rates.setter
     def drop_rates(self, value: float | Sequence[float]) -> None:
         self._drop_rates = _check_rates(value, len(self))
-        self._rates_tensor = torch.tensor(self._drop_rates, dtype=torch.float64)
+        self._rates_tensor = torch.tensor(self._drop_rates, dtype=torch.float64, device="cpu")
 
     @property
     def eval_layers(self) -> tuple[int, ...] | None:
@@ -303,7 +362,7 @@ class LayerDropList(nn.Module):
 
     def reset_layer_runs(self) -> None:
         """Forget the counts of :attr:`layer_runs` and :attr:`draws`."""
-        self._runs = torch.zeros(len(self), dtype=torch.int64)
+        self._runs = torch.zeros(len(self), dtype=torch.int64, device="cpu")
         self._draws = 0
 
     # ----------------------------------------------------------------- drawing
@@ -489,7 +548,7 @@ class LayerDropList(nn.Module):
     ) -> Tensor:
         """Every layer runs on every row; ``torch.where`` keeps the drawn results."""
         keep = keep.to(h.device)
-        for index, layer in enumerate(self):
+        for index, layer in enumerate(cast(dict[str, nn.Module], self._modules).values()):
             new = self._combine(h, self._call(index, layer, h, args, kwargs), index)
             kept = keep[index]
             if kept.ndim:  # row mode: one flag per row, broadcast over the other dims
@@ -498,7 +557,7 @@ class LayerDropList(nn.Module):
         return h
 
     def _evaluate(self, h: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
-        layers = list(self)
+        layers = list(cast(dict[str, nn.Module], self._modules).values())
         indices = range(len(layers)) if self._eval_layers is None else self._eval_layers
         for index in indices:
             out = self._call(index, layers[index], h, args, kwargs)
@@ -692,7 +751,8 @@ def _check_layers(layers: object) -> list[nn.Module]:
         raise TypeError(f"layers must be {expected}, got one {type(layers).__name__} module")
     if isinstance(layers, str | bytes) or not isinstance(layers, Iterable):
         raise TypeError(f"layers must be {expected}, got {describe(layers)}")
-    found = list(layers)
+    # a module's children, not its iteration: a LayerDropList's would draw
+    found = list(layers.children()) if isinstance(layers, nn.Module) else list(layers)
     for index, layer in enumerate(found):
         if not isinstance(layer, nn.Module):
             raise TypeError(f"layers[{index}] must be an nn.Module, got {describe(layer)}")

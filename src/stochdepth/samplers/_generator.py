@@ -70,7 +70,7 @@ class GeneratorSampler:
                     f"{name} needs parameter 'seed' (an int in [0, 2**64 - 1]) or "
                     f"'generator' (a torch.Generator), got neither"
                 )
-            seed = int(torch.randint(0, 2**62, ()))
+            seed = int(torch.randint(0, 2**62, (), device="cpu"))
         self._seed = check_seed(seed)
         self._generator = torch.Generator(device="cpu")
         self._generator.manual_seed(self._seed)
