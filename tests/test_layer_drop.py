@@ -509,6 +509,8 @@ def test_the_container_reads_like_a_module_list() -> None:
     layers = [nn.Linear(2, 2) for _ in range(3)]
     stack = LayerDropList(nn.ModuleList(layers), 0.1, seed=0)
     assert len(stack) == 3
+    assert list(stack.children()) == layers
+    stack.eval()  # in training mode, iterating draws (see tests/layer_drop/test_add.py)
     assert list(stack) == layers
     assert stack[-1] is layers[2]
     with pytest.raises(IndexError, match=r"index must be in \[-3, 2\], got 3"):
