@@ -83,7 +83,7 @@ def test_the_host_runs_the_drawn_layers_in_order() -> None:
     reference.train()
     for _ in range(5):
         got = model(x)
-        kept = [layer for layer, k in zip(reference.layers, stack.last_keep.tolist()) if k]
+        kept = [layer for layer, k in zip(reference.layers, stack.last_keep.tolist(), strict=True) if k]
         want = x
         for layer in kept:
             want = layer(want)
@@ -98,7 +98,8 @@ def test_a_transformer_encoder_drops_in_training_and_equals_the_original_in_eval
     x = torch.randn(2, 5, 8)
     for _ in range(10):
         model(x)
-    assert counts[0] == 10 and counts[5] == 0
+    assert counts[0] == 10
+    assert counts[5] == 0
     assert counts == stack.layer_runs
     assert 0 < sum(counts[1:5]) < 40
     model.eval()
@@ -154,7 +155,8 @@ def test_llama_decoder_layers_drop_through_its_slice() -> None:
     model.train()
     for _ in range(8):
         model(input_ids=ids, use_cache=False)
-    assert counts == stack.layer_runs and sum(counts) < 32
+    assert counts == stack.layer_runs
+    assert sum(counts) < 32
     model.eval()
     original.eval()
     with torch.no_grad():
@@ -215,21 +217,21 @@ def test_iterating_a_list_a_host_loop_cannot_apply_is_an_error(
 
 
 def test_bad_input_names_the_argument() -> None:
-    with pytest.raises(TypeError, match="model must be an nn.Module, got 3"):
+    with pytest.raises(TypeError, match=r"model must be an nn\.Module, got 3"):
         add_layer_drop(3, 0.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="found no layer stack in Linear"):
         add_layer_drop(nn.Linear(2, 2), 0.5)
     encoder_decoder = nn.Module()
     encoder_decoder.encoder = tiny_encoder()
     encoder_decoder.decoder = tiny_encoder()
-    with pytest.raises(ValueError, match="several layer stacks in Module: encoder.layers, decoder"):
+    with pytest.raises(ValueError, match=r"several layer stacks in Module: encoder\.layers, decoder"):
         add_layer_drop(encoder_decoder, 0.5)
     add_layer_drop(encoder_decoder, 0.5, path="decoder.layers")
     with pytest.raises(ValueError, match="already is a LayerDropList"):
         add_layer_drop(encoder_decoder, 0.5, path="decoder.layers")
     with pytest.raises(ValueError, match="has no module 'middle'"):
         add_layer_drop(encoder_decoder, 0.5, path="middle.layers")
-    with pytest.raises(TypeError, match="must be an nn.ModuleList or nn.Sequential"):
+    with pytest.raises(TypeError, match=r"must be an nn\.ModuleList or nn\.Sequential"):
         add_layer_drop(encoder_decoder, 0.5, path="encoder.layers.0")
     with pytest.raises(ValueError, match="drop_rate must hold one probability per layer"):
         add_layer_drop(encoder_decoder, [0.5], path="encoder.layers")
