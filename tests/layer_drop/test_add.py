@@ -202,7 +202,6 @@ def test_a_model_with_layer_drop_pickles_and_keeps_its_draws() -> None:
 @pytest.mark.parametrize(
     ("options", "named"),
     [
-        ({"mode": "row"}, "mode='row'"),
         ({"residual": True}, "residual=True"),
         ({"masked": True}, "masked=True"),
     ],
@@ -237,3 +236,81 @@ def test_bad_input_names_the_argument() -> None:
     with pytest.raises(ValueError, match="drop_rate must hold one probability per layer"):
         add_layer_drop(encoder_decoder, [0.5], path="encoder.layers")
     assert stochdepth.add_layer_drop is add_layer_drop
+
+
+def test_per_row_in_the_host_loop_runs_each_row_as_if_alone() -> None:
+    """nn.TransformerEncoder's own loop, per row, with its padding mask cut to the kept rows."""
+    original = tiny_encoder()
+    model = copy.deepcopy(original)
+    stack = add_layer_drop(model, 0.5, per_sample=True, row_args=["src_key_padding_mask"], seed=5)
+    assert stack.mode == "row"
+    counts = [0] * 6
+    for index, layer in enumerate(stack.children()):
+
+        def rows_seen(_: nn.Module, args: tuple[torch.Tensor, ...], index: int = index) -> None:
+            counts[index] += args[0].shape[0]
+
+        layer.register_forward_pre_hook(rows_seen)
+    x = torch.randn(4, 5, 8)
+    padding = torch.zeros(4, 5, dtype=torch.bool)
+    padding[1, 3:] = True
+    padding[2, 1:] = True
+    out = model(x, src_key_padding_mask=padding)
+    keep = stack.last_keep
+    assert keep is not None
+    assert tuple(keep.shape) == (6, 4)
+    assert counts == stack.layer_runs == keep.sum(dim=1).tolist()
+    for row in range(4):
+        want = x[row : row + 1]
+        for index, layer in enumerate(original.layers):
+            if keep[index, row]:
+                want = layer(want, src_key_padding_mask=padding[row : row + 1])
+        torch.testing.assert_close(out[row : row + 1], want)
+    model.eval()
+    original.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(x, src_key_padding_mask=padding), original(x, src_key_padding_mask=padding)
+        )
+
+
+def test_bert_per_row_drops_rows_with_the_attention_mask_cut() -> None:
+    model = tiny_bert()
+    stack = add_layer_drop(model, 0.5, per_sample=True, row_args=[0], seed=1)
+    ids = torch.randint(0, 40, (4, 7))
+    mask = torch.ones(4, 7, dtype=torch.long)
+    mask[0, 4:] = 0
+    model.train()
+    out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    keep = stack.last_keep
+    assert keep is not None
+    assert tuple(keep.shape) == (6, 4)
+    assert not keep.all()
+    for row in range(4):  # each row's result is the model on that row alone, its mask cut
+        alone = LayerDropList(list(stack.children()), 0.5, seed=0)
+        alone.eval_layers = [i for i in range(6) if keep[i, row]]
+        alone.eval()
+        single = copy.copy(model)
+        single.encoder = copy.copy(model.encoder)
+        single.encoder.layer = alone
+        single.eval()
+        with torch.no_grad():
+            want = single(input_ids=ids[row : row + 1], attention_mask=mask[row : row + 1])
+        torch.testing.assert_close(out[row : row + 1], want.last_hidden_state)
+
+
+def test_per_row_host_loop_errors_are_clear() -> None:
+    stack = LayerDropList([nn.Linear(2, 2) for _ in range(2)], 0.5, mode="row", output=0, seed=0)
+    with pytest.raises(TypeError, match=r"output=0: call it"):
+        list(stack)
+    stack = LayerDropList([nn.Linear(2, 3), nn.Linear(3, 2)], 0.0, mode="row", seed=0)
+    first, _ = list(stack)
+    assert first.in_features == 2  # the layer's attributes, as a host may read them
+    with pytest.raises(TypeError, match=r"layer 0 \(Linear\) turned \(2, 2\) into a tensor of"):
+        first(torch.randn(2, 2))
+    one, two = list(LayerDropList([nn.Identity(), nn.Identity()], 0.5, mode="row", seed=0))
+    one(torch.randn(3, 2))
+    with pytest.raises(ValueError, match="the draw was for 3 rows, but layer 1 got"):
+        two(torch.randn(4, 2))
+    assert one.index == 0
+    assert isinstance(one.layer, nn.Identity)

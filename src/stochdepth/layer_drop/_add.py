@@ -6,9 +6,9 @@ from collections.abc import Iterable, Sequence
 
 from torch import nn
 
-from stochdepth._validation import describe
+from stochdepth._validation import check_bool, describe
 
-from ._list import LayerDropList
+from ._list import LayerDropList, Mode
 from ._rules import DropRule
 
 __all__ = ["STACK_NAMES", "add_layer_drop"]
@@ -28,6 +28,8 @@ def add_layer_drop(
     drop_rate: float | Sequence[float],
     *,
     path: str | None = None,
+    per_sample: bool = False,
+    row_args: Iterable[int | str] = (),
     seed: int | None = None,
     rule: str | DropRule = "bernoulli",
     eval_layers: Iterable[int] | None = None,
@@ -38,8 +40,10 @@ def add_layer_drop(
     ``path``) and replaces it, in place, by a :class:`~stochdepth.LayerDropList` over
     the same layers. The host's own loop (``for layer in self.layers:``, or Llama's
     ``self.layers[:n]``) then draws which layers run, once per forward pass in
-    training mode (fairseq's LayerDrop, one draw for the batch), and runs every layer
-    (or ``eval_layers``) in evaluation mode, exactly as the original model. The
+    training mode (fairseq's LayerDrop, one draw for the batch; with
+    ``per_sample=True`` one per layer and row, each layer run on its kept rows), and
+    runs every layer (or ``eval_layers``) in evaluation mode, exactly as the original
+    model. The
     ``state_dict`` keys do not change, so pretrained weights load as before; the
     list adds its generator state under ``<path>._extra_state``.
 
@@ -57,6 +61,17 @@ def add_layer_drop(
             ``"model.layers"``). ``None`` (default) looks for the one module list or
             sequential in the model held under a name of :data:`STACK_NAMES`; if there
             are several (an encoder-decoder) or none, the error lists what it found.
+        per_sample: Draw for every row (dimension 0 of the hidden state) instead of
+            once for the batch (``mode="row"``): each layer runs on its kept rows
+            only. The layers must treat rows independently and return a tensor (Hugging
+            Face 5 layers do), and every extra argument with a row per row (an
+            attention mask) must be named in ``row_args``.
+        row_args: With ``per_sample=True``, the extra arguments that the host passes
+            to each layer with a row per row of the hidden state, by position among
+            the extra positional arguments (BERT passes its attention mask first:
+            ``0``) or by keyword (``"attention_mask"`` for Llama,
+            ``"src_key_padding_mask"`` for ``nn.TransformerEncoder``); cut to the kept
+            rows.
         seed: The list's seed (see :class:`~stochdepth.LayerDropList`).
         rule: The drop rule (see :class:`~stochdepth.LayerDropList`).
         eval_layers: The layers that evaluation runs, or ``None`` for all.
@@ -99,7 +114,16 @@ def add_layer_drop(
             f"model.{path} must be an nn.ModuleList or nn.Sequential of layers, "
             f"got a {type(stack).__name__}"
         )
-    dropped = LayerDropList(stack, drop_rate, seed=seed, rule=rule, eval_layers=eval_layers)
+    mode: Mode = "row" if check_bool("per_sample", per_sample) else "batch"
+    dropped = LayerDropList(
+        stack,
+        drop_rate,
+        mode=mode,
+        seed=seed,
+        rule=rule,
+        eval_layers=eval_layers,
+        row_args=row_args,
+    )
     dropped.train(stack.training)
     setattr(parent, name, dropped)
     check = _DrawCheck(name, path)

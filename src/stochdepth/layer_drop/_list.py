@@ -14,6 +14,7 @@ from stochdepth._extra_state import encode_state, read_extra_state
 from stochdepth._validation import check_bool, check_int, check_probability, describe
 from stochdepth.samplers._generator import check_seed, generator_from_bytes, generator_to_bytes
 
+from ._host_loop import KeptRows, RowDraw
 from ._registry import get_drop_rule
 from ._rules import DropRule, check_keep, check_rule
 from ._tie import tie
@@ -218,18 +219,23 @@ class LayerDropList(nn.Module):
 
         A host model that loops over its own layers (``for layer in self.layers:``,
         as Hugging Face, torchvision and timm models do) gets layer drop from this,
-        as from fairseq's ``LayerDropModuleList``: in training mode every iteration
-        draws a keep mask from the list's generator, exactly as a forward pass of the
-        list would (counted in :attr:`layer_runs`, saved in :attr:`last_keep`), and
-        yields the kept layers in order; in evaluation mode it yields the layers of
-        :attr:`eval_layers` (every layer by default). To visit every layer without a
-        draw, use ``children()`` or indexing.
+        as from fairseq's ``LayerDropModuleList``. In training mode, with
+        ``mode="batch"``, every iteration draws a keep mask from the list's generator,
+        exactly as a forward pass of the list would (counted in :attr:`layer_runs`,
+        saved in :attr:`last_keep`), and yields the kept layers in order. With
+        ``mode="row"`` it yields, for every layer, a callable that runs the layer on
+        the rows the iteration's draw kept for it (drawn at the first call, once the
+        rows are known; ``row_args`` cut to them) and leaves the other rows' state;
+        its other attributes are the layer's. In evaluation mode it yields the layers
+        of :attr:`eval_layers` (every layer by default). To visit every layer without
+        a draw, use ``children()`` or indexing.
 
         Raises:
             TypeError: In training mode, the list is one that a host loop cannot
-                apply: ``mode="row"`` (the host calls each layer on every row),
-                ``residual=True`` (the host would apply a branch as a layer) or
-                ``masked=True``. Call the list instead.
+                apply: ``residual=True`` (the host would apply a branch as a
+                layer), ``masked=True``, or in row mode an ``output=`` (a layer
+                returning a tuple, whose other elements could not be merged
+                row by row). Call the list instead.
         """
         return iter(self._layers_to_run(range(len(self))))
 
@@ -239,23 +245,25 @@ class LayerDropList(nn.Module):
         if not self.training:
             chosen = indices if self._eval_layers is None else self._eval_layers
             return [layers[index] for index in chosen if index in indices]
-        if self._mode != "batch" or self._residual or self._masked:
+        if self._residual or self._masked or (self._mode == "row" and self._output is not None):
             options = ", ".join(
                 f"{name}={value!r}"
                 for name, value, default in (
-                    ("mode", self._mode, "batch"),
                     ("residual", self._residual, False),
                     ("masked", self._masked, False),
+                    ("output", self._output if self._mode == "row" else None, None),
                 )
                 if value != default
             )
             raise TypeError(
-                f"iterating a LayerDropList in training mode yields the layers that a "
-                f"host loop runs, which needs mode='batch', residual=False and "
-                f"masked=False; this list has {options}: call it (stack(h, ...)) instead "
-                f"of looping over it, or, for a model that loops over its own layers, "
-                f"use stochdepth.add_layer_drop"
+                f"iterating a LayerDropList in training mode gives the layers that a host "
+                f"loop runs, which needs residual=False and masked=False (and, in "
+                f"mode='row', layers that return a tensor: output=None); this list has "
+                f"{options}: call it (stack(h, ...)) instead of looping over it"
             )
+        if self._mode == "row":
+            draw = RowDraw(self.draw_keep)
+            return [KeptRows(layers[index], index, draw, self._cut) for index in indices]
         keep = self._draw(None).tolist()
         return [layers[index] for index in indices if keep[index]]
 
