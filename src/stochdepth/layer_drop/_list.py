@@ -29,6 +29,22 @@ Output = int | Callable[[Any], Tensor] | None
 """How to read the next hidden state from what a layer returns."""
 
 _MODES = ("batch", "row")
+# The options whose assignment goes to their property, even for a value that is a Module
+_OPTIONS = frozenset(
+    {
+        "mode",
+        "residual",
+        "scale",
+        "masked",
+        "rule",
+        "row_args",
+        "output",
+        "seed",
+        "drop_rate",
+        "drop_rates",
+        "eval_layers",
+    }
+)
 _SCALES = ("train", "eval")
 _EXTRA_STATE_KEY = "_extra_state"
 
@@ -178,24 +194,12 @@ class LayerDropList(nn.Module):
             self.add_module(str(index), layer)
         self._mode = cast(Mode, _check_choice("mode", mode, _MODES))
         self._residual = check_bool("residual", residual)
-        self._scale = cast(Scale, _check_choice("scale", scale, _SCALES))
-        if self._scale == "eval" and not self._residual:
-            raise ValueError(
-                "scale='eval' multiplies residual branches by 1 - p in evaluation and "
-                "needs residual=True; got residual=False"
-            )
+        self._scale = _check_scale(scale, self._residual)
         self._masked = check_bool("masked", masked)
         self.drop_rates = drop_rate
         self.eval_layers = eval_layers
-        self._rule = get_drop_rule(rule) if isinstance(rule, str) else check_rule(rule)
-        self._row_args = _check_row_args(row_args)
-        if self._row_args and self._mode != "row":
-            raise ValueError(
-                f"row_args names arguments cut to the kept rows, which only mode='row' "
-                f"does; got row_args={self._row_args!r} with mode={self._mode!r}"
-            )
-        self._row_positions = tuple(a for a in self._row_args if isinstance(a, int))
-        self._row_keywords = tuple(a for a in self._row_args if isinstance(a, str))
+        self._rule = _get_rule(rule)
+        self._set_row_args(row_args, self._mode)
         self._output = _check_output(output)
         self._seed = check_seed(
             int(torch.randint(0, 2**62, (), device="cpu")) if seed is None else seed
@@ -291,40 +295,120 @@ class LayerDropList(nn.Module):
 
     # ----------------------------------------------------------------- options
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _OPTIONS:  # the property's setter, even for a value that is a Module
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     @property
     def mode(self) -> Mode:
-        """``"batch"`` or ``"row"`` (set at construction)."""
+        """``"batch"`` or ``"row"``; settable (``"batch"`` refuses ``row_args``)."""
         return self._mode
+
+    @mode.setter
+    def mode(self, value: Mode) -> None:
+        mode = cast(Mode, _check_choice("mode", value, _MODES))
+        self._set_row_args(self._row_args, mode)
+        self._mode = mode
 
     @property
     def residual(self) -> bool:
-        """Whether each layer is a residual branch (set at construction)."""
+        """Whether each layer is a residual branch; settable (``scale="eval"`` needs it)."""
         return self._residual
+
+    @residual.setter
+    def residual(self, value: bool) -> None:
+        residual = check_bool("residual", value)
+        _check_scale(self._scale, residual)
+        self._residual = residual
 
     @property
     def scale(self) -> Scale:
-        """Where a residual branch's ``1 - p`` factor goes: ``"train"`` or ``"eval"``."""
+        """Where a residual branch's ``1 - p`` factor goes: ``"train"`` or ``"eval"``; settable."""
         return self._scale
+
+    @scale.setter
+    def scale(self, value: Scale) -> None:
+        self._scale = _check_scale(value, self._residual)
 
     @property
     def masked(self) -> bool:
-        """Whether every layer runs on every row, its result kept by a mask."""
+        """Whether every layer runs on every row, its result kept by a mask; settable."""
         return self._masked
+
+    @masked.setter
+    def masked(self, value: bool) -> None:
+        self._masked = check_bool("masked", value)
 
     @property
     def rule(self) -> DropRule:
-        """The drop rule the list draws with."""
+        """The drop rule the list draws with; settable (a name or a ``DropRule``)."""
         return self._rule
+
+    @rule.setter
+    def rule(self, value: str | DropRule) -> None:
+        self._rule = _get_rule(value)
+
+    @property
+    def row_args(self) -> tuple[int | str, ...]:
+        """The extra arguments cut to the kept rows in row mode; settable."""
+        return self._row_args
+
+    @row_args.setter
+    def row_args(self, value: Iterable[int | str]) -> None:
+        self._set_row_args(value, self._mode)
+
+    def _set_row_args(self, value: object, mode: Mode) -> None:
+        row_args = _check_row_args(value)
+        if row_args and mode != "row":
+            raise ValueError(
+                f"row_args names arguments cut to the kept rows, which only mode='row' "
+                f"does; got row_args={row_args!r} with mode={mode!r}"
+            )
+        self._row_args = row_args
+        self._row_positions = tuple(a for a in row_args if isinstance(a, int))
+        self._row_keywords = tuple(a for a in row_args if isinstance(a, str))
+
+    @property
+    def output(self) -> Output:
+        """How the next hidden state is read from a layer's return value; settable."""
+        return self._output
+
+    @output.setter
+    def output(self, value: Output) -> None:
+        self._output = _check_output(value)
 
     @property
     def seed(self) -> int:
-        """The seed the generator started from (restored by ``load_state_dict``)."""
+        """The seed the generator started from (restored by ``load_state_dict``).
+
+        Not assignable (an ``AttributeError``): to restart the draws, call
+        ``stack.generator.manual_seed(seed)`` or build a new list.
+        """
         return self._seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        raise AttributeError(
+            f"LayerDropList.seed is the seed the generator started from, not a setting; got "
+            f"an assignment of {value!r}: call stack.generator.manual_seed(seed) to restart "
+            f"the draws, or build a new LayerDropList(..., seed=...)"
+        )
 
     @property
     def generator(self) -> torch.Generator:
         """The CPU ``torch.Generator`` the list draws from."""
         return self._generator
+
+    @property
+    def drop_rate(self) -> tuple[float, ...]:
+        """The constructor's ``drop_rate``: each layer's rate, as :attr:`drop_rates`; settable."""
+        return self._drop_rates
+
+    @drop_rate.setter
+    def drop_rate(self, value: float | Sequence[float]) -> None:
+        self.drop_rates = value
 
     @property
     def drop_rates(self) -> tuple[float, ...]:
@@ -767,6 +851,20 @@ def _check_layers(layers: object) -> list[nn.Module]:
     if not found:
         raise ValueError(f"layers must hold at least one module, got {describe(layers)}")
     return found
+
+
+def _check_scale(value: object, residual: bool) -> Scale:
+    scale = cast(Scale, _check_choice("scale", value, _SCALES))
+    if scale == "eval" and not residual:
+        raise ValueError(
+            "scale='eval' multiplies residual branches by 1 - p in evaluation and "
+            "needs residual=True; got residual=False"
+        )
+    return scale
+
+
+def _get_rule(value: str | DropRule) -> DropRule:
+    return get_drop_rule(value) if isinstance(value, str) else check_rule(value)
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
