@@ -314,3 +314,24 @@ def test_per_row_host_loop_errors_are_clear() -> None:
         two(torch.randn(4, 2))
     assert one.index == 0
     assert isinstance(one.layer, nn.Identity)
+
+
+def test_a_compiled_host_loop_draws_on_every_call() -> None:
+    """torch.compile of the whole model: the draw runs outside the graph, every call."""
+    model = tiny_encoder()
+    stack = add_layer_drop(model, 0.5, seed=0)
+    reference = copy.deepcopy(list(stack.children()))
+    compiled = torch.compile(model)
+    x = torch.randn(2, 3, 8)
+    patterns = set()
+    for _ in range(6):
+        out = compiled(x)
+        keep = stack.last_keep.tolist()
+        patterns.add(tuple(keep))
+        want = x
+        for layer, kept in zip(reference, keep, strict=True):
+            if kept:
+                want = layer(want)
+        torch.testing.assert_close(out, want)
+    assert stack.draws == 6
+    assert len(patterns) > 1

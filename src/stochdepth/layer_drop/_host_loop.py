@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from stochdepth._validation import describe
@@ -76,6 +77,9 @@ class KeptRows(nn.Module):
         self.layer, self.index, self._row_draw, self._cut_args = layer, index, draw, cut
         self.train(layer.training)
 
+    # Under torch.compile this frame runs eagerly (the draw and the row counts are
+    # Python values); the layer it calls still compiles.
+    @torch.compiler.disable(recursive=False)  # type: ignore[untyped-decorator,no-untyped-call]
     def forward(self, h: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """Run the layer on the rows of ``h`` that the draw kept for it; keep the others."""
         if not isinstance(h, Tensor):

@@ -268,7 +268,8 @@ class LayerDropList(nn.Module):
         if self._mode == "row":
             draw = RowDraw(self.draw_keep)
             return [KeptRows(layers[index], index, draw, self._cut) for index in indices]
-        keep = self._draw(None).tolist()
+        compiling = torch.compiler.is_compiling()
+        keep = (self._draw_outside_graph(None) if compiling else self._draw(None)).tolist()
         return [layers[index] for index in indices if keep[index]]
 
     @overload
