@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 from hypothesis import given
+from hypothesis import strategies as st
 from spawn_workers import WORLD_SIZE, batch, make_model, train, train_passed_model
 from torch import Tensor, nn
 
@@ -235,3 +236,18 @@ def test_a_model_passed_to_spawned_ranks_trains_with_its_generators_intact(
     alone = train(reference, reference, x, y)
     assert first["depths"] == alone["depths"]
     assert first["keeps"] == alone["keeps"]
+
+
+@given(data=st.data())
+def test_modules_built_on_the_meta_device_keep_their_state_on_the_cpu(data: st.DataObject) -> None:
+    """from_pretrained builds the model under a meta default device, then loads it."""
+    with torch.device("meta"):
+        sampler = data.draw(samplers())
+        block = RepeatedBlock(nn.Linear(2, 2), sampler)
+        stack = LayerDropList([nn.Linear(2, 2) for _ in range(3)], 0.5)
+        state = nn.Sequential(block, stack).state_dict()
+    for key in ("0._extra_state", "1._extra_state"):
+        assert state[key].device.type == "cpu", key
+    decode_state(state["0._extra_state"])
+    assert stack.draw_keep().device.type == "cpu"
+    assert block.sampler.sample() >= 0
