@@ -97,6 +97,13 @@ class LayerDropList(nn.Module):
     restored list continues the same sequence of drops, and processes (DDP ranks)
     that build it with the same seed drop the same layers.
 
+    A host model that loops over its own layers (``for layer in self.layers:``, as
+    Hugging Face models and ``nn.TransformerEncoder`` do) drops layers too: iterating
+    the list in training mode draws, as fairseq's ``LayerDropModuleList`` does (see
+    :meth:`__iter__` and :func:`~stochdepth.add_layer_drop`). Every option reads
+    back as an attribute and, but for ``seed``, can be assigned, with the
+    constructor's checks.
+
     The layers are registered as children ``"0"``, ``"1"``, ..., as in
     ``nn.Sequential`` and ``nn.ModuleList``: replacing a model's ``blocks`` (a
     ``Sequential``) or ``layers`` (a ``ModuleList``) by a list over them keeps the
