@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+from typing import Any
 
 import pytest
 import torch
@@ -335,3 +336,114 @@ def test_a_compiled_host_loop_draws_on_every_call() -> None:
         torch.testing.assert_close(out, want)
     assert stack.draws == 6
     assert len(patterns) > 1
+
+
+SMALL = {"hidden_size": 16, "num_hidden_layers": 3, "num_attention_heads": 2}
+HOSTS: dict[str, tuple[Any, str, Any]] = {
+    # name: (model from a tiny config, the stack's path, the inputs of one forward pass)
+    "vit": (
+        lambda: transformers.ViTModel(
+            transformers.ViTConfig(image_size=8, patch_size=4, intermediate_size=32, **SMALL)
+        ),
+        "layers",
+        lambda: {"pixel_values": torch.randn(2, 3, 8, 8)},
+    ),
+    "gpt2": (
+        lambda: transformers.GPT2LMHeadModel(
+            transformers.GPT2Config(
+                n_embd=16,
+                n_layer=3,
+                n_head=2,
+                vocab_size=20,
+                n_positions=16,
+                bos_token_id=0,
+                eos_token_id=0,
+            )
+        ),
+        "transformer.h",
+        lambda: {"input_ids": torch.randint(0, 20, (2, 5))},
+    ),
+    "roberta": (
+        lambda: transformers.RobertaModel(
+            transformers.RobertaConfig(
+                vocab_size=20, max_position_embeddings=20, intermediate_size=32, **SMALL
+            )
+        ),
+        "encoder.layer",
+        lambda: {"input_ids": torch.randint(3, 20, (2, 5))},
+    ),
+    "wav2vec2": (
+        lambda: transformers.Wav2Vec2Model(
+            transformers.Wav2Vec2Config(
+                intermediate_size=32,
+                conv_dim=(8, 8),
+                conv_stride=(2, 2),
+                conv_kernel=(3, 3),
+                num_conv_pos_embeddings=4,
+                num_conv_pos_embedding_groups=2,
+                layerdrop=0.0,
+                mask_time_prob=0.0,
+                **SMALL,
+            )
+        ),
+        "encoder.layers",
+        lambda: {"input_values": torch.randn(2, 40)},
+    ),
+    "qwen2": (
+        lambda: transformers.Qwen2ForCausalLM(
+            transformers.Qwen2Config(
+                vocab_size=20, num_key_value_heads=1, intermediate_size=32, **SMALL
+            )
+        ),
+        "model.layers",
+        lambda: {"input_ids": torch.randint(0, 20, (2, 5))},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTS))
+def test_common_models_are_found_and_drop_through_their_own_loop(name: str) -> None:
+    make, path, inputs = HOSTS[name]
+    torch.manual_seed(0)
+    original = make()
+    model = copy.deepcopy(original)
+    stack = add_layer_drop(model, 0.5, seed=0)
+    found = model.get_submodule(path)
+    assert found is stack
+    counts = count_calls(stack)
+    batch = inputs()
+    model.train()
+    for _ in range(6):
+        model(**batch)  # the loud check would raise had the loop not drawn
+    assert stack.draws == 6
+    assert counts == stack.layer_runs
+    assert sum(counts) < 18
+    model.eval()
+    original.eval()
+    with torch.no_grad():
+        got, want = model(**batch), original(**batch)
+    assert torch.equal(got[0], want[0])
+
+
+def test_an_encoder_decoder_names_both_stacks() -> None:
+    config = transformers.WhisperConfig(
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=16,
+        decoder_ffn_dim=16,
+        vocab_size=100,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+        num_mel_bins=8,
+        max_source_positions=8,
+        max_target_positions=8,
+    )
+    model = transformers.WhisperModel(config)
+    with pytest.raises(ValueError, match=r"encoder\.layers, decoder\.layers; pass path="):
+        add_layer_drop(model, 0.1)
+    assert isinstance(add_layer_drop(model, 0.1, path="decoder.layers"), LayerDropList)

@@ -17,8 +17,9 @@ __all__ = ["STACK_NAMES", "add_layer_drop"]
 STACK_NAMES = ("layer", "layers", "h", "blocks", "block")
 """The attribute names under which common models hold their layer stack.
 
-Hugging Face BERT, RoBERTa and ViT (``encoder.layer``), Llama, Mistral and Qwen
-(``model.layers``), GPT-2 (``transformer.h``), wav2vec2 and Whisper (``layers``),
+Hugging Face BERT and RoBERTa (``encoder.layer``), ViT (``layers`` in transformers 5),
+Llama, Mistral and Qwen (``model.layers``), GPT-2 (``transformer.h``), wav2vec2
+(``encoder.layers``) and Whisper (``encoder.layers`` and ``decoder.layers``),
 ``nn.TransformerEncoder`` (``layers``), timm's vision transformers (``blocks``) and T5
 (``block``).
 """
