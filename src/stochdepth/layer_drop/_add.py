@@ -38,69 +38,67 @@ def add_layer_drop(
 ) -> LayerDropList:
     """Give a model that loops over its own layers LayerDrop, without touching its ``forward``.
 
-        Finds the model's layer stack (an ``nn.ModuleList`` or ``nn.Sequential``; see
-        ``path``) and replaces it, in place, by a :class:`~stochdepth.LayerDropList` over
-        the same layers. The host's own loop (``for layer in self.layers:``, or Llama's
-        ``self.layers[:n]``) then draws which layers run, once per forward pass in
-        training mode (fairseq's LayerDrop, one draw for the batch; with
-        ``per_sample=True`` one per layer and row, each layer run on its kept rows), and
-        runs every layer (or ``eval_layers``) in evaluation mode, exactly as the original
-        model. The
-        ``state_dict`` keys do not change, so pretrained weights load as before; the
-        list adds its generator state under ``<path>._extra_state``.
+    Finds the model's layer stack (an ``nn.ModuleList`` or ``nn.Sequential``; see
+    ``path``) and replaces it, in place, by a :class:`~stochdepth.LayerDropList` over
+    the same layers. The host's own loop (``for layer in self.layers:``, or Llama's
+    ``self.layers[:n]``) then draws which layers run, once per forward pass in
+    training mode (fairseq's LayerDrop, one draw for the batch; with
+    ``per_sample=True`` one per layer and row, each layer run on its kept rows), and
+    runs every layer (or ``eval_layers``) in evaluation mode, exactly as the original
+    model. The ``state_dict`` keys do not change, so pretrained weights load as
+    before; the list adds its generator state under ``<path>._extra_state``.
 
-        A model that reaches its layers some other way (``for i in range(n):
-        self.layers[i](h)``) would run every layer, and layer drop would do nothing, so
-        that case is loud: the module holding the stack gets a forward hook that raises
-        after a training-mode forward pass in which the list neither drew nor ran (a
-        ``RuntimeError`` naming the path). Such a model needs its ``forward`` changed to
-        call or iterate the list.
+    A model that reaches its layers some other way (``for i in range(n):
+    self.layers[i](h)``) would run every layer, and layer drop would do nothing, so
+    that case is loud: the module holding the stack gets a forward hook that raises
+    after a training-mode forward pass in which the list neither drew nor ran (a
+    ``RuntimeError`` naming the path). Such a model needs its ``forward`` changed to
+    call or iterate the list.
 
-        Args:
-            model: The model, changed in place.
-            drop_rate: Each layer's drop rate: one float, or one per layer.
-            path: The dotted attribute path of the stack (``"encoder.layer"``,
-                ``"model.layers"``). ``None`` (default) looks for the one module list or
-                sequential in the model held under a name of :data:`STACK_NAMES`; if there
-                are several (an encoder-decoder) or none, the error lists what it found.
-            per_sample: Draw for every row (dimension 0 of the hidden state) instead of
-                once for the batch (``mode="row"``): each layer runs on its kept rows
-                only. The layers must treat rows independently and return a tensor (Hugging
-                Face 5 layers do), and every extra argument with a row per row (an
-                attention mask) must be named in ``row_args``.
-            row_args: With ``per_sample=True``, the extra arguments that the host passes
-                to each layer with a row per row of the hidden state, by position among
-                the extra positional arguments (BERT passes its attention mask first:
-                ``0``) or by keyword (``"attention_mask"`` for Llama,
-                ``"src_key_padding_mask"`` for ``nn.TransformerEncoder``); cut to the kept
-                rows.
-            seed: The list's seed (see :class:`~stochdepth.LayerDropList`).
-            rule: The drop rule (see :class:`~stochdepth.LayerDropList`).
-            eval_layers: The layers that evaluation runs, or ``None`` for all.
+    Args:
+        model: The model, changed in place.
+        drop_rate: Each layer's drop rate: one float, or one per layer.
+        path: The dotted attribute path of the stack (``"encoder.layer"``,
+            ``"model.layers"``). ``None`` (default) looks for the one module list or
+            sequential in the model held under a name of :data:`STACK_NAMES`; if there
+            are several (an encoder-decoder) or none, the error lists what it found.
+        per_sample: Draw for every row (dimension 0 of the hidden state) instead of
+            once for the batch (``mode="row"``): each layer runs on its kept rows
+            only. The layers must treat rows independently and return a tensor (Hugging
+            Face 5 layers do), and every extra argument with a row per row (an
+            attention mask) must be named in ``row_args``.
+        row_args: With ``per_sample=True``, the extra arguments that the host passes
+            to each layer with a row per row of the hidden state, by position among
+            the extra positional arguments (BERT passes its attention mask first:
+            ``0``) or by keyword (``"attention_mask"`` for Llama,
+            ``"src_key_padding_mask"`` for ``nn.TransformerEncoder``); cut to the kept
+            rows.
+        seed: The list's seed (see :class:`~stochdepth.LayerDropList`).
+        rule: The drop rule (see :class:`~stochdepth.LayerDropList`).
+        eval_layers: The layers that evaluation runs, or ``None`` for all.
 
-        Returns:
-            The new :class:`~stochdepth.LayerDropList`, now held by the model.
+    Returns:
+        The new :class:`~stochdepth.LayerDropList`, now held by the model.
 
-        Raises:
-            TypeError: ``model`` is not a module, ``path`` is not a str, or what it
-                names is not an ``nn.ModuleList`` or ``nn.Sequential``.
-            ValueError: ``path`` names no attribute, no stack or several stacks were
-                found, the stack already is a ``LayerDropList``, or a ``LayerDropList``
-                argument is wrong.
+    Raises:
+        TypeError: ``model`` is not a module, ``path`` is not a str, or what it
+            names is not an ``nn.ModuleList`` or ``nn.Sequential``.
+        ValueError: ``path`` names no attribute, no stack or several stacks were
+            found, the stack already is a ``LayerDropList``, or a ``LayerDropList``
+            argument is wrong.
 
-        Example:
-            >>> import torch
-            >>> import torch
-    from torch import nn
-            >>> import stochdepth
-            >>> layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
-            >>> encoder = nn.TransformerEncoder(layer, 4, enable_nested_tensor=False)
-            >>> stack = stochdepth.add_layer_drop(encoder, 0.5, seed=0)
-            >>> encoder.layers is stack
-            True
-            >>> _ = encoder(torch.randn(2, 3, 8))
-            >>> stack.last_keep.tolist()  # layer 2 was not run
-            [True, True, False, True]
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> import stochdepth
+        >>> layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        >>> encoder = nn.TransformerEncoder(layer, 4, enable_nested_tensor=False)
+        >>> stack = stochdepth.add_layer_drop(encoder, 0.5, seed=0)
+        >>> encoder.layers is stack
+        True
+        >>> _ = encoder(torch.randn(2, 3, 8))
+        >>> stack.last_keep.tolist()  # layer 2 was not run
+        [True, True, False, True]
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {describe(model)}")
