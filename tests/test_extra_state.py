@@ -19,15 +19,15 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from spawn_workers import WORLD_SIZE, batch, make_model, train, train_passed_model
 from torch import Tensor, nn
 
 from stochdepth import LayerDropList, RepeatedBlock, ScheduledDepth, SeededDepth
 from stochdepth._extra_state import decode_state, encode_state, from_bytes, to_bytes
 from stochdepth.samplers._protocol import has_state
 
-from processes import spawn_ranks
-from strategies import extra_states, samplers
+from support.processes import spawn_ranks
+from support.spawn_workers import WORLD_SIZE, batch, make_model, train, train_passed_model
+from support.strategies import extra_states, samplers
 
 
 def assert_same_state(want: Any, got: Any) -> None:

@@ -204,7 +204,7 @@ def test_a_model_with_layer_drop_pickles_and_keeps_its_draws() -> None:
     ("options", "named"),
     [
         ({"residual": True}, "residual=True"),
-        ({"masked": True}, "masked=True"),
+        ({"mode": "masked"}, "mode='masked'"),
     ],
 )
 def test_iterating_a_list_a_host_loop_cannot_apply_is_an_error(
@@ -244,7 +244,7 @@ def test_per_row_in_the_host_loop_runs_each_row_as_if_alone() -> None:
     original = tiny_encoder()
     model = copy.deepcopy(original)
     stack = add_layer_drop(model, 0.5, per_sample=True, row_args=["src_key_padding_mask"], seed=5)
-    assert stack.mode == "row"
+    assert stack.per_sample
     counts = [0] * 6
     for index, layer in enumerate(stack.children()):
 
@@ -301,15 +301,17 @@ def test_bert_per_row_drops_rows_with_the_attention_mask_cut() -> None:
 
 
 def test_per_row_host_loop_errors_are_clear() -> None:
-    stack = LayerDropList([nn.Linear(2, 2) for _ in range(2)], 0.5, mode="row", output=0, seed=0)
+    stack = LayerDropList(
+        [nn.Linear(2, 2) for _ in range(2)], 0.5, per_sample=True, output=0, seed=0
+    )
     with pytest.raises(TypeError, match=r"output=0: call it"):
         list(stack)
-    stack = LayerDropList([nn.Linear(2, 3), nn.Linear(3, 2)], 0.0, mode="row", seed=0)
+    stack = LayerDropList([nn.Linear(2, 3), nn.Linear(3, 2)], 0.0, per_sample=True, seed=0)
     first, _ = list(stack)
     assert first.in_features == 2  # the layer's attributes, as a host may read them
     with pytest.raises(TypeError, match=r"layer 0 \(Linear\) turned \(2, 2\) into a tensor of"):
         first(torch.randn(2, 2))
-    one, two = list(LayerDropList([nn.Identity(), nn.Identity()], 0.5, mode="row", seed=0))
+    one, two = list(LayerDropList([nn.Identity(), nn.Identity()], 0.5, per_sample=True, seed=0))
     one(torch.randn(3, 2))
     with pytest.raises(ValueError, match="the draw was for 3 rows, but layer 1 got"):
         two(torch.randn(4, 2))

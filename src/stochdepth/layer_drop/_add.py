@@ -9,7 +9,7 @@ from torch import nn
 
 from stochdepth._validation import check_bool, describe
 
-from ._list import LayerDropList, Mode
+from ._list import LayerDropList
 from ._rules import DropRule
 
 __all__ = ["STACK_NAMES", "add_layer_drop"]
@@ -63,7 +63,7 @@ def add_layer_drop(
             sequential in the model held under a name of :data:`STACK_NAMES`; if there
             are several (an encoder-decoder) or none, the error lists what it found.
         per_sample: Draw for every row (dimension 0 of the hidden state) instead of
-            once for the batch (``mode="row"``): each layer runs on its kept rows
+            once for the batch: each layer runs on its kept rows
             only. The layers must treat rows independently and return a tensor (Hugging
             Face 5 layers do), and every extra argument with a row per row (an
             attention mask) must be named in ``row_args``.
@@ -115,11 +115,10 @@ def add_layer_drop(
             f"model.{path} must be an nn.ModuleList or nn.Sequential of layers, "
             f"got a {type(stack).__name__}"
         )
-    mode: Mode = "row" if check_bool("per_sample", per_sample) else "batch"
     dropped = LayerDropList(
         stack,
         drop_rate,
-        mode=mode,
+        per_sample=check_bool("per_sample", per_sample),
         seed=seed,
         rule=rule,
         eval_layers=eval_layers,

@@ -1,6 +1,6 @@
 """Row-mode layer drop inside a host model's own loop: each layer run on its kept rows.
 
-Iterating a ``LayerDropList(mode="row")`` in training mode yields one :class:`KeptRows`
+Iterating a ``LayerDropList(per_sample=True)`` in training mode yields one :class:`KeptRows`
 per layer, in order, instead of the layers themselves. The host calls it as it would
 call the layer (``h = layer(h, mask, ...)``); the first call of the iteration draws the
 keep mask for every layer and row (exactly the draw a call of the list makes), and each
@@ -42,14 +42,14 @@ class RowDraw:
         """Layer ``index``'s keep flags, one per row of ``h`` (drawing on the first call)."""
         if h.ndim == 0:
             raise ValueError(
-                "mode='row' draws for every row (dimension 0) of h, but h is a 0-d tensor"
+                "per_sample=True draws for every row (dimension 0) of h, but h is a 0-d tensor"
             )
         rows = h.shape[0]
         if self.keep is None:
             self.keep = self._draw(rows)
         elif self.keep.shape[1] != rows:
             raise ValueError(
-                f"the layers of one iteration over a mode='row' LayerDropList must see the "
+                f"the layers of one iteration over a per_sample=True LayerDropList must see the "
                 f"same rows: the draw was for {self.keep.shape[1]} rows, but layer {index} got "
                 f"a hidden state of shape {tuple(h.shape)}"
             )
@@ -57,7 +57,7 @@ class RowDraw:
 
 
 class KeptRows(nn.Module):
-    """One layer of a row-mode ``LayerDropList``, as a host loop calls it in training.
+    """One layer of a ``LayerDropList(per_sample=True)``, as a host loop calls it in training.
 
     Calling it runs the layer on the rows the iteration's draw kept for it. Other
     attributes are the layer's (a host may read ``layer.attention_type``). It is made
@@ -102,10 +102,10 @@ class KeptRows(nn.Module):
         name = f"layer {self.index} ({type(self.layer).__name__})"
         got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, Tensor) else describe(out)
         raise TypeError(
-            f"a mode='row' LayerDropList in a host loop runs each layer on its kept rows and "
-            f"needs layers that return a tensor of their input's shape, but {name} turned "
+            f"a per_sample=True LayerDropList in a host loop runs each layer on its kept rows, "
+            f"which needs layers that return a tensor of their input's shape, but {name} turned "
             f"{tuple(h.shape)} into {got}; call the list instead (with output=) or use "
-            f"mode='batch'"
+            f"per_sample=False"
         )
 
     def __getattr__(self, name: str) -> Any:

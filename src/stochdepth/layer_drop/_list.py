@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal, cast, overload
 
 import torch
 from torch import Tensor, nn
 
-from stochdepth._distributed import process_group_up
 from stochdepth._extra_state import encode_state, read_extra_state
+from stochdepth._layer_call import Output, check_output, read_state
+from stochdepth._tie import process_group_up
 from stochdepth._validation import check_bool, check_int, check_probability, describe
 from stochdepth.samplers._generator import check_seed, generator_from_bytes, generator_to_bytes
 
@@ -19,23 +21,25 @@ from ._registry import get_drop_rule
 from ._rules import DropRule, check_keep, check_rule
 from ._tie import tie
 
-Mode = Literal["batch", "row"]
-"""How a list draws: one draw per layer per forward pass, or one per layer and row."""
+Mode = Literal["skip", "masked"]
+"""How a list applies a dropped layer: not at all (``"skip"``), or run and masked out."""
+
+LegacyMode = Literal["batch", "row"]
+"""The spellings of ``mode`` before 0.2, deprecated: ``per_sample`` says it now."""
 
 Scale = Literal["train", "eval"]
 """Where a residual branch's ``1 - p`` factor goes: training (timm) or evaluation (the paper)."""
 
-Output = int | Callable[[Any], Tensor] | None
-"""How to read the next hidden state from what a layer returns."""
 
-_MODES = ("batch", "row")
+_MODES = ("skip", "masked")
+_LEGACY_MODES = ("batch", "row")
 # The options whose assignment goes to their property, even for a value that is a Module
 _OPTIONS = frozenset(
     {
         "mode",
+        "per_sample",
         "residual",
         "scale",
-        "masked",
         "rule",
         "row_args",
         "output",
@@ -70,13 +74,15 @@ class LayerDropList(nn.Module):
     layer is dropped with its own probability ``p`` (its drop rate). Unlike timm's
     ``DropPath`` and torchvision's ``stochastic_depth``, which compute a dropped branch
     and multiply it by zero, a dropped layer is not run at all, so the compute follows
-    the keep rate, in both modes:
+    the keep rate, whichever way it draws (the words are
+    :class:`~stochdepth.RepeatedBlock`'s):
 
-    - ``mode="batch"`` (fairseq's LayerDrop): one draw per layer per forward pass; a
-      dropped layer is not called.
-    - ``mode="row"`` (torchvision's ``mode="row"``, timm's ``DropPath``): one draw per
-      layer and row (dimension 0); each layer runs only on its kept rows, gathered,
-      then scattered back. The layer must treat rows independently (no
+    - ``per_sample=False`` (default; fairseq's LayerDrop, torchvision's
+      ``mode="batch"``): one draw per layer per forward pass; a dropped layer is not
+      called.
+    - ``per_sample=True`` (torchvision's ``per_sample=True``, timm's ``DropPath``): one draw
+      per layer and row (dimension 0); each layer runs only on its kept rows,
+      gathered, then scattered back. The layer must treat rows independently (no
       ``BatchNorm``).
 
     What a layer means:
@@ -118,7 +124,16 @@ class LayerDropList(nn.Module):
         drop_rate: Each layer's drop rate in ``[0, 1]``: one float for every layer,
             or one per layer (:func:`~stochdepth.linear_drop_rates` gives the usual
             linear rule).
-        mode: ``"batch"`` (default) or ``"row"``, as above.
+        mode: ``"skip"`` (default): a dropped layer does not run. ``"masked"``: every
+            layer runs on every row and its result is kept only where it was drawn
+            (``torch.where``): no compute saved, but the graph is the same at every
+            draw, so ``torch.compile(fullgraph=True)`` takes it with the mask passed
+            as ``keep=`` (see :meth:`draw_keep`). Dropped layers then get zero
+            gradients instead of none. The old spellings ``"batch"`` and ``"row"``
+            still work, with a ``FutureWarning``: they mean ``per_sample=False`` and
+            ``per_sample=True``.
+        per_sample: Draw for every row (dimension 0) instead of once per forward
+            pass, as above.
         residual: Whether each layer is a residual branch (see above).
         scale: With ``residual=True``: ``"train"`` (default; divide a kept branch by
             ``1 - p`` in training) or ``"eval"`` (multiply every branch by ``1 - p``
@@ -129,15 +144,11 @@ class LayerDropList(nn.Module):
         rule: How the kept layers are drawn: a name from
             :func:`~stochdepth.available_drop_rules` (``"bernoulli"``, the default:
             independent draws) or a :class:`~stochdepth.DropRule`.
-        masked: Run every layer on every row and keep each layer's result only where
-            it was drawn (``torch.where``): no compute saved, but the graph is the
-            same at every draw, so ``torch.compile(fullgraph=True)`` takes it with
-            the mask passed as ``keep=`` (see :meth:`draw_keep`). Dropped layers
-            then get zero gradients instead of none.
+        masked: Deprecated (``FutureWarning``): ``masked=True`` is ``mode="masked"``.
         eval_layers: The indices of the layers that evaluation runs (fairseq's
             layers-to-keep, for a smaller network at inference), or ``None``
             (default) for every layer. Settable later.
-        row_args: With ``mode="row"``: which extra arguments of :meth:`forward` have
+        row_args: With ``per_sample=True``: which extra arguments of :meth:`forward` have
             a row per row of the input and are cut to the kept rows, by position
             among the extra positional arguments (0 is the first after ``h``) or by
             keyword. Each may be a tensor or a nested tuple, list or dict of tensors
@@ -158,7 +169,7 @@ class LayerDropList(nn.Module):
         ValueError: An argument has a wrong value: no layers, a drop rate outside
             ``[0, 1]``, as many rates as layers not given, an unknown name, an
             ``eval_layers`` index out of range, ``scale="eval"`` without
-            ``residual=True``, or ``row_args`` without ``mode="row"``.
+            ``residual=True``, or ``row_args`` without ``per_sample=True``.
 
     Example:
         >>> import torch
@@ -186,12 +197,13 @@ class LayerDropList(nn.Module):
         layers: Iterable[nn.Module],
         drop_rate: float | Sequence[float],
         *,
-        mode: Mode = "batch",
+        mode: Mode | LegacyMode = "skip",
+        per_sample: bool = False,
         residual: bool = False,
         scale: Scale = "train",
         seed: int | None = None,
         rule: str | DropRule = "bernoulli",
-        masked: bool = False,
+        masked: bool | None = None,
         eval_layers: Iterable[int] | None = None,
         row_args: Iterable[int | str] = (),
         output: Output = None,
@@ -199,15 +211,16 @@ class LayerDropList(nn.Module):
         super().__init__()
         for index, layer in enumerate(_check_layers(layers)):
             self.add_module(str(index), layer)
-        self._mode = cast(Mode, _check_choice("mode", mode, _MODES))
+        self._mode, self._per_sample = _check_mode(mode, per_sample, masked)
+        self._masked = self._mode == "masked"
         self._residual = check_bool("residual", residual)
         self._scale = _check_scale(scale, self._residual)
-        self._masked = check_bool("masked", masked)
         self.drop_rates = drop_rate
         self.eval_layers = eval_layers
         self._rule = _get_rule(rule)
-        self._set_row_args(row_args, self._mode)
-        self._output = _check_output(output)
+        self._set_row_args(row_args, self._per_sample)
+        self._output = check_output(output)
+        # on the CPU whatever the default device (from_pretrained builds on "meta")
         self._seed = check_seed(
             int(torch.randint(0, 2**62, (), device="cpu")) if seed is None else seed
         )
@@ -230,23 +243,22 @@ class LayerDropList(nn.Module):
 
         A host model that loops over its own layers (``for layer in self.layers:``,
         as Hugging Face, torchvision and timm models do) gets layer drop from this,
-        as from fairseq's ``LayerDropModuleList``. In training mode, with
-        ``mode="batch"``, every iteration draws a keep mask from the list's generator,
-        exactly as a forward pass of the list would (counted in :attr:`layer_runs`,
-        saved in :attr:`last_keep`), and yields the kept layers in order. With
-        ``mode="row"`` it yields, for every layer, a callable that runs the layer on
-        the rows the iteration's draw kept for it (drawn at the first call, once the
-        rows are known; ``row_args`` cut to them) and leaves the other rows' state;
-        its other attributes are the layer's. In evaluation mode it yields the layers
-        of :attr:`eval_layers` (every layer by default). To visit every layer without
-        a draw, use ``children()`` or indexing.
+        as from fairseq's ``LayerDropModuleList``. In training mode every iteration
+        draws a keep mask from the list's generator, exactly as a forward pass of the
+        list would (counted in :attr:`layer_runs`, saved in :attr:`last_keep`), and
+        yields the kept layers in order. With ``per_sample=True`` it yields, for every
+        layer, a callable that runs the layer on the rows the iteration's draw kept
+        for it (drawn at the first call, once the rows are known; ``row_args`` cut to
+        them) and leaves the other rows' state; its other attributes are the layer's.
+        In evaluation mode it yields the layers of :attr:`eval_layers` (every layer by
+        default). To visit every layer without a draw, use ``children()`` or indexing.
 
         Raises:
             TypeError: In training mode, the list is one that a host loop cannot
                 apply: ``residual=True`` (the host would apply a branch as a
-                layer), ``masked=True``, or in row mode an ``output=`` (a layer
-                returning a tuple, whose other elements could not be merged
-                row by row). Call the list instead.
+                layer), ``mode="masked"``, or with ``per_sample=True`` an
+                ``output=`` (a layer returning a tuple, whose other elements could
+                not be merged row by row). Call the list instead.
         """
         return iter(self._layers_to_run(range(len(self))))
 
@@ -256,23 +268,24 @@ class LayerDropList(nn.Module):
         if not self.training:
             chosen = indices if self._eval_layers is None else self._eval_layers
             return [layers[index] for index in chosen if index in indices]
-        if self._residual or self._masked or (self._mode == "row" and self._output is not None):
+        masked = self._mode == "masked"
+        if self._residual or masked or (self._per_sample and self._output is not None):
             options = ", ".join(
                 f"{name}={value!r}"
                 for name, value, default in (
                     ("residual", self._residual, False),
-                    ("masked", self._masked, False),
-                    ("output", self._output if self._mode == "row" else None, None),
+                    ("mode", self._mode, "skip"),
+                    ("output", self._output if self._per_sample else None, None),
                 )
                 if value != default
             )
             raise TypeError(
                 f"iterating a LayerDropList in training mode gives the layers that a host "
-                f"loop runs, which needs residual=False and masked=False (and, in "
-                f"mode='row', layers that return a tensor: output=None); this list has "
-                f"{options}: call it (stack(h, ...)) instead of looping over it"
+                f"loop runs, which needs residual=False and mode='skip' (and, with "
+                f"per_sample=True, layers that return a tensor: output=None); this list "
+                f"has {options}: call it (stack(h, ...)) instead of looping over it"
             )
-        if self._mode == "row":
+        if self._per_sample:
             draw = RowDraw(self.draw_keep)
             return [KeptRows(layers[index], index, draw, self._cut) for index in indices]
         compiling = torch.compiler.is_compiling()
@@ -311,14 +324,24 @@ class LayerDropList(nn.Module):
 
     @property
     def mode(self) -> Mode:
-        """``"batch"`` or ``"row"``; settable (``"batch"`` refuses ``row_args``)."""
+        """``"skip"`` or ``"masked"``; settable (the deprecated spellings are not)."""
         return self._mode
 
     @mode.setter
     def mode(self, value: Mode) -> None:
-        mode = cast(Mode, _check_choice("mode", value, _MODES))
-        self._set_row_args(self._row_args, mode)
-        self._mode = mode
+        self._mode = cast(Mode, _check_choice("mode", value, _MODES))
+        self._masked = self._mode == "masked"
+
+    @property
+    def per_sample(self) -> bool:
+        """Whether every row draws its own keep mask; settable (``False`` refuses ``row_args``)."""
+        return self._per_sample
+
+    @per_sample.setter
+    def per_sample(self, value: bool) -> None:
+        per_sample = check_bool("per_sample", value)
+        self._set_row_args(self._row_args, per_sample)
+        self._per_sample = per_sample
 
     @property
     def residual(self) -> bool:
@@ -342,12 +365,14 @@ class LayerDropList(nn.Module):
 
     @property
     def masked(self) -> bool:
-        """Whether every layer runs on every row, its result kept by a mask; settable."""
+        """Deprecated (``FutureWarning``): ``mode == "masked"``."""
+        warnings.warn(
+            "LayerDropList.masked is deprecated and goes in the next release: read "
+            "mode == 'masked' instead",
+            FutureWarning,
+            stacklevel=2,
+        )
         return self._masked
-
-    @masked.setter
-    def masked(self, value: bool) -> None:
-        self._masked = check_bool("masked", value)
 
     @property
     def rule(self) -> DropRule:
@@ -360,19 +385,19 @@ class LayerDropList(nn.Module):
 
     @property
     def row_args(self) -> tuple[int | str, ...]:
-        """The extra arguments cut to the kept rows in row mode; settable."""
+        """The extra arguments cut to the kept rows with ``per_sample=True``; settable."""
         return self._row_args
 
     @row_args.setter
     def row_args(self, value: Iterable[int | str]) -> None:
-        self._set_row_args(value, self._mode)
+        self._set_row_args(value, self._per_sample)
 
-    def _set_row_args(self, value: object, mode: Mode) -> None:
+    def _set_row_args(self, value: object, per_sample: bool) -> None:
         row_args = _check_row_args(value)
-        if row_args and mode != "row":
+        if row_args and not per_sample:
             raise ValueError(
-                f"row_args names arguments cut to the kept rows, which only mode='row' "
-                f"does; got row_args={row_args!r} with mode={mode!r}"
+                f"row_args names arguments cut to the kept rows, which only "
+                f"per_sample=True does; got row_args={row_args!r} with per_sample=False"
             )
         self._row_args = row_args
         self._row_positions = tuple(a for a in row_args if isinstance(a, int))
@@ -385,7 +410,7 @@ class LayerDropList(nn.Module):
 
     @output.setter
     def output(self, value: Output) -> None:
-        self._output = _check_output(value)
+        self._output = check_output(value)
 
     @property
     def seed(self) -> int:
@@ -485,12 +510,17 @@ class LayerDropList(nn.Module):
         Raises:
             TypeError: ``rows`` is given in batch mode or missing in row mode.
         """
-        if self._mode == "batch":
+        if not self._per_sample:
             if rows is not None:
-                raise TypeError(f"rows must be None in mode='batch', got {describe(rows)}")
+                raise TypeError(
+                    f"rows must be None with per_sample=False (mode='batch' before), got "
+                    f"{describe(rows)}"
+                )
             return self._draw(None)
         if rows is None:
-            raise TypeError("rows must be an int >= 0 in mode='row' (the input's rows), got None")
+            raise TypeError(
+                "rows must be an int >= 0 with per_sample=True (the input's rows), got None"
+            )
         return self._draw(check_int("rows", rows))
 
     def _draw(self, rows: int | None) -> Tensor:
@@ -513,7 +543,7 @@ class LayerDropList(nn.Module):
         self.last_keep = keep
 
     def _given_keep(self, keep: object, h: Tensor) -> Tensor:
-        shape = (len(self),) if self._mode == "batch" else (len(self), _rows(h))
+        shape = (len(self),) if not self._per_sample else (len(self), _rows(h))
         if not isinstance(keep, Tensor) or keep.dtype != torch.bool or tuple(keep.shape) != shape:
             got = (
                 f"a tensor of dtype {keep.dtype} and shape {tuple(keep.shape)}"
@@ -522,7 +552,8 @@ class LayerDropList(nn.Module):
             )
             raise TypeError(
                 f"keep must be a bool tensor of shape {shape} (layers"
-                f"{'' if self._mode == 'batch' else ', rows'}) in mode={self._mode!r}, got {got}"
+                f"{'' if not self._per_sample else ', rows'}) with per_sample={self._per_sample}, "
+                f"got {got}"
             )
         if not torch.compiler.is_compiling():
             self._count(keep.cpu())
@@ -534,7 +565,7 @@ class LayerDropList(nn.Module):
         """Apply the layers in order, each kept or dropped as drawn.
 
         Args:
-            h: The hidden state; with ``mode="row"``, dimension 0 holds the rows.
+            h: The hidden state; with ``per_sample=True``, dimension 0 holds the rows.
             *args: Passed to every layer after the (cut) hidden state, unchanged;
                 those named by ``row_args`` are cut to the kept rows in row mode.
             keep: Use this keep mask instead of drawing one (training mode only): a
@@ -563,7 +594,7 @@ class LayerDropList(nn.Module):
             return self._evaluate(h, args, kwargs)
         if self._masked:
             if keep is None:
-                rows = None if self._mode == "batch" else _rows(h)
+                rows = None if not self._per_sample else _rows(h)
                 compiling = torch.compiler.is_compiling()
                 keep = self._draw_outside_graph(rows) if compiling else self._draw(rows)
             else:
@@ -573,7 +604,7 @@ class LayerDropList(nn.Module):
             keep = self._given_keep(keep, h).cpu()
         if torch.compiler.is_compiling():
             if keep is None:
-                keep = self._draw_outside_graph(None if self._mode == "batch" else _rows(h))
+                keep = self._draw_outside_graph(None if not self._per_sample else _rows(h))
             return self._train_outside_graph(h, keep, args, kwargs)  # type: ignore[no-any-return]
         return self._train(h, keep, args, kwargs)
 
@@ -594,7 +625,7 @@ class LayerDropList(nn.Module):
         call = self._call
         dropped: list[nn.Module] = []
         used: list[nn.Module] = []
-        if self._mode == "batch":
+        if not self._per_sample:
             if keep is None:
                 keep = self._draw(None)
             for index, (layer, kept) in enumerate(zip(layers, keep.tolist(), strict=True)):
@@ -690,16 +721,8 @@ class LayerDropList(nn.Module):
         output = self._output
         if output is None:
             state = result
-        elif isinstance(output, int):
-            if not isinstance(result, tuple | list) or not -len(result) <= output < len(result):
-                raise TypeError(
-                    f"output={output} takes element {output} of a tuple or list that layer "
-                    f"{index} ({type(layer).__name__}) returns, but it returned "
-                    f"{_summary(result)}"
-                )
-            state = result[output]
         else:
-            state = output(result)
+            state = read_state(result, output, f"layer {index} ({type(layer).__name__})")
         if not isinstance(state, Tensor) or state.shape != h.shape:
             raise _shape_error(index, layer, h, state, output is not None)
         return state
@@ -829,10 +852,10 @@ class LayerDropList(nn.Module):
         options = "".join(
             f", {name}={value!r}"
             for name, value, default in (
-                ("mode", self._mode, "batch"),
+                ("mode", self._mode, "skip"),
+                ("per_sample", self._per_sample, False),
                 ("residual", self._residual, False),
                 ("scale", self._scale, "train"),
-                ("masked", self._masked, False),
                 ("eval_layers", self._eval_layers, None),
             )
             if value != default
@@ -841,6 +864,36 @@ class LayerDropList(nn.Module):
 
 
 # --------------------------------------------------------------------- checks
+
+
+def _check_mode(mode: object, per_sample: object, masked: object) -> tuple[Mode, bool]:
+    """``(mode, per_sample)`` from the arguments, the deprecated spellings translated."""
+    rows = check_bool("per_sample", per_sample)
+    if isinstance(mode, str) and mode in _LEGACY_MODES:
+        new = "per_sample=True" if mode == "row" else "per_sample=False (the default)"
+        warnings.warn(
+            f"LayerDropList(mode={mode!r}) is deprecated and goes in the next release: "
+            f"pass {new}; mode now takes 'skip' or 'masked', as RepeatedBlock's does",
+            FutureWarning,
+            stacklevel=3,
+        )
+        if mode == "batch" and rows:
+            raise ValueError("mode='batch' draws once per forward pass, but per_sample=True")
+        rows, mode = mode == "row", "skip"
+    checked = cast(Mode, _check_choice("mode", mode, _MODES))
+    if masked is not None:
+        flag = check_bool("masked", masked)
+        warnings.warn(
+            f"LayerDropList(masked={flag}) is deprecated and goes in the next release: "
+            f"pass mode={'masked' if flag else 'skip'!r}",
+            FutureWarning,
+            stacklevel=3,
+        )
+        if flag:
+            checked = "masked"
+        elif checked == "masked":
+            raise ValueError("masked=False contradicts mode='masked': pass mode alone")
+    return checked, rows
 
 
 def _check_layers(layers: object) -> list[nn.Module]:
@@ -935,20 +988,11 @@ def _check_row_args(value: object) -> tuple[int | str, ...]:
     return tuple(result)
 
 
-def _check_output(value: object) -> Output:
-    if value is None or callable(value):
-        return cast(Output, value)
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return check_int("output", value, minimum=None)
-    raise TypeError(
-        f"output must be None, an int (an index into a returned tuple) or a callable, "
-        f"got {describe(value)}"
-    )
-
-
 def _rows(h: Tensor) -> int:
     if h.ndim == 0:
-        raise ValueError("mode='row' draws for every row (dimension 0) of h, but h is a 0-d tensor")
+        raise ValueError(
+            "per_sample=True draws for every row (dimension 0) of h, but h is a 0-d tensor"
+        )
     return h.shape[0]
 
 
