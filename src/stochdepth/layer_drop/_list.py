@@ -106,7 +106,7 @@ class LayerDropList(nn.Module):
     A host model that loops over its own layers (``for layer in self.layers:``, as
     Hugging Face models and ``nn.TransformerEncoder`` do) drops layers too: iterating
     the list in training mode draws, as fairseq's ``LayerDropModuleList`` does (see
-    :meth:`__iter__` and :func:`~stochdepth.add_layer_drop`). Every option reads
+    the layer-drop guide and :func:`~stochdepth.add_layer_drop`). Every option reads
     back as an attribute and, but for ``seed``, can be assigned, with the
     constructor's checks.
 
