@@ -23,6 +23,7 @@ from ._layer_call import (
     summarize,
 )
 from ._repeats import outside_graph
+from ._row_draws import RowDraws, check_row_draws
 from ._tie import tie_skipped_layer
 from ._validation import check_bool, check_int, describe
 from .exits._loop import until_converged
@@ -86,6 +87,19 @@ class RepeatedBlock(nn.Module):
             layer must treat rows independently (no ``BatchNorm``). The rows' depths
             come from the sampler's ``sample_batch`` (see
             :class:`~stochdepth.DepthSampler`).
+        row_draws: With ``per_sample=True``, whose rows a training-mode draw covers
+            inside a ``torch.distributed`` process group (DDP, FSDP2):
+            ``"global"`` (default): every rank draws the depths of the global
+            batch's rows (all ranks' rows, gathered as one ``all_gather`` of each
+            rank's row count) and keeps its own contiguous chunk, rank ``r`` the rows
+            after those of ranks ``0..r-1`` (as ``torch.chunk`` splits a batch), so
+            that training equals one process on the global batch; every rank must
+            hold the same sampler state (a seeded sampler with one seed), and every
+            rank calls the layer alike, a call possibly on no rows. ``"local"``: each
+            rank draws its own rows only, as one process would draw them, with no
+            communication (ranks with the same sampler state then give row ``i`` of
+            every rank the same depth). Outside a process group, and in eval mode,
+            both draw this process's rows.
         checkpoint: Recompute the repeats in the backward pass instead of keeping
             their activations (``torch.utils.checkpoint``, non-reentrant):
             ``True`` checkpoints segments of ``ceil(sqrt(depth))`` repeats, so the
@@ -132,8 +146,8 @@ class RepeatedBlock(nn.Module):
         TypeError: ``layer`` is not an ``nn.Module``, ``sampler`` does not satisfy
             :class:`~stochdepth.DepthSampler`, ``eval_depth`` is neither an int
             nor a policy name, or ``mode``, ``per_sample``, ``checkpoint``,
-            ``row_args``, ``step_kwarg``, ``output`` or ``grad_depth`` has the wrong
-            type.
+            ``row_args``, ``step_kwarg``, ``output``, ``grad_depth`` or
+            ``row_draws`` has the wrong type.
         ValueError: ``eval_depth`` is negative or an unknown policy name, the
             sampler's bounds are negative or reversed, the sampler's ``max_depth``
             or an int ``eval_depth`` is above ``depth_limit``, ``mode`` is unknown,
@@ -141,7 +155,8 @@ class RepeatedBlock(nn.Module):
             an int ``eval_depth`` above the sampler's ``max_depth``, a layer that
             keeps running statistics, or ``grad_depth``; ``row_args`` repeats an
             entry or holds a negative position; ``step_kwarg`` is not a keyword
-            name; or ``grad_depth`` is a negative int.
+            name; ``grad_depth`` is a negative int; or ``row_draws`` is neither
+            ``"global"`` nor ``"local"``.
 
     Example:
         >>> import torch
@@ -172,12 +187,14 @@ class RepeatedBlock(nn.Module):
         step_kwarg: str | None = None,
         output: Output = None,
         grad_depth: int | DepthSampler | None = None,
+        row_draws: RowDraws = "global",
     ) -> None:
         super().__init__()
         if not isinstance(layer, nn.Module):
             raise TypeError(f"layer must be a torch.nn.Module, got {describe(layer)}")
         self.layer = layer
         self._choice = DepthChoice(sampler, eval_depth, depth_limit)
+        self._choice.row_draws = check_row_draws(row_draws)
         self._adopt(self._choice.sampler)
         self._mode = _check_mode(mode)
         if self._mode == "masked":
@@ -422,6 +439,11 @@ class RepeatedBlock(nn.Module):
         return self._per_sample
 
     @property
+    def row_draws(self) -> RowDraws:
+        """Whose rows a per-row draw covers in a process group: ``"global"`` or ``"local"``."""
+        return self._choice.row_draws
+
+    @property
     def checkpoint(self) -> bool | int:
         """The checkpointing option given at construction: ``False``, ``True`` or ``k``."""
         return self._checkpoint
@@ -552,6 +574,7 @@ class RepeatedBlock(nn.Module):
                 ("step_kwarg", self._step_kwarg, None),
                 ("output", self._output, None),
                 ("grad_depth", self._grad.value, None),
+                ("row_draws", self._choice.row_draws, "global"),
             )
             if value != default
         )

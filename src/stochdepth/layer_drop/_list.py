@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from stochdepth._distributed import process_group_up
+from stochdepth._row_draws import RowDraws, check_row_draws, draws_globally, global_layout
 from stochdepth._validation import check_bool, check_int, check_probability, describe
 from stochdepth.samplers._generator import check_seed
 
@@ -122,11 +123,25 @@ class LayerDropList(nn.Module):
             element of a returned tuple or list (Hugging Face layers return
             ``(hidden_states, ...)``); or a callable mapping the return value to the
             state.
+        row_draws: In row mode, whose rows a draw covers inside a
+            ``torch.distributed`` process group (DDP, FSDP2): ``"global"``
+            (default): every rank draws the keep mask of the global batch's rows (all
+            ranks' rows, gathered as one ``all_gather`` of each rank's row count)
+            and keeps its own contiguous chunk, rank ``r`` the rows after those of
+            ranks ``0..r-1`` (as ``torch.chunk`` splits a batch), so that training
+            equals one process on the global batch; every rank must build the list
+            with the same ``seed``. A layer then runs on every rank when any row of
+            the global batch keeps it (on no rows where this rank's rows drop it),
+            and is skipped on every rank when none does, so that the ranks agree on
+            the layers they run (FSDP2 unshards a layer it runs). ``"local"``: each
+            rank draws its own rows only, with no communication (ranks with one seed
+            then give row ``i`` of every rank the same drops). Outside a process
+            group both draw this process's rows; batch mode ignores it.
 
     Attributes:
         last_keep: The keep mask of the last training-mode forward pass (``None``
             before the first), a bool CPU tensor of shape ``(layers,)`` or
-            ``(layers, rows)``.
+            ``(layers, rows)`` (this rank's rows under ``row_draws="global"``).
 
     Raises:
         TypeError: An argument has the wrong type (the message names it).
@@ -170,6 +185,7 @@ class LayerDropList(nn.Module):
         eval_layers: Iterable[int] | None = None,
         row_args: Iterable[int | str] = (),
         output: Output = None,
+        row_draws: RowDraws = "global",
     ) -> None:
         super().__init__()
         for index, layer in enumerate(_check_layers(layers)):
@@ -195,6 +211,8 @@ class LayerDropList(nn.Module):
         self._row_positions = tuple(a for a in self._row_args if isinstance(a, int))
         self._row_keywords = tuple(a for a in self._row_args if isinstance(a, str))
         self._output = _check_output(output)
+        self._row_draws = check_row_draws(row_draws)
+        self._kept_anywhere: list[int] | None = None
         self._seed = check_seed(int(torch.randint(0, 2**62, ())) if seed is None else seed)
         self._generator = torch.Generator(device="cpu")
         self._generator.manual_seed(self._seed)
@@ -227,6 +245,11 @@ class LayerDropList(nn.Module):
     def mode(self) -> Mode:
         """``"batch"`` or ``"row"`` (set at construction)."""
         return self._mode
+
+    @property
+    def row_draws(self) -> RowDraws:
+        """Whose rows a row-mode draw covers in a process group: ``"global"`` or ``"local"``."""
+        return self._row_draws
 
     @property
     def residual(self) -> bool:
@@ -286,7 +309,8 @@ class LayerDropList(nn.Module):
         With ``masked=True``, how many times each layer's result was kept. Counted for
         every training-mode forward pass in eager mode and for the draws the list makes
         itself under ``torch.compile`` (a ``keep=`` mask given to a compiled list is not
-        counted). Saved in the ``state_dict``.
+        counted). Saved in the ``state_dict``. With ``row_draws="global"`` in a process
+        group, the rows of the global batch: the same counts on every rank.
         """
         return [int(count) for count in self._runs]
 
@@ -334,11 +358,32 @@ class LayerDropList(nn.Module):
         return self._draw(check_int("rows", rows))
 
     def _draw(self, rows: int | None) -> Tensor:
+        self._kept_anywhere = None
+        if rows is not None and draws_globally(self._row_draws):
+            return self._draw_global(rows)
         shape = (len(self),) if rows is None else (len(self), rows)
         keep = check_keep(
             self._rule, self._rule.draw(self._rates_tensor, rows, self._generator), shape
         )
         self._count(keep)
+        return keep
+
+    def _draw_global(self, rows: int) -> Tensor:
+        """Row mode in a process group: the global batch's mask, this rank's rows of it.
+
+        The telemetry counts the global batch's rows, as one process on it would, so
+        that it is the same on every rank; ``last_keep`` holds this rank's rows.
+        """
+        start, total = global_layout(rows)
+        everywhere = check_keep(
+            self._rule,
+            self._rule.draw(self._rates_tensor, total, self._generator),
+            (len(self), total),
+        )
+        self._count(everywhere)
+        self._kept_anywhere = everywhere.sum(dim=1).tolist()
+        keep = everywhere[:, start : start + rows]
+        self.last_keep = keep
         return keep
 
     _draw_outside_graph = torch.compiler.disable(_draw)  # type: ignore[no-untyped-call]
@@ -366,6 +411,7 @@ class LayerDropList(nn.Module):
             )
         if not torch.compiler.is_compiling():
             self._count(keep.cpu())
+        self._kept_anywhere = None
         return keep
 
     # ----------------------------------------------------------------- forward
@@ -454,9 +500,12 @@ class LayerDropList(nn.Module):
             if keep is None:
                 keep = self._draw(rows)
             counts = keep.sum(dim=1).tolist()
+            # With a global draw, a layer that some rank's rows keep runs on every
+            # rank (here maybe on no rows), so that every rank calls the same layers.
+            anywhere = counts if self._kept_anywhere is None else self._kept_anywhere
             for index, layer in enumerate(layers):
                 count = counts[index]
-                if count == 0:
+                if anywhere[index] == 0:
                     dropped.append(layer)
                     continue
                 used.append(layer)
@@ -644,6 +693,7 @@ class LayerDropList(nn.Module):
                 ("scale", self._scale, "train"),
                 ("masked", self._masked, False),
                 ("eval_layers", self._eval_layers, None),
+                ("row_draws", self._row_draws, "global"),
             )
             if value != default
         )

@@ -7,7 +7,6 @@ the model's blocks, sets up the distributed run and the checkpoints, then repeat
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,8 +96,9 @@ def train(
             otherwise). Only rank 0 prints; every rank returns the same history. With
             ``checkpoint``, rank 0 reads and writes the file (atomically) and every rank
             resumes from it, with rank 0's random states. A block with
-            ``per_sample=True`` draws the depths of the whole batch's rows on every rank
-            and uses its own shard's, as a single process would.
+            ``per_sample=True`` (and its default ``row_draws="global"``) draws the
+            depths of the whole batch's rows on every rank and uses its own shard's,
+            as a single process would.
         seed: The seed that made this run's data, weights and random states, if the
             caller seeded them with one (the command line's ``--seed``, given or
             drawn): it is stored in the checkpoint (``Checkpoint.run["seed"]``) so
@@ -265,24 +265,17 @@ def _loop(
     if checkpointer is not None:
         start = checkpointer.start(model, optimizer, report.losses, report.depths)
     report.restored(start)
-    with _rows_shared(run, blocks):
-        for t in range(start, options.steps):
-            loss, logged, depth = step.forward(t, x, y)
-            report.record(t, logged, depth)
-            step.update(loss)
-            if checkpointer is not None and checkpointer.due(t + 1):
-                report.flush()
-                checkpointer.save(t + 1, model, optimizer, report.losses, report.depths)
-            report.stepped(t)
+    for t in range(start, options.steps):
+        loss, logged, depth = step.forward(t, x, y)
+        report.record(t, logged, depth)
+        step.update(loss)
+        if checkpointer is not None and checkpointer.due(t + 1):
+            report.flush()
+            checkpointer.save(t + 1, model, optimizer, report.losses, report.depths)
+        report.stepped(t)
     report.flush()
     if checkpointer is not None and checkpointer.saved_step != options.steps:
         checkpointer.save(options.steps, model, optimizer, report.losses, report.depths)
-
-
-def _rows_shared(
-    run: DistributedRun | None, blocks: list[RepeatedBlock]
-) -> contextlib.AbstractContextManager[None]:
-    return contextlib.nullcontext() if run is None else run.rows_shared(blocks)
 
 
 class _Step:
