@@ -8,13 +8,14 @@ are counted).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
 import fsdp_workers as workers
-from processes import spawn_ranks
+from processes import run_python, spawn_ranks
 
 SPAWN_DEADLINE = 300  # seconds: a hang fails the test instead of stalling the run
 
@@ -173,3 +174,18 @@ def test_local_row_draws_repeat_one_pattern_on_every_rank(ranks: list[dict[str, 
         differs += not torch.equal(torch.cat(keeps, dim=1), want["records"][step]["drawn"][0])
     assert differs >= workers.STEPS // 2
     assert all(record["params_identical"] for record in records)
+
+
+def test_the_fsdp_benchmark_runs_and_prints_every_row() -> None:
+    """Only that it runs: the figures belong to the benchmark's report."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "fsdp.py"
+    args = ("--steps", "2", "--chunk", "1", "--layers", "2", "--width", "16", "--tokens", "4")
+    result = run_python(script, *args, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in rows[2:]] == [
+        "every layer",
+        "drop rate 0.1",
+        "drop rate 0.3",
+        "drop rate 0.5",
+    ]
