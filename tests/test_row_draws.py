@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from stochdepth import LayerDropList, RepeatedBlock, SeededDepth
+from stochdepth import LayerDropList, RepeatedBlock, SeededDepth, SkippedLayerTie
 from stochdepth._row_draws import RowLayout
 
 from strategies import seeds
@@ -180,3 +180,20 @@ def test_in_a_one_rank_gloo_group_the_global_draw_is_the_local_one() -> None:
     torch.testing.assert_close(out, reference(x), rtol=0, atol=0)
     torch.testing.assert_close(depth_out, reference_block(x), rtol=0, atol=0)
     assert torch.equal(block.last_depth, reference_block.last_depth)
+
+
+def test_a_rank_whose_rows_all_skip_keeps_the_gradient_the_global_batch_gave() -> None:
+    """``SkippedLayerTie``: the layer ran for the global batch, so its gradient stays."""
+    block = RepeatedBlock(nn.Linear(WIDTH, WIDTH), SeededDepth(0, 1, seed=0), per_sample=True)
+    tie = SkippedLayerTie(block)
+    everywhere = torch.tensor([0, 0, 1, 1])
+    with playing_rank() as as_rank, pytest.MonkeyPatch.context() as patch:
+        as_rank[:] = [RowLayout(0, 4)]  # rank 0: rows 0 and 1, both at depth 0
+        patch.setattr("stochdepth._depth.draw_batch", lambda sampler, n: everywhere)
+        block(torch.randn(2, WIDTH, requires_grad=True)).sum().backward()
+    assert torch.equal(block.last_depth, torch.tensor([0, 0]))
+    assert torch.equal(block.last_global_depth, everywhere)
+    assert block.layer.weight.grad is not None  # zeros: the layer ran on no rows here
+    assert tie.restore_skipped_grads() == []
+    assert block.layer.weight.grad is not None
+    tie.remove()

@@ -429,6 +429,16 @@ class RepeatedBlock(nn.Module):
         self._choice.last = value
 
     @property
+    def last_global_depth(self) -> Tensor | None:
+        """The depths of the global batch's rows that the last pass drew, or ``None``.
+
+        Set by a training-mode pass with ``per_sample=True`` and ``row_draws="global"``
+        inside a process group: every rank's rows, in rank order (``last_depth`` holds
+        this rank's chunk of them); ``None`` after any other pass.
+        """
+        return self._choice.everywhere
+
+    @property
     def mode(self) -> Mode:
         """How the repeats run: ``"skip"`` or ``"masked"`` (set at construction)."""
         return self._mode
