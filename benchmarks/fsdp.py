@@ -151,6 +151,7 @@ def worker(rank: int, init_file: str, args: argparse.Namespace) -> None:
                 variant.times.append((time.perf_counter() - start) / args.chunk)
         if rank == 0:
             _report(rates, variants, args)
+        dist.barrier()  # neither rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 

@@ -403,4 +403,5 @@ def run_checkpointed(
     except Exception as error:
         result = {"traceback": f"{error!r}\n{traceback.format_exc()}"}
     torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+    dist.barrier()  # neither rank tears gloo down while the other still uses it
     dist.destroy_process_group()

@@ -463,7 +463,8 @@ class RepeatedBlock(nn.Module):
         """How many training-mode forward passes used each depth, by depth.
 
         Every training-mode forward pass counts, whether its depth was drawn or given
-        as an int (with ``per_sample=True``, every row counts); a depth tensor given
+        as an int (with ``per_sample=True``, every row counts: after a global row draw,
+        every row of the global batch, the same counts on every rank); a depth tensor given
         in masked mode is not counted, and eval mode does not count. Compare it with
         the sampler's law to check that the sampler does what you think. Telemetry:
         not saved in the ``state_dict``.

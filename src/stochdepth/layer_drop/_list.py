@@ -336,11 +336,13 @@ class LayerDropList(nn.Module):
 
         For ``masked=True`` under ``torch.compile(fullgraph=True)``: draw outside the
         compiled function and pass the mask as ``keep=``. The draw advances the
-        generator and is counted in :attr:`layer_runs`.
+        generator and is counted in :attr:`layer_runs`. In row mode with
+        ``row_draws="global"`` inside a process group it is this rank's rows of the
+        global batch's draw (a collective: every rank draws together).
 
         Args:
-            rows: In row mode, the number of rows (dimension 0 of the input);
-                ``None`` in batch mode.
+            rows: In row mode, the number of rows (dimension 0 of the input; this
+                rank's rows); ``None`` in batch mode.
 
         Returns:
             A bool CPU tensor, ``True`` where a layer runs: ``(layers,)`` in batch
