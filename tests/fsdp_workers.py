@@ -28,6 +28,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.fsdp._fully_shard._fsdp_api import AllGather
+from torch.nn.parallel import DistributedDataParallel
 
 from stochdepth import (
     BernoulliDepth,
@@ -35,6 +36,7 @@ from stochdepth import (
     LayerDropList,
     RepeatedBlock,
     SeededDepth,
+    SkippedLayerTie,
 )
 
 WORLD_SIZE = 2
@@ -105,6 +107,7 @@ MODELS: dict[str, Callable[[], nn.Sequential]] = {
     "drop_row": functools.partial(drop_model, "row", 0.8),
     "drop_row_uneven": functools.partial(drop_model, "row", 0.8),
     "drop_row_local": functools.partial(drop_model, "row", 0.8, "local"),
+    "ddp_per_row": functools.partial(block_model, "per_row"),
     "mixed": mixed_model,
 }
 
@@ -194,6 +197,7 @@ def train_steps(
     scale: float,
     tally: Counter[str] | None = None,
     hook: Callable[[int, str], None] | None = None,
+    after_backward: Callable[[], object] | None = None,
 ) -> list[dict[str, Any]]:
     """The user's loop: summed squared error (times ``scale``: FSDP averages), momentum SGD."""
     records = []
@@ -205,6 +209,8 @@ def train_steps(
             hook(step, "after forward")
         optimizer.zero_grad()
         loss.backward()
+        if after_backward is not None:
+            after_backward()
         no_grad = [p.grad is None for p in model.parameters()]
         optimizer.step()
         records.append(
@@ -239,19 +245,34 @@ def same_on_every_rank(value: torch.Tensor) -> bool:
 
 
 def sharded_run(rank: int, name: str) -> dict[str, Any]:
+    """One scenario: FSDP2 on every stochdepth layer and the root, or plain DDP (``ddp_``)."""
     model = MODELS[name]()
-    tally = shard(model)
     x, y = global_batch()
     rows = shard_rows(rank, uneven=name.endswith("uneven"))
-    records = train_steps(
-        model,
-        optimizer_for(model),
-        x[rows],
-        y[rows],
-        range(STEPS),
-        scale=dist.get_world_size(),
-        tally=tally,
-    )
+    if name.startswith("ddp_"):
+        # plain DDP in a user's loop, with the tie's restore for momentum's sake
+        tie = SkippedLayerTie(model)
+        records = train_steps(
+            DistributedDataParallel(model),
+            optimizer_for(model),
+            x[rows],
+            y[rows],
+            range(STEPS),
+            scale=dist.get_world_size(),  # DDP averages too
+            after_backward=tie.restore_skipped_grads,
+        )
+        tie.remove()
+    else:
+        tally = shard(model)
+        records = train_steps(
+            model,
+            optimizer_for(model),
+            x[rows],
+            y[rows],
+            range(STEPS),
+            scale=dist.get_world_size(),
+            tally=tally,
+        )
     params = full_parameters(model)
     states = stochastic_states(model)
     flat_states = torch.cat(
@@ -280,6 +301,7 @@ SCENARIOS = [
     "drop_row",
     "drop_row_uneven",
     "drop_row_local",
+    "ddp_per_row",
 ]
 
 

@@ -78,6 +78,9 @@ def test_sharded_training_equals_one_process_on_the_global_batch(
         expected = want["records"][step]["drawn"]
         for module, (a, b) in enumerate(zip(got, expected, strict=True)):
             assert torch.equal(a, b), (name, step, module, a, b)
+        # a parameter without gradient on every rank exactly where one process has none
+        for record in records:
+            assert record["records"][step]["no_grad"] == want["records"][step]["no_grad"], step
     torch.testing.assert_close(records[0]["params"], want["params"], rtol=1e-5, atol=1e-6)
 
 
