@@ -19,8 +19,8 @@ import pytest
 import torch
 from torch.multiprocessing import ProcessExitedException
 
-import fsdp_workers as workers
-from processes import spawn_ranks
+from support import fsdp_workers as workers
+from support.processes import spawn_ranks
 
 SPAWN_DEADLINE = 300  # seconds: a hang fails the test instead of stalling the run
 
@@ -44,19 +44,23 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         spawn_ranks(job, workers.WORLD_SIZE, killed_out, SPAWN_DEADLINE)
     latest = int((checkpoints / "latest").read_text())
     resumed = {
-        world_size: spawn_ranks(
-            _job(checkpoints, world_size, kill_at=None, resume=True),
-            world_size,
-            tmp_path_factory.mktemp(f"dcp_resumed_{world_size}"),
-            SPAWN_DEADLINE,
+        world_size: _runs(
+            spawn_ranks(
+                _job(checkpoints, world_size, kill_at=None, resume=True),
+                world_size,
+                tmp_path_factory.mktemp(f"dcp_resumed_{world_size}"),
+                SPAWN_DEADLINE,
+            )
         )
         for world_size in (workers.WORLD_SIZE, 1)
     }
-    uninterrupted = spawn_ranks(
-        _job(None, workers.WORLD_SIZE, kill_at=None, resume=False),
-        workers.WORLD_SIZE,
-        tmp_path_factory.mktemp("dcp_uninterrupted"),
-        SPAWN_DEADLINE,
+    uninterrupted = _runs(
+        spawn_ranks(
+            _job(None, workers.WORLD_SIZE, kill_at=None, resume=False),
+            workers.WORLD_SIZE,
+            tmp_path_factory.mktemp("dcp_uninterrupted"),
+            SPAWN_DEADLINE,
+        )
     )
     return {
         "killed": killed.value,
@@ -64,6 +68,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "resumed": resumed,
         "reference": uninterrupted,
     }
+
+
+def _runs(ranks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [rank["run"] for rank in ranks]
 
 
 def checked(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

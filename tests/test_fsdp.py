@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import torch
 
-import fsdp_workers as workers
-from processes import run_python, spawn_ranks
+from support import fsdp_workers as workers
+from support.processes import run_python, spawn_ranks
 
 SPAWN_DEADLINE = 300  # seconds: a hang fails the test instead of stalling the run
 

@@ -21,7 +21,7 @@ from torch import nn
 from stochdepth import LayerDropList, RepeatedBlock, SeededDepth, SkippedLayerTie
 from stochdepth._row_draws import RowLayout
 
-from strategies import seeds
+from support.strategies import seeds
 
 WIDTH = 3
 
@@ -32,7 +32,14 @@ def _layers(count: int) -> list[nn.Module]:
 
 
 def _list(seed: int, row_draws: str = "global") -> LayerDropList:
-    return LayerDropList(_layers(3), 0.5, mode="row", residual=True, seed=seed, row_draws=row_draws)  # type: ignore[arg-type]
+    return LayerDropList(
+        _layers(3),
+        0.5,
+        per_sample=True,
+        residual=True,
+        seed=seed,
+        row_draws=row_draws,  # type: ignore[arg-type]
+    )
 
 
 def _block(seed: int, grad_depth: int | None = None) -> RepeatedBlock:
@@ -56,7 +63,7 @@ def playing_rank() -> Iterator[list[RowLayout]]:
 @pytest.mark.parametrize("make", [_list, _block])
 def test_row_draws_must_be_global_or_local(make: object) -> None:
     build = (
-        (lambda v: LayerDropList(_layers(1), 0.5, mode="row", row_draws=v))
+        (lambda v: LayerDropList(_layers(1), 0.5, per_sample=True, row_draws=v))
         if make is _list
         else (lambda v: RepeatedBlock(nn.Identity(), per_sample=True, row_draws=v))
     )

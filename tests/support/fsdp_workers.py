@@ -1,4 +1,4 @@
-"""What each rank of the two-process FSDP2 and DCP tests runs (spawned by ``spawn_ranks``).
+"""What each rank of the two-process FSDP2, DCP and row-draw tests runs (``spawn_ranks``).
 
 A user's own loop around ``torch.distributed.fsdp.fully_shard`` (FSDP2) on every
 stochdepth layer and on the root, over gloo on the CPU: nothing of stochdepth's
@@ -11,11 +11,9 @@ builders.
 
 from __future__ import annotations
 
-import datetime
 import functools
 import os
 import signal
-import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,11 +37,12 @@ from stochdepth import (
     SkippedLayerTie,
 )
 
+from support.processes import run_rank
+
 WORLD_SIZE = 2
 ROWS, WIDTH, LAYERS = 8, 6, 4  # the global batch's rows; each rank takes its chunk
 STEPS = 24
 LR, MOMENTUM = 0.005, 0.9
-COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=30)  # a hang inside gloo fails, not stalls
 
 
 # ------------------------------------------------------------------ models
@@ -71,13 +70,13 @@ def block_model(kind: str) -> nn.Sequential:
     )
 
 
-def drop_model(mode: str, rate: float, row_draws: str = "global") -> nn.Sequential:
+def drop_model(per_sample: bool, rate: float, row_draws: str = "global") -> nn.Sequential:
     """A ``LayerDropList`` of residual branches between two linear layers."""
     torch.manual_seed(0)
     stack = LayerDropList(
         [_layer() for _ in range(LAYERS)],
         rate,
-        mode=mode,  # type: ignore[arg-type]
+        per_sample=per_sample,
         residual=True,
         scale="eval",  # no 1 / (1 - p) in training: high drop rates stay stable
         seed=7,
@@ -93,7 +92,7 @@ def mixed_model() -> nn.Sequential:
         _layer(), SeededDepth(0, 2, seed=8), per_sample=True, grad_depth=SeededDepth(1, 2, seed=9)
     )
     stack = LayerDropList(
-        [_layer() for _ in range(LAYERS)], 0.4, mode="row", residual=True, seed=10
+        [_layer() for _ in range(LAYERS)], 0.4, per_sample=True, residual=True, seed=10
     )
     return nn.Sequential(nn.Linear(3, WIDTH), block, stack, nn.Linear(WIDTH, 2))
 
@@ -103,10 +102,10 @@ MODELS: dict[str, Callable[[], nn.Sequential]] = {
     "grad_depth": functools.partial(block_model, "grad_depth"),
     "per_row": functools.partial(block_model, "per_row"),
     "per_row_grad": functools.partial(block_model, "per_row_grad"),
-    "drop_batch": functools.partial(drop_model, "batch", 0.6),
-    "drop_row": functools.partial(drop_model, "row", 0.8),
-    "drop_row_uneven": functools.partial(drop_model, "row", 0.8),
-    "drop_row_local": functools.partial(drop_model, "row", 0.8, "local"),
+    "drop_batch": functools.partial(drop_model, False, 0.6),
+    "drop_row": functools.partial(drop_model, True, 0.8),
+    "drop_row_uneven": functools.partial(drop_model, True, 0.8),
+    "drop_row_local": functools.partial(drop_model, True, 0.8, "local"),
     "ddp_per_row": functools.partial(block_model, "per_row"),
     "mixed": mixed_model,
 }
@@ -305,31 +304,10 @@ SCENARIOS = [
 ]
 
 
-def _init(rank: int, init_file: str, world_size: int) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=world_size,
-        timeout=COLLECTIVE_TIMEOUT,
-    )
-
-
 def run_scenarios(rank: int, init_file: str, out_dir: str) -> None:
     """Entry point of each spawned rank of the FSDP2 tests."""
-    _init(rank, init_file, WORLD_SIZE)
-    results: dict[str, Any] = {}
-    try:
-        for name in SCENARIOS:
-            try:
-                results[name] = sharded_run(rank, name)
-            except Exception as error:
-                results[name] = {"traceback": f"{error!r}\n{traceback.format_exc()}"}
-            dist.barrier()
-    finally:
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-        dist.destroy_process_group()
+    scenarios = {name: functools.partial(sharded_run, name=name) for name in SCENARIOS}
+    run_rank(rank, init_file, out_dir, WORLD_SIZE, scenarios)
 
 
 # ------------------------------------------------------------------ DCP
@@ -410,20 +388,12 @@ def run_checkpointed(
 ) -> None:
     """Entry point of each spawned rank of the DCP tests (``functools.partial`` the options).
 
-    ``checkpoints`` None: the uninterrupted run, without checkpoints.
+    ``checkpoints`` None: the uninterrupted run, without checkpoints. The result is
+    saved under ``"run"``.
     """
-    _init(rank, init_file, world_size)
-    result: dict[str, Any]
-    try:
-        result = checkpointed_run(
-            rank,
-            None if checkpoints is None else Path(checkpoints),
-            kill_at=kill_at,
-            resume=resume,
-            save=not resume,
-        )
-    except Exception as error:
-        result = {"traceback": f"{error!r}\n{traceback.format_exc()}"}
-    torch.save(result, Path(out_dir) / f"rank{rank}.pt")
-    dist.barrier()  # neither rank tears gloo down while the other still uses it
-    dist.destroy_process_group()
+    directory = None if checkpoints is None else Path(checkpoints)
+
+    def run(rank: int) -> dict[str, Any]:
+        return checkpointed_run(rank, directory, kill_at=kill_at, resume=resume, save=not resume)
+
+    run_rank(rank, init_file, out_dir, world_size, {"run": run})
