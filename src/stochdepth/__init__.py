@@ -20,6 +20,8 @@ from ._halting import halting_distribution as halting_distribution
 from ._halting import ponder_loss as ponder_loss
 from ._model import DynamicNet as DynamicNet
 from ._version import __version__ as __version__
+from .conversion._recursify import recursify as recursify
+from .conversion._report import RecursifyReport as RecursifyReport
 from .exits._builtin import LatentChange as LatentChange
 from .exits._builtin import OutputKL as OutputKL
 from .exits._policy import ExitWhenConverged as ExitWhenConverged
@@ -82,6 +84,7 @@ __all__ = [
     "OutputKL",
     "PluginError",
     "PluginWarning",
+    "RecursifyReport",
     "RepeatedBlock",
     "ScheduledDepth",
     "SeededDepth",
@@ -103,6 +106,7 @@ __all__ = [
     "linear_drop_rates",
     "load_checkpoint",
     "ponder_loss",
+    "recursify",
     "refresh_drop_rules",
     "refresh_exit_criteria",
     "refresh_samplers",
