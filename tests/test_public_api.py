@@ -21,7 +21,7 @@ CONTRACT = {
 # The subpackages that hold the exit criteria, layer drop, the sampler family and the
 # training loop; their names are attributes of the package once imported, but their contents
 # are reached through __all__.
-SUBPACKAGES = {"exits", "layer_drop", "samplers", "training"}
+SUBPACKAGES = {"exits", "layer_drop", "samplers", "scheduling", "training"}
 
 
 def test_all_holds_the_contract_and_nothing_missing() -> None:

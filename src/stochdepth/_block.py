@@ -422,6 +422,16 @@ class RepeatedBlock(nn.Module):
         return self._per_sample
 
     @property
+    def step_kwarg(self) -> str | None:
+        """The keyword that passes the repeat index to the layer, or ``None``."""
+        return self._step_kwarg
+
+    @property
+    def output(self) -> Output:
+        """How the next state is read from the layer's return value (set at construction)."""
+        return self._output
+
+    @property
     def checkpoint(self) -> bool | int:
         """The checkpointing option given at construction: ``False``, ``True`` or ``k``."""
         return self._checkpoint
