@@ -13,7 +13,7 @@ from stochdepth._block import RepeatedBlock
 from stochdepth._validation import check_bool, check_int, describe
 
 from ._rules import HaltingRule, as_rule, check_stop
-from ._step import apply_repeat, check_drivable
+from ._step import apply_repeat
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,6 @@ class DepthScheduler:
     ) -> None:
         if not isinstance(block, RepeatedBlock):
             raise TypeError(f"block must be a stochdepth.RepeatedBlock, got {describe(block)}")
-        check_drivable(block, "DepthScheduler")
         self.block = block
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.rule: HaltingRule = as_rule(halting)
@@ -207,16 +206,20 @@ class DepthScheduler:
         self.layer_calls = 0
         reader = _Reader(source, caps, self.max_depth)
         rows = _Rows()
-        with torch.no_grad():
-            done = self._refill(rows, reader, torch.zeros(0, dtype=torch.int64))
-        yield from done
-        while len(rows):
+        free = torch.zeros(0, dtype=torch.int64)
+        while True:
+            # Refill only when asked for the next result: the inputs are read lazily.
             with torch.no_grad():
-                done = self._advance(rows, reader)
+                done = self._refill(rows, reader, free)
+            yield from done
+            if not len(rows):
+                return
+            with torch.no_grad():
+                done, free = self._advance(rows)
             yield from done
 
-    def _advance(self, rows: _Rows, reader: _Reader) -> list[ScheduledResult]:
-        """One repeat of every row in flight; set the halted ones aside and refill."""
+    def _advance(self, rows: _Rows) -> tuple[list[ScheduledResult], Tensor]:
+        """One repeat of every row in flight; return the halted rows' results and places."""
         previous = rows.state
         assert previous is not None
         current = self._apply(rows, previous)
@@ -227,7 +230,7 @@ class DepthScheduler:
         rows.state, rows.depth, rows.memory = current, depth, memory
         finished = torch.nonzero(stop).squeeze(1)
         if finished.numel() == 0:
-            return []
+            return [], finished
         outputs = current.index_select(0, finished.to(current.device)).unbind(0)
         done = [
             ScheduledResult(int(i), out, int(d))
@@ -235,7 +238,7 @@ class DepthScheduler:
                 rows.index[finished].tolist(), outputs, depth[finished].tolist(), strict=True
             )
         ]
-        return done + self._refill(rows, reader, finished)
+        return done, finished
 
     def _apply(self, rows: _Rows, state: Tensor) -> Tensor:
         """Apply each row's next repeat: in one call, or one call per repeat index."""

@@ -2,10 +2,9 @@
 
 A driver (the scheduler) applies the block's layer one repeat at a time, to rows that
 may stand at different repeats. It goes through :meth:`RepeatedBlock.step` where the
-block has it (the public seam of issue 19); on a block without it, it calls
-``block.layer`` itself, which is right only for a layer called as ``layer(state,
-*args, **kwargs)`` that returns the next state, the case :func:`check_drivable` lets
-through.
+block has it (the public seam of issue 19); on a block without it, it builds the layer
+call that the block's forward pass builds (extra arguments, ``step_kwarg``, ``output=``
+reading, shape check) from the block's public options.
 """
 
 from __future__ import annotations
@@ -15,34 +14,7 @@ from typing import Any
 from torch import Tensor
 
 from stochdepth._block import RepeatedBlock
-from stochdepth._layer_call import summarize
-
-
-def has_step(block: RepeatedBlock) -> bool:
-    """Whether ``block`` has the public ``step`` method (issue 19's seam)."""
-    return callable(getattr(block, "step", None))
-
-
-def check_drivable(block: RepeatedBlock, who: str) -> None:
-    """Refuse a block whose repeats this package version cannot apply one at a time.
-
-    Raises:
-        ValueError: The block has no ``step`` method and reads its state through
-            ``output=`` or passes the repeat index under ``step_kwarg``.
-    """
-    if has_step(block):
-        return
-    options = [
-        f"{name}={value!r}"
-        for name, value in (("step_kwarg", block.step_kwarg), ("output", block.output))
-        if value is not None
-    ]
-    if options:
-        raise ValueError(
-            f"{who} applies the block's layer one repeat at a time, which for a block "
-            f"built with {', '.join(options)} needs RepeatedBlock.step (not in this "
-            f"version); build the block without them"
-        )
+from stochdepth._layer_call import LayerCall, RowArgs, summarize
 
 
 def apply_repeat(
@@ -58,16 +30,17 @@ def apply_repeat(
     if callable(step):
         out: Tensor = step(state, *args, repeat=repeat, **kwargs)
         return out
-    result = block.layer(state, *args, **kwargs)
-    if not isinstance(result, Tensor):
-        raise TypeError(
-            f"RepeatedBlock's layer must return a tensor of its input's shape, but "
-            f"{type(block.layer).__name__} returned {summarize(result)} at repeat {repeat + 1}"
-        )
-    if result.shape != state.shape:
-        raise ValueError(
-            f"RepeatedBlock's layer must return a tensor of its input's shape, but "
-            f"{type(block.layer).__name__} turned an input of shape {tuple(state.shape)} into "
-            f"{tuple(result.shape)} at repeat {repeat + 1}"
-        )
-    return result
+    call = LayerCall(
+        block.layer, args, kwargs, RowArgs(None), block.step_kwarg, block.output, _shape_error
+    )
+    return call(state, repeat, repeat + 1)
+
+
+def _shape_error(x: Tensor, out: object, repeat: int, depth: int) -> Exception:
+    what = "RepeatedBlock's layer must give a next state of its input's shape"
+    if not isinstance(out, Tensor):
+        return TypeError(f"{what}, but it gave {summarize(out)} at repeat {repeat + 1}")
+    return ValueError(
+        f"{what}, but it turned an input of shape {tuple(x.shape)} into "
+        f"{tuple(out.shape)} at repeat {repeat + 1}"
+    )
