@@ -13,7 +13,7 @@ from stochdepth._block import RepeatedBlock
 from stochdepth._validation import check_bool, check_int, describe
 
 from ._rules import HaltingRule, as_rule, check_stop
-from ._step import apply_repeat
+from ._step import repeat_of
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,7 @@ class DepthScheduler:
         if not isinstance(block, RepeatedBlock):
             raise TypeError(f"block must be a stochdepth.RepeatedBlock, got {describe(block)}")
         self.block = block
+        self._repeat = repeat_of(block)
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.rule: HaltingRule = as_rule(halting)
         if max_depth is None:
@@ -242,15 +243,15 @@ class DepthScheduler:
 
     def _apply(self, rows: _Rows, state: Tensor) -> Tensor:
         """Apply each row's next repeat: in one call, or one call per repeat index."""
-        block, kwargs = self.block, self.kwargs
+        apply, kwargs = self._repeat, self.kwargs
         if not self.by_repeat:
             self.layer_calls += 1
-            return apply_repeat(block, state, rows.args, kwargs, int(rows.depth.min()))
+            return apply(state, rows.args, kwargs, int(rows.depth.min()))
         out = torch.empty_like(state)
         for repeat in torch.unique(rows.depth).tolist():
             index = torch.nonzero(rows.depth == repeat).squeeze(1).to(state.device)
             args = tuple(arg.index_select(0, index) for arg in rows.args)
-            part = apply_repeat(block, state.index_select(0, index), args, kwargs, int(repeat))
+            part = apply(state.index_select(0, index), args, kwargs, int(repeat))
             out = out.index_copy(0, index, part)
             self.layer_calls += 1
         return out
@@ -308,12 +309,13 @@ class DepthScheduler:
         )
 
 
-@dataclass
 class _Item:
-    index: int
-    x: Tensor
-    args: tuple[Tensor, ...]
-    cap: int
+    """One input read from the stream: its index, tensors and depth limit."""
+
+    __slots__ = ("args", "cap", "index", "x")
+
+    def __init__(self, index: int, x: Tensor, args: tuple[Tensor, ...], cap: int) -> None:
+        self.index, self.x, self.args, self.cap = index, x, args, cap
 
 
 class _Reader:
@@ -325,6 +327,7 @@ class _Reader:
         self.max_depth = max_depth
         self.count = 0
         self.first: _Item | None = None
+        self.shapes: tuple[torch.Size, ...] = ()
 
     def next(self) -> _Item | None:
         try:
@@ -335,7 +338,11 @@ class _Reader:
             return None
         index = self.count
         self.count += 1
-        x, args = _split(value, index)
+        args: tuple[Tensor, ...]
+        if isinstance(value, Tensor):  # the common case first: no row-aligned arguments
+            x, args = value, ()
+        else:
+            x, args = _split(value, index)
         cap = self.max_depth
         if self.caps is not None:
             given = next(self.caps, None)
@@ -344,9 +351,10 @@ class _Reader:
             cap = _check_depth(given, index, self.max_depth)
         item = _Item(index, x, args, cap)
         first = self.first
+        shapes = (x.shape, *(a.shape for a in args)) if args else (x.shape,)
         if first is None:
-            self.first = item
-        elif x.shape != first.x.shape or [a.shape for a in args] != [a.shape for a in first.args]:
+            self.first, self.shapes = item, shapes
+        elif shapes != self.shapes:
             raise ValueError(
                 f"every input must have the first input's shapes ({_shapes(first)}), but "
                 f"input {index} has {_shapes(item)}"
@@ -366,6 +374,8 @@ def _split(value: object, index: int) -> tuple[Tensor, tuple[Tensor, ...]]:
 
 
 def _check_depth(value: object, index: int, max_depth: int) -> int:
+    if type(value) is int and 0 <= value <= max_depth:  # the common case, at once
+        return value
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, Tensor) and value.ndim == 0 and not value.is_floating_point():
             value = int(value)

@@ -9,6 +9,7 @@ reading, shape check) from the block's public options.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor
@@ -16,24 +17,33 @@ from torch import Tensor
 from stochdepth._block import RepeatedBlock
 from stochdepth._layer_call import LayerCall, RowArgs, summarize
 
+Repeat = Callable[[Tensor, tuple[Any, ...], dict[str, Any], int], Tensor]
+"""``repeat(state, args, kwargs, index)``: one repeat of a block, as its forward pass applies it."""
 
-def apply_repeat(
-    block: RepeatedBlock, state: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], repeat: int
-) -> Tensor:
-    """Apply repeat ``repeat`` (0-based) of ``block`` to ``state``, as its forward pass would.
 
-    Raises:
-        TypeError: The layer returned something other than a tensor.
-        ValueError: The layer changed the state's shape.
+def repeat_of(block: RepeatedBlock) -> Repeat:
+    """How a driver applies one repeat of ``block``, looked up once (not at every repeat).
+
+    Through :meth:`RepeatedBlock.step` where the block has it; otherwise through the
+    layer call the block's forward pass builds, from its public options.
     """
     step = getattr(block, "step", None)
     if callable(step):
-        out: Tensor = step(state, *args, repeat=repeat, **kwargs)
-        return out
-    call = LayerCall(
-        block.layer, args, kwargs, RowArgs(None), block.step_kwarg, block.output, _shape_error
-    )
-    return call(state, repeat, repeat + 1)
+
+        def seam(
+            state: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], index: int
+        ) -> Tensor:
+            out: Tensor = step(state, *args, repeat=index, **kwargs)
+            return out
+
+        return seam
+    layer, step_kwarg, output = block.layer, block.step_kwarg, block.output
+
+    def call(state: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any], index: int) -> Tensor:
+        apply = LayerCall(layer, args, kwargs, RowArgs(None), step_kwarg, output, _shape_error)
+        return apply(state, index, index + 1)
+
+    return call
 
 
 def _shape_error(x: Tensor, out: object, repeat: int, depth: int) -> Exception:
