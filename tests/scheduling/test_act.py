@@ -97,3 +97,23 @@ def test_bad_arguments_are_named() -> None:
     act = ACTHalting(nn.Linear(2, 2), max_steps=2)
     with pytest.raises(ValueError, match=r"one logit per row \(3\), got \(3, 2\)"):
         act(torch.zeros(3, 2))
+
+
+def test_rows_out_of_step_are_asked_at_their_own_supervision_steps() -> None:
+    head = nn.Linear(1, 1)
+    act = ACTHalting(head, max_steps=5, every=3, init_bias=None).eval()
+    with torch.no_grad():
+        head.weight.fill_(1.0)
+        head.bias.fill_(-10.0)
+    block = RepeatedBlock(Count()).eval()
+    starts = [9.5, 0.0, 5.0, -20.0, 8.0, 3.0, 1.0]
+    caps = [2, 15, 15, 4, 15, 7, 15]  # depth limits off the supervision steps: rows drift
+    results = DepthScheduler(block, 3, halting=act).run(torch.tensor(starts)[:, None], caps)
+
+    def alone(x: float, cap: int) -> int:
+        for depth in range(1, cap + 1):
+            if depth == cap or (depth % 3 == 0 and x + depth > 10):
+                return depth
+        raise AssertionError
+
+    assert [r.depth for r in results] == [alone(x, c) for x, c in zip(starts, caps, strict=True)]

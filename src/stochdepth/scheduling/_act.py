@@ -182,13 +182,18 @@ class ACTRule:
     ) -> tuple[Tensor, None]:
         """The rows whose depth ends a supervision step and whose logit is above threshold."""
         act = self.act
-        asked = depth % act.every == 0
-        stop = torch.zeros(depth.shape, dtype=torch.bool)
-        if bool(asked.any()):
-            index = torch.nonzero(asked).squeeze(1)
-            logits = act(current.index_select(0, index.to(current.device)))
-            stop[index] = (logits > act.threshold).cpu()
-        return stop, None
+        rows = depth.shape[0]
+        if act.every > 1:
+            asked = depth % act.every == 0
+            if not bool(asked.any()):
+                return torch.zeros(rows, dtype=torch.bool), None
+            if not bool(asked.all()):
+                stop = torch.zeros(rows, dtype=torch.bool)
+                index = torch.nonzero(asked).squeeze(1)
+                logits = act(current.index_select(0, index.to(current.device)))
+                stop[index] = (logits > act.threshold).cpu()
+                return stop, None
+        return (act(current) > act.threshold).cpu(), None
 
     def __repr__(self) -> str:
         return f"ACTRule(max_steps={self.act.max_steps}, every={self.act.every})"

@@ -12,7 +12,7 @@ from torch import Tensor
 from stochdepth._block import RepeatedBlock
 from stochdepth._validation import check_bool, check_int, describe
 
-from ._rules import HaltingRule, as_rule, check_stop
+from ._rules import HaltingRule, RunToMax, as_rule, check_stop
 from ._step import repeat_of
 
 
@@ -34,17 +34,33 @@ class ScheduledResult:
 
 @dataclass
 class _Rows:
-    """The rows in flight: their states, row-aligned arguments and bookkeeping."""
+    """The rows in flight: their states, row-aligned arguments and bookkeeping.
+
+    ``clock`` counts the repeats of the run so far; a row admitted at clock ``c`` has had
+    ``clock - c`` repeats. ``due`` is the clock at which the next row reaches its depth
+    limit, so that the limits are compared only then.
+    """
 
     state: Tensor | None = None
     args: tuple[Tensor, ...] = ()
     depth: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
     cap: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
-    index: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    index: list[int] = field(default_factory=list)
     memory: Tensor | None = None
+    clock: int = 0
+    admitted: int = 0  # the clock of the latest admission: the least depth is clock - it
+    due: int = 0
 
     def __len__(self) -> int:
-        return int(self.depth.shape[0])
+        return len(self.index)
+
+    def schedule(self) -> None:
+        """Recompute ``due`` after rows came or went."""
+        if self.index:
+            self.due = self.clock + int((self.cap - self.depth).min())
+
+
+_NONE = torch.zeros(0, dtype=torch.int64)  # no place is free
 
 
 class DepthScheduler:
@@ -150,6 +166,7 @@ class DepthScheduler:
         self.kwargs: dict[str, Any] = dict(kwargs or {})
         self.row_repeats = 0
         self.layer_calls = 0
+        self._runs_to_max = isinstance(self.rule, RunToMax)
 
     def run(
         self, inputs: Iterable[Any], depths: Iterable[int] | None = None
@@ -207,7 +224,7 @@ class DepthScheduler:
         self.layer_calls = 0
         reader = _Reader(source, caps, self.max_depth)
         rows = _Rows()
-        free = torch.zeros(0, dtype=torch.int64)
+        free = _NONE
         while True:
             # Refill only when asked for the next result: the inputs are read lazily.
             with torch.no_grad():
@@ -225,19 +242,24 @@ class DepthScheduler:
         assert previous is not None
         current = self._apply(rows, previous)
         self.row_repeats += len(rows)
+        rows.clock += 1
         depth = rows.depth + 1
-        stop, memory = self.rule(previous, current, depth, rows.memory)
-        stop = check_stop(stop, len(rows), self.rule) | (depth >= rows.cap)
-        rows.state, rows.depth, rows.memory = current, depth, memory
+        stop: Tensor | None = None
+        if not self._runs_to_max:
+            stop, rows.memory = self.rule(previous, current, depth, rows.memory)
+            stop = check_stop(stop, len(rows), self.rule)
+        if rows.clock >= rows.due:  # some row reaches its depth limit now
+            capped = depth >= rows.cap
+            stop = capped if stop is None else stop | capped
+        rows.state, rows.depth = current, depth
+        if stop is None or not bool(stop.any()):
+            return [], _NONE
         finished = torch.nonzero(stop).squeeze(1)
-        if finished.numel() == 0:
-            return [], finished
         outputs = current.index_select(0, finished.to(current.device)).unbind(0)
+        index = rows.index
         done = [
-            ScheduledResult(int(i), out, int(d))
-            for i, out, d in zip(
-                rows.index[finished].tolist(), outputs, depth[finished].tolist(), strict=True
-            )
+            ScheduledResult(index[j], out, d)
+            for j, out, d in zip(finished.tolist(), outputs, depth[finished].tolist(), strict=True)
         ]
         return done, finished
 
@@ -246,7 +268,7 @@ class DepthScheduler:
         apply, kwargs = self._repeat, self.kwargs
         if not self.by_repeat:
             self.layer_calls += 1
-            return apply(state, rows.args, kwargs, int(rows.depth.min()))
+            return apply(state, rows.args, kwargs, rows.clock - rows.admitted)
         out = torch.empty_like(state)
         for repeat in torch.unique(rows.depth).tolist():
             index = torch.nonzero(rows.depth == repeat).squeeze(1).to(state.device)
@@ -259,47 +281,33 @@ class DepthScheduler:
     def _refill(self, rows: _Rows, reader: _Reader, free: Tensor) -> list[ScheduledResult]:
         """Put new inputs in the ``free`` places (and up to ``batch_size``); drop the rest."""
         room = int(free.numel()) + self.batch_size - len(rows)
-        done: list[ScheduledResult] = []
-        new: list[_Item] = []
-        while len(new) < room:
-            item = reader.next()
-            if item is None:
-                break
-            if item.cap == 0:  # depth 0: the input itself, without a repeat
-                done.append(ScheduledResult(item.index, item.x, 0))
-            else:
-                new.append(item)
-        if not new and rows.state is None:
-            return done
-        places = free[: len(new)]
-        extra = new[len(places) :]  # beyond the free places: appended
+        new, done = reader.read(room)
         if new:
-            x = torch.stack([item.x for item in new])
-            columns = zip(*(item.args for item in new), strict=True)
-            args = tuple(torch.stack(column) for column in columns)
-            memory = self.rule.start(x)
+            x, args = reader.stack(new, rows.state)
             fresh = _Rows(
                 x,
                 args,
                 torch.zeros(len(new), dtype=torch.int64),
-                torch.tensor([item.cap for item in new], dtype=torch.int64),
-                torch.tensor([item.index for item in new], dtype=torch.int64),
-                memory,
+                torch.tensor([item[3] for item in new], dtype=torch.int64),
+                [item[0] for item in new],
+                self.rule.start(x),
             )
+            rows.admitted = rows.clock
             if rows.state is None:
                 _assign(rows, fresh)
-                return done
-            _check_like(rows, fresh)
-            count = len(places)
-            if count:
-                _put(rows, places, fresh, slice(0, count))
-            if extra:
-                _append(rows, fresh, slice(count, len(new)))
-        dropped = free[len(new) :]
-        if dropped.numel():
+            else:
+                _check_like(rows, fresh)
+                count = min(len(new), int(free.numel()))
+                if count:
+                    _put(rows, free[:count], fresh, slice(0, count))
+                if count < len(new):  # beyond the free places: appended
+                    _append(rows, fresh, slice(count, len(new)))
+        if len(new) < free.numel():
             keep = torch.ones(len(rows), dtype=torch.bool)
-            keep[dropped] = False
+            keep[free[len(new) :]] = False
             _keep(rows, torch.nonzero(keep).squeeze(1))
+        if new or free.numel():
+            rows.schedule()
         return done
 
     def __repr__(self) -> str:
@@ -309,57 +317,92 @@ class DepthScheduler:
         )
 
 
-class _Item:
-    """One input read from the stream: its index, tensors and depth limit."""
-
-    __slots__ = ("args", "cap", "index", "x")
-
-    def __init__(self, index: int, x: Tensor, args: tuple[Tensor, ...], cap: int) -> None:
-        self.index, self.x, self.args, self.cap = index, x, args, cap
+_Item = tuple[int, Tensor, tuple[Tensor, ...], int]
+"""One input read from the stream: its index, its tensor, its row-aligned arguments, its cap."""
 
 
 class _Reader:
-    """Reads the inputs (and their depths) one at a time, checking each."""
+    """Reads the inputs (and their depths) from the stream, a batch at a time.
+
+    The inputs' types and shapes are checked when they are stacked into a batch: a
+    mismatch fails ``torch.stack`` (or differs from the rows in flight), and only then
+    are the inputs examined one by one, for an error that names the input.
+    """
 
     def __init__(self, source: Iterator[Any], caps: Iterator[int] | None, max_depth: int) -> None:
         self.source = source
         self.caps = caps
         self.max_depth = max_depth
         self.count = 0
+        self.ended = False
         self.first: _Item | None = None
-        self.shapes: tuple[torch.Size, ...] = ()
 
-    def next(self) -> _Item | None:
+    def read(self, room: int) -> tuple[list[_Item], list[ScheduledResult]]:
+        """Up to ``room`` inputs to run, and the results of the depth-0 ones read on the way."""
+        new: list[_Item] = []
+        done: list[ScheduledResult] = []
+        source, caps, top = self.source, self.caps, self.max_depth
+        while len(new) < room and not self.ended:
+            try:
+                value = next(source)
+            except StopIteration:
+                self.ended = True
+                if caps is not None and next(caps, None) is not None:
+                    raise ValueError(
+                        f"depths has more entries than the {self.count} inputs"
+                    ) from None
+                break
+            index = self.count
+            self.count += 1
+            if type(value) is tuple and value:
+                x, args = value[0], value[1:]
+            else:
+                x, args = value, ()
+            cap = top
+            if caps is not None:
+                cap = _check_depth(next(caps, None), index, top)
+            item = (index, x, args, cap)
+            if self.first is None:
+                _split(value, index)
+                self.first = item
+            if cap == 0:  # depth 0: the input itself, without a repeat
+                _split(value, index)
+                done.append(ScheduledResult(index, x, 0))
+            else:
+                new.append(item)
+        return new, done
+
+    def stack(self, new: list[_Item], state: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The new rows' inputs and arguments, stacked; an error naming a bad input."""
         try:
-            value = next(self.source)
-        except StopIteration:
-            if self.caps is not None and next(self.caps, None) is not None:
-                raise ValueError(f"depths has more entries than the {self.count} inputs") from None
-            return None
-        index = self.count
-        self.count += 1
-        args: tuple[Tensor, ...]
-        if isinstance(value, Tensor):  # the common case first: no row-aligned arguments
-            x, args = value, ()
-        else:
-            x, args = _split(value, index)
-        cap = self.max_depth
-        if self.caps is not None:
-            given = next(self.caps, None)
-            if given is None:
-                raise ValueError(f"depths has fewer entries than inputs: none for input {index}")
-            cap = _check_depth(given, index, self.max_depth)
-        item = _Item(index, x, args, cap)
+            x = torch.stack([item[1] for item in new])
+            columns = zip(*(item[2] for item in new), strict=True)
+            args = tuple(torch.stack(column) for column in columns)
+        except (TypeError, ValueError, RuntimeError):
+            self._diagnose(new)
+            raise
         first = self.first
-        shapes = (x.shape, *(a.shape for a in args)) if args else (x.shape,)
-        if first is None:
-            self.first, self.shapes = item, shapes
-        elif shapes != self.shapes:
-            raise ValueError(
-                f"every input must have the first input's shapes ({_shapes(first)}), but "
-                f"input {index} has {_shapes(item)}"
-            )
-        return item
+        assert first is not None
+        if x.shape[1:] != first[1].shape or len(args) != len(first[2]):
+            self._diagnose(new)
+        if any(a.shape[1:] != b.shape for a, b in zip(args, first[2], strict=True)):
+            self._diagnose(new)
+        if state is not None and x.shape[1:] != state.shape[1:]:  # pragma: no cover
+            self._diagnose(new)
+        return x, args
+
+    def _diagnose(self, new: list[_Item]) -> None:
+        """Raise the error that names the first input unlike the first of the stream."""
+        first = self.first
+        assert first is not None
+        for item in new:
+            index, x, args, _ = item
+            _split((x, *args) if args else x, index)
+            if x.shape != first[1].shape or [a.shape for a in args] != [a.shape for a in first[2]]:
+                raise ValueError(
+                    f"every input must have the first input's shapes ({_shapes(first)}), "
+                    f"but input {index} has {_shapes(item)}"
+                )
 
 
 def _split(value: object, index: int) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -376,6 +419,8 @@ def _split(value: object, index: int) -> tuple[Tensor, tuple[Tensor, ...]]:
 def _check_depth(value: object, index: int, max_depth: int) -> int:
     if type(value) is int and 0 <= value <= max_depth:  # the common case, at once
         return value
+    if value is None:
+        raise ValueError(f"depths has fewer entries than inputs: none for input {index}")
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, Tensor) and value.ndim == 0 and not value.is_floating_point():
             value = int(value)
@@ -387,7 +432,7 @@ def _check_depth(value: object, index: int, max_depth: int) -> int:
 
 
 def _shapes(item: _Item) -> str:
-    shapes = [tuple(item.x.shape), *(tuple(a.shape) for a in item.args)]
+    shapes = [tuple(item[1].shape), *(tuple(a.shape) for a in item[2])]
     return ", ".join(map(str, shapes))
 
 
@@ -417,8 +462,7 @@ def _put(rows: _Rows, places: Tensor, fresh: _Rows, part: slice) -> None:
     """Write the ``part`` of ``fresh`` into the ``places`` (out of place)."""
     assert rows.state is not None
     assert fresh.state is not None
-    device = rows.state.device
-    where = places.to(device)
+    where = places.to(rows.state.device)
     rows.state = rows.state.index_copy(0, where, fresh.state[part])
     rows.args = tuple(
         a.index_copy(0, where, b[part]) for a, b in zip(rows.args, fresh.args, strict=True)
@@ -428,7 +472,8 @@ def _put(rows: _Rows, places: Tensor, fresh: _Rows, part: slice) -> None:
         rows.memory = rows.memory.index_copy(0, memory_at, fresh.memory[part])
     rows.depth = rows.depth.index_copy(0, places, fresh.depth[part])
     rows.cap = rows.cap.index_copy(0, places, fresh.cap[part])
-    rows.index = rows.index.index_copy(0, places, fresh.index[part])
+    for place, index in zip(places.tolist(), fresh.index[part], strict=True):
+        rows.index[place] = index
 
 
 def _append(rows: _Rows, fresh: _Rows, part: slice) -> None:
@@ -440,7 +485,7 @@ def _append(rows: _Rows, fresh: _Rows, part: slice) -> None:
         rows.memory = torch.cat([rows.memory, fresh.memory[part]])
     rows.depth = torch.cat([rows.depth, fresh.depth[part]])
     rows.cap = torch.cat([rows.cap, fresh.cap[part]])
-    rows.index = torch.cat([rows.index, fresh.index[part]])
+    rows.index = rows.index + fresh.index[part]
 
 
 def _keep(rows: _Rows, keep: Tensor) -> None:
@@ -452,4 +497,4 @@ def _keep(rows: _Rows, keep: Tensor) -> None:
         rows.memory = rows.memory.index_select(0, keep.to(rows.memory.device))
     rows.depth = rows.depth[keep]
     rows.cap = rows.cap[keep]
-    rows.index = rows.index[keep]
+    rows.index = [rows.index[j] for j in keep.tolist()]
