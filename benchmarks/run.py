@@ -995,9 +995,10 @@ def synthetic_rows(bench: Bench) -> None:
         {"scheduler": scheduled, **{k: v for k, v in runs.items() if k != "scheduler"}},
         sizes.scheduler_chunks,
     )
-    what = f"synthetic depths 1..{top} (mean {float(depths.float().mean()):.2f})"
+    what = f"synthetic depths 1..{top}"
     shape = (
-        f"Linear({width}, {width}) + Tanh, {n} inputs, batches of {size}, eval, no_grad; "
+        f"mean depth {float(depths.float().mean()):.2f}; Linear({width}, {width}) + Tanh, "
+        f"{n} inputs, batches of {size}, eval, no_grad; "
         f"every side reads a stream of one-row inputs and returns one output per input; "
         f"{sizes.scheduler_chunks} passes a side"
     )
@@ -1102,9 +1103,10 @@ def recipe_rows(bench: Bench) -> None:
         {"scheduler": scheduled, **{k: v for k, v in runs.items() if k != "scheduler"}},
         sizes.scheduler_chunks,
     )
-    what = f"recipe, ACT halt head (mean depth {float(depths.float().mean()):.2f} of {top})"
+    what = "recipe, ACT halt head"
     shape = (
-        f"examples/halting.py model (width {settings.width}, {settings.bits} bits, "
+        f"mean depth {float(depths.float().mean()):.2f} of {top}; examples/halting.py model "
+        f"(width {settings.width}, {settings.bits} bits, "
         f"{'--quick ' if sizes.scheduler_recipe_quick else ''}training {trained:.0f} s), "
         f"{n} test strings, batches of {size}, halt head every {act.every} repeats; every "
         f"side reads a stream of one-row inputs and returns one output per input; "
