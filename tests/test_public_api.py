@@ -51,6 +51,7 @@ def test_public_objects_have_google_style_docstrings() -> None:
             "DepthSampler",
             "DropRule",
             "ExitCriterion",
+            "HaltingRule",
             "StepRecord",
             "TrainingHistory",
         ) or (isinstance(obj, type) and issubclass(obj, (Exception, Warning))):
