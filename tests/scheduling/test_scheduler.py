@@ -264,3 +264,15 @@ def test_the_stream_leaves_autograd_alone_between_results() -> None:
     block = RepeatedBlock(Halve(), depth_limit=4).eval()
     for _ in DepthScheduler(block, 2, max_depth=4).stream(torch.zeros(3, 2)):
         assert torch.is_grad_enabled()
+
+
+def test_on_cuda_the_results_are_the_cpus(cuda_device: torch.device) -> None:
+    block = linear_block(seed=4)
+    xs = 2 * torch.randn(17, 4, dtype=torch.float64)
+    depths = [random.Random(4).randint(0, 12) for _ in range(17)]
+    want = DepthScheduler(block, 5, max_depth=12).run(xs, depths)
+    got = DepthScheduler(block.to(cuda_device), 5, max_depth=12).run(xs.to(cuda_device), depths)
+    assert [r.depth for r in got] == [r.depth for r in want]
+    for a, b in zip(got, want, strict=True):
+        assert a.output.device == cuda_device
+        torch.testing.assert_close(a.output.cpu(), b.output, rtol=1e-10, atol=1e-10)
