@@ -241,6 +241,18 @@ def test_a_block_that_is_not_one_is_refused() -> None:
     [
         ([torch.zeros(2), torch.zeros(3)], None, ValueError, r"input 1 has \(3,\)"),
         ([torch.zeros(2), "x"], None, TypeError, "input 1 is 'x'"),
+        (
+            [torch.zeros(2), torch.zeros(2).double()],
+            None,
+            ValueError,
+            r"input 1 has \(torch\.float64",
+        ),
+        (
+            [(torch.zeros(2), torch.zeros(1)), (torch.zeros(2), torch.zeros(3))],
+            None,
+            ValueError,
+            r"input 1 has \(2,\), \(3,\)",
+        ),
         ([torch.zeros(2)] * 2, [1], ValueError, "fewer entries than inputs"),
         ([torch.zeros(2)], [1, 2], ValueError, "more entries than the 1 inputs"),
         ([torch.zeros(2)], [9], ValueError, r"depths\[0\] must be in \[0, max_depth=4\]"),

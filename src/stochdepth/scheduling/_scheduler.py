@@ -383,11 +383,10 @@ class _Reader:
             raise
         first = self.first
         assert first is not None
-        if x.shape[1:] != first[1].shape or len(args) != len(first[2]):
+        like = (x.shape[1:], x.dtype, x.device) == (first[1].shape, first[1].dtype, first[1].device)
+        if not like or len(args) != len(first[2]):
             self._diagnose(new)
         if any(a.shape[1:] != b.shape for a, b in zip(args, first[2], strict=True)):
-            self._diagnose(new)
-        if state is not None and x.shape[1:] != state.shape[1:]:  # pragma: no cover
             self._diagnose(new)
         return x, args
 
@@ -402,6 +401,12 @@ class _Reader:
                 raise ValueError(
                     f"every input must have the first input's shapes ({_shapes(first)}), "
                     f"but input {index} has {_shapes(item)}"
+                )
+            if (x.dtype, x.device) != (first[1].dtype, first[1].device):
+                raise ValueError(
+                    f"every input must have the first input's dtype and device "
+                    f"({first[1].dtype}, {first[1].device}), but input {index} has "
+                    f"({x.dtype}, {x.device})"
                 )
 
 
