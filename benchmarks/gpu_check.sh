@@ -21,12 +21,12 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 "$python" -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())'
 
 echo "== CUDA tests: CUDA graphs"
-timeout 60 "$python" -m pytest -p no:cacheprovider -q -rs --tb=short tests/test_cuda_graphs.py \
+timeout 60 "$python" -m pytest -p no:cacheprovider -q -rs --tb=short tests/training/test_cuda_graphs.py \
     2>&1 | tee "$out/cuda-graph-tests.log" || status=1
 echo "== CUDA tests: the others"
 timeout 150 "$python" -m pytest -p no:cacheprovider -q -rs --tb=short \
-    tests/test_cuda.py tests/test_modes.py tests/test_compile.py \
-    "tests/test_distributed.py::test_torchrun_with_nccl_trains_on_the_gpus" \
+    tests/test_cuda.py tests/test_repeats.py tests/test_compile.py \
+    "tests/training/test_distributed_run.py::test_torchrun_with_nccl_trains_on_the_gpus" \
     2>&1 | tee "$out/cuda-tests.log" || status=1
 
 # One run per section, each with its own time limit, so that a slow one cannot take

@@ -19,7 +19,7 @@ Comparisons (A is the reference, B the thing measured; ratio = B / A):
    (``mode="masked", per_sample=True``), forward and backward, batch 512, width 512.
 4. memory: peak activation memory at depths 1, 8 and 64 with and without
    ``checkpoint=True`` (target at depth 64 <= 0.25 of plain).
-5. layer drop: ``LayerDropList(mode="row", residual=True)``, which runs each
+5. layer drop: ``LayerDropList(per_sample=True, residual=True)``, which runs each
    residual branch on its kept rows only, against "compute every row, then multiply
    by the mask" (timm's ``drop_path``, torchvision's ``stochastic_depth(mode="row")``),
    forward and backward, batch 64, 197 positions, width 384 (ViT-S MLP branches), at
@@ -95,7 +95,7 @@ from stochdepth import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import article9  # the article's class, kept verbatim in tests/
+from support import article9  # the article's class, kept verbatim in tests/support/
 
 
 @dataclass
@@ -576,7 +576,7 @@ def layer_drop(bench: Bench) -> None:
     ]
     x = torch.randn(batch, positions, width, device=device, requires_grad=True)
     for rate in (0.1, 0.5):
-        stack = LayerDropList(branches, rate, mode="row", residual=True, seed=0)
+        stack = LayerDropList(branches, rate, per_sample=True, residual=True, seed=0)
 
         def masked(rate: float = rate) -> int:
             h = x

@@ -39,6 +39,7 @@ from stochdepth import (
     train,
 )
 from stochdepth._cli import main
+from stochdepth.samplers._registry import BUILTIN_SAMPLERS
 
 T = TypeVar("T")
 HUGE = 10**9  # a depth far above any depth_limit
@@ -139,17 +140,7 @@ def test_sampler_constructors(kind: type, name: str, data: st.DataObject) -> Non
 
 @given(
     name=st.one_of(
-        st.sampled_from(
-            [
-                "uniform",
-                "fixed",
-                "seeded",
-                "bernoulli",
-                "geometric",
-                "scheduled",
-                "lognormal_poisson",
-            ]
-        ),
+        st.sampled_from(list(BUILTIN_SAMPLERS)),
         st.text(max_size=6),
     ),
     params=st.dictionaries(

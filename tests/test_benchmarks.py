@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from processes import run_python
+from support.processes import run_python
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
 

@@ -7,6 +7,7 @@ import io
 import pickle
 import random
 import re
+from collections import Counter
 from collections.abc import Callable
 
 import pytest
@@ -15,10 +16,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from stochdepth import DepthSampler, FixedDepth, RepeatedBlock, SeededDepth, UniformDepth
+from stochdepth import (
+    DepthSampler,
+    DynamicNet,
+    FixedDepth,
+    RepeatedBlock,
+    SeededDepth,
+    UniformDepth,
+)
 
-from fakes import CountingSampler, ModuleSampler, ScriptedSampler
-from strategies import (
+from support.fakes import CountingSampler, ModuleSampler, ScriptedSampler
+from support.strategies import (
     LAYERS,
     MAX_DEPTH,
     batch_sizes,
@@ -881,3 +889,63 @@ def test_sampler_draw_of_an_int_subclass_is_accepted(
         assert type(block.last_depth) is int
     assert torch.equal(block(x, depth=MyInt(depth)), expected)
     assert type(block.last_depth) is int
+
+
+# --------------------------------------------------------------------------- depth_histogram
+
+
+def linear_block(sampler: object = None) -> RepeatedBlock:
+    return RepeatedBlock(nn.Linear(3, 3), sampler)  # type: ignore[arg-type]
+
+
+@given(bounds(), seeds, st.integers(0, 40))
+def test_the_histogram_counts_every_training_pass(
+    low_high: tuple[int, int], seed: int, n: int
+) -> None:
+    module = linear_block(SeededDepth(*low_high, seed=seed))
+    used = []
+    for _ in range(n):
+        module(torch.randn(2, 3))
+        used.append(module.last_depth)
+    assert module.depth_histogram == dict(sorted(Counter(used).items()))
+    assert list(module.depth_histogram) == sorted(module.depth_histogram)
+
+
+def test_explicit_depths_in_training_count_and_eval_passes_do_not() -> None:
+    module = linear_block(FixedDepth(1))
+    module(torch.randn(2, 3), depth=4)
+    module(torch.randn(2, 3))
+    module.eval()
+    module(torch.randn(2, 3))
+    module(torch.randn(2, 3), depth=2)
+    assert module.depth_histogram == {1: 1, 4: 1}
+
+
+def test_the_histogram_resets_and_is_a_copy() -> None:
+    module = linear_block(FixedDepth(2))
+    module(torch.randn(2, 3))
+    histogram = module.depth_histogram
+    histogram[2] = 100
+    assert module.depth_histogram == {2: 1}
+    module.reset_depth_histogram()
+    assert module.depth_histogram == {}
+    module(torch.randn(2, 3))
+    assert module.depth_histogram == {2: 1}
+
+
+def test_the_histogram_is_not_part_of_the_state_dict() -> None:
+    module = linear_block(FixedDepth(2))
+    module(torch.randn(2, 3))
+    twin = linear_block(FixedDepth(2))
+    twin.load_state_dict(module.state_dict())
+    assert twin.depth_histogram == {}
+
+
+def test_the_articles_sampler_shows_depths_zero_to_three() -> None:
+    # random.randint(0, 3) includes both ends: four depths, 0 to 3, not 1 to 3 or
+    # 0 to 2. A reader unsure of what a description of the range means can look here.
+    random.seed(0)
+    model = DynamicNet(5, 4, 2)
+    for _ in range(200):
+        model(torch.randn(3, 5))
+    assert set(model.middle.depth_histogram) == {0, 1, 2, 3}

@@ -18,20 +18,13 @@ import torch
 import stochdepth
 from stochdepth import SeededDepth
 from stochdepth._cli import main
+from stochdepth.samplers._registry import BUILTIN_SAMPLERS
 
-import article9
-from processes import QUIET_ENV, TIMEOUT
+from support import article9
+from support.processes import QUIET_ENV, TIMEOUT
 
 SCRIPT = Path(sys.executable).with_name("stochdepth")
-SAMPLER_NAMES = (
-    "uniform",
-    "fixed",
-    "seeded",
-    "bernoulli",
-    "geometric",
-    "scheduled",
-    "lognormal_poisson",
-)
+SAMPLER_NAMES = tuple(BUILTIN_SAMPLERS)
 # What `train` prints on stderr at the end (unless --no-summary), and nothing else.
 SUMMARY = re.compile(
     r"stochdepth train: \d+ steps(, final loss \S+, mean depth \d+\.\d{3}, depths( \d+:\d+)+)?\n"
@@ -91,7 +84,7 @@ def logged_steps(steps: int, log_every: int) -> list[int]:
 def article_lines(
     monkeypatch: pytest.MonkeyPatch, seed: int, steps: int, depth: Callable[[], int] | None
 ) -> list[str]:
-    """The article's program (tests/article9.py), its depths from ``depth`` if given."""
+    """The article's program (tests/support/article9.py), its depths from ``depth`` if given."""
     with monkeypatch.context() as patch:
         if depth is not None:
             fake_random = SimpleNamespace(seed=random.seed, randint=lambda low, high: depth())
@@ -409,3 +402,45 @@ def test_an_unseeded_sampler_draws_its_seed_from_the_seeded_generator(
     _, fixed_out, _ = run_main(capsys, *args, "--sampler", "fixed:depth=0")
     _, bernoulli_out, _ = run_main(capsys, *args, "--sampler", "bernoulli:max_depth=3,p=0.0")
     assert bernoulli_out == fixed_out
+
+
+# --- the command line's summary -------------------------------------------------------
+
+
+def test_the_command_line_prints_the_summary_of_the_run(capsys: pytest.CaptureFixture[str]) -> None:
+    state, random_state = torch.get_rng_state(), random.getstate()
+    try:
+        assert (
+            main(
+                [
+                    "train",
+                    "--seed",
+                    "3",
+                    "--steps",
+                    "40",
+                    "--log-every",
+                    "0",
+                    "--sampler",
+                    "fixed:depth=2",
+                ]
+            )
+            == 0
+        )
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.startswith("stochdepth train: 40 steps, final loss ")
+        assert captured.err.endswith(", mean depth 2.000, depths 2:40\n")
+        assert main(["train", "--seed", "3", "--steps", "5", "--no-summary"]) == 0
+        assert capsys.readouterr().err == ""
+    finally:
+        torch.set_rng_state(state)
+        random.setstate(random_state)
+
+
+def test_the_samplers_command_lists_every_builtin(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["samplers"]) == 0
+    out = capsys.readouterr().out
+    names = [line.split()[0] for line in out.splitlines()]
+    assert set(BUILTIN_SAMPLERS) <= set(names)
+    assert "Each of max_depth repeats survives with probability p" in out
+    assert "``" not in out

@@ -36,7 +36,16 @@ from stochdepth import (
     train,
 )
 
-from strategies import LAYERS, bounds, depths, features, inputs, leading_dims, make_layer, seeds
+from support.strategies import (
+    LAYERS,
+    bounds,
+    depths,
+    features,
+    inputs,
+    leading_dims,
+    make_layer,
+    seeds,
+)
 
 TOLERANCES: dict[torch.dtype, dict[str, float]] = {
     torch.float64: {"rtol": 1e-10, "atol": 1e-12},

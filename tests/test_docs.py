@@ -46,7 +46,7 @@ import stochdepth
 from stochdepth._cli import main
 from stochdepth.samplers import _registry
 
-from processes import QUIET_ENV, TIMEOUT
+from support.processes import QUIET_ENV, TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

@@ -13,15 +13,10 @@ import stochdepth
 EXAMPLES: dict[str, Callable[[], BaseException]] = {
     "CheckpointError": lambda: stochdepth.CheckpointError("run.ckpt", "is truncated:\n  12 bytes"),
     "DepthMismatchError": lambda: stochdepth.DepthMismatchError("differ", [[1, 2], [1, 3]], 7),
-    "DropRulePluginError": lambda: stochdepth.DropRulePluginError("drop rule 'x' failed to load"),
     "NonFiniteError": lambda: stochdepth.NonFiniteError("loss is inf", step=3, loss=float("inf")),
-    "SamplerPluginError": lambda: stochdepth.SamplerPluginError("sampler 'x' failed to load"),
-    "SamplerPluginWarning": lambda: stochdepth.SamplerPluginWarning("plugin left out"),
-    "UnknownDropRuleError": lambda: stochdepth.UnknownDropRuleError("unknown drop rule 'y'"),
-    "ExitCriterionPluginError": lambda: stochdepth.ExitCriterionPluginError("failed to load"),
-    "ExitCriterionPluginWarning": lambda: stochdepth.ExitCriterionPluginWarning("left out"),
-    "UnknownExitCriterionError": lambda: stochdepth.UnknownExitCriterionError("unknown 'z'"),
-    "UnknownSamplerError": lambda: stochdepth.UnknownSamplerError("unknown sampler 'y'"),
+    "PluginError": lambda: stochdepth.PluginError("sampler 'x' comes from the plugin ..."),
+    "PluginWarning": lambda: stochdepth.PluginWarning("sampler plugin ... is left out"),
+    "UnknownPluginError": lambda: stochdepth.UnknownPluginError("unknown drop rule 'y'"),
 }
 
 

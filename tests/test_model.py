@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from stochdepth import DynamicNet, FixedDepth, RepeatedBlock, SeededDepth, UniformDepth
 
-import article9
-from strategies import batch_sizes, depths, features, leading_dims, seeds
+from support import article9
+from support.strategies import batch_sizes, depths, features, leading_dims, seeds
 
 ARTICLE_SIZES = (1000, 100, 10)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from processes import TIMEOUT
+from support.processes import TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[1]
 USER_ENV = {key: value for key, value in os.environ.items() if key != "PYTHONWARNINGS"}

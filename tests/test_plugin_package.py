@@ -19,14 +19,14 @@ import torch
 from stochdepth import (
     DynamicNet,
     RepeatedBlock,
-    UnknownSamplerError,
+    UnknownPluginError,
     available_samplers,
     get_sampler,
     refresh_samplers,
     train,
 )
 
-from processes import QUIET_ENV, TIMEOUT, run_python
+from support.processes import QUIET_ENV, TIMEOUT, run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "examples" / "sampler-plugin"
@@ -72,7 +72,7 @@ def _plugin_installed() -> Iterator[None]:
         refresh_samplers()
     assert not installed()
     assert "cyclic" not in available_samplers()
-    with pytest.raises(UnknownSamplerError):
+    with pytest.raises(UnknownPluginError):
         get_sampler("cyclic")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from processes import run_python
+from support.processes import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "prefix_sums.py"

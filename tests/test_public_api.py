@@ -5,7 +5,10 @@ from __future__ import annotations
 import importlib.metadata
 import inspect
 import re
+import warnings
 from pathlib import Path
+
+import pytest
 
 import stochdepth
 
@@ -22,6 +25,36 @@ CONTRACT = {
 # training loop; their names are attributes of the package once imported, but their contents
 # are reached through __all__.
 SUBPACKAGES = {"exits", "layer_drop", "samplers", "scheduling", "training"}
+
+
+# stochdepth.__all__ before issue 19 merged the plugin kinds' exceptions: every name in it
+# still imports. The kinds' own exception names are deprecated aliases of the shared ones.
+ALL_BEFORE_ISSUE_19 = [
+    *("BernoulliDepth", "BernoulliDrop", "BroadcastDepth", "CUDAGraphStep", "Checkpoint"),
+    *("CheckpointError", "DepthMismatchError", "DepthSampler", "DropRule"),
+    *("DropRulePluginError", "DynamicNet", "ExitCriterion", "ExitCriterionPluginError"),
+    *("ExitCriterionPluginWarning", "ExitWhenConverged", "FixedDepth", "GeometricDepth"),
+    *("LatentChange", "LayerDropList", "LogNormalPoissonDepth", "NestedDrop", "NonFiniteError"),
+    *("OutputKL", "RepeatedBlock", "SamplerPluginError", "SamplerPluginWarning"),
+    *("ScheduledDepth", "SeededDepth", "SkippedLayerTie", "StepRecord", "TrainingHistory"),
+    *("UniformDepth", "UnknownDropRuleError", "UnknownExitCriterionError"),
+    *("UnknownSamplerError", "__version__", "available_drop_rules", "available_exit_criteria"),
+    *("available_samplers", "check_depth_agreement", "get_drop_rule", "get_exit_criterion"),
+    *("get_sampler", "halting_depths", "halting_distribution", "linear_drop_rates"),
+    *("load_checkpoint", "ponder_loss", "refresh_exit_criteria", "refresh_samplers"),
+    *("register_drop_rule", "register_exit_criterion", "register_sampler", "train"),
+    *("unregister_drop_rule", "unregister_exit_criterion", "unregister_sampler"),
+]
+DEPRECATED = {
+    "UnknownSamplerError": "UnknownPluginError",
+    "UnknownDropRuleError": "UnknownPluginError",
+    "UnknownExitCriterionError": "UnknownPluginError",
+    "SamplerPluginError": "PluginError",
+    "DropRulePluginError": "PluginError",
+    "ExitCriterionPluginError": "PluginError",
+    "SamplerPluginWarning": "PluginWarning",
+    "ExitCriterionPluginWarning": "PluginWarning",
+}
 
 
 def test_all_holds_the_contract_and_nothing_missing() -> None:
@@ -81,3 +114,44 @@ def test_the_package_ships_py_typed() -> None:
 def test_the_console_script_is_the_command_line() -> None:
     scripts = importlib.metadata.entry_points(group="console_scripts", name="stochdepth")
     assert [entry.value for entry in scripts] == ["stochdepth._cli:main"]
+
+
+def test_every_name_of_the_old_all_still_imports_and_only_the_deprecated_ones_warn() -> None:
+    assert len(ALL_BEFORE_ISSUE_19) == 57
+    for name in ALL_BEFORE_ISSUE_19:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            exec(f"from stochdepth import {name}", {})
+        if name in DEPRECATED:
+            assert [w.category for w in caught] == [FutureWarning], name
+            assert f"stochdepth.{name} is deprecated" in str(caught[0].message)
+            assert f"use stochdepth.{DEPRECATED[name]}," in str(caught[0].message)
+            assert name not in stochdepth.__all__
+        else:
+            assert caught == [], name
+            assert name in stochdepth.__all__
+
+
+@pytest.mark.parametrize("name", sorted(DEPRECATED))
+def test_a_deprecated_name_is_its_replacement_so_except_clauses_still_catch(name: str) -> None:
+    with pytest.warns(FutureWarning, match=rf"^stochdepth\.{name} is deprecated"):
+        old = getattr(stochdepth, name)
+    assert old is getattr(stochdepth, DEPRECATED[name])
+    if issubclass(old, Exception):
+        with pytest.raises(old):
+            raise getattr(stochdepth, DEPRECATED[name])("raised under the new name")
+
+
+def test_the_old_exception_bases_hold() -> None:
+    # What each kind's own class was, the shared class still is.
+    assert issubclass(stochdepth.UnknownPluginError, LookupError)
+    assert issubclass(stochdepth.UnknownPluginError, ValueError)  # as UnknownDropRuleError
+    assert issubclass(stochdepth.PluginError, RuntimeError)  # as SamplerPluginError
+    assert issubclass(stochdepth.PluginError, LookupError)  # as DropRulePluginError
+    assert issubclass(stochdepth.PluginWarning, UserWarning)
+
+
+def test_an_unknown_attribute_is_still_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="module 'stochdepth' has no attribute 'Nope'"):
+        stochdepth.Nope  # type: ignore[attr-defined]  # noqa: B018
+    assert not hasattr(stochdepth, "SamplerPluginErrors")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import article9
-from processes import run_python
+from support import article9
+from support.processes import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIAL = ROOT / "examples" / "tutorial9.py"

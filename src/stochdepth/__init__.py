@@ -1,20 +1,20 @@
 """stochdepth: weight-shared layers whose depth is drawn at random on every forward pass."""
 
+import sys as _sys
+import warnings as _warnings
+from typing import Any as _Any
+
 from ._block import RepeatedBlock as RepeatedBlock
 from ._distributed import BroadcastDepth as BroadcastDepth
 from ._distributed import SkippedLayerTie as SkippedLayerTie
 from ._distributed import check_depth_agreement as check_depth_agreement
+from ._errors import DEPRECATED_ALIASES as _DEPRECATED_ALIASES
 from ._errors import CheckpointError as CheckpointError
 from ._errors import DepthMismatchError as DepthMismatchError
-from ._errors import DropRulePluginError as DropRulePluginError
-from ._errors import ExitCriterionPluginError as ExitCriterionPluginError
-from ._errors import ExitCriterionPluginWarning as ExitCriterionPluginWarning
 from ._errors import NonFiniteError as NonFiniteError
-from ._errors import SamplerPluginError as SamplerPluginError
-from ._errors import SamplerPluginWarning as SamplerPluginWarning
-from ._errors import UnknownDropRuleError as UnknownDropRuleError
-from ._errors import UnknownExitCriterionError as UnknownExitCriterionError
-from ._errors import UnknownSamplerError as UnknownSamplerError
+from ._errors import PluginError as PluginError
+from ._errors import PluginWarning as PluginWarning
+from ._errors import UnknownPluginError as UnknownPluginError
 from ._halting import halting_depths as halting_depths
 from ._halting import halting_distribution as halting_distribution
 from ._halting import ponder_loss as ponder_loss
@@ -32,6 +32,7 @@ from .exits._registry import unregister_exit_criterion as unregister_exit_criter
 from .layer_drop._list import LayerDropList as LayerDropList
 from .layer_drop._registry import available_drop_rules as available_drop_rules
 from .layer_drop._registry import get_drop_rule as get_drop_rule
+from .layer_drop._registry import refresh_drop_rules as refresh_drop_rules
 from .layer_drop._registry import register_drop_rule as register_drop_rule
 from .layer_drop._registry import unregister_drop_rule as unregister_drop_rule
 from .layer_drop._rules import BernoulliDrop as BernoulliDrop
@@ -78,11 +79,8 @@ __all__ = [
     "DepthSampler",
     "DepthScheduler",
     "DropRule",
-    "DropRulePluginError",
     "DynamicNet",
     "ExitCriterion",
-    "ExitCriterionPluginError",
-    "ExitCriterionPluginWarning",
     "ExitWhenConverged",
     "FixedDepth",
     "GeometricDepth",
@@ -93,10 +91,10 @@ __all__ = [
     "NestedDrop",
     "NonFiniteError",
     "OutputKL",
+    "PluginError",
+    "PluginWarning",
     "PonderHalting",
     "RepeatedBlock",
-    "SamplerPluginError",
-    "SamplerPluginWarning",
     "ScheduledDepth",
     "ScheduledResult",
     "SeededDepth",
@@ -105,9 +103,7 @@ __all__ = [
     "SupervisionRows",
     "TrainingHistory",
     "UniformDepth",
-    "UnknownDropRuleError",
-    "UnknownExitCriterionError",
-    "UnknownSamplerError",
+    "UnknownPluginError",
     "__version__",
     "available_drop_rules",
     "available_exit_criteria",
@@ -121,6 +117,7 @@ __all__ = [
     "linear_drop_rates",
     "load_checkpoint",
     "ponder_loss",
+    "refresh_drop_rules",
     "refresh_exit_criteria",
     "refresh_samplers",
     "register_drop_rule",
@@ -138,3 +135,21 @@ for _name in __all__:
     if hasattr(_obj, "__module__") and not isinstance(_obj, str):
         _obj.__module__ = __name__
 del _name, _obj
+
+
+def __getattr__(name: str) -> _Any:
+    """The deprecated names: each warns with a ``FutureWarning`` and gives its replacement."""
+    replacement = _DEPRECATED_ALIASES.get(name)
+    if replacement is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _sys._getframe(1).f_globals.get("__name__") == "importlib._bootstrap":
+        # `from stochdepth import X` asks hasattr first, then gets X: warn once, at the get
+        return replacement
+    _warnings.warn(
+        f"stochdepth.{name} is deprecated and will be removed in the next release; use "
+        f"stochdepth.{replacement.__name__}, the one class every plugin kind raises (it is "
+        f"the same class, so except clauses keep working)",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return replacement

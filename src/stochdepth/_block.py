@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numbers
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from . import _repeats
 from ._depth import DEFAULT_DEPTH_LIMIT, DepthChoice, EvalDepth, check_within_limit, row_count
@@ -16,6 +18,7 @@ from ._layer_call import (
     LayerCall,
     Output,
     PlainCall,
+    RepeatHook,
     RowArgs,
     check_kwargs,
     check_output,
@@ -41,107 +44,58 @@ _EXTRA_STATE_KEY = "_extra_state"
 class RepeatedBlock(nn.Module):
     """Applies one shape-preserving ``layer`` a sampled number of times.
 
-    The same ``layer``, with the same weights, is applied ``d`` times in a row;
-    ``d = 0`` returns the input unchanged. In training mode ``d`` is drawn from
-    ``sampler`` on every forward pass, so the graph that autograd records changes
-    from one call to the next, as in the article's ``DynamicNet``. The number of
-    parameters is the layer's, whatever the depth.
-
-    In eval mode the depth is deterministic by default: ``eval_depth="max"`` uses the
-    sampler's ``max_depth``, the whole network, as stochastic depth and LayerDrop do
-    at test time. ``eval_depth`` may instead be an int, ``"min"``, or ``"sample"`` to
-    keep drawing as in training (what the article's model does, since it has no
-    eval mode), or :class:`~stochdepth.ExitWhenConverged` to spend depth where the
-    input needs it: repeat until the state stops changing.
+    The same ``layer``, with the same weights, runs ``d`` times in a row (``d = 0``
+    returns the input). In training mode ``d`` is drawn from ``sampler`` on every
+    forward pass, as in the article's ``DynamicNet``; in eval mode it follows
+    ``eval_depth``. The parameter count is the layer's, whatever the depth. Why each
+    option exists and what it costs: the [performance](../performance.md),
+    [test-time depth](../test-time-depth.md) and [recipes](../recipes.md) pages.
 
     Args:
-        layer: The module to repeat, called as ``layer(state, *args, **kwargs)``
-            with the extra arguments given to the block. It must return a tensor of
-            its input's shape (or, with ``output``, something the state is read
-            from); this is checked on every application.
-        sampler: Where training-mode depths come from (default:
-            ``UniformDepth(0, 3)``, the article's ``random.randint(0, 3)``). It is
-            checked against :class:`~stochdepth.DepthSampler` here, once.
-        eval_depth: The eval-mode depth: an int >= 0, ``"max"`` (default),
-            ``"min"``, ``"sample"``, or ``ExitWhenConverged(tol, max_depth, ...)``:
-            repeat until the criterion says stop (with ``per_sample=True`` each row
-            stops on its own, and ``last_depth`` holds the rows' depths). Early exit
-            needs ``mode="skip"``.
-        mode: ``"skip"`` (default): the layer runs exactly ``depth`` times, so the
-            graph changes with the depth, and at depth 0 the layer is unused (its
-            parameters get no gradient, ``.grad`` stays ``None``). ``"masked"``: the
-            layer runs ``sampler.max_depth`` times and repeat ``i`` is kept only
-            where ``i < depth`` (``torch.where``), so the graph is the same at every
-            depth: ``torch.compile(fullgraph=True)`` and ``torch.export`` take it,
-            with the depth as a tensor argument. Outputs and gradients equal skip
-            mode's, except that unused repeats give zero gradients instead of none,
-            and that a repeat the depth discards still runs: a layer that overflows
-            there (``exp`` in float16, say) gives NaN gradients through
-            ``torch.where``, and dropout in it draws random numbers. A layer with
-            running statistics (``BatchNorm``) is refused. See the performance page
-            of the docs.
-        per_sample: Draw a depth for every row (dimension 0) of the input instead
-            of one for the batch. In skip mode the layer then runs, at each repeat,
-            only on the rows still active, so the work follows the mean depth. The
-            layer must treat rows independently (no ``BatchNorm``). The rows' depths
-            come from the sampler's ``sample_batch`` (see
-            :class:`~stochdepth.DepthSampler`).
-        checkpoint: Recompute the repeats in the backward pass instead of keeping
-            their activations (``torch.utils.checkpoint``, non-reentrant):
-            ``True`` checkpoints segments of ``ceil(sqrt(depth))`` repeats, so the
-            activations kept grow as ``sqrt(depth)``; an int ``k >= 1`` checkpoints
-            segments of ``k`` repeats. Gradients are bitwise those of
-            ``checkpoint=False``, and buffers that the layer updates (BatchNorm's
-            running statistics) are updated once, as without checkpoints (in eager
-            mode; under ``torch.compile`` the recomputation updates them again).
-        depth_limit: The most times one forward pass may apply the layer (default
-            10 000), a guard against a depth such as ``10**9`` that would run for
-            hours or exhaust memory. The sampler's ``max_depth`` and an int
-            ``eval_depth`` must not exceed it; a deeper forward pass raises.
-        row_args: The extra arguments that have a row per row of ``x`` (a padding
-            mask, an injected input, rotary ``(cos, sin)`` tables): keyword names, or
-            positions among the extra positional arguments (0 is the first after
-            ``x``); one entry or a sequence. Each may be a tensor or a nested tuple,
-            list or dict of tensors; every tensor in it must have ``x``'s number of
-            rows along dimension 0 (checked on every call). With ``per_sample=True``
-            they are cut to the rows that run at each repeat, so that each row's
-            result is the layer applied to that row alone with its own arguments.
-        step_kwarg: Pass the 0-based repeat index, a Python int, to the layer under
-            this keyword (a Universal Transformer's time signal, a per-step
-            embedding).
-        output: How the next state is read from what the layer returns: ``None``
-            (default), the return value itself; an int, that element of a returned
-            tuple or list (``0`` for Hugging Face style layers); or a callable mapping
-            the return value to the next state. The state's shape is checked.
-        grad_depth: Truncated backpropagation: autograd records only the last ``k``
-            repeats of each forward pass, and the first ``depth - k`` run under
-            ``torch.no_grad()`` (all of them when ``depth <= k``), so the activation
-            memory does not grow with ``depth - k``, and the input gets no gradient
-            when ``depth > k``. An int ``k >= 0``, or a depth sampler drawn on every
-            forward pass with autograd enabled. ``last_depth`` stays the total
-            depth. When no repeat is recorded (``k = 0``) the pass goes through the
-            depth-0 path. With ``per_sample=True`` each row records its own last
-            ``k`` repeats (the layer then runs on two groups of rows at the repeats
-            where some rows are still frozen). Refused in masked mode, whose graph
-            holds every repeat.
+        layer: The module to repeat, called as ``layer(state, *args, **kwargs)`` with
+            the block's extra arguments; it must return a tensor of the state's shape
+            (or, with ``output``, something the state is read from), checked at every
+            repeat.
+        sampler: Training-mode depths (default ``UniformDepth(0, 3)``, the article's
+            ``random.randint(0, 3)``), checked against
+            :class:`~stochdepth.DepthSampler` once, here.
+        eval_depth: The eval-mode depth: an int >= 0, ``"max"`` (default), ``"min"``,
+            ``"sample"`` (draw as in training), or
+            :class:`~stochdepth.ExitWhenConverged` (repeat until the state stops
+            changing; skip mode only).
+        depth_limit: The most repeats one forward pass may run (default 10 000).
+        mode: ``"skip"`` (default): the layer runs exactly ``depth`` times, and at
+            depth 0 its parameters get no gradient. ``"masked"``: it runs
+            ``sampler.max_depth`` times and repeat ``i`` is kept where ``i < depth``
+            (``torch.where``): one graph for every depth, for ``torch.export`` and
+            ``fullgraph=True``; unused repeats give zero gradients. Refuses layers with
+            running statistics and ``grad_depth``.
+        per_sample: A depth for every row (dimension 0) instead of one per batch; the
+            layer must treat rows independently. Drawn with the sampler's
+            ``sample_batch``.
+        checkpoint: Activation checkpointing of the repeats (``torch.utils.checkpoint``,
+            not the run files of :func:`~stochdepth.train`): ``True`` for segments of
+            ``ceil(sqrt(depth))`` repeats, an int ``k >= 1`` for segments of ``k``.
+            Gradients are bitwise those without it.
+        row_args: Which extra arguments have a row per row of ``x`` (positions among
+            the extra positional arguments, or keyword names); checked on every call,
+            cut with the rows under ``per_sample=True``.
+        step_kwarg: Pass the 0-based repeat index to the layer under this keyword.
+        output: How the next state is read from what the layer returns: ``None`` (the
+            value itself), an int (that element of a tuple or list), or a callable.
+        grad_depth: Truncated backprop: autograd records only the last ``k`` repeats
+            (an int ``k >= 0``, or a sampler drawn per pass); skip mode only.
 
     Attributes:
         layer: The repeated module.
 
     Raises:
-        TypeError: ``layer`` is not an ``nn.Module``, ``sampler`` does not satisfy
-            :class:`~stochdepth.DepthSampler`, ``eval_depth`` is neither an int
-            nor a policy name, or ``mode``, ``per_sample``, ``checkpoint``,
-            ``row_args``, ``step_kwarg``, ``output`` or ``grad_depth`` has the wrong
-            type.
-        ValueError: ``eval_depth`` is negative or an unknown policy name, the
-            sampler's bounds are negative or reversed, the sampler's ``max_depth``
-            or an int ``eval_depth`` is above ``depth_limit``, ``mode`` is unknown,
-            ``checkpoint`` is an int below 1, or ``mode="masked"`` is asked for with
-            an int ``eval_depth`` above the sampler's ``max_depth``, a layer that
-            keeps running statistics, or ``grad_depth``; ``row_args`` repeats an
-            entry or holds a negative position; ``step_kwarg`` is not a keyword
-            name; or ``grad_depth`` is a negative int.
+        TypeError: An argument has the wrong type (the message names it).
+        ValueError: An argument has a wrong value: a negative or unknown
+            ``eval_depth``, sampler bounds that are negative, reversed or above
+            ``depth_limit``, an unknown ``mode``, ``checkpoint < 1``, a masked-mode
+            conflict (see ``mode``), a repeated or negative ``row_args`` entry, a
+            ``step_kwarg`` that is not a keyword name, or a negative ``grad_depth``.
 
     Example:
         >>> import torch
@@ -203,6 +157,7 @@ class RepeatedBlock(nn.Module):
                 "compilation need) cannot switch autograd off by value; use mode='skip' "
                 "(with or without per_sample) for truncated backprop"
             )
+        self._repeat_hooks: dict[int, RepeatHook] = OrderedDict()  # weakly referable
         self._plain_call: PlainCall | None = None
         self._set_plain_call()
         self.register_load_state_dict_pre_hook(  # type: ignore[no-untyped-call]
@@ -212,7 +167,9 @@ class RepeatedBlock(nn.Module):
     def _set_plain_call(self) -> None:
         """Build the call that every pass without extra arguments reuses, if it may."""
         plain = self._step_kwarg is None and self._output is None
-        self._plain_call = PlainCall(self.layer, self._shape_error) if plain else None
+        self._plain_call = (
+            PlainCall(self.layer, self._shape_error, self._repeat_hooks, self) if plain else None
+        )
 
     def forward(
         self, x: Tensor, /, *args: Any, depth: int | Tensor | None = None, **kwargs: Any
@@ -247,9 +204,135 @@ class RepeatedBlock(nn.Module):
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {describe(x)}")
         call = self._call(x, args, kwargs)
-        if not self.training and (policy := self._choice.early_exit(depth)) is not None:
+        training = self.training
+        if not training and (policy := self._choice.early_exit(depth)) is not None:
             return self._exit_early(policy, call, x)
-        return self._repeats(self, x, call, depth)
+        return self._repeats(self._choice, self._grad, x, call, depth, training, self._depth_zero)
+
+    def draw_depth(self, x: Tensor) -> int | Tensor:
+        """Draw the depth that the next forward pass on ``x`` would use, without running it.
+
+        Drawn exactly as :meth:`forward` draws it (advancing the sampler): in training
+        mode from the sampler, in eval mode the eval policy's depth (for
+        ``ExitWhenConverged``, its ``max_depth``). Nothing is recorded; pass the depth
+        to :meth:`run` (or to :meth:`forward`, which records it) and, to count it,
+        to :meth:`record_depth`.
+
+        Args:
+            x: The input the pass would run on (its rows count with ``per_sample``).
+
+        Returns:
+            An int, or with ``per_sample=True`` a CPU int64 tensor of the rows' depths.
+
+        Raises:
+            TypeError: ``x`` is not a tensor, or the sampler drew a non-int.
+            ValueError: The depth is out of the sampler's bounds, above
+                ``depth_limit``, or (masked mode) above ``max_depth``.
+        """
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {describe(x)}")
+        choice, training = self._choice, self.training
+        if self._mode == "masked":
+            return choice.masked_draw(x, None, training, self._per_sample, record=False)
+        if self._per_sample:
+            return choice.rows(row_count(x), None, training, record=False)
+        return choice.one(None, training, record=False)
+
+    def record_depth(self, depth: int | Tensor) -> None:
+        """Record ``depth`` in :attr:`last_depth` and the histogram, as a forward pass does.
+
+        For a driver that draws with :meth:`draw_depth` and runs with :meth:`run`
+        (CUDA graphs); the histogram counts only in training mode.
+        """
+        self._choice.record(depth, self.training)
+
+    def run(self, x: Tensor, /, *args: Any, depth: int | Tensor, **kwargs: Any) -> Tensor:
+        """Run at ``depth`` as ``forward(x, *args, depth=depth, **kwargs)``, recording nothing.
+
+        ``last_depth`` and :attr:`depth_histogram` are left as they are (a
+        ``grad_depth`` sampler is drawn, as in :meth:`forward`).
+
+        Raises:
+            TypeError: ``depth`` is ``None``; otherwise as :meth:`forward`.
+            ValueError: As :meth:`forward`.
+        """
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {describe(x)}")
+        if depth is None:
+            raise TypeError("run() needs a depth (an int or a depth tensor), got None")
+        call = self._call(x, args, kwargs)
+        return self._repeats(
+            self._choice, self._grad, x, call, depth, self.training, self._depth_zero, False
+        )
+
+    def step(self, state: Tensor, /, *args: Any, repeat: int, **kwargs: Any) -> Tensor:
+        """Apply the layer once, exactly as the forward pass applies repeat ``repeat``.
+
+        The extra arguments, ``step_kwarg``, ``output=`` and the shape check, and the
+        repeat hooks, as in :meth:`forward`; no depth is drawn or recorded. For a
+        driver that runs the repeats itself (a scheduler, a KV cache).
+
+        Args:
+            state: The state before the repeat.
+            *args: Extra positional arguments, as for :meth:`forward`.
+            repeat: Keyword-only: the 0-based repeat index.
+            **kwargs: Extra keyword arguments, as for :meth:`forward`.
+
+        Returns:
+            The state after the repeat.
+
+        Raises:
+            TypeError: ``state`` is not a tensor or ``repeat`` not an int.
+            ValueError: ``repeat`` is negative, or as :meth:`forward` for the layer's
+                result and the row-aligned arguments.
+        """
+        if not isinstance(state, Tensor):
+            raise TypeError(f"state must be a torch.Tensor, got {describe(state)}")
+        if type(repeat) is not int or repeat < 0:
+            repeat = check_int("repeat", repeat)
+        return self._call(state, args, kwargs)(state, repeat, repeat + 1)
+
+    def register_repeat_hook(self, hook: RepeatHook) -> RemovableHandle:
+        """Call ``hook(block, repeat)`` right before every application of the layer.
+
+        In every path (skip, masked, per row, :meth:`iterate`, early exit,
+        :meth:`step`) with the 0-based repeat index, and again, with the same index,
+        when activation checkpointing recomputes a repeat in the backward pass.
+
+        Returns:
+            A handle whose ``remove()`` unregisters the hook.
+        """
+        if not callable(hook):
+            raise TypeError(f"hook must be callable, got {describe(hook)}")
+        handle = RemovableHandle(self._repeat_hooks)
+        self._repeat_hooks[handle.id] = hook
+        return handle
+
+    def check_sampler(self, sampler: object) -> DepthSampler:
+        """Run the checks of ``block.sampler = sampler`` without binding it.
+
+        Returns:
+            ``sampler``, checked.
+
+        Raises:
+            TypeError: ``sampler`` does not satisfy :class:`~stochdepth.DepthSampler`.
+            ValueError: Its bounds exceed ``depth_limit``, or (masked mode) its
+                ``max_depth`` is below an int ``eval_depth``.
+        """
+        return self._choice.check_fits(sampler)
+
+    @property
+    def last_grad_depth(self) -> int | None:
+        """The truncated-backprop depth ``k`` the last pass with autograd drew, or ``None``.
+
+        ``None`` without ``grad_depth`` or before the first such pass.
+        """
+        return self._grad.last
+
+    @property
+    def grad_depth(self) -> int | DepthSampler | None:
+        """The ``grad_depth`` option given at construction."""
+        return self._grad.value
 
     def iterate(
         self, x: Tensor, /, *args: Any, depth: int | None = None, **kwargs: Any
@@ -317,7 +400,15 @@ class RepeatedBlock(nn.Module):
         if kwargs:
             check_kwargs(kwargs, self._step_kwarg)
         call = LayerCall(
-            self.layer, args, kwargs, self._rows, self._step_kwarg, self._output, self._shape_error
+            self.layer,
+            args,
+            kwargs,
+            self._rows,
+            self._step_kwarg,
+            self._output,
+            self._shape_error,
+            self._repeat_hooks,
+            self,
         )
         if self._rows:
             call.check_rows(x)
@@ -613,8 +704,5 @@ def _default_missing_sampler_state(
     and strict loading reports it.
     """
     key = prefix + _EXTRA_STATE_KEY
-    if key not in state_dict and isinstance(module, RepeatedBlock):
-        sampler = module.sampler
-        stateless = isinstance(sampler, nn.Module) or not has_state(sampler)
-        if stateless and module._grad.state() is None:
-            state_dict[key] = {}
+    if key not in state_dict and isinstance(module, RepeatedBlock) and not module.get_extra_state():
+        state_dict[key] = {}  # nothing to lose

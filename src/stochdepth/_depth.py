@@ -7,7 +7,10 @@ block's limits; and recorded (``last_depth``, and in training mode the histogram
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import numbers
+from collections.abc import Iterator
 from typing import Literal, cast
 
 import torch
@@ -103,8 +106,12 @@ class DepthChoice:
                 f"mode='masked', which runs max_depth repeats; got {eval_depth}"
             )
 
-    def one(self, depth: object, training: bool) -> int:
-        """One depth for the batch: drawn, the eval policy's, or ``depth`` checked."""
+    def one(self, depth: object, training: bool, record: bool = True) -> int:
+        """One depth for the batch: drawn, the eval policy's, or ``depth`` checked.
+
+        With ``record`` (the forward pass) it goes into ``last`` and, in training mode,
+        ``counts``.
+        """
         given = depth is not None
         if depth is None:
             depth = draw_one(self._sampler) if training else self.eval_value()
@@ -112,13 +119,27 @@ class DepthChoice:
             depth = check_int("depth", depth)
         if depth > self.depth_limit:
             raise self.limit_error(depth, given)
-        self.last = depth
-        if training:
-            counts = self.counts
-            counts[depth] = counts.get(depth, 0) + 1
+        if record:
+            self.last = depth
+            if training:
+                counts = self.counts
+                counts[depth] = counts.get(depth, 0) + 1
         return depth
 
-    def rows(self, rows: int, depth: object, training: bool) -> Tensor:
+    def record(self, depth: int | Tensor, training: bool) -> None:
+        """Record a depth as a forward pass does: ``last``, and in training mode ``counts``."""
+        self.last = depth
+        if not training:
+            return
+        counts = self.counts
+        if isinstance(depth, int):
+            counts[depth] = counts.get(depth, 0) + 1
+        elif depth.numel():
+            for value, count in enumerate(torch.bincount(depth.reshape(-1).cpu()).tolist()):
+                if count:
+                    counts[value] = counts.get(value, 0) + count
+
+    def rows(self, rows: int, depth: object, training: bool, record: bool = True) -> Tensor:
         """The rows' depths (a CPU int64 tensor): drawn, the eval policy's, or given."""
         if isinstance(depth, Tensor):
             depths = self._given_rows(rows, depth)
@@ -130,12 +151,8 @@ class DepthChoice:
         deepest = int(depths.max()) if rows else 0
         if deepest > self.depth_limit:
             raise self.limit_error(deepest, depth is not None)
-        self.last = depths
-        if training and rows:
-            counts = self.counts
-            for value, count in enumerate(torch.bincount(depths).tolist()):
-                if count:
-                    counts[value] = counts.get(value, 0) + count
+        if record:
+            self.record(depths, training)
         return depths
 
     def _given_rows(self, rows: int, depth: Tensor) -> Tensor:
@@ -151,36 +168,51 @@ class DepthChoice:
             raise ValueError(f"depth must be >= 0, got a tensor holding {low}")
         return depths
 
-    def masked_depth(self, x: Tensor, depth: object, training: bool, per_row: bool) -> Tensor:
-        """Masked mode: the depth as an int64 tensor on ``x``'s device (0-d, or per row).
+    def masked_draw(
+        self, x: Tensor, depth: object, training: bool, per_row: bool, record: bool = True
+    ) -> int | Tensor:
+        """Masked mode: an int depth, or the rows' depths (CPU int64), within ``max_depth``.
 
         An int depth is refused above ``max_depth`` before the histogram records it.
         """
         if isinstance(depth, int):
             self.check_within_max(depth)
         if per_row:
-            depths = self.rows(row_count(x), depth, training)
+            depths = self.rows(row_count(x), depth, training, record)
             if depths.numel():
                 self.check_within_max(int(depths.max()))
-            return depths.to(x.device)
-        value = self.one(depth, training)
+            return depths
+        value = self.one(depth, training, record)
         self.check_within_max(value)
-        return torch.tensor(value, dtype=torch.int64, device=x.device)
+        return value
 
-    def given_tensor(self, x: Tensor, depth: Tensor, per_row: bool) -> Tensor:
-        """Check a depth tensor given to masked mode (by value in eager mode only)."""
+    def masked_depth(
+        self, x: Tensor, depth: object, training: bool, per_row: bool, record: bool = True
+    ) -> Tensor:
+        """Masked mode: the depth as an int64 tensor on ``x``'s device (0-d, or per row)."""
+        drawn = self.masked_draw(x, depth, training, per_row, record)
+        if isinstance(drawn, int):
+            return torch.tensor(drawn, dtype=torch.int64, device=x.device)
+        return drawn.to(x.device)
+
+    def given_tensor(self, x: Tensor, depth: Tensor, per_row: bool, record: bool = True) -> Tensor:
+        """Check a depth tensor given to masked mode.
+
+        By value in eager mode only: not while compiling, nor within
+        :func:`unread_depth_tensors` (a CUDA graph capture).
+        """
         shape = (row_count(x),) if per_row else ()
         if depth.dtype not in _INTEGER_DTYPES or tuple(depth.shape) != shape:
             raise TypeError(
                 f"depth must be an int or an integer tensor of shape {shape} in this mode, "
                 f"got a tensor of dtype {depth.dtype} and shape {tuple(depth.shape)}"
             )
-        if not torch.compiler.is_compiling() and depth.numel():
+        if not torch.compiler.is_compiling() and depth.numel() and not _UNREAD.get():
             low, high = (int(v) for v in torch.aminmax(depth))
             if low < 0:
                 raise ValueError(f"depth must be >= 0, got a tensor holding {low}")
             self.check_within_max(high)
-        if not _exporting():  # an exported program has no attributes to set
+        if record and not _exporting():  # an exported program has no attributes to set
             self.last = depth
         return depth.to(device=x.device, dtype=torch.int64)
 
@@ -270,6 +302,24 @@ def row_count(x: Tensor) -> int:
             "per_sample=True draws a depth for every row (dimension 0) of x, but x is a 0-d tensor"
         )
     return x.shape[0]
+
+
+_UNREAD: contextvars.ContextVar[bool] = contextvars.ContextVar("stochdepth_unread", default=False)
+
+
+@contextlib.contextmanager
+def unread_depth_tensors() -> Iterator[None]:
+    """Within: masked mode uses a given depth tensor without reading its values.
+
+    For a CUDA graph capture, which refuses the host read (a synchronisation) that the
+    check by value makes: the capturing driver drew and checked the values it copies
+    into the tensor, outside the graph.
+    """
+    token = _UNREAD.set(True)
+    try:
+        yield
+    finally:
+        _UNREAD.reset(token)
 
 
 def _exporting() -> bool:

@@ -10,12 +10,8 @@ Three pieces, usable in any ``DistributedDataParallel`` loop and put together by
   gradient that single-process training leaves them (DDP writes zeros).
 
 A :class:`~stochdepth.RepeatedBlock` needs none of them to run under DDP with its
-default ``find_unused_parameters=False``: inside a DDP forward pass, a training block
-that skips its layer ties the layer's parameters into its output with no gradient
-(``stochdepth._tie``), so that DDP reduces their bucket. Without that, PyTorch 2.13's
-DDP (gloo) reduces nothing on such a step: every rank steps with its own unreduced
-gradients and the next forward pass raises "Expected to have finished reduction in the
-prior iteration before starting a new one".
+default ``find_unused_parameters=False`` (``stochdepth._tie``); the docs' Distributed
+training page tells the depth-0 story.
 """
 
 from __future__ import annotations
@@ -30,6 +26,7 @@ from torch import Tensor, nn
 from . import _tie
 from ._block import RepeatedBlock
 from ._errors import DepthMismatchError as DepthMismatchError
+from ._tie import process_group_up as process_group_up
 from ._validation import check_int, describe
 from .samplers._protocol import DepthSampler, check_sampler, has_set_step, has_state
 
@@ -154,33 +151,16 @@ class BroadcastDepth:
         return f"BroadcastDepth({self._sampler!r}, src={self._src})"
 
 
-def process_group_up() -> bool:
-    """Whether a default ``torch.distributed`` process group is initialized."""
-    return dist.is_available() and dist.is_initialized()
-
-
 class SkippedLayerTie:
     """Gives the layers a DDP step skipped their single-process ``None`` gradient back.
 
-    At depth 0 a block skips its layer, whose parameters then take no part in the
-    loss. Inside a ``DistributedDataParallel`` forward pass the block ties them into
-    its output with no gradient, so that DDP reduces their bucket (without it, DDP
-    fails on the next forward pass). This tie registers a forward hook on every block
-    of ``model`` that notes, on a training-mode forward pass at depth 0 (with
-    gradients enabled), which parameters were skipped, and ties them itself when the
-    block did not (outside a DDP forward pass: a DDP of your own making); at depths
-    above 0 it only notes that the block ran.
-
-    DDP writes zeros into the ``.grad`` of parameters that it reduced without a
-    gradient, where single-process training leaves ``.grad`` at ``None`` (after
-    ``zero_grad()``, whose default sets it to ``None``), so that momentum SGD and Adam
-    skip the parameter: no step, no decay of its momentum or moments, no weight decay.
-    Call :meth:`restore_skipped_grads` after ``backward()`` and before
-    ``optimizer.step()`` to set those gradients back to ``None`` and get the
-    single-process update exactly.
-
-    Install it on the model before wrapping it in DDP or after; it works without DDP
-    too (where the skipped layer's gradients stay ``None`` anyway).
+    A forward hook on every block of ``model`` notes which parameters a training-mode
+    pass at depth 0 skipped (and ties them itself where the block did not, outside a
+    DDP forward pass). DDP writes zeros into their ``.grad`` where single-process
+    training leaves ``None``: call :meth:`restore_skipped_grads` after ``backward()``
+    and before ``optimizer.step()`` to get the single-process update exactly. Install
+    it before wrapping the model in DDP or after; it works without DDP too. Why:
+    [depth 0 under DDP](../distributed.md#depth-0-under-ddp).
 
     Args:
         model: The model whose blocks to tie (the module inside DDP, not DDP).
@@ -335,7 +315,7 @@ def _skipped_its_layer(block: RepeatedBlock) -> bool:
     """
     if getattr(block, "mode", "skip") != "skip":
         return False
-    if block._grad.last == 0:  # grad_depth left no repeat recorded: the layer is unused
+    if block.last_grad_depth == 0:  # grad_depth left no repeat recorded: the layer is unused
         return True
     depth: object = block.last_depth
     if isinstance(depth, Tensor):

@@ -9,67 +9,50 @@ message says how to rebuild itself in ``__reduce__``.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
-class UnknownSamplerError(LookupError):
-    """A sampler name is neither built in, registered, nor provided by a plugin.
+class UnknownPluginError(LookupError, ValueError):
+    """No sampler, drop rule or exit criterion has this name: built in, registered or plugged in.
 
-    The message lists the names that are available, and the closest one.
+    The message names the kind, lists the names that are available and suggests the
+    closest one. A ``LookupError``, and a ``ValueError`` as an unknown
+    ``LayerDropList(..., rule=name)`` argument is.
     """
 
 
-class SamplerPluginError(RuntimeError):
-    """A sampler plugin asked for by name failed to load or is not a sampler.
+class PluginError(RuntimeError, LookupError):
+    """A plugin asked for by name failed to load, or does not provide its kind of object.
 
-    The message names the plugin's entry point and its distribution.
+    The message names the kind, the plugin's entry point and its distribution. A
+    ``RuntimeError``, and a ``LookupError`` (as a failed lookup by name).
     """
 
 
-class SamplerPluginWarning(UserWarning):
-    """A sampler or drop-rule plugin was left out of the listing: it is broken or shadowed.
+class PluginWarning(UserWarning):
+    """A plugin was left out of a listing: it failed to load, is of the wrong kind, or is shadowed.
 
-    Listing the samplers (or the drop rules) never fails because of a plugin; it
-    warns with this category, naming the entry point, and goes on.
+    Listing the samplers, the drop rules or the exit criteria never fails because of a
+    plugin; it warns with this category, naming the entry point, and goes on.
     """
 
 
-class UnknownDropRuleError(LookupError, ValueError):
-    """A drop-rule name is neither built in, registered, nor provided by a plugin.
+DEPRECATED_ALIASES: Mapping[str, type[Exception]] = {
+    "UnknownSamplerError": UnknownPluginError,
+    "UnknownDropRuleError": UnknownPluginError,
+    "UnknownExitCriterionError": UnknownPluginError,
+    "SamplerPluginError": PluginError,
+    "DropRulePluginError": PluginError,
+    "ExitCriterionPluginError": PluginError,
+    "SamplerPluginWarning": PluginWarning,
+    "ExitCriterionPluginWarning": PluginWarning,
+}
+"""The kinds' own exception names before the one set above, each now the shared class.
 
-    The message lists the names that are available, and the closest one. It is a
-    ``ValueError`` too, as :func:`~stochdepth.get_drop_rule` and
-    :func:`~stochdepth.unregister_drop_rule` raised before it existed, and as an
-    unknown ``LayerDropList(..., rule=name)`` argument is.
-    """
-
-
-class DropRulePluginError(LookupError):
-    """A drop-rule plugin asked for by name failed to load or is not a rule factory.
-
-    The message names the plugin's entry point and its distribution. A drop-rule
-    plugin that is left out of :func:`~stochdepth.available_drop_rules` is warned
-    about with :class:`SamplerPluginWarning`, the one plugin warning.
-    """
-
-
-class UnknownExitCriterionError(LookupError):
-    """An exit criterion's name is neither built in, registered, nor from a plugin.
-
-    The message lists the names that are available, and the closest one.
-    """
-
-
-class ExitCriterionPluginError(RuntimeError):
-    """An exit-criterion plugin asked for by name failed to load or is not a criterion.
-
-    The message names the plugin's entry point and its distribution.
-    """
-
-
-class ExitCriterionPluginWarning(UserWarning):
-    """An exit-criterion plugin was left out of the listing: it is broken or shadowed."""
+``stochdepth.SamplerPluginError`` still imports, with a ``FutureWarning``, and *is*
+:class:`PluginError`, so that ``except SamplerPluginError`` catches what it caught.
+"""
 
 
 class CheckpointError(ValueError):

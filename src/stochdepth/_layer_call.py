@@ -28,6 +28,15 @@ Output = int | Callable[[Any], Tensor] | None
 ShapeError = Callable[[Tensor, object, int, int], Exception]
 """Builds the error for a state of the wrong shape: ``(x, state, repeat, depth)``."""
 
+RepeatHook = Callable[[Any, int], None]
+"""Called as ``hook(block, repeat)`` right before every application of the layer."""
+
+
+def run_hooks(hooks: Mapping[int, RepeatHook], owner: nn.Module, repeat: int) -> None:
+    """Call every repeat hook (a copy of the list, so a hook may remove itself)."""
+    for hook in tuple(hooks.values()):
+        hook(owner, repeat)
+
 
 class RowArgs:
     """Which extra arguments are row-aligned: positions among ``args`` and keyword names.
@@ -123,6 +132,9 @@ class LayerCall:
             ``None``.
         output: How the next state is read from the layer's return value.
         error: Builds the error for a state of the wrong shape.
+        hooks: The owner's repeat hooks (the owner's own mapping, shared, so that a
+            hook registered later is seen), called before every application.
+        owner: The module passed to the hooks.
     """
 
     def __init__(
@@ -134,6 +146,8 @@ class LayerCall:
         step_kwarg: str | None,
         output: Output,
         error: ShapeError,
+        hooks: Mapping[int, RepeatHook],
+        owner: nn.Module,
     ) -> None:
         self.layer = layer
         self.args = args
@@ -142,9 +156,13 @@ class LayerCall:
         self.step_kwarg = step_kwarg
         self.output = output
         self.error = error
+        self.hooks = hooks
+        self.owner = owner
 
     def __call__(self, x: Tensor, repeat: int, depth: int) -> Tensor:
         """Apply repeat ``repeat`` (0-based, of ``depth``) to the state ``x``."""
+        if self.hooks:
+            run_hooks(self.hooks, self.owner, repeat)
         kwargs = self.kwargs
         if self.step_kwarg is not None:
             kwargs = {**kwargs, self.step_kwarg: repeat}
@@ -160,16 +178,9 @@ class LayerCall:
         output = self.output
         if output is None:
             state = out
-        elif isinstance(output, int):
-            if not isinstance(out, (tuple, list)) or not -len(out) <= output < len(out):
-                raise TypeError(
-                    f"output={output} takes element {output} of a tuple or list that the "
-                    f"layer returns, but {type(self.layer).__name__} returned "
-                    f"{summarize(out)} at repeat {repeat + 1} of {depth}"
-                )
-            state = out[output]
         else:
-            state = output(out)
+            where = f" at repeat {repeat + 1} of {depth}"
+            state = read_state(out, output, type(self.layer).__name__, where)
         if not isinstance(state, Tensor) or state.shape != x.shape:
             raise self.error(x, state, repeat, depth)
         return state
@@ -213,7 +224,15 @@ class LayerCall:
             for key, value in self.kwargs.items()
         }
         return LayerCall(
-            self.layer, args, kwargs, self.rows, self.step_kwarg, self.output, self.error
+            self.layer,
+            args,
+            kwargs,
+            self.rows,
+            self.step_kwarg,
+            self.output,
+            self.error,
+            self.hooks,
+            self.owner,
         )
 
     def take(self, index: Tensor) -> LayerCall:
@@ -232,11 +251,19 @@ class PlainCall(LayerCall):
     the default path builds nothing per forward pass.
     """
 
-    def __init__(self, layer: nn.Module, error: ShapeError) -> None:
-        super().__init__(layer, (), {}, RowArgs(None), None, None, error)
+    def __init__(
+        self,
+        layer: nn.Module,
+        error: ShapeError,
+        hooks: Mapping[int, RepeatHook],
+        owner: nn.Module,
+    ) -> None:
+        super().__init__(layer, (), {}, RowArgs(None), None, None, error, hooks, owner)
 
     def __call__(self, x: Tensor, repeat: int, depth: int) -> Tensor:
         """Apply repeat ``repeat`` (0-based, of ``depth``) to the state ``x``."""
+        if self.hooks:
+            run_hooks(self.hooks, self.owner, repeat)
         out = self.layer(x)
         if not isinstance(out, Tensor) or out.shape != x.shape:
             raise self.error(x, out, repeat, depth)
@@ -249,6 +276,35 @@ class PlainCall(LayerCall):
     def narrow(self, start: int, stop: int) -> LayerCall:
         """This call: it has no row-aligned arguments."""
         return self
+
+
+def read_state(out: object, output: Output, layer: str, where: str = "") -> object:
+    """The next state, read from a layer's return value ``out`` as ``output=`` says.
+
+    The one reading of ``output=`` that :class:`~stochdepth.RepeatedBlock` and
+    :class:`~stochdepth.LayerDropList` share; the caller checks the state's shape.
+
+    Args:
+        out: What the layer returned.
+        output: ``None`` (``out`` itself), an int (that element of a tuple or list), or
+            a callable mapping ``out`` to the state.
+        layer: The layer, as the error message names it.
+        where: Appended to the error message (the repeat, say).
+
+    Raises:
+        TypeError: ``output`` is an int and ``out`` is not a tuple or list with that
+            element.
+    """
+    if output is None:
+        return out
+    if isinstance(output, int):
+        if not isinstance(out, (tuple, list)) or not -len(out) <= output < len(out):
+            raise TypeError(
+                f"output={output} takes element {output} of a tuple or list that {layer} "
+                f"returns, but it returned {summarize(out)}{where}"
+            )
+        return out[output]
+    return output(out)
 
 
 def summarize(value: object) -> str:

@@ -1,5 +1,11 @@
 """A registry of named factories for one kind of plugin: built in, registered, or installed.
 
+One mechanism for the three kinds that have names (samplers, drop rules, exit
+criteria): each kind's module makes a :class:`Registry` and wraps it in functions of a
+line or two. Every kind raises and warns with the same classes
+(:class:`~stochdepth.UnknownPluginError`, :class:`~stochdepth.PluginError`,
+:class:`~stochdepth.PluginWarning`), whose messages name the kind.
+
 Three sources, looked up in this order:
 
 1. the built-ins, a static table given at construction;
@@ -10,7 +16,8 @@ Three sources, looked up in this order:
    running process, say).
 
 The samplers use one (:data:`stochdepth.samplers._registry.SAMPLERS`), the drop rules
-another (:data:`stochdepth.layer_drop._registry.DROP_RULES`).
+another (:data:`stochdepth.layer_drop._registry.DROP_RULES`), the exit criteria a third
+(:data:`stochdepth.exits._registry.EXIT_CRITERIA`).
 """
 
 from __future__ import annotations
@@ -24,25 +31,15 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+from ._errors import PluginError, PluginWarning, UnknownPluginError
 from ._validation import describe
 
 T = TypeVar("T")
+FactoryT = TypeVar("FactoryT", bound=Callable[..., Any])
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*\Z")
-
-
-@dataclass(frozen=True)
-class Errors:
-    """What a registry raises and warns with: the plugin kind's own classes."""
-
-    unknown: type[LookupError]
-    """Raised for a name that no source has."""
-    plugin: type[Exception]
-    """Raised for a plugin that failed to load or is not of the kind."""
-    warning: type[Warning]
-    """Warned with when a plugin is left out of the listing."""
 
 
 @dataclass
@@ -81,14 +78,12 @@ class Registry(Generic[T]):
 
     Args:
         kind: The kind's name in messages (``"sampler"``).
+        kinds: Its plural, when not ``kind + "s"`` (``"exit criteria"``).
         provides: What a factory makes, in messages (``"DepthSampler"``).
         group: The entry-point group plugins declare themselves under.
         builtins: The built-in factories by name, the one place they are listed.
         problem: Says why an object cannot be a factory of this kind, or ``None``.
-        errors: The exception and warning classes to use.
         fixed_builtins: Whether the built-ins can be neither replaced nor removed.
-        overwrite_keyword: The keyword that the kind's register function takes for
-            ``overwrite``, to name in messages.
     """
 
     def __init__(
@@ -99,30 +94,43 @@ class Registry(Generic[T]):
         group: str,
         builtins: Mapping[str, T],
         problem: Callable[[object], str | None],
-        errors: Errors,
         fixed_builtins: bool = False,
-        overwrite_keyword: str = "overwrite",
+        kinds: str | None = None,
     ) -> None:
         self.kind = kind
+        self.kinds = f"{kind}s" if kinds is None else kinds
         self.provides = provides
         self.group = group
         self.builtins: Mapping[str, T] = MappingProxyType(dict(builtins))
-        self.errors = errors
         self.fixed_builtins = fixed_builtins
-        self.overwrite_keyword = overwrite_keyword
         self._problem = problem
         self._lock = threading.RLock()
         self._registered: dict[str, T] = dict(builtins)
         self._plugins: dict[str, _Plugin[T]] | None = None  # None: not discovered yet
 
+    def decorator(self, name: str, *, overwrite: bool = False) -> Callable[[FactoryT], FactoryT]:
+        """What ``register_<kind>(name)`` returns: registers a factory and returns it unchanged.
+
+        ``name`` is checked at once (:func:`check_name`), the factory when decorated.
+        """
+        name = check_name(name)
+
+        def register(factory: FactoryT) -> FactoryT:
+            self.register(name, factory, overwrite=overwrite)  # type: ignore[arg-type]
+            return factory
+
+        return register
+
     def register(self, name: str, factory: T, *, overwrite: bool = False) -> None:
-        """Register ``factory`` under ``name`` (checked by :func:`check_name` first).
+        """Register ``factory`` under ``name``.
 
         Raises:
-            TypeError: ``factory`` cannot make this kind of object.
-            ValueError: ``name`` is taken and ``overwrite`` is false, or is a fixed
-                built-in.
+            TypeError: ``name`` is not a string, or ``factory`` cannot make this kind
+                of object.
+            ValueError: ``name`` is malformed, or taken and ``overwrite`` is false, or
+                a fixed built-in.
         """
+        name = check_name(name)
         why = self._problem(factory)
         if why is not None:
             function = f"register_{self.kind.replace(' ', '_')}"
@@ -132,8 +140,7 @@ class Registry(Generic[T]):
             if name in self._registered and not overwrite:
                 raise ValueError(
                     f"a {self.kind} is already registered as {name!r} "
-                    f"({self._registered[name]!r}); pass {self.overwrite_keyword}=True "
-                    f"to replace it"
+                    f"({self._registered[name]!r}); pass overwrite=True to replace it"
                 )
             self._registered[name] = factory
 
@@ -141,8 +148,7 @@ class Registry(Generic[T]):
         """Remove a name registered in this process (built-ins included, unless fixed).
 
         Raises:
-            LookupError: Nothing is registered in this process as ``name`` (the
-                kind's ``unknown`` error).
+            UnknownPluginError: Nothing is registered in this process as ``name``.
             ValueError: ``name`` is a fixed built-in.
         """
         self._check_not_fixed(name, "removed")
@@ -153,7 +159,7 @@ class Registry(Generic[T]):
                     for other in self._registered
                     if not (self.fixed_builtins and other in self.builtins)
                 )
-                raise self.errors.unknown(
+                raise UnknownPluginError(
                     f"no {self.kind} is registered as {name!r}; the names registered "
                     f"in this process are: {', '.join(removable) or '(none)'}"
                 )
@@ -177,10 +183,9 @@ class Registry(Generic[T]):
         """Return the factory registered or plugged in as ``name``.
 
         Raises:
-            LookupError: No source has this name (the kind's ``unknown`` error); the
-                message lists the names and suggests the closest one.
-            Exception: The name belongs to a plugin that failed to load (the kind's
-                ``plugin`` error).
+            UnknownPluginError: No source has this name; the message lists the names
+                and suggests the closest one.
+            PluginError: The name belongs to a plugin that failed to load.
         """
         with self._lock:
             factory = self._registered.get(name)
@@ -191,12 +196,12 @@ class Registry(Generic[T]):
                 known = sorted({*self._registered, *self._discover()})
                 close = difflib.get_close_matches(name, known, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise self.errors.unknown(
-                    f"unknown {self.kind} {name!r}; the {self.kind}s are: {', '.join(known)}{hint}"
+                raise UnknownPluginError(
+                    f"unknown {self.kind} {name!r}; the {self.kinds} are: {', '.join(known)}{hint}"
                 )
             loaded = plugin.load(self._problem, self.provides)
             if loaded is None:
-                raise self.errors.plugin(
+                raise PluginError(
                     f"{self.kind} {name!r} comes from the plugin {plugin.describe()}, "
                     f"but {plugin.error}"
                 )
@@ -254,7 +259,7 @@ class Registry(Generic[T]):
             plugin.warned = True
             warnings.warn(
                 f"{self.kind} plugin {plugin.describe()} is left out: {why}",
-                self.errors.warning,
+                PluginWarning,
                 stacklevel=4,
             )
 

@@ -2,9 +2,9 @@
 
 A block picks one strategy at construction (:func:`strategy_for`) and calls it on every
 forward pass: :class:`Skip` (the default, with or without checkpoints), :class:`Masked`
-(one depth or one per row) or :class:`PerRow`. Each asks the block's
-:class:`~stochdepth._depth.DepthChoice` for the depth in the form it needs and runs one
-of the loops below.
+(one depth or one per row) or :class:`PerRow`. Each is handed the block's
+:class:`~stochdepth._depth.DepthChoice` and ``grad_depth``, asks for the depth in the
+form it needs and runs one of the loops below.
 
 * :func:`skip`: apply the layer ``depth`` times (``depth`` a Python int); the graph
   has exactly the repeats used. The default.
@@ -35,7 +35,6 @@ from typing import Any, TypeVar, cast
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
-from typing_extensions import Protocol
 
 from ._depth import DepthChoice, row_count
 from ._grad_depth import GradDepth
@@ -311,27 +310,14 @@ def per_row(
     return torch.cat(pieces[::-1]).index_select(0, inverse)
 
 
-class Host(Protocol):
-    """What a repeat strategy uses of its block."""
-
-    @property
-    def training(self) -> bool:
-        """Whether the block is in training mode."""
-        ...
-
-    @property
-    def _choice(self) -> DepthChoice: ...
-
-    @property
-    def _grad(self) -> GradDepth: ...
-
-    def _depth_zero(self, x: Tensor) -> Tensor: ...
+DepthZero = Callable[[Tensor], Tensor]
+"""The block's depth-0 path: what a pass that left the layer unused returns for ``x``."""
 
 
 def _choose(
-    choice: DepthChoice, grad: GradDepth, depth: object, training: bool
+    choice: DepthChoice, grad: GradDepth, depth: object, training: bool, record: bool
 ) -> tuple[int, int | None]:
-    return choice.one(depth, training), grad.draw()
+    return choice.one(depth, training, record), grad.draw()
 
 
 # Under torch.compile the depth is chosen outside the compiled graph: a graph break
@@ -343,6 +329,11 @@ _choose_outside_graph = outside_graph(_choose)
 class Skip:
     """One depth for the batch; the layer runs exactly ``depth`` times.
 
+    Every strategy is called as ``strategy(choice, grad, x, call, depth, training, zero,
+    record)``: the block's depth choice and ``grad_depth``, the input, the layer call,
+    the depth given (or ``None``), the block's mode, its depth-0 path, and whether the
+    depth goes into ``last_depth`` and the histogram.
+
     Args:
         checkpoint: ``False``, or checkpointed segments: ``True`` for
             ``ceil(sqrt(depth))`` repeats each, an int for that many.
@@ -352,20 +343,34 @@ class Skip:
         self.checkpointed = checkpoint is not False
         self.every = None if checkpoint is True else int(checkpoint)
 
-    def __call__(self, block: Host, x: Tensor, call: LayerCall, depth: object) -> Tensor:
+    def __call__(
+        self,
+        choice: DepthChoice,
+        grad: GradDepth,
+        x: Tensor,
+        call: LayerCall,
+        depth: object,
+        training: bool,
+        zero: DepthZero,
+        record: bool = True,
+    ) -> Tensor:
         """Choose the depth and apply the layer that many times."""
         if torch.compiler.is_compiling():
-            used, k = _choose_outside_graph(block._choice, block._grad, depth, block.training)
+            used, k = _choose_outside_graph(choice, grad, depth, training, record)
         else:
-            used, k = block._choice.one(depth, block.training), block._grad.draw()
+            used, k = choice.one(depth, training, record), grad.draw()
         if used == 0:
-            return block._depth_zero(x)
+            return zero(x)
         frozen = frozen_repeats(used, k)
+        if frozen == 0 and not self.checkpointed:
+            for repeat in range(used):
+                x = call(x, repeat, used)
+            return x
         out = repeats(call, x, used, frozen, self.checkpointed, self.every)
         if frozen:  # the state no longer depends on x: DDP must still reach what made x
             out = tie_cut_input(out, x)
         # Every repeat ran without autograd: the layer got no gradient, as at depth 0.
-        return block._depth_zero(out) if frozen == used else out
+        return zero(out) if frozen == used else out
 
 
 def frozen_repeats(depth: int, grad_depth: int | None) -> int:
@@ -376,9 +381,9 @@ def frozen_repeats(depth: int, grad_depth: int | None) -> int:
 
 
 def _masked_depth(
-    choice: DepthChoice, x: Tensor, depth: object, training: bool, per_row: bool
+    choice: DepthChoice, x: Tensor, depth: object, training: bool, per_row: bool, record: bool
 ) -> Tensor:
-    return choice.masked_depth(x, depth, training, per_row)
+    return choice.masked_depth(x, depth, training, per_row, record)
 
 
 _masked_depth_outside_graph = outside_graph(_masked_depth)
@@ -397,15 +402,24 @@ class Masked:
         self.every = None if checkpoint is True else int(checkpoint)
         self.per_row = per_row
 
-    def __call__(self, block: Host, x: Tensor, call: LayerCall, depth: object) -> Tensor:
+    def __call__(
+        self,
+        choice: DepthChoice,
+        grad: GradDepth,
+        x: Tensor,
+        call: LayerCall,
+        depth: object,
+        training: bool,
+        zero: DepthZero,
+        record: bool = True,
+    ) -> Tensor:
         """Choose the depth as a tensor and apply the masked repeats."""
-        choice = block._choice
         if isinstance(depth, Tensor):
-            used = choice.given_tensor(x, depth, self.per_row)
+            used = choice.given_tensor(x, depth, self.per_row, record)
         elif torch.compiler.is_compiling():
-            used = _masked_depth_outside_graph(choice, x, depth, block.training, self.per_row)
+            used = _masked_depth_outside_graph(choice, x, depth, training, self.per_row, record)
         else:
-            used = choice.masked_depth(x, depth, block.training, self.per_row)
+            used = choice.masked_depth(x, depth, training, self.per_row, record)
         return masked(
             call,
             x,
@@ -427,15 +441,35 @@ class PerRow:
         self.checkpointed = checkpoint is not False
         self.every = None if checkpoint is True else int(checkpoint)
 
-    def __call__(self, block: Host, x: Tensor, call: LayerCall, depth: object) -> Tensor:
+    def __call__(
+        self,
+        choice: DepthChoice,
+        grad: GradDepth,
+        x: Tensor,
+        call: LayerCall,
+        depth: object,
+        training: bool,
+        zero: DepthZero,
+        record: bool = True,
+    ) -> Tensor:
         """Choose the rows' depths and apply the layer to each row that many times."""
         if torch.compiler.is_compiling():
-            return self._outside_graph(block, x, call, depth)
-        return self._run(block, x, call, depth)
+            return self._outside_graph(choice, grad, x, call, depth, training, zero, record)
+        return self._run(choice, grad, x, call, depth, training, zero, record)
 
-    def _run(self, block: Host, x: Tensor, call: LayerCall, depth: object) -> Tensor:
-        depths = block._choice.rows(row_count(x), depth, block.training)
-        k = block._grad.draw()
+    def _run(
+        self,
+        choice: DepthChoice,
+        grad: GradDepth,
+        x: Tensor,
+        call: LayerCall,
+        depth: object,
+        training: bool,
+        zero: DepthZero,
+        record: bool,
+    ) -> Tensor:
+        depths = choice.rows(row_count(x), depth, training, record)
+        k = grad.draw()
         out = per_row(
             call,
             x,
@@ -449,7 +483,7 @@ class PerRow:
         if out is x or (k == 0 and torch.is_grad_enabled()):
             # Every row at depth 0, or every repeat without autograd: the layer got no
             # gradient, a depth-0 pass of the whole batch (tied under DDP, say).
-            return block._depth_zero(out)
+            return zero(out)
         return out
 
     # Data-dependent row counts: run eagerly inside a compiled model (one graph break).
@@ -457,7 +491,7 @@ class PerRow:
 
 
 Strategy = Skip | Masked | PerRow
-"""A repeat strategy: called as ``strategy(block, x, call, depth)``."""
+"""A repeat strategy, called as ``strategy(choice, grad, x, call, depth, training, zero)``."""
 
 
 def strategy_for(masked_mode: bool, per_sample: bool, checkpoint: bool | int) -> Strategy:

@@ -1,15 +1,11 @@
 """Depth 0 under DDP: the identity that keeps a skipped layer's parameters in the graph.
 
-At depth 0 a block skips its layer, whose parameters then take no part in the loss.
-``DistributedDataParallel`` with its default ``find_unused_parameters=False`` waits
-for their gradients, reduces nothing that step, and fails on the next forward pass
-("Expected to have finished reduction in the prior iteration..."). Passing the
-block's output through :class:`ZeroGradTie`, an identity that lists the parameters as
-inputs and gives them no gradient, makes DDP's hooks fire for them as for any used
-parameter, so that every bucket is reduced and the replicas stay identical.
-
-The block calls :func:`tie_skipped_layer` on its depth-0 training path; it ties only
-inside a DDP forward pass, so that a single process, FSDP and eval mode are untouched.
+Why DDP needs it and what it changes: the docs' Distributed training page, "Depth 0 under
+DDP" (the one place the story is told). :class:`ZeroGradTie` is an identity that lists
+the skipped layer's parameters as inputs and gives them no gradient, so that DDP's hooks
+fire for them; the block calls :func:`tie_skipped_layer` on its depth-0 training path,
+and it ties only inside a DDP forward pass (a single process, FSDP and eval mode are
+untouched).
 This module imports nothing of stochdepth's: the block imports it, and so does
 ``stochdepth._distributed`` (``SkippedLayerTie``).
 """
@@ -19,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -69,6 +66,11 @@ def tie(x: Tensor, params: list[nn.Parameter]) -> Tensor:
     if not params:
         return x
     return ZeroGradTie.apply(x, *params)  # type: ignore[no-untyped-call,no-any-return]
+
+
+def process_group_up() -> bool:
+    """Whether a default ``torch.distributed`` process group is initialized."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def in_ddp_forward() -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import copy
 import io
+import math
 import pickle
 import random
 import re
@@ -17,13 +18,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import stochdepth
-from stochdepth import DepthSampler, FixedDepth, SeededDepth, UniformDepth
+from stochdepth import (
+    BernoulliDepth,
+    DepthSampler,
+    FixedDepth,
+    GeometricDepth,
+    ScheduledDepth,
+    SeededDepth,
+    UniformDepth,
+)
 from stochdepth._validation import MAX_SAMPLER_DEPTH
 from stochdepth.samplers._protocol import check_sampler
 
-from processes import run_python
-from stats import chi2_sf
-from strategies import bounds, depths, non_ints, samplers, seeds, wide_samplers
+from support.processes import run_python
+from support.stats import chi2_sf
+from support.strategies import bounds, depths, non_ints, samplers, seeds, wide_samplers
 
 draw_counts = st.integers(min_value=1, max_value=40)
 
@@ -621,3 +630,49 @@ def test_check_sampler_accepts_a_duck_typed_sampler() -> None:
 def test_fixed_refuses_a_depth_above_the_bound(depth: int) -> None:
     with pytest.raises(ValueError, match=r"depth must be an int in \[0, 2\*\*53\]"):
         FixedDepth(depth)
+
+
+# --------------------------------------------------------------------------- batched draws
+
+
+def all_samplers(seed: int) -> list[DepthSampler]:
+    return [
+        UniformDepth(1, 4),
+        FixedDepth(3),
+        SeededDepth(0, 5, seed=seed),
+        BernoulliDepth(6, p=0.3, seed=seed),
+        GeometricDepth(0.4, max_depth=5, seed=seed),
+        ScheduledDepth(start=1, end=5, steps=10, seed=seed),
+    ]
+
+
+@given(seed=seeds, n=st.integers(min_value=0, max_value=50))
+def test_batched_draws_are_int64_vectors_within_bounds(seed: int, n: int) -> None:
+    for sampler in all_samplers(seed):
+        drawn = sampler.sample_batch(n)  # type: ignore[attr-defined]
+        assert drawn.dtype == torch.int64, sampler
+        assert drawn.shape == (n,), sampler
+        assert drawn.device.type == "cpu", sampler
+        if n:
+            assert sampler.min_depth <= int(drawn.min()) <= int(drawn.max()) <= sampler.max_depth
+
+
+def test_batched_draws_follow_each_samplers_law() -> None:
+    random.seed(7)  # UniformDepth draws from Python's random: the test stays deterministic
+    n = 40_000
+    for sampler in all_samplers(7):
+        law = sampler.probabilities()  # type: ignore[attr-defined]
+        counts = torch.bincount(sampler.sample_batch(n), minlength=sampler.max_depth + 1)  # type: ignore[attr-defined]
+        for depth, p in law.items():
+            sigma = math.sqrt(n * p * (1 - p)) + 1e-9
+            assert abs(int(counts[depth]) - n * p) < 6 * sigma, (sampler, depth)
+
+
+def test_batched_draws_are_reproducible() -> None:
+    random.seed(3)
+    first = UniformDepth(0, 9).sample_batch(20)
+    random.seed(3)
+    assert torch.equal(UniformDepth(0, 9).sample_batch(20), first)
+    assert torch.equal(
+        SeededDepth(0, 9, seed=5).sample_batch(20), SeededDepth(0, 9, seed=5).sample_batch(20)
+    )

@@ -24,12 +24,12 @@ from stochdepth import (
     FixedDepth,
     GeometricDepth,
     LogNormalPoissonDepth,
-    SamplerPluginError,
-    SamplerPluginWarning,
+    PluginError,
+    PluginWarning,
     ScheduledDepth,
     SeededDepth,
     UniformDepth,
-    UnknownSamplerError,
+    UnknownPluginError,
     available_samplers,
     get_sampler,
     refresh_samplers,
@@ -38,7 +38,7 @@ from stochdepth import (
 )
 from stochdepth.samplers import _registry
 
-from processes import run_python
+from support.processes import run_python
 
 BUILTINS = {
     "uniform": UniformDepth,
@@ -133,7 +133,7 @@ def test_bad_parameters_name_the_sampler_and_the_parameter(
 
 def test_an_unknown_name_is_a_lookup_error_listing_the_samplers() -> None:
     with pytest.raises(
-        UnknownSamplerError, match=r"unknown sampler 'nope'; the samplers are: "
+        UnknownPluginError, match=r"unknown sampler 'nope'; the samplers are: "
     ) as info:
         get_sampler("nope:depth=1")
     assert isinstance(info.value, LookupError)
@@ -146,12 +146,12 @@ def test_an_unknown_name_is_a_lookup_error_listing_the_samplers() -> None:
     [("bernouli", "bernoulli"), ("unifrom", "uniform"), ("Fixed", "fixed"), ("seded", "seeded")],
 )
 def test_an_unknown_name_suggests_the_closest_one(typo: str, meant: str) -> None:
-    with pytest.raises(UnknownSamplerError, match=rf"; did you mean '{meant}'\?$"):
+    with pytest.raises(UnknownPluginError, match=rf"; did you mean '{meant}'\?$"):
         get_sampler(typo)
 
 
 def test_a_name_far_from_every_sampler_gets_no_suggestion() -> None:
-    with pytest.raises(UnknownSamplerError) as info:
+    with pytest.raises(UnknownPluginError) as info:
         get_sampler("zzzzzzzz")
     assert "did you mean" not in str(info.value)
 
@@ -235,9 +235,9 @@ def test_unregister_removes_a_name() -> None:
     register_sampler("two")(TwoDepth)
     unregister_sampler("two")
     assert "two" not in available_samplers()
-    with pytest.raises(UnknownSamplerError):
+    with pytest.raises(UnknownPluginError):
         get_sampler("two")
-    with pytest.raises(UnknownSamplerError, match=r"no sampler is registered as 'two'"):
+    with pytest.raises(UnknownPluginError, match=r"no sampler is registered as 'two'"):
         unregister_sampler("two")
 
 
@@ -378,7 +378,7 @@ def test_a_plugin_that_fails_to_import_warns_when_listed_and_errors_by_name(
     make_plugin(
         "bad-plugin", {"bad": "bad_plugin:Sampler"}, "bad_plugin", "import no_such_module\n"
     )
-    with pytest.warns(SamplerPluginWarning) as caught:
+    with pytest.warns(PluginWarning) as caught:
         names = available_samplers()
     assert "bad" not in names
     assert set(BUILTINS) <= set(names)  # listing goes on
@@ -386,7 +386,7 @@ def test_a_plugin_that_fails_to_import_warns_when_listed_and_errors_by_name(
     assert "entry point 'bad = bad_plugin:Sampler' from bad-plugin 1.0" in message
     assert "ModuleNotFoundError" in message
     with pytest.raises(
-        SamplerPluginError,
+        PluginError,
         match=(
             r"sampler 'bad' comes from the plugin entry point 'bad = bad_plugin:Sampler' "
             r"from bad-plugin 1.0, but it failed to load: ModuleNotFoundError"
@@ -407,24 +407,24 @@ def test_a_plugin_that_is_no_sampler_warns_and_errors(
 ) -> None:
     make_plugin("odd-plugin", {"odd": "odd_plugin:Sampler"}, "odd_plugin", source)
     with pytest.warns(
-        SamplerPluginWarning,
+        PluginWarning,
         match=rf"'odd = odd_plugin:Sampler'.*does not provide a DepthSampler: {problem}",
     ):
         assert "odd" not in available_samplers()
-    with pytest.raises(SamplerPluginError, match=problem):
+    with pytest.raises(PluginError, match=problem):
         get_sampler("odd")
 
 
 def test_a_missing_attribute_is_reported_too(make_plugin: PluginMaker) -> None:
     make_plugin("gone-plugin", {"gone": "half_plugin:NoSuchClass"}, "half_plugin", GOOD_PLUGIN)
-    with pytest.warns(SamplerPluginWarning, match=r"failed to load: AttributeError"):
+    with pytest.warns(PluginWarning, match=r"failed to load: AttributeError"):
         available_samplers()
 
 
 def test_two_plugins_with_one_name_warn_naming_both(make_plugin: PluginMaker) -> None:
     make_plugin("alpha-plugin", {"half": "half_plugin:HalfDepth"}, "half_plugin", GOOD_PLUGIN)
     make_plugin("beta-plugin", {"half": "half_plugin_b:HalfDepth"}, "half_plugin_b", GOOD_PLUGIN)
-    with pytest.warns(SamplerPluginWarning) as caught:
+    with pytest.warns(PluginWarning) as caught:
         names = available_samplers()
     assert "half" in names
     messages = [str(w.message) for w in caught]
@@ -438,7 +438,7 @@ def test_two_plugins_with_one_name_warn_naming_both(make_plugin: PluginMaker) ->
 def test_a_plugin_cannot_replace_a_builtin(make_plugin: PluginMaker) -> None:
     make_plugin("sneaky-plugin", {"fixed": "half_plugin:HalfDepth"}, "half_plugin", GOOD_PLUGIN)
     with pytest.warns(
-        SamplerPluginWarning,
+        PluginWarning,
         match=r"'fixed = half_plugin:HalfDepth' from sneaky-plugin 1.0 is left out: it is shadowed",
     ):
         available_samplers()
@@ -447,7 +447,7 @@ def test_a_plugin_cannot_replace_a_builtin(make_plugin: PluginMaker) -> None:
 
 def test_a_plugin_name_that_no_spec_can_hold_is_left_out(make_plugin: PluginMaker) -> None:
     make_plugin("colon-plugin", {"a:b": "half_plugin:HalfDepth"}, "half_plugin", GOOD_PLUGIN)
-    with pytest.warns(SamplerPluginWarning, match=r"cannot be used in a sampler spec"):
+    with pytest.warns(PluginWarning, match=r"cannot be used in a sampler spec"):
         assert "a:b" not in available_samplers()
 
 
@@ -455,13 +455,13 @@ def test_each_broken_plugin_warns_once_per_discovery(make_plugin: PluginMaker) -
     make_plugin(
         "bad-plugin", {"bad": "bad_plugin:Sampler"}, "bad_plugin", "raise RuntimeError('boom')\n"
     )
-    with pytest.warns(SamplerPluginWarning, match="RuntimeError: boom"):
+    with pytest.warns(PluginWarning, match="RuntimeError: boom"):
         available_samplers()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         available_samplers()
     refresh_samplers()
-    with pytest.warns(SamplerPluginWarning, match="RuntimeError: boom"):
+    with pytest.warns(PluginWarning, match="RuntimeError: boom"):
         available_samplers()
 
 
@@ -537,8 +537,8 @@ def test_every_public_registry_name_is_exported() -> None:
         "get_sampler",
         "available_samplers",
         "refresh_samplers",
-        "UnknownSamplerError",
-        "SamplerPluginError",
-        "SamplerPluginWarning",
+        "UnknownPluginError",
+        "PluginError",
+        "PluginWarning",
     ):
         assert name in stochdepth.__all__

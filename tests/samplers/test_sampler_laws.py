@@ -27,8 +27,8 @@ from stochdepth import (
 )
 from stochdepth.samplers._builtin import lognormal_poisson_law
 
-from stats import assert_follows, assert_moments
-from strategies import seeds
+from support.stats import assert_follows, assert_moments
+from support.strategies import seeds
 
 N_DRAWS = 20_000
 

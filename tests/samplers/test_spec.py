@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stochdepth import FixedDepth, SeededDepth, UniformDepth, UnknownSamplerError, get_sampler
+from stochdepth import FixedDepth, SeededDepth, UniformDepth, UnknownPluginError, get_sampler
 from stochdepth.samplers._spec import parse_sampler_spec
 
-from strategies import bounds, seeds, spaces, spec_words
+from support.strategies import bounds, seeds, spaces, spec_words
 
 NAMES = ("uniform", "fixed", "seeded")
 
@@ -189,7 +189,7 @@ def test_spec_round_trip(low_high: tuple[int, int], seed: int, data: st.DataObje
 @pytest.mark.parametrize("spec", ["nope", "Uniform", "nope:low=1", "random:depth=2"])
 def test_unknown_name_lists_the_samplers(spec: str) -> None:
     name = spec.partition(":")[0]
-    with pytest.raises(UnknownSamplerError) as info:
+    with pytest.raises(UnknownPluginError) as info:
         get_sampler(spec)
     message = str(info.value)
     assert repr(name) in message
@@ -198,7 +198,7 @@ def test_unknown_name_lists_the_samplers(spec: str) -> None:
 
 
 def test_unknown_sampler_error_is_a_lookup_error() -> None:
-    assert issubclass(UnknownSamplerError, LookupError)
+    assert issubclass(UnknownPluginError, LookupError)
     with pytest.raises(LookupError, match="samplers are"):
         get_sampler("nope")
 

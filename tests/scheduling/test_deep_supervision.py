@@ -11,11 +11,12 @@ from torch import Tensor, nn
 
 from stochdepth import ACTHalting, DeepSupervision, FixedDepth, RepeatedBlock
 
-from processes import kill_when_parked, run_python
+from support import park_halting
+from support.processes import kill_when_parked, run_python
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "halting.py"
-PARK = ROOT / "tests" / "park_halting.py"
+PARK = Path(park_halting.__file__)
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 

@@ -288,3 +288,30 @@ def test_on_cuda_the_results_are_the_cpus(cuda_device: torch.device) -> None:
     for a, b in zip(got, want, strict=True):
         assert a.output.device == cuda_device
         torch.testing.assert_close(a.output.cpu(), b.output, rtol=1e-10, atol=1e-10)
+
+
+class Recorder(nn.Module):
+    """state -> state + 1, recording the states of every call: each row's depth so far."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[list[float]] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls.append(x[:, 0].tolist())
+        return x + 1.0
+
+
+def test_repeat_hooks_see_each_rows_own_repeat_with_by_repeat() -> None:
+    layer = Recorder()
+    block = RepeatedBlock(layer, depth_limit=6).eval()
+    seen: list[int] = []
+    block.register_repeat_hook(lambda _, repeat: seen.append(repeat))
+    depths = [3, 1, 2, 3, 1, 5, 2]
+    results = DepthScheduler(block, 3, max_depth=6, by_repeat=True).run(
+        torch.zeros(7, 1), depths=depths
+    )
+    assert [float(r.output) for r in results] == [float(d) for d in depths]
+    assert len(seen) == len(layer.calls)
+    for repeat, states in zip(seen, layer.calls, strict=True):
+        assert states == [float(repeat)] * len(states)  # every row of the call at this repeat

@@ -60,7 +60,7 @@ class ExitWhenConverged:
             criterion object (or not given with a name).
         ValueError: ``tol`` is negative, ``max_depth`` is below 1, ``min_depth`` is
             outside ``[1, max_depth]``, or the criterion needs a head and has none.
-        UnknownExitCriterionError: ``criterion`` is an unknown name.
+        UnknownPluginError: ``criterion`` is an unknown name.
 
     Example:
         >>> import torch

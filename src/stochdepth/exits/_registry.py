@@ -9,14 +9,9 @@ called with the tolerance first: ``factory(tol, **params)``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
-from stochdepth._errors import (
-    ExitCriterionPluginError,
-    ExitCriterionPluginWarning,
-    UnknownExitCriterionError,
-)
-from stochdepth._registry import Errors, Registry, check_name
+from stochdepth._registry import FactoryT, Registry
 from stochdepth._validation import describe
 
 from ._builtin import LatentChange, OutputKL
@@ -27,8 +22,6 @@ ENTRY_POINT_GROUP = "stochdepth.exit_criteria"
 
 CriterionFactory = Callable[..., ExitCriterion]
 """A criterion class, or any callable ``factory(tol, **params)`` that returns a criterion."""
-
-FactoryT = TypeVar("FactoryT", bound=Callable[..., Any])
 
 BUILTIN_EXIT_CRITERIA: Mapping[str, CriterionFactory] = {
     "latent_change": LatentChange,
@@ -50,15 +43,11 @@ def _factory_problem(factory: object) -> str | None:
 
 EXIT_CRITERIA: Registry[CriterionFactory] = Registry(
     kind="exit criterion",
+    kinds="exit criteria",
     provides="ExitCriterion",
     group=ENTRY_POINT_GROUP,
     builtins=BUILTIN_EXIT_CRITERIA,
     problem=_factory_problem,
-    errors=Errors(
-        unknown=UnknownExitCriterionError,
-        plugin=ExitCriterionPluginError,
-        warning=ExitCriterionPluginWarning,
-    ),
 )
 """The exit criteria's registry: every name :func:`get_exit_criterion` knows."""
 
@@ -100,13 +89,7 @@ def register_exit_criterion(
         tensor([False, False])
         >>> stochdepth.unregister_exit_criterion("small")
     """
-    name = check_name(name)
-
-    def register(factory: FactoryT) -> FactoryT:
-        EXIT_CRITERIA.register(name, factory, overwrite=overwrite)
-        return factory
-
-    return register
+    return EXIT_CRITERIA.decorator(name, overwrite=overwrite)
 
 
 def unregister_exit_criterion(name: str) -> None:
@@ -116,7 +99,7 @@ def unregister_exit_criterion(name: str) -> None:
         name: The registered name.
 
     Raises:
-        UnknownExitCriterionError: No criterion is registered in this process as
+        UnknownPluginError: No criterion is registered in this process as
             ``name``.
     """
     EXIT_CRITERIA.unregister(name)
@@ -126,7 +109,7 @@ def available_exit_criteria() -> list[str]:
     """Return the names of every usable exit criterion, built-in, registered or plugin.
 
     Plugins are imported here; one that fails to load is left out with an
-    :class:`~stochdepth.ExitCriterionPluginWarning`.
+    :class:`~stochdepth.PluginWarning`.
 
     Returns:
         The sorted names.
@@ -152,9 +135,9 @@ def get_exit_criterion(name: str, tol: float, **params: Any) -> ExitCriterion:
         The criterion, checked to be callable.
 
     Raises:
-        UnknownExitCriterionError: No criterion has this name (the message lists those
+        UnknownPluginError: No criterion has this name (the message lists those
             that do); a ``LookupError``.
-        ExitCriterionPluginError: The name belongs to a plugin that failed to load.
+        PluginError: The name belongs to a plugin that failed to load.
         TypeError: ``name`` is not a string, or a parameter has the wrong type (the
             message names the criterion).
         ValueError: A parameter's value is out of range.

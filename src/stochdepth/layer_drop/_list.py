@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
 
-from stochdepth._distributed import process_group_up
+from stochdepth._layer_call import Output, check_output, read_state
+from stochdepth._tie import process_group_up
 from stochdepth._validation import check_bool, check_int, check_probability, describe
 from stochdepth.samplers._generator import check_seed
 
@@ -17,16 +19,18 @@ from ._registry import get_drop_rule
 from ._rules import DropRule, check_keep, check_rule
 from ._tie import tie
 
-Mode = Literal["batch", "row"]
-"""How a list draws: one draw per layer per forward pass, or one per layer and row."""
+Mode = Literal["skip", "masked"]
+"""How a list applies a dropped layer: not at all (``"skip"``), or run and masked out."""
+
+LegacyMode = Literal["batch", "row"]
+"""The spellings of ``mode`` before 0.2, deprecated: ``per_sample`` says it now."""
 
 Scale = Literal["train", "eval"]
 """Where a residual branch's ``1 - p`` factor goes: training (timm) or evaluation (the paper)."""
 
-Output = int | Callable[[Any], Tensor] | None
-"""How to read the next hidden state from what a layer returns."""
 
-_MODES = ("batch", "row")
+_MODES = ("skip", "masked")
+_LEGACY_MODES = ("batch", "row")
 _SCALES = ("train", "eval")
 _EXTRA_STATE_KEY = "_extra_state"
 
@@ -52,13 +56,15 @@ class LayerDropList(nn.Module):
     layer is dropped with its own probability ``p`` (its drop rate). Unlike timm's
     ``DropPath`` and torchvision's ``stochastic_depth``, which compute a dropped branch
     and multiply it by zero, a dropped layer is not run at all, so the compute follows
-    the keep rate, in both modes:
+    the keep rate, whichever way it draws (the words are
+    :class:`~stochdepth.RepeatedBlock`'s):
 
-    - ``mode="batch"`` (fairseq's LayerDrop): one draw per layer per forward pass; a
-      dropped layer is not called.
-    - ``mode="row"`` (torchvision's ``mode="row"``, timm's ``DropPath``): one draw per
-      layer and row (dimension 0); each layer runs only on its kept rows, gathered,
-      then scattered back. The layer must treat rows independently (no
+    - ``per_sample=False`` (default; fairseq's LayerDrop, torchvision's
+      ``mode="batch"``): one draw per layer per forward pass; a dropped layer is not
+      called.
+    - ``per_sample=True`` (torchvision's ``per_sample=True``, timm's ``DropPath``): one draw
+      per layer and row (dimension 0); each layer runs only on its kept rows,
+      gathered, then scattered back. The layer must treat rows independently (no
       ``BatchNorm``).
 
     What a layer means:
@@ -93,7 +99,16 @@ class LayerDropList(nn.Module):
         drop_rate: Each layer's drop rate in ``[0, 1]``: one float for every layer,
             or one per layer (:func:`~stochdepth.linear_drop_rates` gives the usual
             linear rule).
-        mode: ``"batch"`` (default) or ``"row"``, as above.
+        mode: ``"skip"`` (default): a dropped layer does not run. ``"masked"``: every
+            layer runs on every row and its result is kept only where it was drawn
+            (``torch.where``): no compute saved, but the graph is the same at every
+            draw, so ``torch.compile(fullgraph=True)`` takes it with the mask passed
+            as ``keep=`` (see :meth:`draw_keep`). Dropped layers then get zero
+            gradients instead of none. The old spellings ``"batch"`` and ``"row"``
+            still work, with a ``FutureWarning``: they mean ``per_sample=False`` and
+            ``per_sample=True``.
+        per_sample: Draw for every row (dimension 0) instead of once per forward
+            pass, as above.
         residual: Whether each layer is a residual branch (see above).
         scale: With ``residual=True``: ``"train"`` (default; divide a kept branch by
             ``1 - p`` in training) or ``"eval"`` (multiply every branch by ``1 - p``
@@ -104,15 +119,11 @@ class LayerDropList(nn.Module):
         rule: How the kept layers are drawn: a name from
             :func:`~stochdepth.available_drop_rules` (``"bernoulli"``, the default:
             independent draws) or a :class:`~stochdepth.DropRule`.
-        masked: Run every layer on every row and keep each layer's result only where
-            it was drawn (``torch.where``): no compute saved, but the graph is the
-            same at every draw, so ``torch.compile(fullgraph=True)`` takes it with
-            the mask passed as ``keep=`` (see :meth:`draw_keep`). Dropped layers
-            then get zero gradients instead of none.
+        masked: Deprecated (``FutureWarning``): ``masked=True`` is ``mode="masked"``.
         eval_layers: The indices of the layers that evaluation runs (fairseq's
             layers-to-keep, for a smaller network at inference), or ``None``
             (default) for every layer. Settable later.
-        row_args: With ``mode="row"``: which extra arguments of :meth:`forward` have
+        row_args: With ``per_sample=True``: which extra arguments of :meth:`forward` have
             a row per row of the input and are cut to the kept rows, by position
             among the extra positional arguments (0 is the first after ``h``) or by
             keyword. Each may be a tensor or a nested tuple, list or dict of tensors
@@ -133,7 +144,7 @@ class LayerDropList(nn.Module):
         ValueError: An argument has a wrong value: no layers, a drop rate outside
             ``[0, 1]``, as many rates as layers not given, an unknown name, an
             ``eval_layers`` index out of range, ``scale="eval"`` without
-            ``residual=True``, or ``row_args`` without ``mode="row"``.
+            ``residual=True``, or ``row_args`` without ``per_sample=True``.
 
     Example:
         >>> import torch
@@ -161,12 +172,13 @@ class LayerDropList(nn.Module):
         layers: Iterable[nn.Module],
         drop_rate: float | Sequence[float],
         *,
-        mode: Mode = "batch",
+        mode: Mode | LegacyMode = "skip",
+        per_sample: bool = False,
         residual: bool = False,
         scale: Scale = "train",
         seed: int | None = None,
         rule: str | DropRule = "bernoulli",
-        masked: bool = False,
+        masked: bool | None = None,
         eval_layers: Iterable[int] | None = None,
         row_args: Iterable[int | str] = (),
         output: Output = None,
@@ -174,7 +186,8 @@ class LayerDropList(nn.Module):
         super().__init__()
         for index, layer in enumerate(_check_layers(layers)):
             self.add_module(str(index), layer)
-        self._mode = cast(Mode, _check_choice("mode", mode, _MODES))
+        self._mode, self._per_sample = _check_mode(mode, per_sample, masked)
+        self._masked = self._mode == "masked"
         self._residual = check_bool("residual", residual)
         self._scale = cast(Scale, _check_choice("scale", scale, _SCALES))
         if self._scale == "eval" and not self._residual:
@@ -182,19 +195,18 @@ class LayerDropList(nn.Module):
                 "scale='eval' multiplies residual branches by 1 - p in evaluation and "
                 "needs residual=True; got residual=False"
             )
-        self._masked = check_bool("masked", masked)
         self.drop_rates = drop_rate
         self.eval_layers = eval_layers
         self._rule = get_drop_rule(rule) if isinstance(rule, str) else check_rule(rule)
         self._row_args = _check_row_args(row_args)
-        if self._row_args and self._mode != "row":
+        if self._row_args and not self._per_sample:
             raise ValueError(
-                f"row_args names arguments cut to the kept rows, which only mode='row' "
-                f"does; got row_args={self._row_args!r} with mode={self._mode!r}"
+                f"row_args names arguments cut to the kept rows, which only "
+                f"per_sample=True does; got row_args={self._row_args!r} with per_sample=False"
             )
         self._row_positions = tuple(a for a in self._row_args if isinstance(a, int))
         self._row_keywords = tuple(a for a in self._row_args if isinstance(a, str))
-        self._output = _check_output(output)
+        self._output = check_output(output)
         self._seed = check_seed(int(torch.randint(0, 2**62, ())) if seed is None else seed)
         self._generator = torch.Generator(device="cpu")
         self._generator.manual_seed(self._seed)
@@ -225,8 +237,13 @@ class LayerDropList(nn.Module):
 
     @property
     def mode(self) -> Mode:
-        """``"batch"`` or ``"row"`` (set at construction)."""
+        """``"skip"`` or ``"masked"`` (set at construction)."""
         return self._mode
+
+    @property
+    def per_sample(self) -> bool:
+        """Whether every row draws its own keep mask (set at construction)."""
+        return self._per_sample
 
     @property
     def residual(self) -> bool:
@@ -240,7 +257,13 @@ class LayerDropList(nn.Module):
 
     @property
     def masked(self) -> bool:
-        """Whether every layer runs on every row, its result kept by a mask."""
+        """Deprecated (``FutureWarning``): ``mode == "masked"``."""
+        warnings.warn(
+            "LayerDropList.masked is deprecated and goes in the next release: read "
+            "mode == 'masked' instead",
+            FutureWarning,
+            stacklevel=2,
+        )
         return self._masked
 
     @property
@@ -325,12 +348,17 @@ class LayerDropList(nn.Module):
         Raises:
             TypeError: ``rows`` is given in batch mode or missing in row mode.
         """
-        if self._mode == "batch":
+        if not self._per_sample:
             if rows is not None:
-                raise TypeError(f"rows must be None in mode='batch', got {describe(rows)}")
+                raise TypeError(
+                    f"rows must be None with per_sample=False (mode='batch' before), got "
+                    f"{describe(rows)}"
+                )
             return self._draw(None)
         if rows is None:
-            raise TypeError("rows must be an int >= 0 in mode='row' (the input's rows), got None")
+            raise TypeError(
+                "rows must be an int >= 0 with per_sample=True (the input's rows), got None"
+            )
         return self._draw(check_int("rows", rows))
 
     def _draw(self, rows: int | None) -> Tensor:
@@ -353,7 +381,7 @@ class LayerDropList(nn.Module):
         self.last_keep = keep
 
     def _given_keep(self, keep: object, h: Tensor) -> Tensor:
-        shape = (len(self),) if self._mode == "batch" else (len(self), _rows(h))
+        shape = (len(self),) if not self._per_sample else (len(self), _rows(h))
         if not isinstance(keep, Tensor) or keep.dtype != torch.bool or tuple(keep.shape) != shape:
             got = (
                 f"a tensor of dtype {keep.dtype} and shape {tuple(keep.shape)}"
@@ -362,7 +390,8 @@ class LayerDropList(nn.Module):
             )
             raise TypeError(
                 f"keep must be a bool tensor of shape {shape} (layers"
-                f"{'' if self._mode == 'batch' else ', rows'}) in mode={self._mode!r}, got {got}"
+                f"{'' if not self._per_sample else ', rows'}) with per_sample={self._per_sample}, "
+                f"got {got}"
             )
         if not torch.compiler.is_compiling():
             self._count(keep.cpu())
@@ -374,7 +403,7 @@ class LayerDropList(nn.Module):
         """Apply the layers in order, each kept or dropped as drawn.
 
         Args:
-            h: The hidden state; with ``mode="row"``, dimension 0 holds the rows.
+            h: The hidden state; with ``per_sample=True``, dimension 0 holds the rows.
             *args: Passed to every layer after the (cut) hidden state, unchanged;
                 those named by ``row_args`` are cut to the kept rows in row mode.
             keep: Use this keep mask instead of drawing one (training mode only): a
@@ -403,7 +432,7 @@ class LayerDropList(nn.Module):
             return self._evaluate(h, args, kwargs)
         if self._masked:
             if keep is None:
-                rows = None if self._mode == "batch" else _rows(h)
+                rows = None if not self._per_sample else _rows(h)
                 compiling = torch.compiler.is_compiling()
                 keep = self._draw_outside_graph(rows) if compiling else self._draw(rows)
             else:
@@ -413,7 +442,7 @@ class LayerDropList(nn.Module):
             keep = self._given_keep(keep, h).cpu()
         if torch.compiler.is_compiling():
             if keep is None:
-                keep = self._draw_outside_graph(None if self._mode == "batch" else _rows(h))
+                keep = self._draw_outside_graph(None if not self._per_sample else _rows(h))
             return self._train_outside_graph(h, keep, args, kwargs)  # type: ignore[no-any-return]
         return self._train(h, keep, args, kwargs)
 
@@ -434,7 +463,7 @@ class LayerDropList(nn.Module):
         call = self._call
         dropped: list[nn.Module] = []
         used: list[nn.Module] = []
-        if self._mode == "batch":
+        if not self._per_sample:
             if keep is None:
                 keep = self._draw(None)
             for index, (layer, kept) in enumerate(zip(layers, keep.tolist(), strict=True)):
@@ -530,16 +559,8 @@ class LayerDropList(nn.Module):
         output = self._output
         if output is None:
             state = result
-        elif isinstance(output, int):
-            if not isinstance(result, tuple | list) or not -len(result) <= output < len(result):
-                raise TypeError(
-                    f"output={output} takes element {output} of a tuple or list that layer "
-                    f"{index} ({type(layer).__name__}) returns, but it returned "
-                    f"{_summary(result)}"
-                )
-            state = result[output]
         else:
-            state = output(result)
+            state = read_state(result, output, f"layer {index} ({type(layer).__name__})")
         if not isinstance(state, Tensor) or state.shape != h.shape:
             raise _shape_error(index, layer, h, state, output is not None)
         return state
@@ -639,10 +660,10 @@ class LayerDropList(nn.Module):
         options = "".join(
             f", {name}={value!r}"
             for name, value, default in (
-                ("mode", self._mode, "batch"),
+                ("mode", self._mode, "skip"),
+                ("per_sample", self._per_sample, False),
                 ("residual", self._residual, False),
                 ("scale", self._scale, "train"),
-                ("masked", self._masked, False),
                 ("eval_layers", self._eval_layers, None),
             )
             if value != default
@@ -651,6 +672,36 @@ class LayerDropList(nn.Module):
 
 
 # --------------------------------------------------------------------- checks
+
+
+def _check_mode(mode: object, per_sample: object, masked: object) -> tuple[Mode, bool]:
+    """``(mode, per_sample)`` from the arguments, the deprecated spellings translated."""
+    rows = check_bool("per_sample", per_sample)
+    if isinstance(mode, str) and mode in _LEGACY_MODES:
+        new = "per_sample=True" if mode == "row" else "per_sample=False (the default)"
+        warnings.warn(
+            f"LayerDropList(mode={mode!r}) is deprecated and goes in the next release: "
+            f"pass {new}; mode now takes 'skip' or 'masked', as RepeatedBlock's does",
+            FutureWarning,
+            stacklevel=3,
+        )
+        if mode == "batch" and rows:
+            raise ValueError("mode='batch' draws once per forward pass, but per_sample=True")
+        rows, mode = mode == "row", "skip"
+    checked = cast(Mode, _check_choice("mode", mode, _MODES))
+    if masked is not None:
+        flag = check_bool("masked", masked)
+        warnings.warn(
+            f"LayerDropList(masked={flag}) is deprecated and goes in the next release: "
+            f"pass mode={'masked' if flag else 'skip'!r}",
+            FutureWarning,
+            stacklevel=3,
+        )
+        if flag:
+            checked = "masked"
+        elif checked == "masked":
+            raise ValueError("masked=False contradicts mode='masked': pass mode alone")
+    return checked, rows
 
 
 def _check_layers(layers: object) -> list[nn.Module]:
@@ -730,20 +781,11 @@ def _check_row_args(value: object) -> tuple[int | str, ...]:
     return tuple(result)
 
 
-def _check_output(value: object) -> Output:
-    if value is None or callable(value):
-        return cast(Output, value)
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return check_int("output", value, minimum=None)
-    raise TypeError(
-        f"output must be None, an int (an index into a returned tuple) or a callable, "
-        f"got {describe(value)}"
-    )
-
-
 def _rows(h: Tensor) -> int:
     if h.ndim == 0:
-        raise ValueError("mode='row' draws for every row (dimension 0) of h, but h is a 0-d tensor")
+        raise ValueError(
+            "per_sample=True draws for every row (dimension 0) of h, but h is a 0-d tensor"
+        )
     return h.shape[0]
 
 

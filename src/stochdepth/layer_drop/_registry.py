@@ -11,11 +11,11 @@ raises. :class:`~stochdepth._registry.Registry` holds the state and the lookup r
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, overload
 
-from stochdepth._errors import DropRulePluginError, SamplerPluginWarning, UnknownDropRuleError
-from stochdepth._registry import Errors, Registry, check_name
+from stochdepth._registry import FactoryT, Registry
 from stochdepth._validation import describe
 
 from ._rules import BernoulliDrop, DropRule, NestedDrop, check_rule
@@ -46,41 +46,80 @@ DROP_RULES: Registry[RuleFactory] = Registry(
     group=ENTRY_POINT_GROUP,
     builtins=BUILTIN_DROP_RULES,
     problem=_factory_problem,
-    errors=Errors(
-        unknown=UnknownDropRuleError, plugin=DropRulePluginError, warning=SamplerPluginWarning
-    ),
     fixed_builtins=True,
-    overwrite_keyword="replace",
 )
 """The drop rules' registry: every name :func:`get_drop_rule` knows."""
 
 
-def register_drop_rule(name: str, factory: RuleFactory, *, replace: bool = False) -> None:
-    """Give a drop rule a name, so that ``LayerDropList(..., rule=name)`` finds it.
+@overload
+def register_drop_rule(
+    name: str, factory: None = None, *, overwrite: bool = False, replace: bool | None = None
+) -> Callable[[FactoryT], FactoryT]: ...
 
-    A name registered in this process takes precedence over a plugin of the same name.
+
+@overload
+def register_drop_rule(
+    name: str, factory: RuleFactory, *, overwrite: bool = False, replace: bool | None = None
+) -> None: ...
+
+
+def register_drop_rule(
+    name: str,
+    factory: RuleFactory | None = None,
+    *,
+    overwrite: bool = False,
+    replace: bool | None = None,
+) -> Callable[[FactoryT], FactoryT] | None:
+    """Register a drop-rule class or factory under ``name``: a decorator, as for samplers.
+
+    After registration, ``LayerDropList(..., rule=name)`` and ``get_drop_rule(name)``
+    build it. A name registered in this process takes precedence over a plugin of the
+    same name; the built-in names can be neither replaced nor removed.
 
     Args:
         name: Letters, digits, ``_``, ``.`` and ``-``, not starting with ``.`` or ``-``.
-        factory: A rule class, or a callable returning a rule, called with no
-            arguments (or the keyword arguments given to :func:`get_drop_rule`).
-        replace: Allow replacing a name already registered in this process. A
-            built-in name can never be replaced.
+        factory: Deprecated: register ``factory`` at once instead of returning a
+            decorator (``register_drop_rule(name)(factory)`` does the same).
+        overwrite: Replace a rule already registered under ``name`` instead of raising.
+        replace: Deprecated spelling of ``overwrite``.
+
+    Returns:
+        A decorator that registers a rule class or callable (called with no arguments,
+        or the keyword arguments given to :func:`get_drop_rule`) and returns it; ``None``
+        when ``factory`` is given.
 
     Raises:
-        TypeError: ``name`` is not a string or ``factory`` not callable.
+        TypeError: ``name`` is not a string or the factory not callable.
         ValueError: ``name`` is malformed, built in, or already registered and
-            ``replace`` is false.
+            ``overwrite`` is false.
 
     Example:
         >>> from stochdepth import NestedDrop, get_drop_rule, register_drop_rule
-        >>> register_drop_rule("my-nested", NestedDrop)
+        >>> _ = register_drop_rule("my-nested")(NestedDrop)
         >>> get_drop_rule("my-nested")
         NestedDrop()
         >>> from stochdepth import unregister_drop_rule
         >>> unregister_drop_rule("my-nested")
     """
-    DROP_RULES.register(check_name(name), factory, overwrite=replace)
+    if replace is not None:
+        warnings.warn(
+            "register_drop_rule(replace=...) is deprecated; pass overwrite=... as to "
+            "register_sampler and register_exit_criterion",
+            FutureWarning,
+            stacklevel=2,
+        )
+        overwrite = overwrite or replace
+    register = DROP_RULES.decorator(name, overwrite=overwrite)
+    if factory is None:
+        return register
+    warnings.warn(
+        "register_drop_rule(name, factory) is deprecated; register_drop_rule(name) is a "
+        "decorator, as register_sampler: write register_drop_rule(name)(factory)",
+        FutureWarning,
+        stacklevel=2,
+    )
+    register(factory)
+    return None
 
 
 def unregister_drop_rule(name: str) -> None:
@@ -92,8 +131,9 @@ def unregister_drop_rule(name: str) -> None:
         name: A name registered with :func:`register_drop_rule`.
 
     Raises:
-        ValueError: ``name`` is built in; or it is not registered in this process
-            (an :class:`~stochdepth.UnknownDropRuleError`, a ``ValueError`` too).
+        ValueError: ``name`` is built in.
+        UnknownPluginError: ``name`` is not registered in this process (a
+            ``ValueError`` too).
     """
     DROP_RULES.unregister(name)
 
@@ -103,7 +143,7 @@ def available_drop_rules() -> list[str]:
 
     Plugins are imported here. One that fails to import, does not provide a rule
     factory, or is shadowed by another of the same name, is left out with a
-    :class:`~stochdepth.SamplerPluginWarning` naming its entry point (once per
+    :class:`~stochdepth.PluginWarning` naming its entry point (once per
     discovery); listing never fails because of a plugin.
 
     Returns:
@@ -130,10 +170,10 @@ def get_drop_rule(name: str, **kwargs: Any) -> DropRule:
     Raises:
         TypeError: ``name`` is not a string, or the factory returned something
             without a ``draw`` method.
-        UnknownDropRuleError: No rule has this name; the message lists the names
+        UnknownPluginError: No rule has this name; the message lists the names
             known and the closest one. A ``ValueError`` (and a ``LookupError``).
-        DropRulePluginError: The plugin that declares ``name`` failed to load; a
-            ``LookupError``.
+        PluginError: The plugin that declares ``name`` failed to load; a
+            ``LookupError`` too.
 
     Example:
         >>> from stochdepth import get_drop_rule

@@ -88,6 +88,14 @@ class GeneratorSampler:
         """The constructor's arguments other than ``seed`` and ``generator``."""
         raise NotImplementedError
 
+    def params(self) -> dict[str, Any]:
+        """The constructor's arguments other than ``seed`` (what :meth:`_params` lists).
+
+        Returns:
+            A new dict, by argument name.
+        """
+        return dict(self._params())
+
     def state_dict(self) -> dict[str, Any]:
         """Return the seed and the generator's current state.
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
-from stochdepth._errors import SamplerPluginError, SamplerPluginWarning, UnknownSamplerError
-from stochdepth._registry import Errors, Registry, check_name
+from stochdepth._registry import FactoryT, Registry
 from stochdepth._validation import describe
 
 from ._builtin import (
@@ -33,8 +32,6 @@ ENTRY_POINT_GROUP = "stochdepth.samplers"
 
 SamplerFactory = Callable[..., DepthSampler]
 """A sampler class, or any callable that returns a sampler."""
-
-FactoryT = TypeVar("FactoryT", bound=Callable[..., Any])
 
 BUILTIN_SAMPLERS: Mapping[str, SamplerFactory] = {
     "uniform": UniformDepth,
@@ -67,9 +64,6 @@ SAMPLERS: Registry[SamplerFactory] = Registry(
     group=ENTRY_POINT_GROUP,
     builtins=BUILTIN_SAMPLERS,
     problem=_factory_problem,
-    errors=Errors(
-        unknown=UnknownSamplerError, plugin=SamplerPluginError, warning=SamplerPluginWarning
-    ),
 )
 """The samplers' registry: every name :func:`get_sampler` knows."""
 
@@ -107,13 +101,7 @@ def register_sampler(name: str, *, overwrite: bool = False) -> Callable[[Factory
         2
         >>> stochdepth.unregister_sampler("two")
     """
-    name = check_name(name)
-
-    def register(factory: FactoryT) -> FactoryT:
-        SAMPLERS.register(name, factory, overwrite=overwrite)
-        return factory
-
-    return register
+    return SAMPLERS.decorator(name, overwrite=overwrite)
 
 
 def unregister_sampler(name: str) -> None:
@@ -125,7 +113,7 @@ def unregister_sampler(name: str) -> None:
         name: The registered name.
 
     Raises:
-        UnknownSamplerError: No sampler is registered in this process as ``name``.
+        UnknownPluginError: No sampler is registered in this process as ``name``.
     """
     SAMPLERS.unregister(name)
 
@@ -135,7 +123,7 @@ def available_samplers() -> list[str]:
 
     Plugins are imported here. One that fails to import, does not provide a
     sampler, or is shadowed by another of the same name, is left out with a
-    :class:`~stochdepth.SamplerPluginWarning` naming its entry point (once per
+    :class:`~stochdepth.PluginWarning` naming its entry point (once per
     discovery); listing never fails because of a plugin.
 
     Returns:
@@ -162,9 +150,9 @@ def get_sampler(spec: str, **kwargs: Any) -> DepthSampler:
         The sampler, checked against :class:`~stochdepth.DepthSampler`.
 
     Raises:
-        UnknownSamplerError: No sampler has this name (the message lists those that
+        UnknownPluginError: No sampler has this name (the message lists those that
             do); a ``LookupError``.
-        SamplerPluginError: The name belongs to a plugin that failed to load.
+        PluginError: The name belongs to a plugin that failed to load.
         TypeError: A parameter is unknown, missing, given twice, or of the wrong type
             (the message names the sampler and the parameter), or ``spec`` is not a
             string.
@@ -213,8 +201,8 @@ def lookup_sampler(name: str) -> SamplerFactory:
     """Return the factory registered or plugged in as ``name``.
 
     Raises:
-        UnknownSamplerError: No sampler has this name.
-        SamplerPluginError: The name belongs to a plugin that failed to load.
+        UnknownPluginError: No sampler has this name.
+        PluginError: The name belongs to a plugin that failed to load.
     """
     return SAMPLERS.lookup(name)
 

@@ -353,7 +353,7 @@ def describe_sampler(sampler: object) -> str:
     """
     kind = type(sampler)
     if isinstance(sampler, GeneratorSampler):
-        params = ", ".join(f"{key}={value!r}" for key, value in sampler._params().items())
+        params = ", ".join(f"{key}={value!r}" for key, value in sampler.params().items())
         return f"{kind.__qualname__}({params})"
     text = repr(sampler)
     if " object at 0x" in text or isinstance(sampler, nn.Module):

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import inspect
+import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from stochdepth._block import RepeatedBlock
-from stochdepth._depth import DepthChoice
+from stochdepth._depth import unread_depth_tensors
 from stochdepth._validation import check_int, describe
 from stochdepth.layer_drop._list import LayerDropList
 
@@ -31,55 +31,25 @@ _WARMUP_STEPS = 3  # as PyTorch's CUDA Graphs notes do before a whole-network ca
 class CUDAGraphStep:
     """One training step (forward, loss, backward, optimizer step) replayed from a CUDA graph.
 
-    A model with a :class:`~stochdepth.RepeatedBlock` runs a different graph at every
-    depth, which rules out one CUDA graph for the whole step. This helper keeps one graph
-    per depth instead: each call draws the blocks' depths in Python, outside any graph,
-    exactly as the eager forward pass draws them (the same sampler calls, in the order the
-    forward pass calls the blocks, recorded in ``last_depth`` and ``depth_histogram``),
-    and replays the graph captured for those depths. A depth seen for the first time is
-    captured then: warmed up on a side stream (its parameters, buffers and optimizer state
-    restored afterwards), then recorded into a :class:`torch.cuda.CUDAGraph` with static input,
-    target, loss and gradient buffers. All graphs share one memory pool
-    (:func:`torch.cuda.graph_pool_handle`), which is safe because the graphs never run at
-    the same time and every tensor that outlives a replay is kept by this object.
+    Each call draws the blocks' depths in Python, outside any graph, exactly as the eager
+    forward pass draws them (:meth:`~stochdepth.RepeatedBlock.draw_depth`, recorded in
+    ``last_depth`` and ``depth_histogram``), and replays the graph of the whole step
+    captured for those depths, capturing it on first use. Losses and weights equal eager
+    training's on the same depths within float32 rounding; at depth 0 the layer's
+    parameters get no gradient, as in eager training. The first call runs eagerly and
+    learns the order in which the forward pass calls the blocks. A masked block needs
+    one graph for every depth (its depth is copied into a static tensor; its entry in
+    :attr:`graphs` is ``None``). At most ``max_graphs`` depths get a graph; a step at
+    another depth runs eagerly (counted in ``eager_steps``).
 
-    Each step does what the article's loop does, with ``optimizer.zero_grad()``
-    (``set_to_none=True``, PyTorch's default): the losses and weights equal those of
-    eager training on the same depths within float32 rounding (the same kernels run,
-    replayed). At depth 0 the repeated layer's parameters get no gradient: their
-    ``.grad`` is ``None`` after the step and the optimizer skips them, as in eager
-    training. After every step each parameter's ``.grad`` holds that step's gradient.
-
-    The first call runs eagerly: it draws as an eager step does, and learns the order in
-    which the forward pass calls the blocks (each must run exactly once per forward pass).
-
-    **Bound.** At most ``max_graphs`` distinct depths (tuples of the blocks' depths) get a
-    graph; a step at any other depth falls back to an eager step (correct, as slow as
-    eager), counted in ``eager_steps``. Each graph keeps its own gradient buffers (one
-    copy of the parameters' size) in the shared pool.
-
-    **Optimizers.** ``torch.optim.SGD`` (with ``dampening=0`` when it has momentum) and
-    ``torch.optim.Adam`` / ``torch.optim.AdamW`` with ``capturable=True``. Optimizer state
-    that the warm-up creates is zero-filled before capture, which is what these optimizers
-    start from. The hyperparameters (``lr``, ``momentum``, ...) are recorded into the graphs:
-    when they change, every graph is captured anew on its next use, so a learning rate
-    that changes every step makes every step a capture; keep it fixed for the graphs to pay.
-    (``torch.optim.lr_scheduler`` schedulers that change it once an epoch are fine.)
-
-    **Masked blocks.** A block with ``mode="masked"`` (with or without ``per_sample``)
-    needs no graph per depth: its depth, or its rows' depths, is drawn outside the graph
-    as its eager forward pass draws it, and copied into a static depth tensor on the
-    device (0-d, or one value per row of the block's input) that the captured step reads:
-    one graph serves every depth, and its entry in :attr:`graphs` is ``None``.
-
-    **Models.** Every parameter on one CUDA device; the model in training mode; every
-    ``RepeatedBlock`` in skip mode with one depth per batch (the default) or in masked
-    mode, without ``checkpoint``, drawing its own depth (not given one by the model),
-    called once per forward pass. Nothing else in the forward pass may take decisions in Python from
-    random draws or tensor values, since a replay does not run Python. Random operations
-    on the GPU (dropout) draw from the graphs' generator offsets, not eager's values.
-    Loading another state into the model or the optimizer (``load_state_dict``) after the
-    first capture replaces the tensors that the graphs read: call :meth:`reset` after it.
+    Supported: ``torch.optim.SGD`` (``dampening=0`` with momentum) and Adam / AdamW with
+    ``capturable=True``; every parameter on one CUDA device; blocks in skip mode with one
+    depth per batch or in masked mode, without ``checkpoint`` or a ``grad_depth`` sampler,
+    each called once per forward pass and drawing its own depth. A replay runs no
+    Python, and changed hyperparameters (``lr``) make every graph be captured anew; call
+    :meth:`reset` after loading another state into the model or the optimizer. How it
+    works, what it costs and what it refuses:
+    [CUDA graphs](../performance.md#cuda-graphs-for-a-random-depth-training-step).
 
     Args:
         model: The model to train, its parameters on a CUDA device.
@@ -209,7 +179,7 @@ class CUDAGraphStep:
         if self._hyper is not None and self._hyper != _hyperparameters(self.optimizer):
             self.reset()  # the graphs hold the old lr, momentum, ...: capture anew
         drawn = [_draw(block, stub) for block, stub in zip(order, self._stubs, strict=True)]
-        key = tuple([depth if isinstance(depth, int) else None for depth in drawn])
+        key = tuple([None if isinstance(depth, Tensor) else depth for depth in drawn])
         graph = self._graphs.get(key)
         with torch.cuda.device(self.device):  # copies and replay on the current device's stream
             self._copy_depths(drawn)
@@ -240,13 +210,12 @@ class CUDAGraphStep:
         rows: list[int] = []  # each block input's rows (dimension 0)
 
         def record(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            bound = _bind(block, args, kwargs)
-            if bound is None:  # a call that forward refuses itself, right after this hook
+            if not args:  # a call that forward refuses itself, right after this hook
                 return
-            if bound.arguments.get("depth") is not None:
+            if kwargs.get("depth") is not None:  # forward's depth is keyword-only
                 raise ValueError(_given_depth_message(block))
             order.append(block)  # type: ignore[arg-type]
-            x_in = bound.arguments.get("x")
+            x_in = args[0]
             rows.append(x_in.shape[0] if isinstance(x_in, Tensor) and x_in.ndim else 0)
 
         handles = [b.register_forward_pre_hook(record, with_kwargs=True) for b in self._blocks]
@@ -382,82 +351,56 @@ class _Graph:
 def _draw(block: RepeatedBlock, stub: Tensor | None) -> int | Tensor:
     """Draw a block's depth as its eager forward pass would, outside any graph.
 
-    The same sampler calls and telemetry (``last_depth``, ``depth_histogram``) as eager:
-    in skip mode ``DepthChoice.one``; in masked mode ``DepthChoice.masked_depth`` itself,
-    given a CPU tensor of the block input's rows (``stub``), so that the depth (0-d, or
-    the rows' depths) comes back as a CPU int64 tensor, checked against ``max_depth``.
+    The same sampler calls and telemetry (``last_depth``, ``depth_histogram``) as eager,
+    through :meth:`~stochdepth.RepeatedBlock.draw_depth` and
+    :meth:`~stochdepth.RepeatedBlock.record_depth`. In masked mode ``stub`` is a CPU
+    tensor of the block input's rows, and the depth (0-d, or the rows' depths) comes
+    back as a CPU int64 tensor, checked against ``max_depth``.
     """
-    if stub is None:
-        return block._choice.one(None, training=True)
-    return block._choice.masked_depth(stub, None, True, block.per_sample)
-
-
-class _CheckedOutside:
-    """A masked block's depth choice while its step is captured.
-
-    Masked mode checks a given depth tensor by value (``DepthChoice.given_tensor``), which
-    reads it on the host: a synchronisation, which a CUDA graph capture refuses. The
-    tensor given during a capture is the static depth tensor, whose values were drawn and
-    checked outside the graph (and change at every replay): it is used as it is.
-    Everything else is the block's own choice.
-    """
-
-    def __init__(self, choice: DepthChoice) -> None:
-        self._inner = choice
-
-    def given_tensor(self, x: Tensor, depth: Tensor, per_row: bool) -> Tensor:
-        """The static depth tensor, unread: int64 on the device, of the block input's rows."""
+    depth = block.draw_depth(_NO_ROWS if stub is None else stub)
+    block.record_depth(depth)
+    if stub is None or isinstance(depth, Tensor):
         return depth
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+    return torch.tensor(depth, dtype=torch.int64)
 
 
-@contextmanager
-def _checked_outside(blocks: list[RepeatedBlock]) -> Iterator[None]:
-    """Let masked blocks take their static depth tensors unread (see :class:`_CheckedOutside`)."""
-    masked = [block for block in blocks if block.mode == "masked"]
-    saved = [block._choice for block in masked]
-    for block, choice in zip(masked, saved, strict=True):
-        block._choice = cast(DepthChoice, _CheckedOutside(choice))
-    try:
-        yield
-    finally:
-        for block, choice in zip(masked, saved, strict=True):
-            block._choice = choice
+_NO_ROWS = torch.empty(0)
+"""The input a skip-mode block draws on: one depth for the batch reads no rows."""
+
+
+def _checked_outside(blocks: list[RepeatedBlock]) -> contextlib.AbstractContextManager[None]:
+    """Let masked blocks take their static depth tensors unread during a capture.
+
+    Masked mode checks a given depth tensor by value, which reads it on the host: a
+    synchronisation, which a CUDA graph capture refuses. The tensor given during a
+    capture is the static depth tensor, whose values were drawn and checked outside the
+    graph (and change at every replay): it is used as it is.
+    """
+    return unread_depth_tensors()
 
 
 @contextmanager
 def _forced_depths(blocks: list[RepeatedBlock], depths: Sequence[int | Tensor]) -> Iterator[None]:
-    """Make each block run at its given depth (an int, or a depth tensor), telemetry kept."""
-    saved = [(dict(block._choice.counts), block._choice.last) for block in blocks]
-    handles = [
-        block.register_forward_pre_hook(_force(depth), with_kwargs=True)
-        for block, depth in zip(blocks, depths, strict=True)
-    ]
+    """Make each block run at its given depth (an int, or a depth tensor), unrecorded.
+
+    Each block's ``forward`` runs :meth:`~stochdepth.RepeatedBlock.run` at its depth
+    meanwhile, which leaves ``last_depth`` and the histogram to the draw.
+    """
+    for block, depth in zip(blocks, depths, strict=True):
+        block.forward = _run_at(block, depth)  # type: ignore[method-assign]
     try:
         yield
     finally:
-        for handle in handles:
-            handle.remove()
-        for block, (counts, last) in zip(blocks, saved, strict=True):
-            block._choice.counts = counts
-            block._choice.last = last
+        for block in blocks:
+            del block.forward
 
 
-def _force(
-    depth: int | Tensor,
-) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]]:
-    def hook(
-        block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        bound = _bind(block, args, kwargs)
-        if bound is None:  # forward refuses the call itself
-            return args, kwargs
-        bound.arguments["depth"] = depth
-        return bound.args, bound.kwargs
+def _run_at(block: RepeatedBlock, depth: int | Tensor) -> Callable[..., Tensor]:
+    def forward(x: Tensor, /, *args: Any, **kwargs: Any) -> Tensor:
+        kwargs.pop("depth", None)  # the forced depth replaces a given one
+        return block.run(x, *args, depth=depth, **kwargs)
 
-    return hook
+    return forward
 
 
 def _uncaptured_step(optimizer: torch.optim.Optimizer) -> None:
@@ -469,20 +412,6 @@ def _uncaptured_step(optimizer: torch.optim.Optimizer) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "This instance was constructed with capturable=True")
         optimizer.step()
-
-
-def _bind(
-    block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> inspect.BoundArguments | None:
-    """The arguments of a call of ``block.forward`` by name; ``None`` if they do not fit.
-
-    By the signature, so that ``depth`` is found however it is passed (by position or
-    keyword) and whatever else the forward pass takes.
-    """
-    try:
-        return inspect.signature(block.forward).bind(*args, **kwargs)
-    except TypeError:
-        return None
 
 
 def _given_depth_message(block: nn.Module) -> str:
@@ -520,8 +449,8 @@ def _graphable_blocks(model: nn.Module) -> list[RepeatedBlock]:
         if isinstance(module, LayerDropList):
             raise ValueError(
                 f"CUDAGraphStep cannot replay a LayerDropList: it draws which layers to drop "
-                f"in Python at every forward pass (in mode={module.mode!r}, masked="
-                f"{module.masked!r} too), which a replay does not run, so every step would "
+                f"in Python at every forward pass (with mode={module.mode!r}, per_sample="
+                f"{module.per_sample!r} too), which a replay does not run, so every step would "
                 f"drop the layers of the captured one; train this model without CUDA graphs"
             )
     blocks = [m for m in model.modules() if isinstance(m, RepeatedBlock)]
@@ -552,7 +481,7 @@ def _graphable_blocks(model: nn.Module) -> list[RepeatedBlock]:
 
 def _draws_grad_depth(block: RepeatedBlock) -> bool:
     """Whether the block draws its ``grad_depth`` at every forward pass (a sampler)."""
-    value = getattr(getattr(block, "_grad", None), "value", None)
+    value = block.grad_depth
     return value is not None and not isinstance(value, int)
 
 

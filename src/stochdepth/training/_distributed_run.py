@@ -158,7 +158,7 @@ class DistributedRun:
 
 def repeats_recorded(block: RepeatedBlock, repeats: int) -> int:
     """How many of a block's last ``repeats`` autograd recorded (``grad_depth`` keeps ``k``)."""
-    k = block._grad.last if block._grad.value is not None else None
+    k = block.last_grad_depth
     return repeats if k is None else min(repeats, k)
 
 

@@ -76,39 +76,26 @@ def train(
         file: Where the ``t loss`` lines go (default: ``sys.stdout``).
         summary: After the run, also print :meth:`TrainingHistory.summary` (the
             mean depth and the depth histogram) to ``file``.
-        checkpoint: Save the run to this file (see :func:`~stochdepth.load_checkpoint`):
-            at step 0, every ``checkpoint_every`` steps and at the end. A new run
-            refuses to overwrite an existing file.
+        checkpoint: Save the run to this file, a run checkpoint (not the block's
+            activation checkpointing): at step 0, every ``checkpoint_every`` steps and
+            at the end; a new run refuses to overwrite an existing file. See
+            [reliable training runs](../reliability.md).
         checkpoint_every: Save every this many steps; ``None`` or 0 saves only at
             the start and at the end.
-        resume: Continue from ``checkpoint``: the model, optimizer, samplers, random
-            states and history are restored, and the run goes on from the saved step
-            to ``steps``, exactly as if it had never stopped. ``lr``, ``momentum``,
-            the samplers' kinds and parameters, the model's shape, and ``x`` and
-            ``y`` must be those of the saved run.
+        resume: Continue from ``checkpoint`` exactly as if the run had never stopped;
+            the options, samplers, model shape and data must be the saved run's.
         distributed: Train with ``DistributedDataParallel`` on torch.distributed's
-            default process group (see the docs' Distributed training page). Rank 0's ``x``,
-            ``y``, weights and sampler states are every rank's; each rank trains on its
-            contiguous share of the batch, and the gradients are summed, so that the
-            loss and the update are the single-process ones of the whole batch (up to
-            rounding). A :class:`~stochdepth.SkippedLayerTie` makes depth-0 steps work
-            and keeps their single-process semantics, and every step checks that the
-            ranks drew the same depths (:class:`~stochdepth.DepthMismatchError`
-            otherwise). Only rank 0 prints; every rank returns the same history. With
-            ``checkpoint``, rank 0 reads and writes the file (atomically) and every rank
-            resumes from it, with rank 0's random states. A block with
-            ``per_sample=True`` draws the depths of the whole batch's rows on every rank
-            and uses its own shard's, as a single process would.
-        seed: The seed that made this run's data, weights and random states, if the
-            caller seeded them with one (the command line's ``--seed``, given or
-            drawn): it is stored in the checkpoint (``Checkpoint.run["seed"]``) so
-            that a resumed run can make them again, and a resumed run with another
-            seed is refused. ``train`` itself seeds nothing.
+            default process group: rank 0's data, weights and sampler states are every
+            rank's, each rank trains on its share of the batch, and the loss and update
+            are the single-process ones of the whole batch (up to rounding). Depth 0,
+            depth agreement and checkpoints under DDP:
+            [distributed training](../distributed.md).
+        seed: The seed the caller made this run's data and weights with, stored in the
+            checkpoint (a resumed run with another seed is refused); ``train`` itself
+            seeds nothing.
         cuda_graphs: Replay each step from a CUDA graph captured once per depth
-            (:class:`~stochdepth.CUDAGraphStep`): the same depths, losses and weights
-            as eager training (within float32 rounding), with one graph launch per
-            step instead of a launch per kernel. The model, ``x`` and ``y`` must be on
-            a CUDA device; not with ``distributed=True``.
+            (:class:`~stochdepth.CUDAGraphStep`); on a CUDA device, not with
+            ``distributed=True``.
 
     Returns:
         One :class:`StepRecord` per step, ``(step, loss, depth)``, in a
@@ -240,7 +227,7 @@ def bind_sampler(model: nn.Module, sampler: DepthSampler | None) -> list[Repeate
         )
     sampler = check_sampler(sampler)
     for block in blocks:  # every block checked before any is changed
-        block._choice.check_fits(sampler)
+        block.check_sampler(sampler)
     for block in blocks:
         block.sampler = sampler
     return blocks

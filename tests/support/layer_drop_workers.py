@@ -8,9 +8,6 @@ of dying) and saves it for the parent test.
 
 from __future__ import annotations
 
-import datetime
-import traceback
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,11 +17,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from stochdepth import LayerDropList
 
+from support.processes import run_rank
+
 WORLD_SIZE = 2
 ROWS, WIDTH, LAYERS = 8, 6, 4  # global batch rows; each rank takes half
 STEPS = 30
 SEED = 5
-COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=30)  # a hang inside gloo fails, not stalls
 
 
 def make_model(mode: str, seed: int) -> nn.Sequential:
@@ -33,7 +31,7 @@ def make_model(mode: str, seed: int) -> nn.Sequential:
     blocks = [nn.Sequential(nn.Linear(WIDTH, WIDTH), nn.Tanh()) for _ in range(LAYERS)]
     return nn.Sequential(
         nn.Linear(3, WIDTH),
-        LayerDropList(blocks, 0.5, mode=mode, residual=True, seed=seed),  # type: ignore[arg-type]
+        LayerDropList(blocks, 0.5, per_sample=mode == "row", residual=True, seed=seed),
         nn.Linear(WIDTH, 2),
     )
 
@@ -108,22 +106,4 @@ SCENARIOS = {
 
 def run_scenarios(rank: int, init_file: str, out_dir: str) -> None:
     """Entry point of each spawned rank."""
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=WORLD_SIZE,
-        timeout=COLLECTIVE_TIMEOUT,
-    )
-    results: dict[str, Any] = {}
-    try:
-        for name, run in SCENARIOS.items():
-            try:
-                results[name] = run(rank)
-            except Exception as error:
-                results[name] = {"traceback": f"{error!r}\n{traceback.format_exc()}"}
-            dist.barrier()
-    finally:
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-        dist.destroy_process_group()
+    run_rank(rank, init_file, out_dir, WORLD_SIZE, SCENARIOS)

@@ -1,4 +1,4 @@
-"""Depth telemetry: RepeatedBlock.depth_histogram, TrainingHistory, and set_step."""
+"""Depth telemetry of a run: TrainingHistory, and the trainer's set_step."""
 
 from __future__ import annotations
 
@@ -23,70 +23,8 @@ from stochdepth import (
     UniformDepth,
     train,
 )
-from stochdepth._cli import main
 
-from strategies import bounds, seeds
-
-
-def block(sampler: object = None) -> RepeatedBlock:
-    return RepeatedBlock(nn.Linear(3, 3), sampler)  # type: ignore[arg-type]
-
-
-# --- RepeatedBlock.depth_histogram ----------------------------------------------------
-
-
-@given(bounds(), seeds, st.integers(0, 40))
-def test_the_histogram_counts_every_training_pass(
-    low_high: tuple[int, int], seed: int, n: int
-) -> None:
-    module = block(SeededDepth(*low_high, seed=seed))
-    used = []
-    for _ in range(n):
-        module(torch.randn(2, 3))
-        used.append(module.last_depth)
-    assert module.depth_histogram == dict(sorted(Counter(used).items()))
-    assert list(module.depth_histogram) == sorted(module.depth_histogram)
-
-
-def test_explicit_depths_in_training_count_and_eval_passes_do_not() -> None:
-    module = block(FixedDepth(1))
-    module(torch.randn(2, 3), depth=4)
-    module(torch.randn(2, 3))
-    module.eval()
-    module(torch.randn(2, 3))
-    module(torch.randn(2, 3), depth=2)
-    assert module.depth_histogram == {1: 1, 4: 1}
-
-
-def test_the_histogram_resets_and_is_a_copy() -> None:
-    module = block(FixedDepth(2))
-    module(torch.randn(2, 3))
-    histogram = module.depth_histogram
-    histogram[2] = 100
-    assert module.depth_histogram == {2: 1}
-    module.reset_depth_histogram()
-    assert module.depth_histogram == {}
-    module(torch.randn(2, 3))
-    assert module.depth_histogram == {2: 1}
-
-
-def test_the_histogram_is_not_part_of_the_state_dict() -> None:
-    module = block(FixedDepth(2))
-    module(torch.randn(2, 3))
-    twin = block(FixedDepth(2))
-    twin.load_state_dict(module.state_dict())
-    assert twin.depth_histogram == {}
-
-
-def test_the_articles_sampler_shows_depths_zero_to_three() -> None:
-    # random.randint(0, 3) includes both ends: four depths, 0 to 3, not 1 to 3 or
-    # 0 to 2. A reader unsure of what a description of the range means can look here.
-    random.seed(0)
-    model = DynamicNet(5, 4, 2)
-    for _ in range(200):
-        model(torch.randn(3, 5))
-    assert set(model.middle.depth_histogram) == {0, 1, 2, 3}
-
+from support.strategies import bounds, seeds
 
 # --- TrainingHistory ------------------------------------------------------------------
 
@@ -185,53 +123,3 @@ def test_samplers_without_set_step_still_train() -> None:
     random.seed(1)
     history = fit(UniformDepth(0, 3), steps=20)
     assert len(history) == 20
-
-
-# --- the command line's summary -------------------------------------------------------
-
-
-def test_the_command_line_prints_the_summary_of_the_run(capsys: pytest.CaptureFixture[str]) -> None:
-    state, random_state = torch.get_rng_state(), random.getstate()
-    try:
-        assert (
-            main(
-                [
-                    "train",
-                    "--seed",
-                    "3",
-                    "--steps",
-                    "40",
-                    "--log-every",
-                    "0",
-                    "--sampler",
-                    "fixed:depth=2",
-                ]
-            )
-            == 0
-        )
-        captured = capsys.readouterr()
-        assert captured.out == ""
-        assert captured.err.startswith("stochdepth train: 40 steps, final loss ")
-        assert captured.err.endswith(", mean depth 2.000, depths 2:40\n")
-        assert main(["train", "--seed", "3", "--steps", "5", "--no-summary"]) == 0
-        assert capsys.readouterr().err == ""
-    finally:
-        torch.set_rng_state(state)
-        random.setstate(random_state)
-
-
-def test_the_samplers_command_lists_every_builtin(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["samplers"]) == 0
-    out = capsys.readouterr().out
-    names = [line.split()[0] for line in out.splitlines()]
-    assert {
-        "uniform",
-        "fixed",
-        "seeded",
-        "bernoulli",
-        "geometric",
-        "scheduled",
-        "lognormal_poisson",
-    } <= set(names)
-    assert "Each of max_depth repeats survives with probability p" in out
-    assert "``" not in out

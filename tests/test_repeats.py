@@ -2,15 +2,13 @@
 
 Laws: masked mode and checkpointed repeats give the outputs and gradients of the
 default skip mode exactly (``torch.equal``); per-sample depth gives every row what the
-layer applied to that row alone, its depth times, gives it; the batched draws of the
-built-in samplers stay in bounds, have the right law and are reproducible.
+layer applied to that row alone, its depth times, gives it. (The built-in samplers'
+batched draws are tested in samplers/test_builtin.py.)
 """
 
 from __future__ import annotations
 
 import io
-import math
-import random
 from types import SimpleNamespace
 
 import pytest
@@ -20,20 +18,15 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from stochdepth import (
-    BernoulliDepth,
-    DepthSampler,
     DynamicNet,
     FixedDepth,
-    GeometricDepth,
     RepeatedBlock,
-    ScheduledDepth,
     SeededDepth,
-    UniformDepth,
     train,
 )
 
-from fakes import CountingSampler
-from strategies import LAYERS, MAX_DEPTH, depths, features, layer_names, seeds
+from support.fakes import CountingSampler
+from support.strategies import LAYERS, MAX_DEPTH, depths, features, layer_names, seeds
 
 torch_seeds = st.integers(min_value=0, max_value=2**32 - 1)
 rows = st.integers(min_value=1, max_value=9)
@@ -299,52 +292,6 @@ def test_training_a_per_sample_model_records_the_deepest_row() -> None:
     history = train(model, x, y, steps=5, log_every=None, file=io.StringIO())
     assert all(type(record.depth) is int for record in history)
     assert sum(model.middle.depth_histogram.values()) == 5 * 6
-
-
-# --------------------------------------------------------------------------- batched draws
-
-
-def all_samplers(seed: int) -> list[DepthSampler]:
-    return [
-        UniformDepth(1, 4),
-        FixedDepth(3),
-        SeededDepth(0, 5, seed=seed),
-        BernoulliDepth(6, p=0.3, seed=seed),
-        GeometricDepth(0.4, max_depth=5, seed=seed),
-        ScheduledDepth(start=1, end=5, steps=10, seed=seed),
-    ]
-
-
-@given(seed=seeds, n=st.integers(min_value=0, max_value=50))
-def test_batched_draws_are_int64_vectors_within_bounds(seed: int, n: int) -> None:
-    for sampler in all_samplers(seed):
-        drawn = sampler.sample_batch(n)  # type: ignore[attr-defined]
-        assert drawn.dtype == torch.int64, sampler
-        assert drawn.shape == (n,), sampler
-        assert drawn.device.type == "cpu", sampler
-        if n:
-            assert sampler.min_depth <= int(drawn.min()) <= int(drawn.max()) <= sampler.max_depth
-
-
-def test_batched_draws_follow_each_samplers_law() -> None:
-    random.seed(7)  # UniformDepth draws from Python's random: the test stays deterministic
-    n = 40_000
-    for sampler in all_samplers(7):
-        law = sampler.probabilities()  # type: ignore[attr-defined]
-        counts = torch.bincount(sampler.sample_batch(n), minlength=sampler.max_depth + 1)  # type: ignore[attr-defined]
-        for depth, p in law.items():
-            sigma = math.sqrt(n * p * (1 - p)) + 1e-9
-            assert abs(int(counts[depth]) - n * p) < 6 * sigma, (sampler, depth)
-
-
-def test_batched_draws_are_reproducible() -> None:
-    random.seed(3)
-    first = UniformDepth(0, 9).sample_batch(20)
-    random.seed(3)
-    assert torch.equal(UniformDepth(0, 9).sample_batch(20), first)
-    assert torch.equal(
-        SeededDepth(0, 9, seed=5).sample_batch(20), SeededDepth(0, 9, seed=5).sample_batch(20)
-    )
 
 
 # --------------------------------------------------------------------------- checkpoint

@@ -41,9 +41,10 @@ from stochdepth import (
 from stochdepth._cli import main
 from stochdepth.training._checkpoint import MAGIC
 
-from processes import QUIET_ENV, kill_when_parked, run_python
+from support import park
+from support.processes import QUIET_ENV, kill_when_parked, run_python
 
-PARK = Path(__file__).with_name("park.py")
+PARK = Path(park.__file__)
 # One thread in the children, as conftest.py sets for this process, so that in-process
 # and subprocess runs do the same floating-point arithmetic.
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

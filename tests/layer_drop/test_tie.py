@@ -10,8 +10,8 @@ from torch import nn
 
 from stochdepth import LayerDropList
 
-import layer_drop_workers as workers
-from processes import spawn_ranks
+from support import layer_drop_workers as workers
+from support.processes import spawn_ranks
 
 SPAWN_DEADLINE = 240  # seconds: a hang fails the test instead of stalling the run
 

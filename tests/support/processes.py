@@ -1,19 +1,27 @@
-"""Running Python in a subprocess, as a user would from a shell, or as spawned DDP ranks."""
+"""Running Python in a subprocess, as a user would from a shell, or as spawned DDP ranks.
+
+The DDP rank harness is in two halves: :func:`spawn_ranks` in the test starts the ranks
+and collects what they saved; :func:`run_rank` in each rank joins the gloo group, runs
+the scenarios and saves their results.
+"""
 
 from __future__ import annotations
 
+import datetime
 import os
 import selectors
 import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 # torch 2.13 warns on stderr at import when NumPy is absent; stochdepth does not use
@@ -21,6 +29,11 @@ import torch.multiprocessing as mp
 QUIET_ENV = {**os.environ, "PYTHONWARNINGS": "ignore:Failed to initialize NumPy:UserWarning"}
 
 TIMEOUT = 300  # seconds: a hang fails the test instead of stalling the run
+
+COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=30)  # a hang inside gloo fails, not stalls
+
+Scenario = Callable[[int], dict[str, Any]]
+"""What a rank runs: ``scenario(rank)`` returns what the test checks."""
 
 
 def run_python(
@@ -100,3 +113,37 @@ def spawn_ranks(
             if process.is_alive():
                 process.kill()
     return [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in range(world_size)]
+
+
+def run_rank(
+    rank: int, init_file: str, out_dir: str, world_size: int, scenarios: Mapping[str, Scenario]
+) -> None:
+    """The body of each spawned rank: join the gloo group, run the scenarios, save the results.
+
+    Saves ``{name: scenario(rank)}`` to ``out_dir/rank{N}.pt`` for :func:`spawn_ranks`. A
+    scenario that raises is recorded as ``{"error_type", "error", "traceback"}`` instead of
+    killing the rank; the ranks meet at a barrier after each scenario.
+    """
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world_size,
+        timeout=COLLECTIVE_TIMEOUT,
+    )
+    results: dict[str, Any] = {}
+    try:
+        for name, scenario in scenarios.items():
+            try:
+                results[name] = scenario(rank)
+            except Exception as error:
+                results[name] = {
+                    "error_type": type(error).__name__,
+                    "error": str(error),
+                    "traceback": traceback.format_exc(),
+                }
+            dist.barrier()
+    finally:
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        dist.destroy_process_group()

@@ -15,7 +15,7 @@ from torch import nn
 
 from stochdepth import DynamicNet, FixedDepth, RepeatedBlock, SeededDepth, StepRecord, train
 
-import article9
+from support import article9
 
 SIZES = (16, 20, 10, 3)  # N, D_in, H, D_out: small, so that many steps stay cheap
 

@@ -123,7 +123,7 @@ def test_masked_blocks_pass_the_block_check(block_options: dict[str, Any]) -> No
 
 
 @pytest.mark.parametrize(
-    "list_options", [{}, {"mode": "row"}, {"masked": True}, {"drop_rate": 0.0}]
+    "list_options", [{}, {"per_sample": True}, {"mode": "masked"}, {"drop_rate": 0.0}]
 )
 def test_a_layer_drop_list_is_refused(list_options: dict[str, Any]) -> None:
     # Its drops are drawn in Python, which a replay skips: every step would drop the

@@ -2,7 +2,7 @@
 
 ``DynamicNet`` below is the article's class verbatim. ``run`` is the article's script
 with one addition: ``torch.manual_seed(seed)`` and ``random.seed(seed)`` first, when a
-seed is given. Run as a script (``python tests/article9.py [SEED]``) it prints the
+seed is given. Run as a script (``python tests/support/article9.py [SEED]``) it prints the
 article's five lines.
 """
 

@@ -6,6 +6,7 @@ import copy
 import io
 import itertools
 import pickle
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,18 +19,11 @@ from torch._dynamo.testing import CompileCounter
 
 import stochdepth
 from stochdepth import (
-    BernoulliDrop,
     LayerDropList,
-    NestedDrop,
-    available_drop_rules,
-    get_drop_rule,
     linear_drop_rates,
-    register_drop_rule,
-    unregister_drop_rule,
 )
-from stochdepth.layer_drop import _registry
 
-from stats import assert_follows
+from support.stats import assert_follows
 
 rates = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 seeds = st.integers(min_value=0, max_value=2**64 - 1)
@@ -74,7 +68,12 @@ def hand_step(h: Tensor, out: Tensor, rate: float, residual: bool, scale: str) -
 def test_each_layer_runs_with_probability_one_minus_its_rate(rule: str, mode: str) -> None:
     drop = [0.0, 0.1, 0.3, 0.5, 0.9, 1.0]
     stack = LayerDropList(
-        [nn.Identity() for _ in drop], drop, mode=mode, residual=True, seed=7, rule=rule
+        [nn.Identity() for _ in drop],
+        drop,
+        per_sample=mode == "row",
+        residual=True,
+        seed=7,
+        rule=rule,
     )
     rows = 1 if mode == "batch" else 25
     masks = [stack.draw_keep(None if mode == "batch" else rows) for _ in range(4000 // rows)]
@@ -90,16 +89,6 @@ def test_the_law_check_rejects_a_wrong_rate() -> None:
     keep = [int(stack.draw_keep()[0]) for _ in range(4000)]
     with pytest.raises(AssertionError, match="chi-square"):
         assert_follows(keep, {1: 0.6, 0: 0.4})
-
-
-def test_bernoulli_drops_independently_and_nested_drops_nested_sets() -> None:
-    drop = torch.tensor([0.5, 0.5], dtype=torch.float64)
-    generator = torch.Generator().manual_seed(0)
-    nested = NestedDrop().draw(drop, 2000, generator)
-    assert torch.equal(nested[0], nested[1])  # equal rates: dropped together, always
-    independent = BernoulliDrop().draw(drop, 2000, generator)
-    both = int((independent[0] & independent[1]).sum())
-    assert 400 < both < 600  # about a quarter, far from the half that equality gives
 
 
 # --------------------------------------------------------------------------- batch mode
@@ -154,7 +143,9 @@ def test_row_mode_equals_the_hand_per_row_result_and_runs_layers_on_kept_rows_on
     count: int, rows: int, drop: float, residual: bool, seed: int
 ) -> None:
     torch.manual_seed(0)
-    stack, log = recording_stack(count, drop_rate=drop, residual=residual, mode="row", seed=seed)
+    stack, log = recording_stack(
+        count, drop_rate=drop, residual=residual, per_sample=True, seed=seed
+    )
     x = torch.randn(rows, 3, dtype=torch.float64)
     got = stack(x)
     keep = stack.last_keep
@@ -189,7 +180,7 @@ def test_row_args_are_cut_to_the_kept_rows_by_position_and_keyword() -> None:
     stack = LayerDropList(
         [Masked() for _ in range(4)],
         0.5,
-        mode="row",
+        per_sample=True,
         residual=True,
         seed=3,
         row_args=(0, 1, "bias"),
@@ -220,7 +211,7 @@ def test_row_args_are_cut_to_the_kept_rows_by_position_and_keyword() -> None:
 
 
 def test_a_row_argument_with_other_rows_is_refused_with_its_name() -> None:
-    stack = LayerDropList([Masked()], 0.5, mode="row", seed=0, row_args=("bias",))
+    stack = LayerDropList([Masked()], 0.5, per_sample=True, seed=0, row_args=("bias",))
     x = torch.randn(4, 3, dtype=torch.float64)
     keep = torch.tensor([[True, False, True, True]])
     pair = (torch.ones(4, 1, dtype=torch.float64), torch.zeros(4, 3, dtype=torch.float64))
@@ -250,7 +241,9 @@ def test_the_training_output_averages_exactly_to_the_evaluation_output(
     is what evaluation computes with every branch times ``1 - p``.
     """
     drop = [0.2, 0.5, 0.7]
-    stack = LayerDropList(linear_branches(3, 4), drop, mode=mode, residual=True, scale=scale)
+    stack = LayerDropList(
+        linear_branches(3, 4), drop, per_sample=mode == "row", residual=True, scale=scale
+    )
     x = torch.randn(2, 4, dtype=torch.float64)
     mean = torch.zeros_like(x)
     for pattern in itertools.product([False, True], repeat=3):
@@ -267,7 +260,9 @@ def test_the_training_output_averages_exactly_to_the_evaluation_output(
 
 def test_row_mode_draws_average_to_the_evaluation_output() -> None:
     """Many identical rows through drawn masks: their mean is the evaluation output."""
-    stack = LayerDropList(linear_branches(3, 2), [0.1, 0.4, 0.6], mode="row", residual=True, seed=5)
+    stack = LayerDropList(
+        linear_branches(3, 2), [0.1, 0.4, 0.6], per_sample=True, residual=True, seed=5
+    )
     rows = 20_000
     x = torch.randn(1, 2, dtype=torch.float64).expand(rows, 2).contiguous()
     with torch.no_grad():
@@ -318,8 +313,10 @@ def test_the_papers_convention_scales_branches_at_evaluation() -> None:
 def test_the_masked_variant_equals_skipping(mode: str, residual: bool) -> None:
     torch.manual_seed(0)
     layers = [nn.Sequential(nn.Linear(3, 3, dtype=torch.float64), nn.Tanh()) for _ in range(4)]
-    skip = LayerDropList(layers, 0.5, mode=mode, residual=residual, seed=9)
-    masked = LayerDropList(layers, 0.5, mode=mode, residual=residual, seed=9, masked=True)
+    skip = LayerDropList(layers, 0.5, per_sample=mode == "row", residual=residual, seed=9)
+    masked = LayerDropList(
+        layers, 0.5, per_sample=mode == "row", residual=residual, seed=9, mode="masked"
+    )
     x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     for _ in range(5):
         want = skip(x)
@@ -337,7 +334,11 @@ def test_the_masked_variant_equals_skipping(mode: str, residual: bool) -> None:
 def test_a_layer_that_is_always_dropped_gives_finite_gradients_in_masked_mode() -> None:
     torch.manual_seed(0)
     stack = LayerDropList(
-        [nn.Linear(3, 3) for _ in range(2)], [0.0, 1.0], mode="row", residual=True, masked=True
+        [nn.Linear(3, 3) for _ in range(2)],
+        [0.0, 1.0],
+        per_sample=True,
+        residual=True,
+        mode="masked",
     )
     x = torch.randn(4, 3, requires_grad=True)
     stack(x).sum().backward()
@@ -351,14 +352,14 @@ def test_a_layer_that_is_always_dropped_gives_finite_gradients_in_masked_mode() 
 
 
 def test_a_state_round_trip_continues_the_sequence_of_drops() -> None:
-    stack = LayerDropList([nn.Linear(2, 2) for _ in range(5)], 0.5, mode="row", seed=11)
+    stack = LayerDropList([nn.Linear(2, 2) for _ in range(5)], 0.5, per_sample=True, seed=11)
     x = torch.randn(7, 2)
     for _ in range(3):
         stack(x)
     buffer = io.BytesIO()
     torch.save(stack.state_dict(), buffer)
     after = [stack(x) is not None and stack.last_keep for _ in range(4)]
-    other = LayerDropList([nn.Linear(2, 2) for _ in range(5)], 0.5, mode="row", seed=99)
+    other = LayerDropList([nn.Linear(2, 2) for _ in range(5)], 0.5, per_sample=True, seed=99)
     other.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
     assert other.seed == 11
     assert other.draws == 3 * 7
@@ -428,7 +429,9 @@ def test_train_resumes_exactly_from_a_checkpoint(tmp_path: Any) -> None:
         blocks = [nn.Sequential(nn.Linear(6, 6), nn.Tanh()) for _ in range(4)]
         return nn.Sequential(
             nn.Linear(5, 6),
-            LayerDropList(blocks, linear_drop_rates(0.6, 4), mode="row", residual=True, seed=3),
+            LayerDropList(
+                blocks, linear_drop_rates(0.6, 4), per_sample=True, residual=True, seed=3
+            ),
             nn.Linear(6, 2),
         )
 
@@ -457,7 +460,7 @@ def test_a_transformer_encoders_layers_with_a_padding_mask() -> None:
     layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True)
     encoder = nn.TransformerEncoder(layer, num_layers=3, enable_nested_tensor=False)
     stack = LayerDropList(
-        encoder.layers, 0.5, mode="row", seed=0, row_args=("src_key_padding_mask",)
+        encoder.layers, 0.5, per_sample=True, seed=0, row_args=("src_key_padding_mask",)
     )
     x = torch.randn(5, 4, 8)
     pad = torch.zeros(5, 4, dtype=torch.bool)
@@ -517,7 +520,9 @@ def test_the_container_reads_like_a_module_list() -> None:
 
 
 def test_layer_runs_count_kept_layers_and_rows() -> None:
-    stack = LayerDropList([nn.Identity() for _ in range(3)], [0.0, 1.0, 0.5], mode="row", seed=0)
+    stack = LayerDropList(
+        [nn.Identity() for _ in range(3)], [0.0, 1.0, 0.5], per_sample=True, seed=0
+    )
     stack(torch.zeros(10, 2))
     stack(torch.zeros(6, 2))
     assert stack.draws == 16
@@ -527,128 +532,6 @@ def test_layer_runs_count_kept_layers_and_rows() -> None:
     assert stack.layer_runs == [0, 0, 0]
     assert stack.draws == 0
     assert stack.keep_frequencies == [0.0] * 3
-
-
-# --------------------------------------------------------------------------- rules
-
-
-def test_the_registry_names_rules_and_suggests_the_closest() -> None:
-    assert {"bernoulli", "nested"} <= set(available_drop_rules())
-    assert isinstance(get_drop_rule("nested"), NestedDrop)
-    with pytest.raises(ValueError, match="did you mean 'bernoulli'"):
-        LayerDropList([nn.Identity()], 0.5, rule="bernouli")
-    with pytest.raises(ValueError, match="is a built-in drop rule"):
-        register_drop_rule("nested", BernoulliDrop)
-
-
-@pytest.fixture
-def drop_rules() -> Iterator[None]:
-    """Give the test the drop-rule registrations of a fresh process, and put them back."""
-    registered = _registry.DROP_RULES.snapshot()
-    _registry.DROP_RULES.restore(_registry.BUILTIN_DROP_RULES)
-    yield
-    _registry.DROP_RULES.restore(registered)
-
-
-@pytest.mark.usefixtures("drop_rules")
-def test_a_registered_rule_is_used_by_name() -> None:
-
-    class FirstOnly:
-        def draw(self, drop_rates: Tensor, rows: int | None, generator: torch.Generator) -> Tensor:
-            keep = torch.zeros(len(drop_rates), dtype=torch.bool)
-            keep[0] = True
-            return keep if rows is None else keep[:, None].expand(-1, rows)
-
-    register_drop_rule("first-only", FirstOnly)
-    with pytest.raises(ValueError, match="already registered"):
-        register_drop_rule("first-only", FirstOnly)
-    stack = LayerDropList([nn.Identity()] * 3, 0.5, rule="first-only", mode="row", seed=0)
-    stack(torch.zeros(4, 1))
-    assert stack.layer_runs == [4, 0, 0]
-    unregister_drop_rule("first-only")
-    assert "first-only" not in available_drop_rules()
-    with pytest.raises(ValueError, match="registered in this process"):
-        unregister_drop_rule("first-only")
-    with pytest.raises(ValueError, match="built-in drop rule and cannot be removed"):
-        unregister_drop_rule("bernoulli")
-
-
-@pytest.mark.usefixtures("drop_rules")
-def test_drop_rule_errors_are_their_own_classes_and_keep_the_old_bases() -> None:
-    with pytest.raises(
-        stochdepth.UnknownDropRuleError, match=r"^unknown drop rule 'nestd'.*'nested'\?$"
-    ):
-        get_drop_rule("nestd")
-    assert issubclass(stochdepth.UnknownDropRuleError, ValueError)
-    assert issubclass(stochdepth.UnknownDropRuleError, LookupError)
-    assert issubclass(stochdepth.DropRulePluginError, LookupError)
-    register_drop_rule("mine", NestedDrop)
-    with pytest.raises(ValueError, match=r"already registered as 'mine'.*pass replace=True"):
-        register_drop_rule("mine", BernoulliDrop)
-    register_drop_rule("mine", BernoulliDrop, replace=True)
-    assert isinstance(get_drop_rule("mine"), BernoulliDrop)
-    with pytest.raises(TypeError, match=r"^register_drop_rule\('x'\) needs a DropRule factory"):
-        register_drop_rule("x", NestedDrop())  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"^name must be letters"):
-        register_drop_rule("-x", NestedDrop)
-    with pytest.raises(
-        stochdepth.UnknownDropRuleError,
-        match=r"no drop rule is registered as 'other'; the names registered in this process are: "
-        r"mine$",
-    ):
-        unregister_drop_rule("other")
-    with pytest.raises(ValueError, match="built-in drop rule and cannot be replaced"):
-        register_drop_rule("bernoulli", NestedDrop, replace=True)
-
-
-def test_plugins_come_from_the_entry_point_group(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.metadata
-
-    group = _registry.ENTRY_POINT_GROUP
-    points = [
-        importlib.metadata.EntryPoint("plugged", "stochdepth:NestedDrop", group),
-        importlib.metadata.EntryPoint("broken", "no_such_module_here:Rule", group),
-    ]
-
-    def entry_points(**selection: Any) -> list[importlib.metadata.EntryPoint]:
-        assert selection == {"group": group}
-        return points
-
-    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
-    _registry.refresh_drop_rules()
-    try:
-        assert isinstance(get_drop_rule("plugged"), NestedDrop)
-        with pytest.warns(stochdepth.SamplerPluginWarning, match="'broken = no_such_module_here"):
-            names = available_drop_rules()
-        assert "plugged" in names
-        assert "broken" not in names
-        with pytest.raises(LookupError, match="failed to load: ModuleNotFoundError") as info:
-            get_drop_rule("broken")
-        assert isinstance(info.value, stochdepth.DropRulePluginError)
-    finally:
-        monkeypatch.undo()
-        _registry.refresh_drop_rules()
-
-
-def test_a_rule_that_returns_the_wrong_mask_is_named() -> None:
-    class Wrong:
-        def draw(self, drop_rates: Tensor, rows: int | None, generator: torch.Generator) -> Tensor:
-            return torch.ones(len(drop_rates))
-
-        def __repr__(self) -> str:
-            return "Wrong()"
-
-    stack = LayerDropList([nn.Identity()] * 2, 0.5, rule=Wrong())
-    with pytest.raises(
-        TypeError, match=r"drop rule Wrong\(\) must return a bool tensor of shape \(2,\)"
-    ):
-        stack(torch.zeros(1))
-
-
-def test_linear_drop_rates_follow_timm() -> None:
-    assert linear_drop_rates(0.1, 12) == pytest.approx(torch.linspace(0, 0.1, 12).tolist())
-    assert linear_drop_rates(0.5, 1) == [0.0]
-    assert linear_drop_rates(0.3, 4)[-1] == 0.3
 
 
 # --------------------------------------------------------------------------- bad input
@@ -664,7 +547,7 @@ def test_linear_drop_rates_follow_timm() -> None:
         ({"drop_rate": "0.1"}, TypeError, "drop_rate must be a probability or a sequence"),
         ({"drop_rate": [0.1]}, ValueError, r"one probability per layer \(2\), got 1"),
         ({"drop_rate": [0.1, -0.1]}, ValueError, r"drop_rate\[1\] must be a probability"),
-        ({"mode": "rows"}, ValueError, "mode must be one of 'batch', 'row', got 'rows'"),
+        ({"mode": "rows"}, ValueError, "mode must be one of 'skip', 'masked', got 'rows'"),
         ({"residual": 1}, TypeError, "residual must be a bool, got 1"),
         ({"scale": "eval"}, ValueError, "scale='eval' .* needs residual=True"),
         ({"seed": -1}, ValueError, "seed must be an int >= 0, got -1"),
@@ -675,8 +558,8 @@ def test_linear_drop_rates_follow_timm() -> None:
             r"eval_layers must hold layer indices in \[0, 1\], got 2",
         ),
         ({"eval_layers": [0, 0]}, ValueError, "eval_layers must not repeat an index"),
-        ({"row_args": [0]}, ValueError, "row_args .* only mode='row'"),
-        ({"row_args": [1.5], "mode": "row"}, TypeError, "row_args must hold positions"),
+        ({"row_args": [0]}, ValueError, "row_args .* only per_sample=True"),
+        ({"row_args": [1.5], "per_sample": True}, TypeError, "row_args must hold positions"),
         ({"output": "first"}, TypeError, "output must be None, an int"),
     ],
 )
@@ -697,12 +580,12 @@ def test_bad_forward_input_is_refused_naming_it() -> None:
         stack(torch.zeros(4, 2))
     with pytest.raises(TypeError, match=r"keep must be a bool tensor of shape \(2,\)"):
         stack(torch.zeros(4, 2), keep=torch.ones(2))
-    with pytest.raises(TypeError, match=r"rows must be None in mode='batch'"):
+    with pytest.raises(TypeError, match=r"rows must be None with per_sample=False"):
         stack.draw_keep(3)
     stack.eval()
     with pytest.raises(ValueError, match="keep= applies in training mode only"):
         stack(torch.zeros(4, 2), keep=torch.ones(2, dtype=torch.bool))
-    rows = LayerDropList([nn.Identity()], 0.5, mode="row", seed=0)
+    rows = LayerDropList([nn.Identity()], 0.5, per_sample=True, seed=0)
     with pytest.raises(ValueError, match="h is a 0-d tensor"):
         rows(torch.tensor(1.0))
     with pytest.raises(TypeError, match=r"keep must be a bool tensor of shape \(1, 3\)"):
@@ -719,12 +602,12 @@ def fresh_dynamo() -> Iterator[None]:
     torch._dynamo.reset()
 
 
-def compiled_model(mode: str, **options: Any) -> nn.Module:
+def compiled_model(draw: str, **options: Any) -> nn.Module:
     torch.manual_seed(0)
     blocks = [nn.Sequential(nn.Linear(6, 6), nn.Tanh()) for _ in range(8)]
     return nn.Sequential(
         nn.Linear(4, 6),
-        LayerDropList(blocks, 0.5, mode=mode, residual=True, seed=21, **options),
+        LayerDropList(blocks, 0.5, per_sample=draw == "row", residual=True, seed=21, **options),
         nn.Linear(6, 2),
     )
 
@@ -762,7 +645,7 @@ def test_compile_keeps_the_draws_random_with_a_bounded_number_of_graphs(mode: st
 @pytest.mark.usefixtures("fresh_dynamo")
 @pytest.mark.parametrize("mode", ["batch", "row"])
 def test_the_masked_variant_compiles_to_one_graph_with_the_mask_as_an_argument(mode: str) -> None:
-    model = compiled_model(mode, masked=True)
+    model = compiled_model(mode, mode="masked")
     skip = compiled_model(mode)
     counter = CompileCounter()
     compiled = torch.compile(model[1], backend=counter, fullgraph=True)
@@ -782,7 +665,7 @@ def test_on_a_gpu_the_list_equals_the_cpu_with_the_same_draws(
 ) -> None:
     torch.manual_seed(0)
     layers = [nn.Sequential(nn.Linear(8, 8), nn.GELU()) for _ in range(4)]
-    cpu = LayerDropList(layers, 0.5, mode=mode, residual=True, seed=3).double()
+    cpu = LayerDropList(layers, 0.5, per_sample=mode == "row", residual=True, seed=3).double()
     gpu = copy.deepcopy(cpu).to(cuda_device)
     x = torch.randn(16, 5, 8, dtype=torch.float64)
     for _ in range(5):
@@ -792,3 +675,44 @@ def test_on_a_gpu_the_list_equals_the_cpu_with_the_same_draws(
         assert gpu.last_keep is not None
         assert torch.equal(cpu.last_keep, gpu.last_keep)  # the draws stay on the CPU
         torch.testing.assert_close(got.cpu(), want, rtol=1e-10, atol=1e-10)
+
+
+# --------------------------------------------------------------------------- vocabulary
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "hint"),
+    [
+        ({"mode": "row"}, {"per_sample": True}, "per_sample=True"),
+        ({"mode": "batch"}, {}, "per_sample=False"),
+        ({"masked": True}, {"mode": "masked"}, "mode='masked'"),
+        ({"masked": False}, {}, "mode='skip'"),
+        ({"mode": "row", "masked": True}, {"mode": "masked", "per_sample": True}, "deprecated"),
+    ],
+)
+def test_the_old_spellings_warn_naming_the_new_one_and_draw_the_same(
+    old: dict[str, Any], new: dict[str, Any], hint: str
+) -> None:
+    layers = [nn.Linear(3, 3) for _ in range(3)]
+    with pytest.warns(FutureWarning, match=re.escape(hint)):
+        legacy = LayerDropList(layers, 0.5, residual=True, seed=4, **old)
+    current = LayerDropList(layers, 0.5, residual=True, seed=4, **new)
+    assert (legacy.mode, legacy.per_sample) == (current.mode, current.per_sample)
+    x = torch.randn(6, 3)
+    for _ in range(4):
+        assert torch.equal(legacy(x), current(x))
+        assert torch.equal(legacy.last_keep, current.last_keep)
+
+
+def test_the_masked_property_is_deprecated_and_says_the_mode() -> None:
+    stack = LayerDropList([nn.Identity()], 0.5, mode="masked", per_sample=True, seed=0)
+    assert (stack.mode, stack.per_sample) == ("masked", True)
+    with pytest.warns(FutureWarning, match="mode == 'masked'"):
+        assert stack.masked is True
+
+
+def test_contradictory_old_and_new_spellings_are_refused() -> None:
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match="masked=False contradicts"):
+        LayerDropList([nn.Identity()], 0.5, mode="masked", masked=False)
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match="mode='batch'"):
+        LayerDropList([nn.Identity()], 0.5, mode="batch", per_sample=True)

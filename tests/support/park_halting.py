@@ -20,7 +20,7 @@ from torch import nn
 
 from stochdepth import ACTHalting
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "halting.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "halting.py"
 
 
 def main() -> None:

@@ -8,10 +8,8 @@ included, instead of dying), and saves it for the parent test to check.
 
 from __future__ import annotations
 
-import datetime
 import io
 import random
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,6 @@ from torch.nn.parallel import DistributedDataParallel
 from stochdepth import (
     BernoulliDepth,
     BroadcastDepth,
-    DepthMismatchError,
     DynamicNet,
     FixedDepth,
     RepeatedBlock,
@@ -35,12 +32,13 @@ from stochdepth import (
     train,
 )
 
+from support.processes import run_rank
+
 WORLD_SIZE = 2
 SIZES = (16, 20, 10, 3)  # N, D_in, H, D_out: small, so that many steps stay cheap
 STEPS = 40
 SEED = 3
 SAMPLER_SEED = 11
-COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=30)  # a hang inside gloo fails, not stalls
 
 
 class SequenceDepth:
@@ -550,28 +548,5 @@ SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
 
 def run_scenarios(rank: int, init_file: str, out_dir: str) -> None:
     """Entry point of each spawned rank."""
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=WORLD_SIZE,
-        timeout=COLLECTIVE_TIMEOUT,
-    )
     CHECKPOINT_DIR.append(Path(out_dir))
-    results: dict[str, Any] = {}
-    try:
-        for name, scenario in SCENARIOS.items():
-            try:
-                results[name] = scenario(rank)
-            except Exception as error:
-                results[name] = {
-                    "error_type": type(error).__name__,
-                    "error": str(error),
-                    "mismatch": isinstance(error, DepthMismatchError),
-                    "traceback": traceback.format_exc(),
-                }
-            dist.barrier()
-    finally:
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-        dist.destroy_process_group()
+    run_rank(rank, init_file, out_dir, WORLD_SIZE, SCENARIOS)

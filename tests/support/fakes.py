@@ -1,4 +1,4 @@
-"""Fake samplers shared by the test modules: protocol-only objects and a module sampler."""
+"""Fakes shared by the test modules: samplers (protocol-only, scripted, a module), a criterion."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from strategies import MAX_DEPTH
+from support.strategies import MAX_DEPTH
 
 
 class CountingSampler:
@@ -60,3 +60,10 @@ class ModuleSampler(nn.Module):
 
     def sample(self) -> int:
         return int(self.next_depth)
+
+
+class Never:
+    """A criterion that never stops a row."""
+
+    def __call__(self, previous, current, repeat, outputs=None):  # type: ignore[no-untyped-def]
+        return torch.zeros(current.shape[0], dtype=torch.bool)
