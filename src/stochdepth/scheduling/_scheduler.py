@@ -229,12 +229,12 @@ class DepthScheduler:
             # Refill only when asked for the next result: the inputs are read lazily.
             with torch.no_grad():
                 done = self._refill(rows, reader, free)
+                if len(rows):
+                    finished, free = self._advance(rows)
+                    done += finished
             yield from done
             if not len(rows):
                 return
-            with torch.no_grad():
-                done, free = self._advance(rows)
-            yield from done
 
     def _advance(self, rows: _Rows) -> tuple[list[ScheduledResult], Tensor]:
         """One repeat of every row in flight; return the halted rows' results and places."""
