@@ -19,6 +19,7 @@ from stochdepth import (
     RepeatedBlock,
     halting_depths,
     halting_distribution,
+    recursify,
 )
 
 
@@ -315,3 +316,21 @@ def test_repeat_hooks_see_each_rows_own_repeat_with_by_repeat() -> None:
     assert len(seen) == len(layer.calls)
     for repeat, states in zip(seen, layer.calls, strict=True):
         assert states == [float(repeat)] * len(states)  # every row of the call at this repeat
+
+
+def test_a_recursified_block_with_per_repeat_deltas_is_run_one_repeat_index_a_call() -> None:
+    torch.manual_seed(5)
+    layers = nn.ModuleList(nn.Sequential(nn.Linear(4, 4), nn.Tanh()) for _ in range(4)).double()
+    converted = recursify(layers, core=slice(0, 4), lora_rank="full")
+    block = next(m for m in converted.modules() if isinstance(m, RepeatedBlock)).eval()
+    scheduler = DepthScheduler(block, 3, max_depth=4)
+    assert scheduler.by_repeat  # the deltas are selected by a repeat hook
+    xs = torch.randn(9, 4, dtype=torch.float64)
+    depths = [4, 1, 3, 2, 4, 4, 1, 2, 3]
+    results = scheduler.run(xs, depths)
+    for result, x, depth in zip(results, xs, depths, strict=True):
+        want = x[None]
+        with torch.no_grad():
+            for layer in layers[:depth]:  # the original layers: what full-rank deltas give
+                want = layer(want)
+        torch.testing.assert_close(result.output, want[0], rtol=1e-10, atol=1e-10)

@@ -101,9 +101,10 @@ class DepthScheduler:
             ``depth_limit``; by default the rule's ``max_depth``.
         by_repeat: Apply the layer to the rows at each repeat index in a call of its
             own, for a layer whose result depends on the repeat index (the block's
-            ``step_kwarg``, repeat hooks, per-repeat weights). By default, only when
-            the block has a ``step_kwarg``; otherwise one call serves rows at
-            different repeats.
+            ``step_kwarg``, a repeat hook: per-repeat weights, ``recursify``'s
+            deltas). By default, when the block has a ``step_kwarg`` or a repeat hook
+            as a run starts; otherwise one call serves rows at different repeats. A
+            layer that reads the repeat index some other way needs ``True``.
         kwargs: Keyword arguments passed to the layer at every repeat (not
             row-aligned).
 
@@ -158,15 +159,26 @@ class DepthScheduler:
                 f"max_depth must be at most the block's depth_limit={block.depth_limit}, got "
                 f"{self.max_depth}"
             )
-        if by_repeat is None:
-            by_repeat = block.step_kwarg is not None
-        self.by_repeat = check_bool("by_repeat", by_repeat)
+        self._by_repeat = None if by_repeat is None else check_bool("by_repeat", by_repeat)
         if kwargs is not None and not isinstance(kwargs, dict):
             raise TypeError(f"kwargs must be a dict of keyword arguments, got {describe(kwargs)}")
         self.kwargs: dict[str, Any] = dict(kwargs or {})
         self.row_repeats = 0
         self.layer_calls = 0
         self._runs_to_max = isinstance(self.rule, RunToMax)
+        self._grouped = False
+
+    @property
+    def by_repeat(self) -> bool:
+        """Whether each repeat index gets a layer call of its own.
+
+        As given, or by default whether the block has a ``step_kwarg`` or a repeat
+        hook (per-repeat weights, ``recursify``'s deltas), read when a run starts.
+        """
+        if self._by_repeat is not None:
+            return self._by_repeat
+        block = self.block
+        return block.step_kwarg is not None or block.has_repeat_hooks
 
     def run(
         self, inputs: Iterable[Any], depths: Iterable[int] | None = None
@@ -222,6 +234,7 @@ class DepthScheduler:
     ) -> Iterator[ScheduledResult]:
         self.row_repeats = 0
         self.layer_calls = 0
+        self._grouped = self.by_repeat
         reader = _Reader(source, caps, self.max_depth)
         rows = _Rows()
         free = _NONE
@@ -270,7 +283,7 @@ class DepthScheduler:
     def _apply(self, rows: _Rows, state: Tensor) -> Tensor:
         """Apply each row's next repeat: in one call, or one call per repeat index."""
         apply, kwargs = self._repeat, self.kwargs
-        if not self.by_repeat:
+        if not self._grouped:
             self.layer_calls += 1
             return apply(state, rows.args, kwargs, rows.clock - rows.admitted)
         out = torch.empty_like(state)
