@@ -37,6 +37,7 @@ def test_every_constructor_option_of_repeated_block_reads_back() -> None:
         "step_kwarg": "step",
         "output": 0,
         "grad_depth": grad,
+        "row_draws": "local",
     }
     layer = Timed()
     block = RepeatedBlock(layer, **given)
@@ -64,6 +65,7 @@ def test_every_constructor_option_of_layer_drop_list_reads_back() -> None:
         "eval_layers": (0, 2),
         "row_args": ("mask",),
         "output": 0,
+        "row_draws": "local",
     }
     stack = LayerDropList(layers, **given)
     # masked= is a deprecated spelling of mode="masked"; reading .masked warns (issue 19)
@@ -233,3 +235,20 @@ def test_a_bad_assignment_to_a_list_raises_and_changes_nothing(
     with pytest.raises(error, match=match):
         setattr(stack, name, value)
     assert getattr(stack, name) is before or getattr(stack, name) == before
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: RepeatedBlock(nn.Linear(2, 2), per_sample=True),
+        lambda: LayerDropList([nn.Linear(2, 2)] * 2, 0.5, per_sample=True),
+    ],
+)
+def test_row_draws_assigned_takes_effect_with_the_constructors_check(make: Any) -> None:
+    module = make()
+    assert module.row_draws == "global"
+    module.row_draws = "local"
+    assert module.row_draws == "local"
+    with pytest.raises(ValueError, match="row_draws"):
+        module.row_draws = "everywhere"
+    assert module.row_draws == "local"

@@ -27,6 +27,7 @@ from ._layer_call import (
     summarize,
 )
 from ._repeats import outside_graph
+from ._row_draws import RowDraws, check_row_draws
 from ._tie import tie_skipped_layer
 from ._validation import check_bool, check_int, describe
 from .exits._loop import until_converged
@@ -52,6 +53,7 @@ _OPTIONS = frozenset(
         "step_kwarg",
         "output",
         "grad_depth",
+        "row_draws",
         "last_depth",
     }
 )
@@ -90,6 +92,16 @@ class RepeatedBlock(nn.Module):
         per_sample: A depth for every row (dimension 0) instead of one per batch; the
             layer must treat rows independently. Drawn with the sampler's
             ``sample_batch``.
+        row_draws: With ``per_sample=True``, whose rows a training-mode draw covers
+            inside a ``torch.distributed`` process group (DDP, FSDP2): ``"global"``
+            (default) draws the global batch's rows (the ranks' row counts gathered in
+            one ``all_gather``) and keeps this rank's contiguous chunk, rank ``r`` the
+            rows after those of ranks ``0..r-1``, so that training equals one process
+            on the global batch; every rank needs the same sampler state (one seed),
+            and every rank then calls the layer alike (a call possibly on no rows).
+            ``"local"`` draws this rank's rows only, with no communication. Outside a
+            process group, and in eval mode, both draw this process's rows. See the
+            [distributed](../distributed.md#row-draws-of-the-global-batch) page.
         checkpoint: Activation checkpointing of the repeats (``torch.utils.checkpoint``,
             not the run files of :func:`~stochdepth.train`): ``True`` for segments of
             ``ceil(sqrt(depth))`` repeats, an int ``k >= 1`` for segments of ``k``.
@@ -143,12 +155,14 @@ class RepeatedBlock(nn.Module):
         step_kwarg: str | None = None,
         output: Output = None,
         grad_depth: int | DepthSampler | None = None,
+        row_draws: RowDraws = "global",
     ) -> None:
         super().__init__()
         if not isinstance(layer, nn.Module):
             raise TypeError(f"layer must be a torch.nn.Module, got {describe(layer)}")
         self.layer = layer
         self._choice = DepthChoice(sampler, eval_depth, depth_limit)
+        self._choice.row_draws = check_row_draws(row_draws)
         self._adopt(self._choice.sampler)
         self._mode = _check_mode(mode)
         if self._mode == "masked":
@@ -520,6 +534,16 @@ class RepeatedBlock(nn.Module):
         self._choice.last = value
 
     @property
+    def last_global_depth(self) -> Tensor | None:
+        """The depths of the global batch's rows that the last pass drew, or ``None``.
+
+        Set by a training-mode pass with ``per_sample=True`` and ``row_draws="global"``
+        inside a process group: every rank's rows, in rank order (``last_depth`` holds
+        this rank's chunk of them); ``None`` after any other pass.
+        """
+        return self._choice.everywhere
+
+    @property
     def mode(self) -> Mode:
         """How the repeats run: ``"skip"`` or ``"masked"``; fixed at construction.
 
@@ -542,6 +566,15 @@ class RepeatedBlock(nn.Module):
         per_sample = check_bool("per_sample", value)
         self._repeats = _repeats.strategy_for(self._mode == "masked", per_sample, self._checkpoint)
         self._per_sample = per_sample
+
+    @property
+    def row_draws(self) -> RowDraws:
+        """Whose rows a per-row draw covers in a process group: ``"global"`` or ``"local"``."""
+        return self._choice.row_draws
+
+    @row_draws.setter
+    def row_draws(self, value: RowDraws) -> None:
+        self._choice.row_draws = check_row_draws(value)
 
     @property
     def checkpoint(self) -> bool | int:
@@ -600,7 +633,8 @@ class RepeatedBlock(nn.Module):
         """How many training-mode forward passes used each depth, by depth.
 
         Every training-mode forward pass counts, whether its depth was drawn or given
-        as an int (with ``per_sample=True``, every row counts); a depth tensor given
+        as an int (with ``per_sample=True``, every row counts: after a global row draw,
+        every row of the global batch, the same counts on every rank); a depth tensor given
         in masked mode is not counted, and eval mode does not count. Compare it with
         the sampler's law to check that the sampler does what you think. Telemetry:
         not saved in the ``state_dict``.
@@ -734,6 +768,7 @@ class RepeatedBlock(nn.Module):
                 ("step_kwarg", self._step_kwarg, None),
                 ("output", self._output, None),
                 ("grad_depth", self._grad.value, None),
+                ("row_draws", self._choice.row_draws, "global"),
             )
             if value != default
         )

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from stochdepth._extra_state import encode_state, read_extra_state
 from stochdepth._layer_call import Output, check_output, read_state
+from stochdepth._row_draws import RowDraws, check_row_draws, draws_globally, global_layout
 from stochdepth._tie import process_group_up
 from stochdepth._validation import check_bool, check_int, check_probability, describe
 from stochdepth.samplers._generator import check_seed, generator_from_bytes, generator_to_bytes
@@ -44,6 +45,7 @@ _OPTIONS = frozenset(
         "row_args",
         "output",
         "seed",
+        "row_draws",
         "drop_rate",
         "drop_rates",
         "eval_layers",
@@ -158,11 +160,25 @@ class LayerDropList(nn.Module):
             element of a returned tuple or list (Hugging Face layers return
             ``(hidden_states, ...)``); or a callable mapping the return value to the
             state.
+        row_draws: With ``per_sample=True``, whose rows a draw covers inside a
+            ``torch.distributed`` process group (DDP, FSDP2): ``"global"``
+            (default): every rank draws the keep mask of the global batch's rows (all
+            ranks' rows, gathered as one ``all_gather`` of each rank's row count)
+            and keeps its own contiguous chunk, rank ``r`` the rows after those of
+            ranks ``0..r-1`` (as ``torch.chunk`` splits a batch), so that training
+            equals one process on the global batch; every rank must build the list
+            with the same ``seed``. A layer then runs on every rank when any row of
+            the global batch keeps it (on no rows where this rank's rows drop it),
+            and is skipped on every rank when none does, so that the ranks agree on
+            the layers they run (FSDP2 unshards a layer it runs). ``"local"``: each
+            rank draws its own rows only, with no communication (ranks with one seed
+            then give row ``i`` of every rank the same drops). Outside a process
+            group both draw this process's rows; ``per_sample=False`` ignores it.
 
     Attributes:
         last_keep: The keep mask of the last training-mode forward pass (``None``
             before the first), a bool CPU tensor of shape ``(layers,)`` or
-            ``(layers, rows)``.
+            ``(layers, rows)`` (this rank's rows under ``row_draws="global"``).
 
     Raises:
         TypeError: An argument has the wrong type (the message names it).
@@ -207,6 +223,7 @@ class LayerDropList(nn.Module):
         eval_layers: Iterable[int] | None = None,
         row_args: Iterable[int | str] = (),
         output: Output = None,
+        row_draws: RowDraws = "global",
     ) -> None:
         super().__init__()
         for index, layer in enumerate(_check_layers(layers)):
@@ -220,6 +237,8 @@ class LayerDropList(nn.Module):
         self._rule = _get_rule(rule)
         self._set_row_args(row_args, self._per_sample)
         self._output = check_output(output)
+        self._row_draws = check_row_draws(row_draws)
+        self._kept_anywhere: list[int] | None = None
         # on the CPU whatever the default device (from_pretrained builds on "meta")
         self._seed = check_seed(
             int(torch.randint(0, 2**62, (), device="cpu")) if seed is None else seed
@@ -342,6 +361,15 @@ class LayerDropList(nn.Module):
         per_sample = check_bool("per_sample", value)
         self._set_row_args(self._row_args, per_sample)
         self._per_sample = per_sample
+
+    @property
+    def row_draws(self) -> RowDraws:
+        """Whose rows a per-row draw covers in a process group: ``"global"`` or ``"local"``."""
+        return self._row_draws
+
+    @row_draws.setter
+    def row_draws(self, value: RowDraws) -> None:
+        self._row_draws = check_row_draws(value)
 
     @property
     def residual(self) -> bool:
@@ -471,7 +499,8 @@ class LayerDropList(nn.Module):
         With ``masked=True``, how many times each layer's result was kept. Counted for
         every training-mode forward pass in eager mode and for the draws the list makes
         itself under ``torch.compile`` (a ``keep=`` mask given to a compiled list is not
-        counted). Saved in the ``state_dict``.
+        counted). Saved in the ``state_dict``. With ``row_draws="global"`` in a process
+        group, the rows of the global batch: the same counts on every rank.
         """
         return [int(count) for count in self._runs]
 
@@ -497,11 +526,13 @@ class LayerDropList(nn.Module):
 
         For ``masked=True`` under ``torch.compile(fullgraph=True)``: draw outside the
         compiled function and pass the mask as ``keep=``. The draw advances the
-        generator and is counted in :attr:`layer_runs`.
+        generator and is counted in :attr:`layer_runs`. In row mode with
+        ``row_draws="global"`` inside a process group it is this rank's rows of the
+        global batch's draw (a collective: every rank draws together).
 
         Args:
-            rows: In row mode, the number of rows (dimension 0 of the input);
-                ``None`` in batch mode.
+            rows: In row mode, the number of rows (dimension 0 of the input; this
+                rank's rows); ``None`` in batch mode.
 
         Returns:
             A bool CPU tensor, ``True`` where a layer runs: ``(layers,)`` in batch
@@ -524,11 +555,32 @@ class LayerDropList(nn.Module):
         return self._draw(check_int("rows", rows))
 
     def _draw(self, rows: int | None) -> Tensor:
+        self._kept_anywhere = None
+        if rows is not None and draws_globally(self._row_draws):
+            return self._draw_global(rows)
         shape = (len(self),) if rows is None else (len(self), rows)
         keep = check_keep(
             self._rule, self._rule.draw(self._rates_tensor, rows, self._generator), shape
         )
         self._count(keep)
+        return keep
+
+    def _draw_global(self, rows: int) -> Tensor:
+        """Row mode in a process group: the global batch's mask, this rank's rows of it.
+
+        The telemetry counts the global batch's rows, as one process on it would, so
+        that it is the same on every rank; ``last_keep`` holds this rank's rows.
+        """
+        start, total = global_layout(rows)
+        everywhere = check_keep(
+            self._rule,
+            self._rule.draw(self._rates_tensor, total, self._generator),
+            (len(self), total),
+        )
+        self._count(everywhere)
+        self._kept_anywhere = everywhere.sum(dim=1).tolist()
+        keep = everywhere[:, start : start + rows]
+        self.last_keep = keep
         return keep
 
     _draw_outside_graph = torch.compiler.disable(_draw)  # type: ignore[no-untyped-call]
@@ -557,6 +609,7 @@ class LayerDropList(nn.Module):
             )
         if not torch.compiler.is_compiling():
             self._count(keep.cpu())
+        self._kept_anywhere = None
         return keep
 
     # ----------------------------------------------------------------- forward
@@ -645,9 +698,12 @@ class LayerDropList(nn.Module):
             if keep is None:
                 keep = self._draw(rows)
             counts = keep.sum(dim=1).tolist()
+            # With a global draw, a layer that some rank's rows keep runs on every
+            # rank (here maybe on no rows), so that every rank calls the same layers.
+            anywhere = counts if self._kept_anywhere is None else self._kept_anywhere
             for index, layer in enumerate(layers):
                 count = counts[index]
-                if count == 0:
+                if anywhere[index] == 0:
                     dropped.append(layer)
                     continue
                 used.append(layer)
@@ -857,6 +913,7 @@ class LayerDropList(nn.Module):
                 ("residual", self._residual, False),
                 ("scale", self._scale, "train"),
                 ("eval_layers", self._eval_layers, None),
+                ("row_draws", self._row_draws, "global"),
             )
             if value != default
         )
