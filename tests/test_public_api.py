@@ -24,7 +24,7 @@ CONTRACT = {
 # The subpackages that hold the exit criteria, layer drop, the sampler family and the
 # training loop; their names are attributes of the package once imported, but their contents
 # are reached through __all__.
-SUBPACKAGES = {"exits", "layer_drop", "samplers", "training"}
+SUBPACKAGES = {"conversion", "exits", "layer_drop", "samplers", "training"}
 
 
 # stochdepth.__all__ before issue 19 merged the plugin kinds' exceptions: every name in it
@@ -84,6 +84,7 @@ def test_public_objects_have_google_style_docstrings() -> None:
             "DepthSampler",
             "DropRule",
             "ExitCriterion",
+            "RecursifyReport",
             "StepRecord",
             "TrainingHistory",
         ) or (isinstance(obj, type) and issubclass(obj, (Exception, Warning))):

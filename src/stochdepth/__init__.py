@@ -20,6 +20,8 @@ from ._halting import halting_distribution as halting_distribution
 from ._halting import ponder_loss as ponder_loss
 from ._model import DynamicNet as DynamicNet
 from ._version import __version__ as __version__
+from .conversion._recursify import recursify as recursify
+from .conversion._report import RecursifyReport as RecursifyReport
 from .exits._builtin import LatentChange as LatentChange
 from .exits._builtin import OutputKL as OutputKL
 from .exits._policy import ExitWhenConverged as ExitWhenConverged
@@ -29,6 +31,7 @@ from .exits._registry import get_exit_criterion as get_exit_criterion
 from .exits._registry import refresh_exit_criteria as refresh_exit_criteria
 from .exits._registry import register_exit_criterion as register_exit_criterion
 from .exits._registry import unregister_exit_criterion as unregister_exit_criterion
+from .layer_drop._add import add_layer_drop as add_layer_drop
 from .layer_drop._list import LayerDropList as LayerDropList
 from .layer_drop._registry import available_drop_rules as available_drop_rules
 from .layer_drop._registry import get_drop_rule as get_drop_rule
@@ -82,6 +85,7 @@ __all__ = [
     "OutputKL",
     "PluginError",
     "PluginWarning",
+    "RecursifyReport",
     "RepeatedBlock",
     "ScheduledDepth",
     "SeededDepth",
@@ -91,6 +95,7 @@ __all__ = [
     "UniformDepth",
     "UnknownPluginError",
     "__version__",
+    "add_layer_drop",
     "available_drop_rules",
     "available_exit_criteria",
     "available_samplers",
@@ -103,6 +108,7 @@ __all__ = [
     "linear_drop_rates",
     "load_checkpoint",
     "ponder_loss",
+    "recursify",
     "refresh_drop_rules",
     "refresh_exit_criteria",
     "refresh_samplers",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any, Literal, cast
 
 import torch
@@ -13,6 +13,7 @@ from torch.utils.hooks import RemovableHandle
 
 from . import _repeats
 from ._depth import DEFAULT_DEPTH_LIMIT, DepthChoice, EvalDepth, check_within_limit, row_count
+from ._extra_state import decode_state, encode_state, read_extra_state
 from ._grad_depth import GradDepth
 from ._layer_call import (
     LayerCall,
@@ -38,6 +39,22 @@ Mode = Literal["skip", "masked"]
 """How a block applies its repeats: only those used, or all of them, masked."""
 
 _MODES = ("skip", "masked")
+# The options whose assignment goes to their property, even for a value that is a Module
+_OPTIONS = frozenset(
+    {
+        "sampler",
+        "eval_depth",
+        "depth_limit",
+        "mode",
+        "per_sample",
+        "checkpoint",
+        "row_args",
+        "step_kwarg",
+        "output",
+        "grad_depth",
+        "last_depth",
+    }
+)
 _EXTRA_STATE_KEY = "_extra_state"
 
 
@@ -135,12 +152,7 @@ class RepeatedBlock(nn.Module):
         self._adopt(self._choice.sampler)
         self._mode = _check_mode(mode)
         if self._mode == "masked":
-            if stats := _running_statistics(layer):
-                raise ValueError(
-                    f"mode='masked' runs the layer max_depth times and discards the repeats "
-                    f"beyond the depth, but {stats} of the layer would count those repeats "
-                    f"in its running statistics: use mode='skip' with this layer"
-                )
+            _check_masked_layer(layer)
             self._choice.use_masked()
         self._per_sample = check_bool("per_sample", per_sample)
         self._checkpoint = _check_checkpoint(checkpoint)
@@ -148,15 +160,7 @@ class RepeatedBlock(nn.Module):
         self._rows = RowArgs(row_args)
         self._step_kwarg = check_step_kwarg(step_kwarg)
         self._output = check_output(output)
-        self._grad = GradDepth(grad_depth)
-        if self._grad.value is not None and self._mode == "masked":
-            raise ValueError(
-                "grad_depth is not supported with mode='masked': which repeats would run "
-                "without autograd depends on the depth, a tensor in masked mode, and the one "
-                "fixed graph of max_depth repeats (what torch.export and fullgraph "
-                "compilation need) cannot switch autograd off by value; use mode='skip' "
-                "(with or without per_sample) for truncated backprop"
-            )
+        self._grad = _check_grad_depth(grad_depth, self._mode)
         self._repeat_hooks: dict[int, RepeatHook] = OrderedDict()  # weakly referable
         self._plain_call: PlainCall | None = None
         self._set_plain_call()
@@ -329,11 +333,6 @@ class RepeatedBlock(nn.Module):
         """
         return self._grad.last
 
-    @property
-    def grad_depth(self) -> int | DepthSampler | None:
-        """The ``grad_depth`` option given at construction."""
-        return self._grad.value
-
     def iterate(
         self, x: Tensor, /, *args: Any, depth: int | None = None, **kwargs: Any
     ) -> Iterator[Tensor]:
@@ -443,12 +442,17 @@ class RepeatedBlock(nn.Module):
         return x
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "sampler":  # the property's setter, even for a sampler that is a Module
+        if name in _OPTIONS:  # the property's setter, even for a value that is a Module
             object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
-            if name == "layer" and "_plain_call" in self.__dict__:
-                self._set_plain_call()
+            return
+        if name == "layer" and "_plain_call" in self.__dict__:  # after construction
+            if not isinstance(value, nn.Module):
+                raise TypeError(f"layer must be a torch.nn.Module, got {describe(value)}")
+            if self._mode == "masked":
+                _check_masked_layer(value)
+        super().__setattr__(name, value)
+        if name == "layer" and "_plain_call" in self.__dict__:
+            self._set_plain_call()
 
     def _adopt(self, sampler: DepthSampler) -> None:
         """Hold a sampler that is an ``nn.Module`` as a child, so the module tree has it."""
@@ -486,8 +490,12 @@ class RepeatedBlock(nn.Module):
 
     @property
     def depth_limit(self) -> int:
-        """The most times one forward pass applies the layer (set at construction)."""
+        """The most times one forward pass applies the layer; fixed at construction."""
         return self._choice.depth_limit
+
+    @depth_limit.setter
+    def depth_limit(self, value: int) -> None:
+        raise _fixed("depth_limit", value)
 
     @property
     def last_depth(self) -> int | Tensor | None:
@@ -504,18 +512,79 @@ class RepeatedBlock(nn.Module):
 
     @property
     def mode(self) -> Mode:
-        """How the repeats run: ``"skip"`` or ``"masked"`` (set at construction)."""
+        """How the repeats run: ``"skip"`` or ``"masked"``; fixed at construction.
+
+        Assigning raises an ``AttributeError``: masked mode bounds the depths and checks
+        the layer and the eval policy when the block is built.
+        """
         return self._mode
+
+    @mode.setter
+    def mode(self, value: Mode) -> None:
+        raise _fixed("mode", value)
 
     @property
     def per_sample(self) -> bool:
-        """Whether every row draws its own depth (set at construction)."""
+        """Whether every row draws its own depth; settable (a bool)."""
         return self._per_sample
+
+    @per_sample.setter
+    def per_sample(self, value: bool) -> None:
+        per_sample = check_bool("per_sample", value)
+        self._repeats = _repeats.strategy_for(self._mode == "masked", per_sample, self._checkpoint)
+        self._per_sample = per_sample
 
     @property
     def checkpoint(self) -> bool | int:
-        """The checkpointing option given at construction: ``False``, ``True`` or ``k``."""
+        """The activation checkpointing: ``False``, ``True`` or ``k``; settable."""
         return self._checkpoint
+
+    @checkpoint.setter
+    def checkpoint(self, value: bool | int) -> None:
+        checkpoint = _check_checkpoint(value)
+        self._repeats = _repeats.strategy_for(self._mode == "masked", self._per_sample, checkpoint)
+        self._checkpoint = checkpoint
+
+    @property
+    def row_args(self) -> tuple[int | str, ...]:
+        """The row-aligned extra arguments (positions and keyword names); settable."""
+        return self._rows.spec()
+
+    @row_args.setter
+    def row_args(self, value: int | str | tuple[int | str, ...] | list[int | str] | None) -> None:
+        self._rows = RowArgs(value)
+
+    @property
+    def step_kwarg(self) -> str | None:
+        """The keyword that passes the repeat index to the layer, or ``None``; settable."""
+        return self._step_kwarg
+
+    @step_kwarg.setter
+    def step_kwarg(self, value: str | None) -> None:
+        self._step_kwarg = check_step_kwarg(value)
+        self._set_plain_call()
+
+    @property
+    def output(self) -> Output:
+        """How the next state is read from the layer's return value; settable."""
+        return self._output
+
+    @output.setter
+    def output(self, value: Output) -> None:
+        self._output = check_output(value)
+        self._set_plain_call()
+
+    @property
+    def grad_depth(self) -> int | DepthSampler | None:
+        """Truncated backprop: ``None``, an int ``k`` or a depth sampler; settable.
+
+        Assigning runs the constructor's checks (refused in masked mode).
+        """
+        return self._grad.value
+
+    @grad_depth.setter
+    def grad_depth(self, value: int | DepthSampler | None) -> None:
+        self._grad = _check_grad_depth(value, self._mode)
 
     @property
     def depth_histogram(self) -> dict[int, int]:
@@ -578,16 +647,29 @@ class RepeatedBlock(nn.Module):
             f"{tuple(out.shape)} {where}"
         )
 
-    def get_extra_state(self) -> dict[str, Any]:
-        """Return the sampler's state, for ``state_dict``.
+    def get_extra_state(self) -> Tensor:
+        """Return the sampler's state, for ``state_dict``, as one ``uint8`` tensor.
 
         A sampler that is itself an ``nn.Module`` is saved through the module tree
-        instead, as a child of this block.
+        instead, as a child of this block. The state is encoded as one CPU tensor so
+        that safetensors (``save_pretrained``), ``torch.load(weights_only=True)`` and
+        ``torch.distributed.checkpoint`` all take it.
+
+        Returns:
+            The encoding of the state: the sampler's ``state_dict()`` under
+                ``"sampler"`` (none when the sampler keeps none) and a stateful
+                ``grad_depth`` sampler's under ``"grad_depth"``.
+        """
+        return encode_state(self._state_mapping())
+
+    def _state_mapping(self) -> dict[str, Any]:
+        """The state that :meth:`get_extra_state` encodes, as a mapping.
 
         Returns:
             ``{"sampler": sampler.state_dict()}``, or ``{}`` when the sampler keeps no
-                state of its own; with a ``grad_depth`` sampler that keeps state, its
-                state under ``"grad_depth"`` too.
+                state of its own (or is an ``nn.Module``, saved as a child); with a
+                ``grad_depth`` sampler that keeps state, its state under
+                ``"grad_depth"`` too.
         """
         state: dict[str, Any] = {}
         sampler = self.sampler
@@ -602,15 +684,15 @@ class RepeatedBlock(nn.Module):
         """Restore the sampler's state saved by :meth:`get_extra_state`.
 
         Args:
-            state: The mapping :meth:`get_extra_state` returned.
+            state: The tensor :meth:`get_extra_state` returned, or the mapping that
+                earlier versions saved (the same keys).
 
         Raises:
-            TypeError: ``state`` is not a mapping.
-            ValueError: ``state`` holds a sampler state but this block's sampler keeps
-                none, or the sampler rejects it.
+            TypeError: ``state`` is neither a tensor nor a mapping.
+            ValueError: ``state`` is not an encoded state, holds a sampler state but
+                this block's sampler keeps none, or the sampler rejects it.
         """
-        if not isinstance(state, Mapping):
-            raise TypeError(f"RepeatedBlock extra state must be a mapping, got {describe(state)}")
+        state = read_extra_state(state, "RepeatedBlock")
         if state.get("grad_depth") is not None:
             self._grad.load(state["grad_depth"])
         sampler_state = state.get("sampler")
@@ -660,6 +742,37 @@ def _running_statistics(layer: nn.Module) -> str:
     return ", ".join(repr(name) for name in names)
 
 
+def _check_masked_layer(layer: nn.Module) -> None:
+    if stats := _running_statistics(layer):
+        raise ValueError(
+            f"mode='masked' runs the layer max_depth times and discards the repeats "
+            f"beyond the depth, but {stats} of the layer would count those repeats "
+            f"in its running statistics: use mode='skip' with this layer"
+        )
+
+
+def _check_grad_depth(value: object, mode: Mode) -> GradDepth:
+    grad = GradDepth(value)
+    if grad.value is not None and mode == "masked":
+        raise ValueError(
+            "grad_depth is not supported with mode='masked': which repeats would run "
+            "without autograd depends on the depth, a tensor in masked mode, and the one "
+            "fixed graph of max_depth repeats (what torch.export and fullgraph "
+            "compilation need) cannot switch autograd off by value; use mode='skip' "
+            "(with or without per_sample) for truncated backprop"
+        )
+    return grad
+
+
+def _fixed(name: str, value: object) -> AttributeError:
+    """The error of assigning an option that only the constructor sets."""
+    return AttributeError(
+        f"RepeatedBlock.{name} is fixed at construction (what it changes is built once, "
+        f"then); got an assignment of {value!r}: build a new RepeatedBlock(layer, sampler, "
+        f"{name}=...) around the same layer instead"
+    )
+
+
 def _check_mode(value: object) -> Mode:
     if not isinstance(value, str):
         raise TypeError(
@@ -694,5 +807,9 @@ def _default_missing_sampler_state(
     and strict loading reports it.
     """
     key = prefix + _EXTRA_STATE_KEY
-    if key not in state_dict and isinstance(module, RepeatedBlock) and not module.get_extra_state():
+    if (
+        key not in state_dict
+        and isinstance(module, RepeatedBlock)
+        and not decode_state(module.get_extra_state())
+    ):
         state_dict[key] = {}  # nothing to lose

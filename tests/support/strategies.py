@@ -146,3 +146,54 @@ spec_words = st.from_regex(r"[A-Za-z][A-Za-z0-9_]{0,7}", fullmatch=True).filter(
     lambda word: word.lower() not in {"true", "false", "inf", "nan", "infinity"}
 )
 """Spec values that are neither a number nor a bool, so they stay strings."""
+
+
+_leaf_tensors = st.sampled_from([torch.uint8, torch.int64, torch.float32, torch.bool]).flatmap(
+    lambda dtype: st.lists(st.integers(0, 1 if dtype == torch.bool else 200), max_size=6).map(
+        lambda values: torch.tensor(values, dtype=dtype)
+    )
+)
+_leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**127), max_value=2**127 - 1),  # what 16 bytes hold
+    st.floats(allow_nan=False),
+    st.text(max_size=8),
+    _leaf_tensors,
+)
+extra_states = st.dictionaries(
+    st.one_of(st.text(max_size=6), st.integers(-5, 5)),
+    st.recursive(
+        _leaves,
+        lambda children: st.one_of(
+            st.lists(children, max_size=3),
+            st.lists(children, max_size=3).map(tuple),
+            st.dictionaries(st.text(max_size=4), children, max_size=3),
+        ),
+        max_leaves=8,
+    ),
+    max_size=4,
+)
+"""A module extra state: what ``stochdepth._extra_state.encode_state`` takes."""
+
+
+@st.composite
+def recursify_cases(draw: st.DrawFn) -> dict[str, Any]:
+    """A stack, a core and a block_size that divides it, an init, and a width (recursify).
+
+    ``core`` holds 1 to 6 layers, with 0 to 2 layers before it and after it; ``init`` is
+    ``"average"``, ``"first"`` or a group index within the core's groups.
+    """
+    block_size = draw(st.integers(min_value=1, max_value=3))
+    repeats = draw(st.integers(min_value=1, max_value=6 // block_size))
+    before = draw(st.integers(min_value=0, max_value=2))
+    after = draw(st.integers(min_value=0, max_value=2))
+    init = draw(st.one_of(st.sampled_from(["average", "first"]), st.integers(0, repeats - 1)))
+    return {
+        "count": before + block_size * repeats + after,
+        "core": slice(before, before + block_size * repeats),
+        "block_size": block_size,
+        "init": init,
+        "width": draw(st.integers(min_value=1, max_value=6)),
+        "seed": draw(st.integers(min_value=0, max_value=2**31 - 1)),
+    }

@@ -1,0 +1,1 @@
+"""Conversion of a pretrained stack of layers into a shared RepeatedBlock (recursify)."""
