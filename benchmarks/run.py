@@ -53,6 +53,12 @@ Comparisons (A is the reference, B the thing measured; ratio = B / A):
    Rows x repeats executed against the ideal (the sum of the inputs' own depths;
    target <= 1.05), and the time per input (targets: <= 1/1.8 of run-to-max, <= 1/1.3
    of stop-when-all-halted).
+11. decoding (``benchmarks/decoding.py``; needs the ``hf`` extra): a tiny Llama-style model
+   (width 256, 4 heads, prelude 1, one core layer repeated 8 times, coda 1, prompts of 128
+   tokens, 64 new tokens, batch 1 and 8): decode time per token with ``DepthCache``
+   against the unrolled 10-layer model with transformers' ``DynamicCache`` (target <=
+   1.05), and the memory per token of each cheaper cache policy against the exact
+   per-repeat cache, with its drift (max logit difference, greedy-token agreement).
 
 Times are medians over chunks of steps run interleaved (A B A B ...), so that a
 machine's load drifts through both sides alike. Every row is printed even when its
@@ -95,6 +101,8 @@ from stochdepth import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from decoding import QUICK_DECODE, DecodeSizes, decode_rows  # section 10, beside this file
+
 from support import article9  # the article's class, kept verbatim in tests/support/
 
 
@@ -194,6 +202,7 @@ class Bench:
         # wall time is what a GPU needs (its work is not this process's CPU time).
         self.clock = time.perf_counter if clock == "wall" else time.process_time
         self.rows: list[Row] = []
+        self.decode_sizes = QUICK_DECODE if sizes is QUICK else DecodeSizes()
 
     def sync(self) -> None:
         """Wait for the device (CUDA runs asynchronously), so that clocks read real time."""
@@ -1197,8 +1206,8 @@ def main(argv: list[str] | None = None) -> int:
         "--sections",
         default=None,
         help=(
-            "which comparisons to run, by number (default: all, 1..10, on CUDA; 1,2,3,4,5,8,10 "
-            "on the CPU, and 7 and 9 too with --quick)"
+            "which comparisons to run, by number (default: all, 1..11, on CUDA; "
+            "1,2,3,4,5,8,10,11 on the CPU, and 7 and 9 too with --quick)"
         ),
     )
     parser.add_argument(
@@ -1245,17 +1254,18 @@ def main(argv: list[str] | None = None) -> int:
         "8": truncated_backprop,
         "9": crossover_rows,
         "10": scheduler_rows,
+        "11": decode_rows,
     }
     # Sections 7 and 9 at full size take minutes on a CPU: there on demand (or --quick).
     if device.type == "cuda":
-        default = "1,2,3,4,5,6,7,8,9,10"
+        default = "1,2,3,4,5,6,7,8,9,10,11"
     else:
-        default = "1,2,3,4,5,7,8,9,10" if args.quick else "1,2,3,4,5,8,10"
+        default = "1,2,3,4,5,7,8,9,10,11" if args.quick else "1,2,3,4,5,8,10,11"
     given = default if args.sections is None else args.sections
     chosen = [name.strip() for name in given.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(sections))
     if unknown or not chosen:
-        parser.error(f"--sections takes numbers among 1,2,3,4,5,6,7,8,9,10, got {given!r}")
+        parser.error(f"--sections takes numbers among 1,2,3,4,5,6,7,8,9,10,11, got {given!r}")
     if "6" in chosen and device.type != "cuda":
         parser.error("--sections 6 (CUDA graphs) needs --device cuda")
     for name in sorted(set(chosen), key=int):

@@ -42,6 +42,17 @@ ROWS = [
             "time per input, scheduler vs compaction",
         )
     ),
+    *(
+        f"11 decoding: batch {batch}: DepthCache vs unrolled 4 layers with DynamicCache, per token"
+        for batch in (1, 2)
+    ),
+    *(
+        f"11 decoding: batch {batch}: per-token exit vs fixed depth 2, block per token"
+        for batch in (1, 2)
+    ),
+    "11 decoding: memory per token: policy='first' vs policy='exact'",
+    "11 decoding: memory per token: policy='last' vs policy='exact'",
+    "11 decoding: memory per token: policy='window', window=2 vs policy='exact'",
 ]
 
 
@@ -71,9 +82,9 @@ def test_sections_choose_the_comparisons() -> None:
 
 
 def test_an_unknown_section_is_a_usage_error() -> None:
-    result = run_python(SCRIPT, "--sections", "11", check=False)
+    result = run_python(SCRIPT, "--sections", "12", check=False)
     assert result.returncode == 2
-    assert "--sections takes numbers among 1,2,3,4,5,6,7,8,9,10, got '11'" in result.stderr
+    assert "--sections takes numbers among 1,2,3,4,5,6,7,8,9,10,11, got '12'" in result.stderr
 
 
 def test_the_cuda_graph_section_needs_cuda() -> None:

@@ -32,6 +32,7 @@ def test_every_constructor_option_of_repeated_block_reads_back() -> None:
         "depth_limit": 50,
         "mode": "skip",
         "per_sample": True,
+        "per_token": False,  # it refuses per_sample=True
         "checkpoint": 2,
         "row_args": ("mask", 0),
         "step_kwarg": "step",

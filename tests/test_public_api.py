@@ -21,10 +21,19 @@ CONTRACT = {
     "DynamicNet",
     "train",
 }
-# The subpackages that hold the exit criteria, layer drop, the sampler family and the
-# training loop; their names are attributes of the package once imported, but their contents
-# are reached through __all__.
-SUBPACKAGES = {"conversion", "exits", "layer_drop", "samplers", "scheduling", "training"}
+# The subpackages that hold the exit criteria, layer drop, the sampler family, the
+# training loop, the conversion of pretrained stacks, the depth scheduler, and generation
+# (imported when stochdepth.DepthCache is first used); their names are attributes of the
+# package once imported, but their contents are reached through __all__.
+SUBPACKAGES = {
+    "conversion",
+    "exits",
+    "generation",
+    "layer_drop",
+    "samplers",
+    "scheduling",
+    "training",
+}
 
 
 # stochdepth.__all__ before issue 19 merged the plugin kinds' exceptions: every name in it

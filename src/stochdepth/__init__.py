@@ -1,6 +1,7 @@
 """stochdepth: weight-shared layers whose depth is drawn at random on every forward pass."""
 
 import sys as _sys
+import typing as _typing
 import warnings as _warnings
 from typing import Any as _Any
 
@@ -69,6 +70,9 @@ from .training._history import StepRecord as StepRecord
 from .training._history import TrainingHistory as TrainingHistory
 from .training._trainer import train as train
 
+if _typing.TYPE_CHECKING:
+    from .generation._cache import DepthCache as DepthCache
+
 __all__ = [
     "ACTHalting",
     "BernoulliDepth",
@@ -78,6 +82,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "DeepSupervision",
+    "DepthCache",
     "DepthMismatchError",
     "DepthSampler",
     "DepthScheduler",
@@ -135,8 +140,14 @@ __all__ = [
     "unregister_sampler",
 ]
 
+# Public names whose module imports an optional dependency (transformers): imported on
+# first use, through the module's __getattr__, so that `import stochdepth` never needs it.
+_LAZY = {"DepthCache": "stochdepth.generation._cache"}
+
 # Show the public names as `stochdepth.X`, not the private modules they live in.
 for _name in __all__:
+    if _name in _LAZY:
+        continue
     _obj = globals()[_name]
     if hasattr(_obj, "__module__") and not isinstance(_obj, str):
         _obj.__module__ = __name__
@@ -144,7 +155,20 @@ del _name, _obj
 
 
 def __getattr__(name: str) -> _Any:
-    """The deprecated names: each warns with a ``FutureWarning`` and gives its replacement."""
+    """The names imported on first use, and the deprecated ones.
+
+    ``DepthCache`` needs ``transformers`` (an optional dependency): its module is imported
+    when the name is first asked for. A deprecated name warns with a ``FutureWarning`` and
+    gives its replacement.
+    """
+    module = _LAZY.get(name)
+    if module is not None:
+        import importlib
+
+        obj = getattr(importlib.import_module(module), name)
+        obj.__module__ = __name__
+        globals()[name] = obj
+        return obj
     replacement = _DEPRECATED_ALIASES.get(name)
     if replacement is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from . import _repeats
+from ._cache_guard import check_caches
 from ._depth import DEFAULT_DEPTH_LIMIT, DepthChoice, EvalDepth, check_within_limit, row_count
 from ._extra_state import decode_state, encode_state, read_extra_state
 from ._grad_depth import GradDepth
@@ -26,6 +27,7 @@ from ._layer_call import (
     check_step_kwarg,
     summarize,
 )
+from ._per_token import PerToken, deepest_possible, freeze_for_caches, positions, token_depths
 from ._repeats import outside_graph
 from ._row_draws import RowDraws, check_row_draws
 from ._tie import tie_skipped_layer
@@ -48,6 +50,7 @@ _OPTIONS = frozenset(
         "depth_limit",
         "mode",
         "per_sample",
+        "per_token",
         "checkpoint",
         "row_args",
         "step_kwarg",
@@ -92,6 +95,14 @@ class RepeatedBlock(nn.Module):
         per_sample: A depth for every row (dimension 0) instead of one per batch; the
             layer must treat rows independently. Drawn with the sampler's
             ``sample_batch``.
+        per_token: A depth for every position of a ``(batch, seq, ...)`` state
+            (``depth=`` and ``last_depth`` of shape ``(batch, seq)``; drawn per
+            position in training, ``ExitWhenConverged`` per position in eval). A
+            position's state is frozen once its depth is reached while the layer keeps
+            seeing every position: the pass is ``h = where(r < depth, layer(h), h)``
+            over ``r < max(depth)`` (``sampler.max_depth`` in masked mode). Refuses
+            ``per_sample`` and ``grad_depth``. See the page "Generating with a
+            repeated layer" for cached generation with it.
         row_draws: With ``per_sample=True``, whose rows a training-mode draw covers
             inside a ``torch.distributed`` process group (DDP, FSDP2): ``"global"``
             (default) draws the global batch's rows (the ranks' row counts gathered in
@@ -124,7 +135,8 @@ class RepeatedBlock(nn.Module):
             ``eval_depth``, sampler bounds that are negative, reversed or above
             ``depth_limit``, an unknown ``mode``, ``checkpoint < 1``, a masked-mode
             conflict (see ``mode``), a repeated or negative ``row_args`` entry, a
-            ``step_kwarg`` that is not a keyword name, or a negative ``grad_depth``.
+            ``step_kwarg`` that is not a keyword name, a negative ``grad_depth``, or
+            ``per_token=True`` with ``per_sample=True`` or ``grad_depth``.
 
     Example:
         >>> import torch
@@ -139,7 +151,6 @@ class RepeatedBlock(nn.Module):
 
     layer: nn.Module
     _choice: DepthChoice
-    _repeats: _repeats.Strategy
 
     def __init__(
         self,
@@ -150,6 +161,7 @@ class RepeatedBlock(nn.Module):
         depth_limit: int = DEFAULT_DEPTH_LIMIT,
         mode: Mode = "skip",
         per_sample: bool = False,
+        per_token: bool = False,
         checkpoint: bool | int = False,
         row_args: int | str | tuple[int | str, ...] | list[int | str] | None = None,
         step_kwarg: str | None = None,
@@ -169,11 +181,39 @@ class RepeatedBlock(nn.Module):
             _check_masked_layer(layer)
             self._choice.use_masked()
         self._per_sample = check_bool("per_sample", per_sample)
+        self._per_token = check_bool("per_token", per_token)
+        if per_token and per_sample:
+            raise ValueError(
+                "per_token=True gives every position of a (batch, seq, ...) state its own "
+                "depth and per_sample=True every row: choose one"
+            )
         self._checkpoint = _check_checkpoint(checkpoint)
-        self._repeats = _repeats.strategy_for(self._mode == "masked", per_sample, self._checkpoint)
+        self._repeats: _repeats.Strategy | PerToken
+        if per_token:
+            self._repeats = PerToken(self._mode == "masked", self._checkpoint)
+        else:
+            self._repeats = _repeats.strategy_for(
+                self._mode == "masked", per_sample, self._checkpoint
+            )
         self._rows = RowArgs(row_args)
         self._step_kwarg = check_step_kwarg(step_kwarg)
         self._output = check_output(output)
+        self._grad = GradDepth(grad_depth)
+        if self._grad.value is not None and per_token:
+            raise ValueError(
+                "grad_depth is not supported with per_token=True: the positions interact "
+                "through the layer (attention), so cutting one position's gradient after "
+                "its own last k repeats would cut the others' too; use grad_depth with "
+                "per_sample=True or one depth for the batch"
+            )
+        if self._grad.value is not None and self._mode == "masked":
+            raise ValueError(
+                "grad_depth is not supported with mode='masked': which repeats would run "
+                "without autograd depends on the depth, a tensor in masked mode, and the one "
+                "fixed graph of max_depth repeats (what torch.export and fullgraph "
+                "compilation need) cannot switch autograd off by value; use mode='skip' "
+                "(with or without per_sample) for truncated backprop"
+            )
         self._grad = _check_grad_depth(grad_depth, self._mode)
         self._repeat_hooks: dict[int, RepeatHook] = OrderedDict()  # weakly referable
         self._plain_call: PlainCall | None = None
@@ -204,7 +244,8 @@ class RepeatedBlock(nn.Module):
             depth: Keyword-only. Use this depth instead of drawing one: an int >= 0
                 (at most ``depth_limit``; in masked mode at most
                 ``sampler.max_depth``), or, in masked mode or with
-                ``per_sample=True``, an integer tensor (0-d, or one depth per row).
+                ``per_sample=True``, an integer tensor (0-d, or one depth per row);
+                with ``per_token=True`` an int or a ``(batch, seq)`` integer tensor.
             **kwargs: Extra keyword arguments, passed to the layer at every repeat.
 
         Returns:
@@ -212,8 +253,10 @@ class RepeatedBlock(nn.Module):
 
         Raises:
             TypeError: ``x`` is not a tensor, ``depth`` is not an int, the sampler
-                returned something other than an int, or the layer returned something
-                other than a tensor.
+                returned something other than an int, the layer returned something
+                other than a tensor, or an extra argument is a key/value cache without a
+                slot per repeat of this block (a ``DynamicCache``: pass a
+                :class:`~stochdepth.DepthCache`).
             ValueError: ``depth`` is negative or above ``depth_limit``, the
                 sampler returned a depth outside its bounds, the layer changed the
                 shape of its input, or a row-aligned argument has the wrong number
@@ -240,7 +283,9 @@ class RepeatedBlock(nn.Module):
             x: The input the pass would run on (its rows count with ``per_sample``).
 
         Returns:
-            An int, or with ``per_sample=True`` a CPU int64 tensor of the rows' depths.
+            An int, or with ``per_sample=True`` a CPU int64 tensor of the rows' depths
+            (with ``per_token=True``, an int64 tensor of shape ``(batch, seq)`` on ``x``'s
+            device).
 
         Raises:
             TypeError: ``x`` is not a tensor, or the sampler drew a non-int.
@@ -250,6 +295,8 @@ class RepeatedBlock(nn.Module):
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {describe(x)}")
         choice, training = self._choice, self.training
+        if self._per_token:
+            return token_depths(choice, x, None, training, record=False)
         if self._mode == "masked":
             return choice.masked_draw(x, None, training, self._per_sample, record=False)
         if self._per_sample:
@@ -421,6 +468,7 @@ class RepeatedBlock(nn.Module):
             return plain
         if kwargs:
             check_kwargs(kwargs, self._step_kwarg)
+        check_caches(self, _extra_arguments(args, kwargs))
         call = LayerCall(
             self.layer,
             args,
@@ -441,8 +489,13 @@ class RepeatedBlock(nn.Module):
         """Eval mode with ``eval_depth=ExitWhenConverged(...)``: repeat until converged."""
         if self._per_sample:
             row_count(x)
-        out, used = until_converged(call, x, policy, self._per_sample)
+        if self._per_token:
+            positions(x)
+        out, used = until_converged(call, x, policy, self._per_sample, self._per_token)
         self._choice.last = used
+        if self._per_token:
+            ran = int(cast(Tensor, used).max()) if x.numel() else 0
+            freeze_for_caches(call, out, ran, deepest_possible(self._choice, False, False))
         return out
 
     def _depth_zero(self, x: Tensor) -> Tensor:
@@ -524,8 +577,9 @@ class RepeatedBlock(nn.Module):
     def last_depth(self) -> int | Tensor | None:
         """The depth the last forward pass used (``None`` before the first).
 
-        An int, or with ``per_sample=True`` a tensor of the rows' depths; in masked
-        mode, the depth tensor when one was given.
+        An int, or with ``per_sample=True`` a tensor of the rows' depths (with
+        ``per_token=True``, of shape ``(batch, seq)``); in masked mode, the depth
+        tensor when one was given.
         """
         return self._choice.last
 
@@ -575,6 +629,11 @@ class RepeatedBlock(nn.Module):
     @row_draws.setter
     def row_draws(self, value: RowDraws) -> None:
         self._choice.row_draws = check_row_draws(value)
+
+    @property
+    def per_token(self) -> bool:
+        """Whether every position of a ``(batch, seq, ...)`` state has its own depth."""
+        return self._per_token
 
     @property
     def checkpoint(self) -> bool | int:
@@ -763,6 +822,7 @@ class RepeatedBlock(nn.Module):
                 ("depth_limit", self.depth_limit, DEFAULT_DEPTH_LIMIT),
                 ("mode", self._mode, "skip"),
                 ("per_sample", self._per_sample, False),
+                ("per_token", self._per_token, False),
                 ("checkpoint", self._checkpoint, False),
                 ("row_args", self._rows.spec(), ()),
                 ("step_kwarg", self._step_kwarg, None),
@@ -773,6 +833,14 @@ class RepeatedBlock(nn.Module):
             if value != default
         )
         return f"{sampler}eval_depth={self.eval_depth!r}{options}"
+
+
+def _extra_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """The extra arguments of a forward pass, each with how an error names it."""
+    for position, value in enumerate(args):
+        yield f"positional argument {position} after x", value
+    for name, value in kwargs.items():
+        yield f"keyword argument {name!r}", value
 
 
 def _running_statistics(layer: nn.Module) -> str:

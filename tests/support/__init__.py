@@ -9,4 +9,6 @@
 * :mod:`support.ddp_workers`, :mod:`support.layer_drop_workers`: what the ranks run.
 * :mod:`support.park`: ``stochdepth train`` parked at a chosen point, for a test to kill.
 * :mod:`support.article9`: the article's program, kept verbatim.
+* :mod:`support.tiny_llama`: tiny Llama models with a RepeatedBlock, and their unrolled
+  twins, for the generation tests.
 """

@@ -178,6 +178,21 @@ extra_states = st.dictionaries(
 
 
 @st.composite
+def token_depths(draw: st.DrawFn, max_depth: int = MAX_DEPTH) -> torch.Tensor:
+    """A ``(batch, seq)`` int64 tensor of per-position depths in ``[0, max_depth]``."""
+    batch = draw(st.integers(min_value=1, max_value=3))
+    seq = draw(st.integers(min_value=1, max_value=5))
+    values = draw(
+        st.lists(
+            st.integers(min_value=0, max_value=max_depth),
+            min_size=batch * seq,
+            max_size=batch * seq,
+        )
+    )
+    return torch.tensor(values, dtype=torch.int64).view(batch, seq)
+
+
+@st.composite
 def recursify_cases(draw: st.DrawFn) -> dict[str, Any]:
     """A stack, a core and a block_size that divides it, an init, and a width (recursify).
 

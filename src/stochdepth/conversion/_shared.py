@@ -43,6 +43,9 @@ class SharedLayers(nn.Module):
     """
 
     layers: nn.ModuleList
+    # An ordinary cache reaching the block is right here (a slot per original layer, see
+    # the module docstring): the block lets it through (stochdepth._cache_guard).
+    addresses_cache_per_repeat = True
 
     def __init__(
         self,

@@ -24,7 +24,7 @@ class Repeat(Protocol):
 
 
 def until_converged(
-    apply: Repeat, x: Tensor, policy: ExitWhenConverged, per_row: bool
+    apply: Repeat, x: Tensor, policy: ExitWhenConverged, per_row: bool, per_token: bool = False
 ) -> tuple[Tensor, int | Tensor]:
     """Repeat ``apply`` on ``x`` until ``policy``'s criterion stops it, or ``max_depth``.
 
@@ -34,11 +34,16 @@ def until_converged(
         policy: The criterion, the head and the depth bounds.
         per_row: Stop each row on its own, running later repeats only on the rows
             still going; otherwise the batch stops when every row may.
+        per_token: Stop each position ``(b, t)`` of a ``(batch, seq, ...)`` state on
+            its own: its state is frozen from then on, while the layer keeps running on
+            every position until all have stopped.
 
     Returns:
         The output and the depth used: an int, or with ``per_row`` a CPU int64 tensor
-        of the rows' depths.
+        of the rows' depths, with ``per_token`` one of shape ``(batch, seq)``.
     """
+    if per_token:
+        return _token_by_token(apply, x, policy)
     if per_row:
         return _row_by_row(apply, x, policy)
     return _whole_batch(apply, x, policy)
@@ -89,6 +94,34 @@ def _row_by_row(apply: Repeat, x: Tensor, policy: ExitWhenConverged) -> tuple[Te
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(rows, device=order.device)
     return torch.cat(pieces).index_select(0, inverse), depths
+
+
+def _token_by_token(apply: Repeat, x: Tensor, policy: ExitWhenConverged) -> tuple[Tensor, Tensor]:
+    """Each position stops on its own; a stopped position's state stays as it was."""
+    batch, seq = x.shape[0], x.shape[1]
+    depths = torch.full((batch, seq), policy.max_depth, dtype=torch.int64)
+    going: Tensor | None = None  # None while every position is going (no mask needed)
+    shape = (batch, seq, *([1] * (x.ndim - 2)))
+    previous, previous_output = x, None
+    for repeat in range(policy.max_depth):
+        current = apply(previous, repeat, policy.max_depth)
+        if going is not None:
+            current = torch.where(going.view(shape), current, previous)
+        if policy.min_depth <= repeat + 1 < policy.max_depth and x.numel():
+            stop, output = _ask(
+                policy, previous.flatten(0, 1), current.flatten(0, 1), repeat, previous_output
+            )
+            stop = stop.view(batch, seq)
+            if going is not None:
+                stop = stop & going
+            if bool(stop.any()):
+                depths[stop.cpu()] = repeat + 1
+                going = ~stop if going is None else going & ~stop
+                if not bool(going.any()):
+                    return current, depths
+            previous_output = output
+        previous = current
+    return previous, depths
 
 
 def _ask(

@@ -1,0 +1,1 @@
+"""Generation with a repeated layer: a key/value cache with a slot per repeat."""

@@ -1,0 +1,452 @@
+"""`DepthCache`: a Hugging Face key/value cache with a slot per repeat of each repeated layer.
+
+This module imports ``transformers`` (an optional dependency); ``stochdepth`` imports it
+only when ``stochdepth.DepthCache`` is first used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
+
+from stochdepth._cache_guard import FrozenKeysStored
+
+from ._policy import CachePolicy, PolicyName
+from ._tracker import RepeatTracker
+
+
+@dataclass
+class Pass:
+    """The positions one forward pass added, and which repeats wrote them.
+
+    Attributes:
+        start: The first position.
+        stop: One past the last.
+        last: The deepest repeat that wrote their keys and values (``-1``: none yet).
+        frozen: Whether the entries of repeat ``last`` hold for every later repeat:
+            the block applied the layer once more to the frozen states
+            (``per_token=True``), so that a later, deeper pass can read them.
+    """
+
+    start: int
+    stop: int
+    last: int = -1
+    frozen: bool = False
+
+
+class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
+    """The cache of one layer index inside a block: a :class:`DynamicLayer` per slot.
+
+    Every slot holds the same positions once it is read: a slot that lacks the
+    positions of a pass that stopped before reaching it gets them from that pass's
+    deepest slot when the pass was frozen (their keys and values are those of the frozen
+    states); with ``policy="exact"`` an unfrozen pass is refused there.
+
+    Args:
+        layer_idx: The layer index, for error messages.
+        tracker: Tells the 0-based repeat running now.
+        policy: Which slot each repeat uses.
+    """
+
+    is_compileable = False
+    is_croppable = True
+    is_sliding = False
+
+    def __init__(self, layer_idx: int, tracker: RepeatTracker, policy: CachePolicy) -> None:
+        self.is_initialized = True
+        self.layer_idx = layer_idx
+        self.tracker = tracker
+        self._policy = policy
+        self.slots: list[DynamicLayer] = []
+        self.passes: list[Pass] = []
+
+    @property
+    def keys(self) -> Tensor | None:  # type: ignore[override]
+        """The first slot's keys (what code reading ``layer.keys`` expects)."""
+        return self.slots[0].keys if self.slots else None
+
+    @property
+    def values(self) -> Tensor | None:  # type: ignore[override]
+        """The first slot's values."""
+        return self.slots[0].values if self.slots else None
+
+    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+        """Nothing to do: each slot initializes itself on its first update."""
+
+    def update(
+        self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
+        """Store the running repeat's keys and values; return what it attends to.
+
+        Raises:
+            ValueError: With ``policy="exact"``, the running repeat's slot lacks the
+                positions of an earlier pass that stopped before it and was not frozen
+                (the depth changed between forward passes).
+        """
+        keys, values = self._store(key_states, value_states)
+        if self.tracker.freezing(self.layer_idx):
+            self.freeze()
+            if self.tracker.stored(self.layer_idx):  # every layer of the block has them
+                raise FrozenKeysStored
+        return keys, values
+
+    def _store(self, key_states: Tensor, value_states: Tensor) -> tuple[Tensor, Tensor]:
+        repeat = self.tracker.repeat_of(self.layer_idx) or 0
+        new = key_states.shape[-2]
+        if repeat == 0:  # every pass starts with repeat 0 (its frozen one at depth 0)
+            start = self.get_seq_length()
+            self.passes.append(Pass(start, start + new))
+        current = self.passes[-1]
+        past = current.start
+        index = self._policy.slot(repeat)
+        self._fill(index, past, repeat)
+        slot = self.slots[index]
+        have = _length(slot)
+        current.last = max(current.last, repeat)
+        if have == past:
+            if self._policy.writes(repeat):
+                return slot.update(key_states, value_states)
+            if past == 0:
+                return key_states, value_states
+        # The earlier positions only: an earlier repeat of this pass may have written the
+        # new positions (shared slots).
+        keys = cast(Tensor, slot.keys)[..., :past, :]
+        values = cast(Tensor, slot.values)[..., :past, :]
+        keys = torch.cat([keys, key_states], dim=-2)
+        values = torch.cat([values, value_states], dim=-2)
+        if self._policy.writes(repeat):
+            slot.keys, slot.values = keys, values
+        return keys, values
+
+    def _fill(self, index: int, past: int, repeat: int) -> None:
+        """Give slot ``index`` the positions before ``past`` that it lacks."""
+        while len(self.slots) <= index:
+            self.slots.append(_dynamic_layer())
+        slot = self.slots[index]
+        have = _length(slot)
+        if have >= past:
+            return
+        first = len(self.passes) - 1  # the running pass; the ones before it, backwards
+        while first > 0 and self.passes[first - 1].stop > have:
+            first -= 1
+        for earlier in self.passes[first:-1]:
+            source = self._policy.slot(earlier.last) if earlier.last >= 0 else -1
+            if source >= index or source < 0 or (self._policy.exact and not earlier.frozen):
+                raise ValueError(
+                    f"repeat {repeat + 1} of the RepeatedBlock with layer_idx="
+                    f"{self.layer_idx} has no keys and values for positions "
+                    f"{max(earlier.start, have)}..{earlier.stop - 1}, which an earlier "
+                    f"forward pass ran to depth {earlier.last + 1} only: with "
+                    f"policy='exact' every pass needs the same depth (a fixed eval_depth), "
+                    f"or per_token=True, whose passes leave the keys and values of the "
+                    f"frozen states for the later repeats; policy='last' or 'first' shares "
+                    f"one slot across depths"
+                )
+            lower = max(earlier.start, have)
+            keys = cast(Tensor, self.slots[source].keys)[..., lower : earlier.stop, :]
+            values = cast(Tensor, self.slots[source].values)[..., lower : earlier.stop, :]
+            slot.update(keys, values)
+            have = earlier.stop
+
+    def freeze(self) -> None:
+        """Mark the running pass's deepest entries as valid for every later repeat."""
+        if self.passes:
+            self.passes[-1].frozen = True
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        """The key length and offset for the attention mask, as a ``DynamicLayer``'s."""
+        return self.get_seq_length() + query_length, 0
+
+    def get_seq_length(self) -> int:
+        """The positions cached."""
+        return self.passes[-1].stop if self.passes else 0
+
+    def get_max_length(self) -> int:
+        """``-1``: the slots grow without bound."""
+        return -1
+
+    def reset(self) -> None:
+        """Forget every slot."""
+        self.slots = []
+        self.passes = []
+
+    def offload(self) -> None:
+        """Move every slot to the CPU."""
+        for slot in self.slots:
+            slot.offload()  # type: ignore[no-untyped-call]
+
+    def prefetch(self) -> None:
+        """Move every slot back to its device."""
+        for slot in self.slots:
+            slot.prefetch()  # type: ignore[no-untyped-call]
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Remove the last ``-tokens_to_remove`` positions from every slot.
+
+        Raises:
+            ValueError: ``tokens_to_remove`` is positive (the legacy form, refused as
+                ``DynamicLayer`` refuses it).
+        """
+        if tokens_to_remove > 0:
+            raise ValueError(
+                f"crop takes minus the number of positions to remove, got {tokens_to_remove}"
+            )
+        keep = max(self.get_seq_length() + tokens_to_remove, 0)
+        for slot in self.slots:
+            if _length(slot) > keep:
+                slot.keys = cast(Tensor, slot.keys)[..., :keep, :]
+                slot.values = cast(Tensor, slot.values)[..., :keep, :]
+        self.passes = [p for p in self.passes if p.start < keep]
+        if self.passes:
+            self.passes[-1].stop = min(self.passes[-1].stop, keep)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Reorder every slot's rows (beam search)."""
+        for slot in self.slots:
+            slot.reorder_cache(beam_idx)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Repeat every slot's rows ``repeats`` times."""
+        for slot in self.slots:
+            slot.batch_repeat_interleave(repeats)
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        """Keep the rows ``indices`` of every slot."""
+        for slot in self.slots:
+            slot.batch_select_indices(indices)
+
+
+def _length(slot: DynamicLayer) -> int:
+    return slot.get_seq_length()
+
+
+def _dynamic_layer() -> DynamicLayer:
+    return DynamicLayer()  # type: ignore[no-untyped-call]
+
+
+class DepthCache(Cache):
+    """A ``transformers`` cache that keeps a slot per repeat of every repeated layer.
+
+    Pass it to a model's ``forward`` or to ``generate()`` the way you pass a
+    ``DynamicCache`` (``cache=DepthCache(model)``). A Hugging Face attention layer
+    writes its keys and values under its ``layer_idx``; inside a
+    :class:`~stochdepth.RepeatedBlock` every repeat has the same ``layer_idx``, so an
+    ordinary cache would let the repeats overwrite each other (the block refuses one,
+    naming this class). A ``DepthCache`` is told by each block which repeat is running
+    and keeps the entries of ``(layer_idx, repeat)`` apart; layers outside a block get
+    an ordinary ``DynamicLayer``. With ``policy="exact"`` cached generation computes what
+    generation without a cache computes, and what an unrolled model (its repeats
+    distinct layers with the same weights) computes with a ``DynamicCache``.
+
+    The cache finds the blocks of ``model`` and the layer indices of their layers (the
+    int ``layer_idx`` attribute of Hugging Face attention modules) when it is made, and
+    registers a hook on each block; :meth:`close` removes them (so does the cache's
+    garbage collection). ``crop``, ``reorder_cache`` (beam search) and
+    ``batch_select_indices`` work on every slot.
+
+    With ``policy="exact"`` every forward pass must run the same depth (an int
+    ``eval_depth``, or ``FixedDepth``): a repeat without entries for earlier positions
+    raises. The cheaper policies trade exactness for memory (see the docs page
+    "Generating with a repeated layer" for their drift):
+
+    * ``"first"``: one slot per layer, written by the first repeat and read by all
+      (Mixture-of-Recursions' KV sharing);
+    * ``"last"``: one slot per layer, holding the deepest repeat's entries (Ouro);
+    * ``"window"``: ``window`` slots; repeat ``r`` uses slot ``min(r, window - 1)``.
+
+    Args:
+        model: The model whose :class:`~stochdepth.RepeatedBlock` modules to follow.
+        policy: ``"exact"`` (default), ``"first"``, ``"last"`` or ``"window"``.
+        window: The number of slots of ``policy="window"``, an int >= 1.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``, or ``policy`` or ``window`` has
+            the wrong type.
+        ValueError: ``model`` holds no ``RepeatedBlock``, holds nested ones, or two
+            with layers of the same ``layer_idx``; ``policy`` is unknown; ``window`` is
+            missing or below 1.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from stochdepth import DepthCache, RepeatedBlock
+        >>> config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+        ...                      num_hidden_layers=3, num_attention_heads=4)
+        >>> model = LlamaForCausalLM(config)
+        >>> model.model.layers[1] = RepeatedBlock(model.model.layers[1], eval_depth=4)
+        >>> model = model.eval()  # the block too: eval mode runs eval_depth repeats
+        >>> prompt = torch.tensor([[5, 9, 2, 7]])
+        >>> cache = DepthCache(model)
+        >>> with torch.no_grad():
+        ...     out = model.generate(prompt, attention_mask=torch.ones_like(prompt),
+        ...                          max_new_tokens=3, do_sample=False, cache=cache,
+        ...                          pad_token_id=0)
+        >>> out.shape
+        torch.Size([1, 7])
+        >>> cache.slot_count(1)  # layer 1, the repeated one: a slot per repeat
+        4
+    """
+
+    def __init__(
+        self, model: nn.Module, *, policy: PolicyName = "exact", window: int | None = None
+    ) -> None:
+        self._policy = CachePolicy(policy, window)
+        self._tracker = RepeatTracker(model)
+        self._owned = set(self._tracker.owned())
+        super().__init__(layers=[])
+
+    @property
+    def policy(self) -> PolicyName:
+        """The cache policy (set at construction)."""
+        return self._policy.name
+
+    @property
+    def window(self) -> int | None:
+        """The number of slots of ``policy="window"``; ``None`` otherwise."""
+        return self._policy.window
+
+    def tracks_block(self, block: object) -> bool:
+        """Whether ``block`` is one of the :class:`~stochdepth.RepeatedBlock` s this cache follows.
+
+        A block refuses a cache that does not track it.
+
+        Args:
+            block: A module.
+
+        Returns:
+            ``True`` for a block of the model the cache was made for.
+        """
+        return self._tracker.tracks(block)
+
+    def update(
+        self,
+        key_states: Tensor,
+        value_states: Tensor,
+        layer_idx: int,
+        *args: Any,
+        **kwargs: Any,
+    ) -> tuple[Tensor, Tensor]:
+        """Store the keys and values of ``layer_idx`` (in the running repeat's slot).
+
+        Args:
+            key_states: The new keys, ``(batch, heads, positions, head_dim)``.
+            value_states: The new values, of the same shape.
+            layer_idx: The attention layer's index.
+            *args: Passed on to the layer's cache, as ``transformers`` does.
+            **kwargs: Passed on likewise (``cache_kwargs``).
+
+        Returns:
+            The keys and values to attend to: the earlier positions' and the new ones.
+        """
+        while len(self.layers) <= layer_idx:
+            index = len(self.layers)
+            if index in self._owned:
+                self.layers.append(RepeatSlots(index, self._tracker, self._policy))
+            else:
+                self.layers.append(_dynamic_layer())
+        layer = cast(CacheLayerMixin, self.layers[layer_idx])
+        keys, values = layer.update(key_states, value_states, *args, **kwargs)
+        return keys, values
+
+    @contextlib.contextmanager
+    def frozen_application(self, block: object) -> Iterator[None]:
+        """The block's extra application to the frozen states of a pass that stopped early.
+
+        A block with ``per_token=True`` applies its layer once more, inside this context,
+        after a pass that stopped before the deepest depth a later pass may reach: the
+        keys and values its layers write hold for every later repeat of this pass's
+        positions (they are those of the frozen states). Once every layer of the block
+        has written them, the cache raises ``FrozenKeysStored`` from ``update``, which
+        the block catches: the rest of the application (attention, MLP) is skipped.
+
+        Args:
+            block: The :class:`~stochdepth.RepeatedBlock` whose pass stopped.
+
+        Yields:
+            Nothing; the application runs inside.
+        """
+        self._tracker.begin_freeze(block)
+        try:
+            yield
+        finally:
+            self._tracker.end_freeze(block)
+
+    def slot_count(self, layer_idx: int) -> int:
+        """How many slots the layer index holds: a repeated layer's, or 1 for another.
+
+        Args:
+            layer_idx: The layer index.
+
+        Returns:
+            The number of key/value slots (0 before the layer first writes).
+        """
+        if layer_idx >= len(self.layers):
+            return 0
+        layer = self.layers[layer_idx]
+        return len(layer.slots) if isinstance(layer, RepeatSlots) else 1
+
+    def memory_bytes(self) -> int:
+        """The bytes that the cached keys and values take, every slot of every layer.
+
+        Returns:
+            The sum of the keys' and values' sizes in bytes.
+        """
+        total = 0
+        for layer in self.layers:
+            slots = layer.slots if isinstance(layer, RepeatSlots) else [layer]
+            for slot in cast(list[CacheLayerMixin], slots):
+                for tensor in (slot.keys, slot.values):
+                    if isinstance(tensor, Tensor):
+                        total += tensor.numel() * tensor.element_size()
+        return total
+
+    def close(self) -> None:
+        """Remove the hooks this cache put on the model's blocks.
+
+        The cache then no longer knows which repeat runs: a block refuses it.
+        """
+        self._tracker.close()
+        self._tracker = _Closed()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> DepthCache:
+        """A copy of the cached entries that follows the same blocks, with hooks of its own.
+
+        The model's blocks are shared, not copied (``copy.deepcopy`` of the tracker would
+        copy them, and its hooks would stay on the originals).
+        """
+        twin = DepthCache.__new__(DepthCache)
+        memo[id(self)] = twin
+        tracker = self._tracker.clone() if self._tracker.following() else _Closed()
+        memo[id(self._tracker)] = tracker
+        for key, value in self.__dict__.items():
+            twin.__dict__[key] = copy.deepcopy(value, memo)
+        return twin
+
+    def __repr__(self) -> str:
+        window = f", window={self.window}" if self.window is not None else ""
+        return f"DepthCache(policy={self.policy!r}{window}, layers={len(self.layers)})"
+
+
+class _Closed(RepeatTracker):
+    """A closed cache's tracker: it follows no block."""
+
+    def __init__(self) -> None:
+        self._list = []
+        self._owner = {}
+        self._blocks = set()
+        self._repeat = {}
+        self._freezing = {}
+
+    def following(self) -> bool:
+        """``False``: a closed cache follows nothing."""
+        return False
+
+    def close(self) -> None:
+        """Nothing to remove."""

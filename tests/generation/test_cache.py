@@ -1,0 +1,423 @@
+"""DepthCache: exact cached generation with a repeated layer, and clear refusals."""
+
+from __future__ import annotations
+
+import copy
+import doctest
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import stochdepth
+from stochdepth import DepthCache, ExitWhenConverged, FixedDepth, RepeatedBlock, recursify
+
+from support.tiny_llama import greedy, llama_config, prompts, repeated_llama, unrolled_llama
+
+pytest.importorskip("transformers", reason="DepthCache is a transformers cache (the hf extra)")
+
+DEPTH = 4
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    return repeated_llama(DEPTH)
+
+
+@pytest.fixture(scope="module")
+def unrolled(model: nn.Module) -> nn.Module:
+    return unrolled_llama(model, DEPTH)
+
+
+def test_cached_greedy_generation_is_generation_without_a_cache(model: nn.Module) -> None:
+    ids, mask = prompts()
+    plain = greedy(model, ids, mask, use_cache=False)
+    cached = greedy(model, ids, mask, cache=DepthCache(model))
+    assert torch.equal(cached.sequences, plain.sequences)
+    # Different kernels (one position against the whole sequence): equal to rounding.
+    for got, want in zip(cached.scores, plain.scores, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_cached_generation_is_the_unrolled_models_with_a_dynamic_cache(
+    model: nn.Module, unrolled: nn.Module
+) -> None:
+    ids, mask = prompts(batch=3, length=5, seed=4)
+    cached = greedy(model, ids, mask, new=10, cache=DepthCache(model))
+    reference = greedy(unrolled, ids, mask, new=10)  # transformers' own DynamicCache
+    assert torch.equal(cached.sequences, reference.sequences)
+    for got, want in zip(cached.scores, reference.scores, strict=True):
+        assert torch.equal(got, want)  # the same kernels on the same values: bitwise
+
+
+def test_left_padded_batches_generate_as_without_a_cache(model: nn.Module) -> None:
+    ids, mask = prompts(batch=2, length=6, seed=2)
+    ids[0, :2], mask[0, :2] = 0, 0  # the first prompt is two tokens shorter
+    plain = greedy(model, ids, mask, use_cache=False)
+    cached = greedy(model, ids, mask, cache=DepthCache(model))
+    assert torch.equal(cached.sequences, plain.sequences)
+
+
+def test_the_cache_keeps_a_slot_per_repeat_of_the_repeated_layer(model: nn.Module) -> None:
+    ids, mask = prompts(batch=2, length=5)
+    cache = DepthCache(model)
+    greedy(model, ids, mask, new=3, cache=cache)
+    assert [cache.slot_count(index) for index in range(3)] == [1, DEPTH, 1]
+    assert cache.get_seq_length() == 5 + 3 - 1  # the last token is not fed back
+    per_slot = 2 * 2 * 2 * cache.get_seq_length() * 8 * 4  # k and v, batch, heads, dim, fp32
+    assert cache.memory_bytes() == (DEPTH + 2) * per_slot
+
+
+def test_an_ordinary_cache_is_refused_naming_depth_cache(model: nn.Module) -> None:
+    ids, mask = prompts()
+    with pytest.raises(TypeError, match=r"DynamicCache.*overwrite.*DepthCache\(model\)"):
+        greedy(model, ids, mask)  # generate() makes a DynamicCache
+
+
+def test_a_depth_cache_made_for_another_model_is_refused(model: nn.Module) -> None:
+    other = repeated_llama(DEPTH, seed=1)
+    ids, mask = prompts()
+    with pytest.raises(TypeError, match="not made for the model"):
+        greedy(model, ids, mask, cache=DepthCache(other))
+
+
+def test_any_object_with_the_cache_methods_is_refused() -> None:
+    class ToyCache:
+        def update(self, key: torch.Tensor, value: torch.Tensor, index: int) -> None: ...
+
+        def get_seq_length(self) -> int:
+            return 0
+
+    class Layer(nn.Module):
+        def forward(self, x: torch.Tensor, cache: object = None) -> torch.Tensor:
+            return x + 1
+
+    block = RepeatedBlock(Layer(), FixedDepth(2))
+    with pytest.raises(TypeError, match=r"keyword argument 'cache' is a ToyCache"):
+        block(torch.zeros(2, 3), cache=ToyCache())
+    with pytest.raises(TypeError, match=r"positional argument 0 after x is a ToyCache"):
+        block(torch.zeros(2, 3), ToyCache())
+    # None, and a dict (it has update() but no get_seq_length()), pass.
+    assert torch.equal(block(torch.zeros(2, 3), cache=None), torch.full((2, 3), 2.0))
+
+
+def test_beam_search_gives_the_unrolled_models_beams(model: nn.Module, unrolled: nn.Module) -> None:
+    ids, mask = prompts(batch=2, length=5, seed=3)
+    options = {"num_beams": 3, "num_return_sequences": 2}
+    cached = greedy(model, ids, mask, new=6, cache=DepthCache(model), **options)
+    reference = greedy(unrolled, ids, mask, new=6, **options)
+    assert torch.equal(cached.sequences, reference.sequences)
+
+
+def test_prompt_lookup_decoding_crops_the_cache_and_stays_exact(model: nn.Module) -> None:
+    # Prompt lookup drafts tokens from the prompt and crops the rejected ones off the
+    # cache (cache.crop), every slot of every repeat.
+    ids, mask = prompts(batch=1, length=12, seed=5)
+    ids[0, 6:] = ids[0, :6]  # a repeated stretch, so that drafts are proposed
+    plain = greedy(model, ids, mask, new=10, use_cache=False)
+    drafted = greedy(model, ids, mask, new=10, cache=DepthCache(model), prompt_lookup_num_tokens=3)
+    assert torch.equal(drafted.sequences, plain.sequences)
+
+
+def forward(model: nn.Module, ids: torch.Tensor, cache: DepthCache) -> torch.Tensor:
+    with torch.no_grad():
+        logits: torch.Tensor = model(input_ids=ids, cache=cache, use_cache=True).logits
+    return logits
+
+
+def test_crop_removes_the_last_positions_from_every_slot(model: nn.Module) -> None:
+    ids, _ = prompts(batch=2, length=9, seed=6)
+    cache = DepthCache(model)
+    forward(model, ids[:, :6], cache)
+    first = forward(model, ids[:, 6:], cache)
+    cache.crop(-3)
+    assert cache.get_seq_length() == 6
+    assert {slot.get_seq_length() for slot in cache.layers[1].slots} == {6}
+    again = forward(model, ids[:, 6:], cache)
+    assert torch.equal(again, first)
+
+
+def test_batch_select_and_reorder_act_on_every_slot(model: nn.Module) -> None:
+    ids, _ = prompts(batch=3, length=8, seed=7)
+    both = DepthCache(model)
+    forward(model, ids[:, :6], both)
+    both.batch_select_indices(torch.tensor([2, 0]))
+    picked = forward(model, ids[[2, 0], 6:], both)
+    alone = DepthCache(model)
+    forward(model, ids[[2, 0], :6], alone)
+    reference = forward(model, ids[[2, 0], 6:], alone)
+    torch.testing.assert_close(picked, reference, rtol=0, atol=1e-5)
+
+    reordered = DepthCache(model)
+    forward(model, ids[:, :6], reordered)
+    reordered.reorder_cache(torch.tensor([1, 1, 0]))
+    out = forward(model, ids[[1, 1, 0], 6:], reordered)
+    torch.testing.assert_close(out[[0, 2]], forward(model, ids[[1, 0], 6:], alone_of(model, ids)))
+
+
+def alone_of(model: nn.Module, ids: torch.Tensor) -> DepthCache:
+    cache = DepthCache(model)
+    forward(model, ids[[1, 0], :6], cache)
+    return cache
+
+
+def test_a_depth_that_changes_between_steps_is_refused(model: nn.Module) -> None:
+    ids, _ = prompts(batch=1, length=6)
+    cache = DepthCache(model)
+    block = model.model.layers[1]
+    with torch.no_grad():
+        model(input_ids=ids[:, :5], cache=cache, use_cache=True)
+        block.eval_depth = DEPTH + 1
+        try:
+            with pytest.raises(
+                ValueError,
+                match=r"repeat 5 .* positions 0..4, which an earlier forward pass ran to depth 4",
+            ):
+                model(input_ids=ids[:, 5:], cache=cache, use_cache=True)
+        finally:
+            block.eval_depth = DEPTH
+
+
+def test_close_removes_the_hooks_and_the_block_then_refuses_the_cache(model: nn.Module) -> None:
+    block = model.model.layers[1]
+    hooks = len(block._repeat_hooks)
+    cache = DepthCache(model)
+    assert cache.tracks_block(block)
+    cache.close()
+    assert not cache.tracks_block(block)
+    assert len(block._repeat_hooks) == hooks
+    ids, mask = prompts()
+    with pytest.raises(TypeError, match="not made for the model"):
+        greedy(model, ids, mask, cache=cache)
+
+
+def test_a_dropped_cache_leaves_no_hook_behind(model: nn.Module) -> None:
+    block = model.model.layers[1]
+    hooks = len(block._repeat_hooks)
+    cache = DepthCache(model)
+    del cache
+    assert len(block._repeat_hooks) == hooks
+
+
+def test_bad_models_are_refused_clearly() -> None:
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module, got 3"):
+        DepthCache(3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="holds none: use an ordinary cache"):
+        DepthCache(nn.Linear(2, 2))
+    nested = RepeatedBlock(RepeatedBlock(nn.Linear(2, 2)))
+    with pytest.raises(ValueError, match="nested"):
+        DepthCache(nested)
+    twin = repeated_llama(2)
+    twin.model.layers[2] = RepeatedBlock(twin.model.layers[2])
+    twin.model.layers[2].layer.self_attn.layer_idx = 1
+    with pytest.raises(ValueError, match="layer_idx=1"):
+        DepthCache(twin)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        (
+            {"policy": "all"},
+            ValueError,
+            "policy must be one of 'exact', 'first', 'last', 'window', got 'all'",
+        ),
+        ({"policy": 3}, TypeError, "policy must be one of .* got 3"),
+        ({"policy": "window"}, ValueError, "needs window="),
+        ({"policy": "window", "window": 0}, ValueError, "window must be an int >= 1, got 0"),
+        ({"policy": "last", "window": 2}, TypeError, "window= is the number of slots"),
+    ],
+)
+def test_bad_policies_are_refused(
+    model: nn.Module, options: dict[str, object], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        DepthCache(model, **options)  # type: ignore[arg-type]
+
+
+def test_transformers_is_imported_only_when_depth_cache_is_used() -> None:
+    code = (
+        "import sys, stochdepth\n"
+        "assert 'transformers' not in sys.modules, 'imported at import time'\n"
+        "stochdepth.DepthCache\n"
+        "assert 'transformers' in sys.modules\n"
+        "print(stochdepth.DepthCache.__module__, repr(stochdepth.DepthCache))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "stochdepth <class 'stochdepth.DepthCache'>"
+
+
+def test_the_docstring_example_runs() -> None:
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    tests = finder.find(stochdepth.DepthCache, "DepthCache", globs={})
+    assert sum(len(test.examples) for test in tests) >= 5
+    for test in tests:
+        runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0
+
+
+def test_a_window_as_deep_as_the_block_is_the_exact_cache(model: nn.Module) -> None:
+    ids, mask = prompts()
+    exact = greedy(model, ids, mask, cache=DepthCache(model))
+    window = greedy(model, ids, mask, cache=DepthCache(model, policy="window", window=DEPTH))
+    assert torch.equal(window.sequences, exact.sequences)
+    for got, want in zip(window.scores, exact.scores, strict=True):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize(
+    ("options", "slots"),
+    [
+        ({"policy": "first"}, 1),
+        ({"policy": "last"}, 1),
+        ({"policy": "window", "window": 2}, 2),
+    ],
+)
+def test_cheaper_policies_keep_fewer_slots_and_drift_a_little(
+    model: nn.Module, options: dict[str, object], slots: int
+) -> None:
+    ids, mask = prompts(batch=2, length=6)
+    exact_cache = DepthCache(model)
+    exact = greedy(model, ids, mask, new=6, cache=exact_cache)
+    cheap_cache = DepthCache(model, **options)  # type: ignore[arg-type]
+    cheap = greedy(model, ids, mask, new=6, cache=cheap_cache)
+    assert cheap_cache.slot_count(1) == slots
+    # The prelude and the coda keep one slot each, the repeated layer `slots`.
+    assert cheap_cache.memory_bytes() * (DEPTH + 2) == exact_cache.memory_bytes() * (slots + 2)
+    # The prompt's pass attends within itself: its logits are exact; later ones drift.
+    assert torch.equal(cheap.scores[0], exact.scores[0])
+    drift = max(float((a - b).abs().max()) for a, b in zip(cheap.scores, exact.scores, strict=True))
+    assert 0 < drift < 1
+
+
+def test_the_first_policy_stores_the_first_repeats_keys_only(model: nn.Module) -> None:
+    ids, _ = prompts(batch=1, length=5)
+    first, exact = DepthCache(model, policy="first"), DepthCache(model)
+    forward(model, ids, first)
+    forward(model, ids, exact)
+    assert torch.equal(first.layers[1].slots[0].keys, exact.layers[1].slots[0].keys)
+
+
+def test_the_last_policy_stores_the_deepest_repeats_keys(model: nn.Module) -> None:
+    ids, _ = prompts(batch=1, length=5)
+    last, exact = DepthCache(model, policy="last"), DepthCache(model)
+    forward(model, ids, last)
+    forward(model, ids, exact)
+    assert torch.equal(last.layers[1].slots[0].keys, exact.layers[1].slots[DEPTH - 1].keys)
+    assert repr(last) == "DepthCache(policy='last', layers=3)"
+
+
+def per_token_exit_model(seed: int = 0, **options: object) -> nn.Module:
+    """The tiny Llama with per_token=True, each position stopping on its own in eval."""
+    model = repeated_llama(DEPTH, seed=seed, per_token=True, **options)
+    # tol 0.2 on this seed: positions stop between 1 and 8 repeats.
+    model.model.layers[1].eval_depth = ExitWhenConverged(0.2, max_depth=12)
+    return model
+
+
+def depths_of_each_pass(block: nn.Module) -> tuple[list[torch.Tensor], object]:
+    seen: list[torch.Tensor] = []
+
+    def record(module: nn.Module, args: object, out: object) -> None:
+        seen.append(module.last_depth)
+
+    return seen, block.register_forward_hook(record)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_per_token_exit_with_the_cache_gives_the_tokens_and_depths_without_one(
+    batch: int,
+) -> None:
+    model = per_token_exit_model()
+    seen, handle = depths_of_each_pass(model.model.layers[1])
+    ids, mask = prompts(batch=batch, length=7)
+    plain = greedy(model, ids, mask, new=8, use_cache=False)
+    # Without a cache the last step recomputes every position: its depths are all of them.
+    recomputed = seen[-1]
+    seen.clear()
+    cache = DepthCache(model)
+    cached = greedy(model, ids, mask, new=8, cache=cache)
+    handle.remove()
+    assert torch.equal(cached.sequences, plain.sequences)
+    depths = torch.cat(seen, dim=1)  # the prompt's pass, then one position a step
+    assert torch.equal(depths, recomputed)
+    assert len(set(depths.flatten().tolist())) > 2  # positions did stop at their own depths
+    # Passes stopped before the deepest repeat, and their frozen entries were used.
+    passes = cache.layers[1].passes
+    assert any(p.frozen and p.last + 1 < max(q.last for q in passes) for p in passes)
+
+
+def test_per_token_with_step_kwarg_refuses_to_freeze_into_a_cache() -> None:
+    model = per_token_exit_model(step_kwarg="step")
+    layer = model.model.layers[1].layer
+    forward = layer.forward
+
+    def with_step(hidden_states: torch.Tensor, *args: object, step: int, **kwargs: object):
+        return forward(hidden_states, *args, **kwargs)
+
+    layer.forward = with_step
+    ids, mask = prompts(batch=1, length=6)
+    with pytest.raises(ValueError, match=r"step_kwarg='step'.*differ at each later repeat"):
+        greedy(model, ids, mask, new=2, cache=DepthCache(model))
+
+
+def test_a_deep_copy_follows_the_same_blocks_with_hooks_of_its_own(model: nn.Module) -> None:
+    ids, _ = prompts(batch=2, length=8, seed=8)
+    cache = DepthCache(model)
+    forward(model, ids[:, :6], cache)
+    twin = copy.deepcopy(cache)
+    assert twin.tracks_block(model.model.layers[1])
+    assert twin.layers[1].tracker is not cache.layers[1].tracker
+    cache.close()  # the copy keeps working without the original's hooks
+    reference = DepthCache(model)
+    forward(model, ids[:, :6], reference)
+    assert torch.equal(forward(model, ids[:, 6:], twin), forward(model, ids[:, 6:], reference))
+
+
+def test_a_per_sample_block_in_skip_mode_is_refused() -> None:
+    model = repeated_llama(DEPTH, per_sample=True)
+    with pytest.raises(ValueError, match=r"per_sample=True in mode='skip'.*per_token=True"):
+        DepthCache(model)
+
+
+def test_the_application_to_the_frozen_states_stops_once_the_cache_has_them() -> None:
+    model = per_token_exit_model()
+    block = model.model.layers[1]
+    attention, mlp = [], []
+    block.layer.self_attn.register_forward_pre_hook(lambda module, args: attention.append(1))
+    block.layer.mlp.register_forward_pre_hook(lambda module, args: mlp.append(1))
+    ids, _ = prompts(batch=1, length=6)
+    cache = DepthCache(model)
+    forward(model, ids, cache)
+    depth = int(block.last_depth.max())
+    assert depth < 12  # the prompt's pass stopped early: a frozen application followed
+    assert len(attention) == depth + 1  # its attention ran up to the cache's update
+    assert len(mlp) == depth  # and no further
+    assert cache.layers[1].passes[0].frozen
+    assert cache.slot_count(1) == depth + 1
+
+
+def test_a_recursified_llama_generates_through_the_cache_at_any_depth() -> None:
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    original = LlamaForCausalLM(llama_config(layers=6)).eval()
+    model = copy.deepcopy(original)
+    model.model.layers = recursify(model.model.layers, core=slice(1, 5), lora_rank="full")
+    model = model.eval()
+    ids, mask = prompts(batch=2, length=7)
+    # At full rank and the eval depth (4, the layers it replaced): the original's tokens.
+    want = greedy(original, ids, mask, new=6)
+    got = greedy(model, ids, mask, new=6, cache=DepthCache(model))
+    assert torch.equal(got.sequences, want.sequences)
+    # Deeper than the layers it replaced (an ordinary cache has no slot for that): exact.
+    model.model.layers[1].eval_depth = 7
+    plain = greedy(model, ids, mask, new=6, use_cache=False)
+    cached = greedy(model, ids, mask, new=6, cache=DepthCache(model))
+    assert torch.equal(cached.sequences, plain.sequences)
