@@ -126,7 +126,8 @@ def test_order_and_identity_under_random_arrival_with_args_and_steps() -> None:
             assert result.depths is not None
             assert torch.equal(result.depths, caps[i])
     nothing = next(r for r in seen if r.index == 2)
-    assert torch.equal(nothing.output, xs[2]) and nothing.depth == 0
+    assert torch.equal(nothing.output, xs[2])
+    assert nothing.depth == 0
     assert scheduler.row_repeats == sum(int(c.max()) for c in caps)
 
 
@@ -147,7 +148,9 @@ def test_a_learned_head_halts_positions_and_an_int_depth_caps_them() -> None:
 def test_rows_of_different_lengths_are_refused_naming_the_input() -> None:
     scheduler = DepthScheduler(block_of(), batch_size=2, max_depth=3)
     xs = [*inputs(2), torch.zeros(SEQ - 1, WIDTH, dtype=torch.float64)]
-    with pytest.raises(ValueError, match="first input's sequence length 5 .* input 2 has length 4"):
+    with pytest.raises(
+        ValueError, match=r"first input's sequence length 5 .* input 2 has length 4"
+    ):
         scheduler.run(xs)
 
 
@@ -182,9 +185,11 @@ def test_a_zero_dim_input_is_refused_and_per_token_can_be_turned_off() -> None:
     with pytest.raises(ValueError, match=r"\(seq, \.\.\.\) row, but input 0 has shape \(\)"):
         scheduler.run([torch.tensor(1.0)])
     plain = DepthScheduler(RepeatedBlock(Mixer().double()), 2, max_depth=3, per_token=True)
-    assert plain.per_token and "per_token=True" in repr(plain)
+    assert plain.per_token
+    assert "per_token=True" in repr(plain)
     off = DepthScheduler(block_of(), 2, max_depth=3, per_token=False)
     result = off.run(inputs(1))[0]
-    assert result.depths is None and result.depth == 3
+    assert result.depths is None
+    assert result.depth == 3
     with pytest.raises(TypeError, match="per_token"):
         DepthScheduler(block_of(), 2, max_depth=3, per_token=1)  # type: ignore[arg-type]
