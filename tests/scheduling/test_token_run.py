@@ -193,3 +193,31 @@ def test_a_zero_dim_input_is_refused_and_per_token_can_be_turned_off() -> None:
     assert result.depth == 3
     with pytest.raises(TypeError, match="per_token"):
         DepthScheduler(block_of(), 2, max_depth=3, per_token=1)  # type: ignore[arg-type]
+
+
+def kl_policy() -> ExitWhenConverged:
+    head = nn.Linear(WIDTH, 4).double()
+    return ExitWhenConverged(1e-3, max_depth=30, criterion="output_kl", head=head, min_depth=2)
+
+
+@pytest.mark.parametrize("kind", ["step_kwarg", "output_kl"])
+def test_early_exit_per_token_with_steps_or_a_head_equals_each_input_alone(kind: str) -> None:
+    if kind == "step_kwarg":
+        policy = ExitWhenConverged(0.1, max_depth=30)
+        block = block_of(eval_depth=policy, step_kwarg="step")
+    else:
+        policy = kl_policy()
+        block = block_of(eval_depth=policy)
+    xs = inputs(6, seed=3)
+    scheduler = DepthScheduler(block, batch_size=2, halting=policy)
+    results = scheduler.run(iter(xs))
+    with torch.no_grad():
+        for x, result in zip(xs, results, strict=True):
+            alone = block(x[None])
+            depth = block.last_depth
+            assert isinstance(depth, Tensor)
+            assert result.depths is not None
+            assert torch.equal(result.depths, depth[0])
+            assert close(result.output, alone[0])
+    assert len({d for r in results if r.depths is not None for d in r.depths.tolist()}) > 1
+    assert scheduler.row_repeats == sum(r.depth for r in results)
