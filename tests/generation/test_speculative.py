@@ -214,7 +214,7 @@ def test_bad_arguments_are_refused_clearly(model: nn.Module) -> None:
         speculative_generate(model, ids, draft_depth=1, lookahead=2, max_new_tokens=0)
     with pytest.raises(ValueError, match="temperature must be a float > 0, got 0"):
         speculative_generate(model, ids, **options, do_sample=True, temperature=0)
-    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
         speculative_generate("model", ids, **options)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="holds none"):
         speculative_generate(nn.Linear(2, 2).eval(), ids, **options)

@@ -40,7 +40,7 @@ from ._cache import DepthCache
 class SpeculativeResult:
     """What :func:`speculative_generate` returns: the tokens and how the drafts fared.
 
-    Attributes:
+    Args:
         sequences: The prompt and the new tokens, ``(1, prompt + new)``.
         drafted: Draft tokens proposed (and verified).
         accepted: Draft tokens the full-depth model accepted.
