@@ -29,7 +29,8 @@ TARGET = 0.45
 def recipe() -> Any:
     """The example script as a module (it lives outside the package)."""
     spec = importlib.util.spec_from_file_location("speculative_recipe", EXAMPLE)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
