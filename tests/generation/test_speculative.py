@@ -228,8 +228,33 @@ def test_bad_arguments_are_refused_clearly(model: nn.Module) -> None:
         model.eval()
 
 
-def test_per_token_exit_at_verification_is_refused_clearly() -> None:
-    model = repeated_llama(DEPTH, per_token=True, eval_depth=ExitWhenConverged(0.2, max_depth=8))
+@pytest.mark.parametrize("tolerance", [0.2, 0.4])
+def test_per_token_exit_at_verification_gives_the_tokens_without_a_cache(tolerance: float) -> None:
+    # Each verified position stops at its own depth, as a token a step would: causal
+    # attention keeps the later drafts from changing an earlier position's states.
+    policy = ExitWhenConverged(tolerance, max_depth=8)
+    model = repeated_llama(DEPTH, per_token=True, eval_depth=policy)
+    for seed in (1, 2):
+        ids, _ = prompts(batch=1, length=6, seed=seed)
+        reference = greedy(model, ids, torch.ones_like(ids), new=12, use_cache=False).sequences
+        for draft_depth in (1, 2, 4, 8):
+            for lookahead in (1, 3, 5):
+                out = speculative_generate(
+                    model, ids, draft_depth=draft_depth, lookahead=lookahead, max_new_tokens=12
+                )
+                assert torch.equal(out.sequences, reference), (seed, draft_depth, lookahead)
+
+
+def test_exit_without_per_token_is_refused_clearly() -> None:
+    model = repeated_llama(DEPTH, eval_depth=ExitWhenConverged(0.2, max_depth=8))
     ids, _ = prompts(batch=1, length=4)
-    with pytest.raises(ValueError, match=r"got ExitWhenConverged: per-token exit .* not supported"):
+    with pytest.raises(ValueError, match=r"ExitWhenConverged only with per_token=True"):
         speculative_generate(model, ids, draft_depth=1, lookahead=2, max_new_tokens=4)
+    with pytest.raises(ValueError, match=r"eval_depth to be an int .* got 'max'"):
+        speculative_generate(
+            repeated_llama(DEPTH, eval_depth="max"),
+            ids,
+            draft_depth=1,
+            lookahead=2,
+            max_new_tokens=4,
+        )

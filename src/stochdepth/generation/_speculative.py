@@ -84,7 +84,9 @@ def speculative_generate(
 
     ``model`` is a causal language model (a Hugging Face ``...ForCausalLM``, say) whose
     layers hold one or more :class:`~stochdepth.RepeatedBlock` s, each with an int
-    ``eval_depth`` (the full depth), in eval mode. Each round drafts up to ``lookahead``
+    ``eval_depth`` (the full depth), or per-token exit (``per_token=True`` with an
+    :class:`~stochdepth.ExitWhenConverged` eval depth: each verified position stops at
+    its own depth, as in ordinary decoding), in eval mode. Each round drafts up to ``lookahead``
     tokens with every block at ``draft_depth`` repeats, then verifies them with one
     full-depth pass over the last token and the drafts: the drafts up to the first
     disagreement are kept, followed by the full-depth model's token at that position (or
@@ -103,7 +105,7 @@ def speculative_generate(
         input_ids: The prompt, ``(1, length)`` token ids (batch 1: the rounds of
             different rows would accept different numbers of drafts).
         draft_depth: The repeats of every block when drafting, an int >= 1 and at most
-            each block's eval depth.
+            each block's eval depth (or ``max_depth``).
         lookahead: The draft tokens per round, an int >= 1.
         max_new_tokens: The tokens to generate, an int >= 1.
         do_sample: Sample (the rejection rule) instead of greedy decoding.
@@ -123,9 +125,11 @@ def speculative_generate(
             tensor, or an argument has the wrong type.
         ValueError: ``input_ids`` is not ``(1, length)`` with ``length >= 1``; the model
             is in training mode, holds no ``RepeatedBlock``, or a block's eval depth is
-            not an int (``ExitWhenConverged``, ``"max"``, ...); ``draft_depth`` exceeds
-            a block's eval depth; an int argument is out of range; ``cache`` is not an
-            empty exact ``DepthCache`` of this model.
+            neither an int nor per-token ``ExitWhenConverged`` (``"max"``, say, or
+            ``ExitWhenConverged`` without ``per_token=True``); ``draft_depth`` exceeds
+            a block's eval depth (its ``max_depth`` for per-token exit); an int
+            argument is out of range; ``cache`` is not an empty exact ``DepthCache``
+            of this model.
 
     Example:
         >>> import torch
@@ -333,17 +337,21 @@ def _check_model(model: object) -> list[RepeatedBlock]:
 
 
 def _check_blocks(blocks: list[RepeatedBlock]) -> int:
-    """The full depth: the blocks' int eval depth (the deepest, when they differ)."""
+    """The full depth: the smallest int eval depth (or per-token exit's ``max_depth``)."""
     depths = []
     for block in blocks:
         depth = block.eval_depth
         if isinstance(depth, ExitWhenConverged):
-            raise ValueError(
-                "speculative_generate needs each RepeatedBlock's eval_depth to be an int (the "
-                "full depth the drafts are verified at), got ExitWhenConverged: per-token exit "
-                "at verification time is not supported (the verified tokens would depend on "
-                "which drafts share the verification pass); set eval_depth to an int"
-            )
+            if not block.per_token:
+                raise ValueError(
+                    "speculative_generate verifies with ExitWhenConverged only with "
+                    "per_token=True: without it the verification pass stops when all of its "
+                    "positions have converged, so a token's depth would depend on the drafts "
+                    "verified with it (use RepeatedBlock(..., per_token=True), or an int "
+                    "eval_depth)"
+                )
+            depths.append(depth.max_depth)  # each position stops at its own depth
+            continue
         if isinstance(depth, bool) or not isinstance(depth, int):
             raise ValueError(
                 f"speculative_generate needs each RepeatedBlock's eval_depth to be an int (the "
