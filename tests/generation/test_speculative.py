@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import doctest
+
 import pytest
 import torch
 from torch import nn
@@ -258,3 +260,13 @@ def test_exit_without_per_token_is_refused_clearly() -> None:
             lookahead=2,
             max_new_tokens=4,
         )
+
+
+def test_the_docstring_example_runs() -> None:
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    tests = finder.find(speculative_generate, "speculative_generate", globs={})
+    assert sum(len(test.examples) for test in tests) >= 5
+    for test in tests:
+        runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0
