@@ -35,6 +35,7 @@ from stochdepth import (
     SeededDepth,
     train,
 )
+from stochdepth._extra_state import decode_state
 
 from support.strategies import (
     LAYERS,
@@ -229,8 +230,9 @@ def test_seeded_depth_sequence_is_the_same_on_cpu_and_cuda(
         want, got = on_cpu(x), on_dev(x_dev)
         assert on_dev.last_depth == on_cpu.last_depth == twin.sample(), step
         assert_matches_cpu(got, want, f"output of step {step}")
-    generator_state = on_dev.state_dict()["_extra_state"]["sampler"]["generator_state"]
-    assert generator_state.device.type == "cpu"
+    extra_state = on_dev.state_dict()["_extra_state"]
+    assert extra_state.device.type == "cpu"
+    assert decode_state(extra_state)["sampler"]["generator_state"].device.type == "cpu"
 
 
 @on_device

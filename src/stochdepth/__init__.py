@@ -32,6 +32,7 @@ from .exits._registry import get_exit_criterion as get_exit_criterion
 from .exits._registry import refresh_exit_criteria as refresh_exit_criteria
 from .exits._registry import register_exit_criterion as register_exit_criterion
 from .exits._registry import unregister_exit_criterion as unregister_exit_criterion
+from .layer_drop._add import add_layer_drop as add_layer_drop
 from .layer_drop._list import LayerDropList as LayerDropList
 from .layer_drop._registry import available_drop_rules as available_drop_rules
 from .layer_drop._registry import get_drop_rule as get_drop_rule
@@ -102,6 +103,7 @@ __all__ = [
     "UniformDepth",
     "UnknownPluginError",
     "__version__",
+    "add_layer_drop",
     "available_drop_rules",
     "available_exit_criteria",
     "available_samplers",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any, Literal, cast
 
 import torch
@@ -14,6 +14,7 @@ from torch.utils.hooks import RemovableHandle
 from . import _repeats
 from ._cache_guard import check_caches
 from ._depth import DEFAULT_DEPTH_LIMIT, DepthChoice, EvalDepth, check_within_limit, row_count
+from ._extra_state import decode_state, encode_state, read_extra_state
 from ._grad_depth import GradDepth
 from ._layer_call import (
     LayerCall,
@@ -28,6 +29,7 @@ from ._layer_call import (
 )
 from ._per_token import PerToken, deepest_possible, freeze_for_caches, positions, token_depths
 from ._repeats import outside_graph
+from ._row_draws import RowDraws, check_row_draws
 from ._tie import tie_skipped_layer
 from ._validation import check_bool, check_int, describe
 from .exits._loop import until_converged
@@ -40,6 +42,24 @@ Mode = Literal["skip", "masked"]
 """How a block applies its repeats: only those used, or all of them, masked."""
 
 _MODES = ("skip", "masked")
+# The options whose assignment goes to their property, even for a value that is a Module
+_OPTIONS = frozenset(
+    {
+        "sampler",
+        "eval_depth",
+        "depth_limit",
+        "mode",
+        "per_sample",
+        "per_token",
+        "checkpoint",
+        "row_args",
+        "step_kwarg",
+        "output",
+        "grad_depth",
+        "row_draws",
+        "last_depth",
+    }
+)
 _EXTRA_STATE_KEY = "_extra_state"
 
 
@@ -83,6 +103,16 @@ class RepeatedBlock(nn.Module):
             over ``r < max(depth)`` (``sampler.max_depth`` in masked mode). Refuses
             ``per_sample`` and ``grad_depth``. See the page "Generating with a
             repeated layer" for cached generation with it.
+        row_draws: With ``per_sample=True``, whose rows a training-mode draw covers
+            inside a ``torch.distributed`` process group (DDP, FSDP2): ``"global"``
+            (default) draws the global batch's rows (the ranks' row counts gathered in
+            one ``all_gather``) and keeps this rank's contiguous chunk, rank ``r`` the
+            rows after those of ranks ``0..r-1``, so that training equals one process
+            on the global batch; every rank needs the same sampler state (one seed),
+            and every rank then calls the layer alike (a call possibly on no rows).
+            ``"local"`` draws this rank's rows only, with no communication. Outside a
+            process group, and in eval mode, both draw this process's rows. See the
+            [distributed](../distributed.md#row-draws-of-the-global-batch) page.
         checkpoint: Activation checkpointing of the repeats (``torch.utils.checkpoint``,
             not the run files of :func:`~stochdepth.train`): ``True`` for segments of
             ``ceil(sqrt(depth))`` repeats, an int ``k >= 1`` for segments of ``k``.
@@ -137,21 +167,18 @@ class RepeatedBlock(nn.Module):
         step_kwarg: str | None = None,
         output: Output = None,
         grad_depth: int | DepthSampler | None = None,
+        row_draws: RowDraws = "global",
     ) -> None:
         super().__init__()
         if not isinstance(layer, nn.Module):
             raise TypeError(f"layer must be a torch.nn.Module, got {describe(layer)}")
         self.layer = layer
         self._choice = DepthChoice(sampler, eval_depth, depth_limit)
+        self._choice.row_draws = check_row_draws(row_draws)
         self._adopt(self._choice.sampler)
         self._mode = _check_mode(mode)
         if self._mode == "masked":
-            if stats := _running_statistics(layer):
-                raise ValueError(
-                    f"mode='masked' runs the layer max_depth times and discards the repeats "
-                    f"beyond the depth, but {stats} of the layer would count those repeats "
-                    f"in its running statistics: use mode='skip' with this layer"
-                )
+            _check_masked_layer(layer)
             self._choice.use_masked()
         self._per_sample = check_bool("per_sample", per_sample)
         self._per_token = check_bool("per_token", per_token)
@@ -187,6 +214,7 @@ class RepeatedBlock(nn.Module):
                 "compilation need) cannot switch autograd off by value; use mode='skip' "
                 "(with or without per_sample) for truncated backprop"
             )
+        self._grad = _check_grad_depth(grad_depth, self._mode)
         self._repeat_hooks: dict[int, RepeatHook] = OrderedDict()  # weakly referable
         self._plain_call: PlainCall | None = None
         self._set_plain_call()
@@ -366,11 +394,6 @@ class RepeatedBlock(nn.Module):
         """
         return self._grad.last
 
-    @property
-    def grad_depth(self) -> int | DepthSampler | None:
-        """The ``grad_depth`` option given at construction."""
-        return self._grad.value
-
     def iterate(
         self, x: Tensor, /, *args: Any, depth: int | None = None, **kwargs: Any
     ) -> Iterator[Tensor]:
@@ -486,12 +509,17 @@ class RepeatedBlock(nn.Module):
         return x
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "sampler":  # the property's setter, even for a sampler that is a Module
+        if name in _OPTIONS:  # the property's setter, even for a value that is a Module
             object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
-            if name == "layer" and "_plain_call" in self.__dict__:
-                self._set_plain_call()
+            return
+        if name == "layer" and "_plain_call" in self.__dict__:  # after construction
+            if not isinstance(value, nn.Module):
+                raise TypeError(f"layer must be a torch.nn.Module, got {describe(value)}")
+            if self._mode == "masked":
+                _check_masked_layer(value)
+        super().__setattr__(name, value)
+        if name == "layer" and "_plain_call" in self.__dict__:
+            self._set_plain_call()
 
     def _adopt(self, sampler: DepthSampler) -> None:
         """Hold a sampler that is an ``nn.Module`` as a child, so the module tree has it."""
@@ -529,8 +557,12 @@ class RepeatedBlock(nn.Module):
 
     @property
     def depth_limit(self) -> int:
-        """The most times one forward pass applies the layer (set at construction)."""
+        """The most times one forward pass applies the layer; fixed at construction."""
         return self._choice.depth_limit
+
+    @depth_limit.setter
+    def depth_limit(self, value: int) -> None:
+        raise _fixed("depth_limit", value)
 
     @property
     def last_depth(self) -> int | Tensor | None:
@@ -547,14 +579,47 @@ class RepeatedBlock(nn.Module):
         self._choice.last = value
 
     @property
+    def last_global_depth(self) -> Tensor | None:
+        """The depths of the global batch's rows that the last pass drew, or ``None``.
+
+        Set by a training-mode pass with ``per_sample=True`` and ``row_draws="global"``
+        inside a process group: every rank's rows, in rank order (``last_depth`` holds
+        this rank's chunk of them); ``None`` after any other pass.
+        """
+        return self._choice.everywhere
+
+    @property
     def mode(self) -> Mode:
-        """How the repeats run: ``"skip"`` or ``"masked"`` (set at construction)."""
+        """How the repeats run: ``"skip"`` or ``"masked"``; fixed at construction.
+
+        Assigning raises an ``AttributeError``: masked mode bounds the depths and checks
+        the layer and the eval policy when the block is built.
+        """
         return self._mode
+
+    @mode.setter
+    def mode(self, value: Mode) -> None:
+        raise _fixed("mode", value)
 
     @property
     def per_sample(self) -> bool:
-        """Whether every row draws its own depth (set at construction)."""
+        """Whether every row draws its own depth; settable (a bool)."""
         return self._per_sample
+
+    @per_sample.setter
+    def per_sample(self, value: bool) -> None:
+        per_sample = check_bool("per_sample", value)
+        self._repeats = _repeats.strategy_for(self._mode == "masked", per_sample, self._checkpoint)
+        self._per_sample = per_sample
+
+    @property
+    def row_draws(self) -> RowDraws:
+        """Whose rows a per-row draw covers in a process group: ``"global"`` or ``"local"``."""
+        return self._choice.row_draws
+
+    @row_draws.setter
+    def row_draws(self, value: RowDraws) -> None:
+        self._choice.row_draws = check_row_draws(value)
 
     @property
     def per_token(self) -> bool:
@@ -563,15 +628,63 @@ class RepeatedBlock(nn.Module):
 
     @property
     def checkpoint(self) -> bool | int:
-        """The checkpointing option given at construction: ``False``, ``True`` or ``k``."""
+        """The activation checkpointing: ``False``, ``True`` or ``k``; settable."""
         return self._checkpoint
+
+    @checkpoint.setter
+    def checkpoint(self, value: bool | int) -> None:
+        checkpoint = _check_checkpoint(value)
+        self._repeats = _repeats.strategy_for(self._mode == "masked", self._per_sample, checkpoint)
+        self._checkpoint = checkpoint
+
+    @property
+    def row_args(self) -> tuple[int | str, ...]:
+        """The row-aligned extra arguments (positions and keyword names); settable."""
+        return self._rows.spec()
+
+    @row_args.setter
+    def row_args(self, value: int | str | tuple[int | str, ...] | list[int | str] | None) -> None:
+        self._rows = RowArgs(value)
+
+    @property
+    def step_kwarg(self) -> str | None:
+        """The keyword that passes the repeat index to the layer, or ``None``; settable."""
+        return self._step_kwarg
+
+    @step_kwarg.setter
+    def step_kwarg(self, value: str | None) -> None:
+        self._step_kwarg = check_step_kwarg(value)
+        self._set_plain_call()
+
+    @property
+    def output(self) -> Output:
+        """How the next state is read from the layer's return value; settable."""
+        return self._output
+
+    @output.setter
+    def output(self, value: Output) -> None:
+        self._output = check_output(value)
+        self._set_plain_call()
+
+    @property
+    def grad_depth(self) -> int | DepthSampler | None:
+        """Truncated backprop: ``None``, an int ``k`` or a depth sampler; settable.
+
+        Assigning runs the constructor's checks (refused in masked mode).
+        """
+        return self._grad.value
+
+    @grad_depth.setter
+    def grad_depth(self, value: int | DepthSampler | None) -> None:
+        self._grad = _check_grad_depth(value, self._mode)
 
     @property
     def depth_histogram(self) -> dict[int, int]:
         """How many training-mode forward passes used each depth, by depth.
 
         Every training-mode forward pass counts, whether its depth was drawn or given
-        as an int (with ``per_sample=True``, every row counts); a depth tensor given
+        as an int (with ``per_sample=True``, every row counts: after a global row draw,
+        every row of the global batch, the same counts on every rank); a depth tensor given
         in masked mode is not counted, and eval mode does not count. Compare it with
         the sampler's law to check that the sampler does what you think. Telemetry:
         not saved in the ``state_dict``.
@@ -627,16 +740,29 @@ class RepeatedBlock(nn.Module):
             f"{tuple(out.shape)} {where}"
         )
 
-    def get_extra_state(self) -> dict[str, Any]:
-        """Return the sampler's state, for ``state_dict``.
+    def get_extra_state(self) -> Tensor:
+        """Return the sampler's state, for ``state_dict``, as one ``uint8`` tensor.
 
         A sampler that is itself an ``nn.Module`` is saved through the module tree
-        instead, as a child of this block.
+        instead, as a child of this block. The state is encoded as one CPU tensor so
+        that safetensors (``save_pretrained``), ``torch.load(weights_only=True)`` and
+        ``torch.distributed.checkpoint`` all take it.
+
+        Returns:
+            The encoding of the state: the sampler's ``state_dict()`` under
+                ``"sampler"`` (none when the sampler keeps none) and a stateful
+                ``grad_depth`` sampler's under ``"grad_depth"``.
+        """
+        return encode_state(self._state_mapping())
+
+    def _state_mapping(self) -> dict[str, Any]:
+        """The state that :meth:`get_extra_state` encodes, as a mapping.
 
         Returns:
             ``{"sampler": sampler.state_dict()}``, or ``{}`` when the sampler keeps no
-                state of its own; with a ``grad_depth`` sampler that keeps state, its
-                state under ``"grad_depth"`` too.
+                state of its own (or is an ``nn.Module``, saved as a child); with a
+                ``grad_depth`` sampler that keeps state, its state under
+                ``"grad_depth"`` too.
         """
         state: dict[str, Any] = {}
         sampler = self.sampler
@@ -651,15 +777,15 @@ class RepeatedBlock(nn.Module):
         """Restore the sampler's state saved by :meth:`get_extra_state`.
 
         Args:
-            state: The mapping :meth:`get_extra_state` returned.
+            state: The tensor :meth:`get_extra_state` returned, or the mapping that
+                earlier versions saved (the same keys).
 
         Raises:
-            TypeError: ``state`` is not a mapping.
-            ValueError: ``state`` holds a sampler state but this block's sampler keeps
-                none, or the sampler rejects it.
+            TypeError: ``state`` is neither a tensor nor a mapping.
+            ValueError: ``state`` is not an encoded state, holds a sampler state but
+                this block's sampler keeps none, or the sampler rejects it.
         """
-        if not isinstance(state, Mapping):
-            raise TypeError(f"RepeatedBlock extra state must be a mapping, got {describe(state)}")
+        state = read_extra_state(state, "RepeatedBlock")
         if state.get("grad_depth") is not None:
             self._grad.load(state["grad_depth"])
         sampler_state = state.get("sampler")
@@ -693,6 +819,7 @@ class RepeatedBlock(nn.Module):
                 ("step_kwarg", self._step_kwarg, None),
                 ("output", self._output, None),
                 ("grad_depth", self._grad.value, None),
+                ("row_draws", self._choice.row_draws, "global"),
             )
             if value != default
         )
@@ -716,6 +843,37 @@ def _running_statistics(layer: nn.Module) -> str:
         and getattr(module, "running_mean", None) is not None
     ]
     return ", ".join(repr(name) for name in names)
+
+
+def _check_masked_layer(layer: nn.Module) -> None:
+    if stats := _running_statistics(layer):
+        raise ValueError(
+            f"mode='masked' runs the layer max_depth times and discards the repeats "
+            f"beyond the depth, but {stats} of the layer would count those repeats "
+            f"in its running statistics: use mode='skip' with this layer"
+        )
+
+
+def _check_grad_depth(value: object, mode: Mode) -> GradDepth:
+    grad = GradDepth(value)
+    if grad.value is not None and mode == "masked":
+        raise ValueError(
+            "grad_depth is not supported with mode='masked': which repeats would run "
+            "without autograd depends on the depth, a tensor in masked mode, and the one "
+            "fixed graph of max_depth repeats (what torch.export and fullgraph "
+            "compilation need) cannot switch autograd off by value; use mode='skip' "
+            "(with or without per_sample) for truncated backprop"
+        )
+    return grad
+
+
+def _fixed(name: str, value: object) -> AttributeError:
+    """The error of assigning an option that only the constructor sets."""
+    return AttributeError(
+        f"RepeatedBlock.{name} is fixed at construction (what it changes is built once, "
+        f"then); got an assignment of {value!r}: build a new RepeatedBlock(layer, sampler, "
+        f"{name}=...) around the same layer instead"
+    )
 
 
 def _check_mode(value: object) -> Mode:
@@ -752,5 +910,9 @@ def _default_missing_sampler_state(
     and strict loading reports it.
     """
     key = prefix + _EXTRA_STATE_KEY
-    if key not in state_dict and isinstance(module, RepeatedBlock) and not module.get_extra_state():
+    if (
+        key not in state_dict
+        and isinstance(module, RepeatedBlock)
+        and not decode_state(module.get_extra_state())
+    ):
         state_dict[key] = {}  # nothing to lose

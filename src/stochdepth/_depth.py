@@ -16,6 +16,7 @@ from typing import Literal, cast
 import torch
 from torch import Tensor
 
+from ._row_draws import RowDraws, draws_globally, global_layout
 from ._validation import check_int, describe
 from .exits._policy import ExitWhenConverged
 from .samplers._builtin import UniformDepth
@@ -45,11 +46,18 @@ class DepthChoice:
             (masked mode), which bounds every depth by ``max_depth``.
         last: The depth of the last forward pass (``last_depth``).
         counts: Training-mode depth counts (``depth_histogram``).
+        row_draws: Whose rows a training-mode per-row draw covers in a process group:
+            ``"global"`` (the global batch's, this rank keeping its chunk) or
+            ``"local"``.
+        everywhere: After a global per-row draw, the depths of the global batch's
+            rows (every rank's); ``None`` after any other choice.
     """
 
     def __init__(self, sampler: object, eval_depth: object, depth_limit: object) -> None:
         self.masked = False
         self.last: int | Tensor | None = None
+        self.row_draws: RowDraws = "global"
+        self.everywhere: Tensor | None = None
         self.counts: dict[int, int] = {}
         checked = UniformDepth() if sampler is None else check_sampler(sampler)
         self._eval_depth = check_eval_depth(eval_depth)
@@ -126,12 +134,18 @@ class DepthChoice:
                 counts[depth] = counts.get(depth, 0) + 1
         return depth
 
-    def record(self, depth: int | Tensor, training: bool) -> None:
-        """Record a depth as a forward pass does: ``last``, and in training mode ``counts``."""
+    def record(self, depth: int | Tensor, training: bool, counted: Tensor | None = None) -> None:
+        """Record a depth as a forward pass does: ``last``, and in training mode ``counts``.
+
+        ``counted``: what the histogram counts instead of ``depth``: the global batch's
+        rows after a global row draw (``depth`` holds this rank's).
+        """
         self.last = depth
         if not training:
             return
         counts = self.counts
+        if counted is not None:
+            depth = counted
         if isinstance(depth, int):
             counts[depth] = counts.get(depth, 0) + 1
         elif depth.numel():
@@ -140,19 +154,29 @@ class DepthChoice:
                     counts[value] = counts.get(value, 0) + count
 
     def rows(self, rows: int, depth: object, training: bool, record: bool = True) -> Tensor:
-        """The rows' depths (a CPU int64 tensor): drawn, the eval policy's, or given."""
+        """The rows' depths (a CPU int64 tensor): drawn, the eval policy's, or given.
+
+        A training-mode draw with ``row_draws="global"`` inside a process group draws
+        the global batch's rows and keeps this rank's (see ``stochdepth._row_draws``);
+        the histogram then counts the global batch's rows, as one process would.
+        """
+        self.everywhere = None
         if isinstance(depth, Tensor):
-            depths = self._given_rows(rows, depth)
+            depths = counted = self._given_rows(rows, depth)
+        elif depth is None and training and draws_globally(self.row_draws):
+            start, total = global_layout(rows)
+            counted = self.everywhere = draw_batch(self._sampler, total)
+            depths = counted[start : start + rows]
         elif depth is None and (training or self._eval_depth == "sample"):
-            depths = draw_batch(self._sampler, rows)
+            depths = counted = draw_batch(self._sampler, rows)
         else:
             value = check_int("depth", depth) if depth is not None else self.eval_value()
-            depths = torch.full((rows,), value, dtype=torch.int64)
-        deepest = int(depths.max()) if rows else 0
+            depths = counted = torch.full((rows,), value, dtype=torch.int64)
+        deepest = int(counted.max()) if counted.numel() else 0
         if deepest > self.depth_limit:
             raise self.limit_error(deepest, depth is not None)
         if record:
-            self.record(depths, training)
+            self.record(depths, training, self.everywhere)
         return depths
 
     def _given_rows(self, rows: int, depth: Tensor) -> Tensor:

@@ -309,15 +309,18 @@ def _skipped_its_layer(block: RepeatedBlock) -> bool:
     """Whether the block's last forward pass left its layer out of the graph.
 
     A block in ``"skip"`` mode (the default) at depth 0, or, with a depth per row,
-    with every row at depth 0, or whose ``grad_depth`` recorded no repeat. A block
-    in another mode (``"masked"``) applies its layer at every depth, masked: nothing
-    to tie.
+    with every row at depth 0 (every row of the global batch after a global row draw),
+    or whose ``grad_depth`` recorded no repeat. A block in another mode (``"masked"``)
+    applies its layer at every depth, masked: nothing to tie.
     """
     if getattr(block, "mode", "skip") != "skip":
         return False
     if block.last_grad_depth == 0:  # grad_depth left no repeat recorded: the layer is unused
         return True
-    depth: object = block.last_depth
+    # A global row draw: the layer ran on every rank (maybe on no rows) unless every
+    # row of the global batch drew depth 0.
+    everywhere = block.last_global_depth
+    depth: object = block.last_depth if everywhere is None else everywhere
     if isinstance(depth, Tensor):
         return depth.numel() == 0 or not bool(depth.any())
     return depth == 0

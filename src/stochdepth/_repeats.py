@@ -223,6 +223,7 @@ def per_row(
     grad_depth: int | None = None,
     checkpointed: bool = False,
     checkpoint_every: int | None = None,
+    everywhere: Tensor | None = None,
 ) -> Tensor:
     """Apply the layer to each row of ``x`` its own number of times, only where needed.
 
@@ -246,41 +247,56 @@ def per_row(
         checkpointed: Whether to checkpoint the repeats in segments.
         checkpoint_every: Repeats per checkpointed segment, or ``None`` for
             ``ceil(sqrt(max(depths)))``.
+        everywhere: The depths of the global batch's rows when ``depths`` are this
+            rank's chunk of them (``row_draws="global"``), else ``None``. Then every
+            rank makes the same layer calls, in the same order, whatever its own rows
+            (a call may have no rows): the global batch's deepest row sets the number
+            of repeats, and whether a repeat runs with autograd, without, or both
+            (two calls) is the global batch's choice. FSDP2 needs it when the layer
+            is sharded on its own: each call unshards it, a collective.
 
     Returns:
         Each row of ``x`` after its depth's repeats; ``x`` itself when every depth is 0.
     """
     rows = x.shape[0]
-    if rows == 0:
+    if everywhere is None:
+        everywhere = depths
+    total = everywhere.shape[0]
+    if total == 0:
         return x
-    counts = torch.bincount(depths)
-    deepest = counts.numel() - 1
-    # active[i]: how many rows have depth > i, for i in 0..deepest.
+    overall = torch.bincount(everywhere)
+    deepest = overall.numel() - 1
+    # active[i]: how many rows have depth > i, for i in 0..deepest (this rank's rows);
+    # reach[i]: the same for the global batch's rows (this rank's when not sharded).
+    reach: list[int] = (total - torch.cumsum(overall, 0)).tolist()
+    counts = torch.bincount(depths, minlength=deepest + 1)
     active: list[int] = (rows - torch.cumsum(counts, 0)).tolist()
     checkpointed = checkpointed and torch.is_grad_enabled()
     if grad_depth is not None and not torch.is_grad_enabled():
         grad_depth = None
-    if deepest == 0 or active[deepest - 1] == rows:  # every row has the same depth
+    if deepest == 0 or reach[deepest - 1] == total:  # every row has the same depth
         frozen = max(deepest - grad_depth, 0) if grad_depth is not None else 0
         return repeats(call, x, deepest, frozen, checkpointed, checkpoint_every)
     order = torch.argsort(depths, descending=True, stable=True).to(x.device)
     call = call.take(order)
 
-    def frozen_rows(repeat: int) -> int:
+    def frozen_rows(rows_above: list[int], repeat: int) -> int:
         """How many of the active rows run repeat ``repeat`` without autograd."""
         if grad_depth is None or repeat + grad_depth > deepest:
             return 0
-        return active[repeat + grad_depth]
+        return rows_above[repeat + grad_depth]
 
     def run(h: Tensor, start: int, stop: int) -> tuple[Tensor, ...]:
         """Repeats ``start..stop-1``: the rows still active after them, and those done."""
         done = []
         for repeat in range(start, stop):
             live = active[repeat]
-            frozen = frozen_rows(repeat)
-            if frozen == 0:
+            frozen = frozen_rows(active, repeat)
+            # Decided on the global batch's rows, so that every rank calls alike.
+            frozen_anywhere = frozen_rows(reach, repeat)
+            if frozen_anywhere == 0:
                 out = call.narrow(0, live)(h, repeat, deepest)
-            elif frozen == live:
+            elif frozen_anywhere == reach[repeat]:
                 with torch.no_grad():
                     out = call.narrow(0, live)(h, repeat, deepest)
             else:
@@ -477,6 +493,7 @@ class PerRow:
             grad_depth=k,
             checkpointed=self.checkpointed,
             checkpoint_every=self.every,
+            everywhere=choice.everywhere,
         )
         if k is not None and torch.is_grad_enabled() and bool((depths > k).any()):
             out = tie_cut_input(out, x)  # some rows' states no longer depend on x: as in Skip

@@ -68,6 +68,23 @@ def test_seeded_ranks_draw_the_same_layers_and_equal_one_process_on_the_global_b
     torch.testing.assert_close(records[0]["params"], want, rtol=1e-5, atol=1e-6)
 
 
+def test_row_draws_under_ddp_are_those_of_the_global_batch_and_equal_one_process(
+    ranks: list[dict[str, Any]],
+) -> None:
+    """Each rank keeps its chunk of the global batch's mask (``row_draws="global"``)."""
+    records = result(ranks, "row")
+    model = workers.make_model("row", workers.SEED)
+    x, y = workers.global_batch()
+    keeps = workers.train(model, x, y, 0.0)
+    for step in range(workers.STEPS):
+        joined = torch.cat([record["keeps"][step] for record in records], dim=1)
+        assert torch.equal(joined, keeps[step]), step
+    # DDP averages the ranks' mean losses: the mean over the global batch
+    torch.testing.assert_close(
+        records[0]["params"], workers.flat_parameters(model), rtol=1e-5, atol=1e-6
+    )
+
+
 def test_ranks_with_their_own_seeds_draw_differently_yet_stay_identical(
     ranks: list[dict[str, Any]],
 ) -> None:

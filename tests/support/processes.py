@@ -52,16 +52,21 @@ def run_python(
 
 
 def spawn_ranks(
-    entry: Callable[[int, str, str], None], world_size: int, out: Path, deadline_s: float
+    entry: Callable[..., None],
+    world_size: int,
+    out: Path,
+    deadline_s: float,
+    extra: tuple[Any, ...] = (),
 ) -> list[dict[str, Any]]:
-    """Spawn ``world_size`` ranks of ``entry(rank, init_file, out_dir)``; return what each saved.
+    """Spawn ``world_size`` ranks of ``entry(rank, init_file, out_dir, *extra)``; collect them.
 
     Each rank saves its results to ``out/rank{N}.pt``. Ranks still running after
-    ``deadline_s`` seconds fail the test (a hang) and are killed.
+    ``deadline_s`` seconds fail the test (a hang) and are killed. ``extra`` travels to
+    the ranks as ``torch.multiprocessing`` pickles it (tensors in shared memory).
     """
     context = mp.start_processes(
         entry,
-        args=(str(out / "init"), str(out)),
+        args=(str(out / "init"), str(out), *extra),
         nprocs=world_size,
         join=False,
         start_method="spawn",

@@ -148,6 +148,35 @@ spec_words = st.from_regex(r"[A-Za-z][A-Za-z0-9_]{0,7}", fullmatch=True).filter(
 """Spec values that are neither a number nor a bool, so they stay strings."""
 
 
+_leaf_tensors = st.sampled_from([torch.uint8, torch.int64, torch.float32, torch.bool]).flatmap(
+    lambda dtype: st.lists(st.integers(0, 1 if dtype == torch.bool else 200), max_size=6).map(
+        lambda values: torch.tensor(values, dtype=dtype)
+    )
+)
+_leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**127), max_value=2**127 - 1),  # what 16 bytes hold
+    st.floats(allow_nan=False),
+    st.text(max_size=8),
+    _leaf_tensors,
+)
+extra_states = st.dictionaries(
+    st.one_of(st.text(max_size=6), st.integers(-5, 5)),
+    st.recursive(
+        _leaves,
+        lambda children: st.one_of(
+            st.lists(children, max_size=3),
+            st.lists(children, max_size=3).map(tuple),
+            st.dictionaries(st.text(max_size=4), children, max_size=3),
+        ),
+        max_leaves=8,
+    ),
+    max_size=4,
+)
+"""A module extra state: what ``stochdepth._extra_state.encode_state`` takes."""
+
+
 @st.composite
 def token_depths(draw: st.DrawFn, max_depth: int = MAX_DEPTH) -> torch.Tensor:
     """A ``(batch, seq)`` int64 tensor of per-position depths in ``[0, max_depth]``."""

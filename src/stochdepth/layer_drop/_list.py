@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Literal, cast
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Literal, cast, overload
 
 import torch
 from torch import Tensor, nn
 
+from stochdepth._extra_state import encode_state, read_extra_state
 from stochdepth._layer_call import Output, check_output, read_state
+from stochdepth._row_draws import RowDraws, check_row_draws, draws_globally, global_layout
 from stochdepth._tie import process_group_up
 from stochdepth._validation import check_bool, check_int, check_probability, describe
-from stochdepth.samplers._generator import check_seed
+from stochdepth.samplers._generator import check_seed, generator_from_bytes, generator_to_bytes
 
+from ._host_loop import KeptRows, RowDraw
 from ._registry import get_drop_rule
 from ._rules import DropRule, check_keep, check_rule
 from ._tie import tie
@@ -31,6 +34,23 @@ Scale = Literal["train", "eval"]
 
 _MODES = ("skip", "masked")
 _LEGACY_MODES = ("batch", "row")
+# The options whose assignment goes to their property, even for a value that is a Module
+_OPTIONS = frozenset(
+    {
+        "mode",
+        "per_sample",
+        "residual",
+        "scale",
+        "rule",
+        "row_args",
+        "output",
+        "seed",
+        "row_draws",
+        "drop_rate",
+        "drop_rates",
+        "eval_layers",
+    }
+)
 _SCALES = ("train", "eval")
 _EXTRA_STATE_KEY = "_extra_state"
 
@@ -85,6 +105,13 @@ class LayerDropList(nn.Module):
     restored list continues the same sequence of drops, and processes (DDP ranks)
     that build it with the same seed drop the same layers.
 
+    A host model that loops over its own layers (``for layer in self.layers:``, as
+    Hugging Face models and ``nn.TransformerEncoder`` do) drops layers too: iterating
+    the list in training mode draws, as fairseq's ``LayerDropModuleList`` does (see
+    the layer-drop guide and :func:`~stochdepth.add_layer_drop`). Every option reads
+    back as an attribute and, but for ``seed``, can be assigned, with the
+    constructor's checks.
+
     The layers are registered as children ``"0"``, ``"1"``, ..., as in
     ``nn.Sequential`` and ``nn.ModuleList``: replacing a model's ``blocks`` (a
     ``Sequential``) or ``layers`` (a ``ModuleList``) by a list over them keeps the
@@ -133,11 +160,25 @@ class LayerDropList(nn.Module):
             element of a returned tuple or list (Hugging Face layers return
             ``(hidden_states, ...)``); or a callable mapping the return value to the
             state.
+        row_draws: With ``per_sample=True``, whose rows a draw covers inside a
+            ``torch.distributed`` process group (DDP, FSDP2): ``"global"``
+            (default): every rank draws the keep mask of the global batch's rows (all
+            ranks' rows, gathered as one ``all_gather`` of each rank's row count)
+            and keeps its own contiguous chunk, rank ``r`` the rows after those of
+            ranks ``0..r-1`` (as ``torch.chunk`` splits a batch), so that training
+            equals one process on the global batch; every rank must build the list
+            with the same ``seed``. A layer then runs on every rank when any row of
+            the global batch keeps it (on no rows where this rank's rows drop it),
+            and is skipped on every rank when none does, so that the ranks agree on
+            the layers they run (FSDP2 unshards a layer it runs). ``"local"``: each
+            rank draws its own rows only, with no communication (ranks with one seed
+            then give row ``i`` of every rank the same drops). Outside a process
+            group both draw this process's rows; ``per_sample=False`` ignores it.
 
     Attributes:
         last_keep: The keep mask of the last training-mode forward pass (``None``
             before the first), a bool CPU tensor of shape ``(layers,)`` or
-            ``(layers, rows)``.
+            ``(layers, rows)`` (this rank's rows under ``row_draws="global"``).
 
     Raises:
         TypeError: An argument has the wrong type (the message names it).
@@ -182,6 +223,7 @@ class LayerDropList(nn.Module):
         eval_layers: Iterable[int] | None = None,
         row_args: Iterable[int | str] = (),
         output: Output = None,
+        row_draws: RowDraws = "global",
     ) -> None:
         super().__init__()
         for index, layer in enumerate(_check_layers(layers)):
@@ -189,29 +231,22 @@ class LayerDropList(nn.Module):
         self._mode, self._per_sample = _check_mode(mode, per_sample, masked)
         self._masked = self._mode == "masked"
         self._residual = check_bool("residual", residual)
-        self._scale = cast(Scale, _check_choice("scale", scale, _SCALES))
-        if self._scale == "eval" and not self._residual:
-            raise ValueError(
-                "scale='eval' multiplies residual branches by 1 - p in evaluation and "
-                "needs residual=True; got residual=False"
-            )
+        self._scale = _check_scale(scale, self._residual)
         self.drop_rates = drop_rate
         self.eval_layers = eval_layers
-        self._rule = get_drop_rule(rule) if isinstance(rule, str) else check_rule(rule)
-        self._row_args = _check_row_args(row_args)
-        if self._row_args and not self._per_sample:
-            raise ValueError(
-                f"row_args names arguments cut to the kept rows, which only "
-                f"per_sample=True does; got row_args={self._row_args!r} with per_sample=False"
-            )
-        self._row_positions = tuple(a for a in self._row_args if isinstance(a, int))
-        self._row_keywords = tuple(a for a in self._row_args if isinstance(a, str))
+        self._rule = _get_rule(rule)
+        self._set_row_args(row_args, self._per_sample)
         self._output = check_output(output)
-        self._seed = check_seed(int(torch.randint(0, 2**62, ())) if seed is None else seed)
+        self._row_draws = check_row_draws(row_draws)
+        self._kept_anywhere: list[int] | None = None
+        # on the CPU whatever the default device (from_pretrained builds on "meta")
+        self._seed = check_seed(
+            int(torch.randint(0, 2**62, (), device="cpu")) if seed is None else seed
+        )
         self._generator = torch.Generator(device="cpu")
         self._generator.manual_seed(self._seed)
         self.last_keep = None
-        self._runs = torch.zeros(len(self), dtype=torch.int64)
+        self._runs = torch.zeros(len(self), dtype=torch.int64, device="cpu")
         self._draws = 0
         self.register_load_state_dict_pre_hook(  # type: ignore[no-untyped-call]
             _default_missing_state
@@ -223,11 +258,76 @@ class LayerDropList(nn.Module):
         return len(self._modules)
 
     def __iter__(self) -> Iterator[nn.Module]:
-        """Iterate over every layer (no drops: call the list to apply them)."""
-        return iter(cast(dict[str, nn.Module], self._modules).values())
+        """Iterate over the layers to run: in training, drawn; in evaluation, ``eval_layers``.
 
-    def __getitem__(self, index: int) -> nn.Module:
+        A host model that loops over its own layers (``for layer in self.layers:``,
+        as Hugging Face, torchvision and timm models do) gets layer drop from this,
+        as from fairseq's ``LayerDropModuleList``. In training mode every iteration
+        draws a keep mask from the list's generator, exactly as a forward pass of the
+        list would (counted in :attr:`layer_runs`, saved in :attr:`last_keep`), and
+        yields the kept layers in order. With ``per_sample=True`` it yields, for every
+        layer, a callable that runs the layer on the rows the iteration's draw kept
+        for it (drawn at the first call, once the rows are known; ``row_args`` cut to
+        them) and leaves the other rows' state; its other attributes are the layer's.
+        In evaluation mode it yields the layers of :attr:`eval_layers` (every layer by
+        default). To visit every layer without a draw, use ``children()`` or indexing.
+
+        Raises:
+            TypeError: In training mode, the list is one that a host loop cannot
+                apply: ``residual=True`` (the host would apply a branch as a
+                layer), ``mode="masked"``, or with ``per_sample=True`` an
+                ``output=`` (a layer returning a tuple, whose other elements could
+                not be merged row by row). Call the list instead.
+        """
+        return iter(self._layers_to_run(range(len(self))))
+
+    def _layers_to_run(self, indices: range) -> list[nn.Module]:
+        """The layers among ``indices`` that a host loop runs now (drawing, in training)."""
+        layers = list(cast(dict[str, nn.Module], self._modules).values())
+        if not self.training:
+            chosen = indices if self._eval_layers is None else self._eval_layers
+            return [layers[index] for index in chosen if index in indices]
+        masked = self._mode == "masked"
+        if self._residual or masked or (self._per_sample and self._output is not None):
+            options = ", ".join(
+                f"{name}={value!r}"
+                for name, value, default in (
+                    ("residual", self._residual, False),
+                    ("mode", self._mode, "skip"),
+                    ("output", self._output if self._per_sample else None, None),
+                )
+                if value != default
+            )
+            raise TypeError(
+                f"iterating a LayerDropList in training mode gives the layers that a host "
+                f"loop runs, which needs residual=False and mode='skip' (and, with "
+                f"per_sample=True, layers that return a tensor: output=None); this list "
+                f"has {options}: call it (stack(h, ...)) instead of looping over it"
+            )
+        if self._per_sample:
+            draw = RowDraw(self.draw_keep)
+            return [KeptRows(layers[index], index, draw, self._cut) for index in indices]
+        compiling = torch.compiler.is_compiling()
+        keep = (self._draw_outside_graph(None) if compiling else self._draw(None)).tolist()
+        return [layers[index] for index in indices if keep[index]]
+
+    @overload
+    def __getitem__(self, index: int) -> nn.Module: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[nn.Module]: ...
+
+    def __getitem__(self, index: int | slice) -> nn.Module | list[nn.Module]:
+        """The layer at ``index``; a slice gives the layers to run among those it selects.
+
+        ``stack[:n]`` (Llama's ``self.layers[: config.num_hidden_layers]``) is a list
+        of the sliced layers that a host loop runs now, as iteration gives them: in
+        training mode drawn (one draw for the whole list, then cut), in evaluation
+        mode those of :attr:`eval_layers`.
+        """
         count = len(self)
+        if isinstance(index, slice):
+            return self._layers_to_run(range(count)[index])
         position = check_int("index", index, minimum=-count)
         if position >= count:
             raise IndexError(f"index must be in [-{count}, {count - 1}], got {position}")
@@ -235,25 +335,61 @@ class LayerDropList(nn.Module):
 
     # ----------------------------------------------------------------- options
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _OPTIONS:  # the property's setter, even for a value that is a Module
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     @property
     def mode(self) -> Mode:
-        """``"skip"`` or ``"masked"`` (set at construction)."""
+        """``"skip"`` or ``"masked"``; settable (the deprecated spellings are not)."""
         return self._mode
+
+    @mode.setter
+    def mode(self, value: Mode) -> None:
+        self._mode = cast(Mode, _check_choice("mode", value, _MODES))
+        self._masked = self._mode == "masked"
 
     @property
     def per_sample(self) -> bool:
-        """Whether every row draws its own keep mask (set at construction)."""
+        """Whether every row draws its own keep mask; settable (``False`` refuses ``row_args``)."""
         return self._per_sample
+
+    @per_sample.setter
+    def per_sample(self, value: bool) -> None:
+        per_sample = check_bool("per_sample", value)
+        self._set_row_args(self._row_args, per_sample)
+        self._per_sample = per_sample
+
+    @property
+    def row_draws(self) -> RowDraws:
+        """Whose rows a per-row draw covers in a process group: ``"global"`` or ``"local"``."""
+        return self._row_draws
+
+    @row_draws.setter
+    def row_draws(self, value: RowDraws) -> None:
+        self._row_draws = check_row_draws(value)
 
     @property
     def residual(self) -> bool:
-        """Whether each layer is a residual branch (set at construction)."""
+        """Whether each layer is a residual branch; settable (``scale="eval"`` needs it)."""
         return self._residual
+
+    @residual.setter
+    def residual(self, value: bool) -> None:
+        residual = check_bool("residual", value)
+        _check_scale(self._scale, residual)
+        self._residual = residual
 
     @property
     def scale(self) -> Scale:
-        """Where a residual branch's ``1 - p`` factor goes: ``"train"`` or ``"eval"``."""
+        """Where a residual branch's ``1 - p`` factor goes: ``"train"`` or ``"eval"``; settable."""
         return self._scale
+
+    @scale.setter
+    def scale(self, value: Scale) -> None:
+        self._scale = _check_scale(value, self._residual)
 
     @property
     def masked(self) -> bool:
@@ -268,18 +404,72 @@ class LayerDropList(nn.Module):
 
     @property
     def rule(self) -> DropRule:
-        """The drop rule the list draws with."""
+        """The drop rule the list draws with; settable (a name or a ``DropRule``)."""
         return self._rule
+
+    @rule.setter
+    def rule(self, value: str | DropRule) -> None:
+        self._rule = _get_rule(value)
+
+    @property
+    def row_args(self) -> tuple[int | str, ...]:
+        """The extra arguments cut to the kept rows with ``per_sample=True``; settable."""
+        return self._row_args
+
+    @row_args.setter
+    def row_args(self, value: Iterable[int | str]) -> None:
+        self._set_row_args(value, self._per_sample)
+
+    def _set_row_args(self, value: object, per_sample: bool) -> None:
+        row_args = _check_row_args(value)
+        if row_args and not per_sample:
+            raise ValueError(
+                f"row_args names arguments cut to the kept rows, which only "
+                f"per_sample=True does; got row_args={row_args!r} with per_sample=False"
+            )
+        self._row_args = row_args
+        self._row_positions = tuple(a for a in row_args if isinstance(a, int))
+        self._row_keywords = tuple(a for a in row_args if isinstance(a, str))
+
+    @property
+    def output(self) -> Output:
+        """How the next hidden state is read from a layer's return value; settable."""
+        return self._output
+
+    @output.setter
+    def output(self, value: Output) -> None:
+        self._output = check_output(value)
 
     @property
     def seed(self) -> int:
-        """The seed the generator started from (restored by ``load_state_dict``)."""
+        """The seed the generator started from (restored by ``load_state_dict``).
+
+        Not assignable (an ``AttributeError``): to restart the draws, call
+        ``stack.generator.manual_seed(seed)`` or build a new list.
+        """
         return self._seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        raise AttributeError(
+            f"LayerDropList.seed is the seed the generator started from, not a setting; got "
+            f"an assignment of {value!r}: call stack.generator.manual_seed(seed) to restart "
+            f"the draws, or build a new LayerDropList(..., seed=...)"
+        )
 
     @property
     def generator(self) -> torch.Generator:
         """The CPU ``torch.Generator`` the list draws from."""
         return self._generator
+
+    @property
+    def drop_rate(self) -> tuple[float, ...]:
+        """The constructor's ``drop_rate``: each layer's rate, as :attr:`drop_rates`; settable."""
+        return self._drop_rates
+
+    @drop_rate.setter
+    def drop_rate(self, value: float | Sequence[float]) -> None:
+        self.drop_rates = value
 
     @property
     def drop_rates(self) -> tuple[float, ...]:
@@ -289,7 +479,7 @@ class LayerDropList(nn.Module):
     @drop_rates.setter
     def drop_rates(self, value: float | Sequence[float]) -> None:
         self._drop_rates = _check_rates(value, len(self))
-        self._rates_tensor = torch.tensor(self._drop_rates, dtype=torch.float64)
+        self._rates_tensor = torch.tensor(self._drop_rates, dtype=torch.float64, device="cpu")
 
     @property
     def eval_layers(self) -> tuple[int, ...] | None:
@@ -309,7 +499,8 @@ class LayerDropList(nn.Module):
         With ``masked=True``, how many times each layer's result was kept. Counted for
         every training-mode forward pass in eager mode and for the draws the list makes
         itself under ``torch.compile`` (a ``keep=`` mask given to a compiled list is not
-        counted). Saved in the ``state_dict``.
+        counted). Saved in the ``state_dict``. With ``row_draws="global"`` in a process
+        group, the rows of the global batch: the same counts on every rank.
         """
         return [int(count) for count in self._runs]
 
@@ -325,7 +516,7 @@ class LayerDropList(nn.Module):
 
     def reset_layer_runs(self) -> None:
         """Forget the counts of :attr:`layer_runs` and :attr:`draws`."""
-        self._runs = torch.zeros(len(self), dtype=torch.int64)
+        self._runs = torch.zeros(len(self), dtype=torch.int64, device="cpu")
         self._draws = 0
 
     # ----------------------------------------------------------------- drawing
@@ -335,11 +526,13 @@ class LayerDropList(nn.Module):
 
         For ``masked=True`` under ``torch.compile(fullgraph=True)``: draw outside the
         compiled function and pass the mask as ``keep=``. The draw advances the
-        generator and is counted in :attr:`layer_runs`.
+        generator and is counted in :attr:`layer_runs`. In row mode with
+        ``row_draws="global"`` inside a process group it is this rank's rows of the
+        global batch's draw (a collective: every rank draws together).
 
         Args:
-            rows: In row mode, the number of rows (dimension 0 of the input);
-                ``None`` in batch mode.
+            rows: In row mode, the number of rows (dimension 0 of the input; this
+                rank's rows); ``None`` in batch mode.
 
         Returns:
             A bool CPU tensor, ``True`` where a layer runs: ``(layers,)`` in batch
@@ -362,11 +555,32 @@ class LayerDropList(nn.Module):
         return self._draw(check_int("rows", rows))
 
     def _draw(self, rows: int | None) -> Tensor:
+        self._kept_anywhere = None
+        if rows is not None and draws_globally(self._row_draws):
+            return self._draw_global(rows)
         shape = (len(self),) if rows is None else (len(self), rows)
         keep = check_keep(
             self._rule, self._rule.draw(self._rates_tensor, rows, self._generator), shape
         )
         self._count(keep)
+        return keep
+
+    def _draw_global(self, rows: int) -> Tensor:
+        """Row mode in a process group: the global batch's mask, this rank's rows of it.
+
+        The telemetry counts the global batch's rows, as one process on it would, so
+        that it is the same on every rank; ``last_keep`` holds this rank's rows.
+        """
+        start, total = global_layout(rows)
+        everywhere = check_keep(
+            self._rule,
+            self._rule.draw(self._rates_tensor, total, self._generator),
+            (len(self), total),
+        )
+        self._count(everywhere)
+        self._kept_anywhere = everywhere.sum(dim=1).tolist()
+        keep = everywhere[:, start : start + rows]
+        self.last_keep = keep
         return keep
 
     _draw_outside_graph = torch.compiler.disable(_draw)  # type: ignore[no-untyped-call]
@@ -395,6 +609,7 @@ class LayerDropList(nn.Module):
             )
         if not torch.compiler.is_compiling():
             self._count(keep.cpu())
+        self._kept_anywhere = None
         return keep
 
     # ----------------------------------------------------------------- forward
@@ -483,9 +698,12 @@ class LayerDropList(nn.Module):
             if keep is None:
                 keep = self._draw(rows)
             counts = keep.sum(dim=1).tolist()
+            # With a global draw, a layer that some rank's rows keep runs on every
+            # rank (here maybe on no rows), so that every rank calls the same layers.
+            anywhere = counts if self._kept_anywhere is None else self._kept_anywhere
             for index, layer in enumerate(layers):
                 count = counts[index]
-                if count == 0:
+                if anywhere[index] == 0:
                     dropped.append(layer)
                     continue
                 used.append(layer)
@@ -517,7 +735,7 @@ class LayerDropList(nn.Module):
     ) -> Tensor:
         """Every layer runs on every row; ``torch.where`` keeps the drawn results."""
         keep = keep.to(h.device)
-        for index, layer in enumerate(self):
+        for index, layer in enumerate(cast(dict[str, nn.Module], self._modules).values()):
             new = self._combine(h, self._call(index, layer, h, args, kwargs), index)
             kept = keep[index]
             if kept.ndim:  # row mode: one flag per row, broadcast over the other dims
@@ -526,7 +744,7 @@ class LayerDropList(nn.Module):
         return h
 
     def _evaluate(self, h: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
-        layers = list(self)
+        layers = list(cast(dict[str, nn.Module], self._modules).values())
         indices = range(len(layers)) if self._eval_layers is None else self._eval_layers
         for index in indices:
             out = self._call(index, layers[index], h, args, kwargs)
@@ -589,13 +807,25 @@ class LayerDropList(nn.Module):
 
     # ----------------------------------------------------------------- state
 
-    def get_extra_state(self) -> dict[str, Any]:
-        """Return the generator's state and the telemetry, for ``state_dict``.
+    def get_extra_state(self) -> Tensor:
+        """Return the generator's state and the telemetry, for ``state_dict``, as a tensor.
+
+        One CPU ``uint8`` tensor (an encoding of the mapping below), so that
+        safetensors (``save_pretrained``), ``torch.load(weights_only=True)`` and
+        ``torch.distributed.checkpoint`` all take it.
+
+        Returns:
+            The encoding of the generator's seed and state, ``layer_runs`` and
+                ``draws``.
+        """
+        return encode_state(self._state_mapping())
+
+    def _state_mapping(self) -> dict[str, Any]:
+        """The state that :meth:`get_extra_state` encodes, as a mapping.
 
         Returns:
             ``{"seed": int, "generator_state": ByteTensor, "layer_runs": LongTensor,
-            "draws": int}``: ints and tensors only, so it loads with
-            ``torch.load(weights_only=True)``.
+            "draws": int}``.
         """
         return {
             "seed": self._seed,
@@ -611,15 +841,16 @@ class LayerDropList(nn.Module):
         nothing.
 
         Args:
-            state: The mapping :meth:`get_extra_state` returned, or ``{}``.
+            state: The tensor :meth:`get_extra_state` returned, the mapping that
+                earlier versions saved (the same keys), or ``{}``.
 
         Raises:
             TypeError: ``state`` or one of its values has the wrong type.
-            ValueError: A key is missing, the telemetry is for another number of
-                layers, or the generator rejects the state.
+            ValueError: ``state`` is not an encoded state, a key is missing, the
+                telemetry is for another number of layers, or the generator rejects
+                the state.
         """
-        if not isinstance(state, Mapping):
-            raise TypeError(f"LayerDropList extra state must be a mapping, got {describe(state)}")
+        state = read_extra_state(state, "LayerDropList")
         if not state:
             return
         missing = sorted({"seed", "generator_state", "layer_runs", "draws"} - set(state))
@@ -653,6 +884,23 @@ class LayerDropList(nn.Module):
         self._runs = runs.detach().to(device="cpu", dtype=torch.int64).clone()
         self._draws = draws
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The generator as bytes: torch.multiprocessing (spawn, Lightning's ddp_spawn)
+        # pickles a generator's state tensor into shared memory, which it does not
+        # survive (pytorch issue 146828).
+        state = dict(super().__getstate__())  # type: ignore[no-untyped-call]
+        state["_generator"] = generator_to_bytes(self._generator)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        saved = state["_generator"]
+        if isinstance(saved, bytes):
+            state["_generator"] = generator_from_bytes(saved)
+        super().__setstate__(state)  # type: ignore[no-untyped-call]
+        # the counts are this process's own, not a tensor shared with the parent
+        self._runs = self._runs.clone()
+
     def extra_repr(self) -> str:
         """Show the rates and the options that differ from the defaults in ``print(list)``."""
         rates = self._drop_rates
@@ -665,6 +913,7 @@ class LayerDropList(nn.Module):
                 ("residual", self._residual, False),
                 ("scale", self._scale, "train"),
                 ("eval_layers", self._eval_layers, None),
+                ("row_draws", self._row_draws, "global"),
             )
             if value != default
         )
@@ -712,13 +961,28 @@ def _check_layers(layers: object) -> list[nn.Module]:
         raise TypeError(f"layers must be {expected}, got one {type(layers).__name__} module")
     if isinstance(layers, str | bytes) or not isinstance(layers, Iterable):
         raise TypeError(f"layers must be {expected}, got {describe(layers)}")
-    found = list(layers)
+    # a module's children, not its iteration: a LayerDropList's would draw
+    found = list(layers.children()) if isinstance(layers, nn.Module) else list(layers)
     for index, layer in enumerate(found):
         if not isinstance(layer, nn.Module):
             raise TypeError(f"layers[{index}] must be an nn.Module, got {describe(layer)}")
     if not found:
         raise ValueError(f"layers must hold at least one module, got {describe(layers)}")
     return found
+
+
+def _check_scale(value: object, residual: bool) -> Scale:
+    scale = cast(Scale, _check_choice("scale", value, _SCALES))
+    if scale == "eval" and not residual:
+        raise ValueError(
+            "scale='eval' multiplies residual branches by 1 - p in evaluation and "
+            "needs residual=True; got residual=False"
+        )
+    return scale
+
+
+def _get_rule(value: str | DropRule) -> DropRule:
+    return get_drop_rule(value) if isinstance(value, str) else check_rule(value)
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:

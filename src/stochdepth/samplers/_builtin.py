@@ -279,8 +279,8 @@ class BernoulliDepth(GeneratorSampler):
         self._max_depth = check_depth("max_depth", max_depth)
         self._p = check_probability("p", p)
         self._init_generator(seed, generator, required=False)
-        self._count = torch.tensor(float(self._max_depth), dtype=torch.float64)
-        self._prob = torch.tensor(self._p, dtype=torch.float64)
+        self._count = torch.tensor(float(self._max_depth), dtype=torch.float64, device="cpu")
+        self._prob = torch.tensor(self._p, dtype=torch.float64, device="cpu")
 
     @property
     def p(self) -> float:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from stochdepth._extra_state import from_bytes, to_bytes
 from stochdepth._validation import check_int, describe
 
 MAX_SEED = 2**64 - 1
@@ -69,7 +70,7 @@ class GeneratorSampler:
                     f"{name} needs parameter 'seed' (an int in [0, 2**64 - 1]) or "
                     f"'generator' (a torch.Generator), got neither"
                 )
-            seed = int(torch.randint(0, 2**62, ()))
+            seed = int(torch.randint(0, 2**62, (), device="cpu"))
         self._seed = check_seed(seed)
         self._generator = torch.Generator(device="cpu")
         self._generator.manual_seed(self._seed)
@@ -159,16 +160,33 @@ class GeneratorSampler:
         """Check and restore what a subclass adds to :meth:`state_dict`."""
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"params": self._params(), "state": self.state_dict()}
+        # The state as bytes, not tensors: torch.multiprocessing pickles a tensor into
+        # shared memory, and a generator state's tensor does not survive that
+        # (pytorch issue 146828), so a spawned process would fail to start.
+        return {"params": self._params(), "state": to_bytes(self.state_dict())}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        saved = state["state"]
+        saved = from_bytes(saved) if isinstance(saved, bytes) else saved
         init: Any = type(self).__init__
-        init(self, **state["params"], seed=state["state"]["seed"])
-        self.load_state_dict(state["state"])
+        init(self, **state["params"], seed=saved["seed"])
+        self.load_state_dict(saved)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{key}={value!r}" for key, value in self._params().items())
         return f"{type(self).__name__}({params}, seed={self._seed})"
+
+
+def generator_to_bytes(generator: torch.Generator) -> bytes:
+    """A CPU generator's state as bytes, which every pickler copies as they are."""
+    return bytes(generator.get_state().numpy().tobytes())
+
+
+def generator_from_bytes(data: bytes) -> torch.Generator:
+    """A new CPU generator in the state that :func:`generator_to_bytes` returned."""
+    generator = torch.Generator(device="cpu")
+    generator.set_state(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    return generator
 
 
 def check_seed(seed: object, name: str = "seed") -> int:

@@ -6,9 +6,8 @@ Private to the trainer and the command line; the public DDP helpers are in
 
 from __future__ import annotations
 
-import contextlib
 import io
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,8 +23,6 @@ from stochdepth._distributed import (
     raise_on_mismatch,
     require_process_group,
 )
-from stochdepth.samplers._draws import draw_batch
-from stochdepth.samplers._protocol import DepthSampler, has_state
 
 from ._checkpoint import CheckpointError
 
@@ -73,10 +70,6 @@ class DistributedRun:
         self.global_x, self.global_y = x, y
         self.x = torch.tensor_split(x, self.world_size)[self.rank]
         self.y = torch.tensor_split(y, self.world_size)[self.rank]
-        rows = [
-            len(shard) for shard in torch.tensor_split(torch.arange(x.shape[0]), self.world_size)
-        ]
-        self.rows = (sum(rows[: self.rank]), sum(rows[: self.rank + 1]))
         _broadcast_sampler_states(model, self.device)
         self.tie = SkippedLayerTie(model)
         self.model = model
@@ -133,24 +126,6 @@ class DistributedRun:
         """``function()`` run on rank 0 alone, its bytes (or its error) on every rank."""
         return bytes_from_rank_0(function, self.device)
 
-    @contextlib.contextmanager
-    def rows_shared(self, blocks: list[RepeatedBlock]) -> Iterator[None]:
-        """Let every per-row block draw the global batch's depths and keep this rank's rows.
-
-        Every rank draws the depths of all the global batch's rows from the same
-        seeded state, then takes its own shard's rows, so that the rows get the depths
-        a single process gives them. The blocks' samplers are put back on exit.
-        """
-        saved = [(block, block.sampler) for block in blocks if block.per_sample]
-        total = self.global_x.shape[0]
-        try:
-            for block, sampler in saved:
-                block.sampler = row_shard(sampler, total, *self.rows)
-            yield
-        finally:
-            for block, sampler in saved:
-                block.sampler = sampler
-
     def close(self) -> None:
         """Remove the tie's hooks."""
         self.tie.remove()
@@ -184,69 +159,6 @@ def _check_batch(x: Tensor, y: Tensor, world_size: int) -> None:
             f"need the same number of rows, got shapes {tuple(x.shape)} and "
             f"{tuple(y.shape)}"
         )
-
-
-class RowShard:
-    """A per-row block's sampler on one rank: the global batch's draws, this rank's rows.
-
-    Args:
-        sampler: The block's sampler.
-        total: The global batch's rows.
-        start: This rank's first row.
-        stop: One past this rank's last row.
-    """
-
-    def __init__(self, sampler: DepthSampler, total: int, start: int, stop: int) -> None:
-        self.sampler = sampler
-        self.total, self.start, self.stop = total, start, stop
-
-    @property
-    def min_depth(self) -> int:
-        """The sampler's ``min_depth``."""
-        return self.sampler.min_depth
-
-    @property
-    def max_depth(self) -> int:
-        """The sampler's ``max_depth``."""
-        return self.sampler.max_depth
-
-    def sample(self) -> int:
-        """The sampler's ``sample()``."""
-        return self.sampler.sample()
-
-    def sample_batch(self, n: int) -> Tensor:
-        """Draw the global batch's depths; return this rank's ``n`` rows of them."""
-        if n != self.stop - self.start:
-            raise ValueError(
-                f"distributed=True with per_sample=True draws the depths of the global "
-                f"batch's {self.total} rows and gives this rank rows {self.start} to "
-                f"{self.stop - 1}, but the block got {n} rows: a block with per_sample=True "
-                f"must see the model's input rows"
-            )
-        return draw_batch(self.sampler, self.total)[self.start : self.stop]
-
-    def __repr__(self) -> str:
-        return repr(self.sampler)
-
-
-class _StatefulRowShard(RowShard):
-    """A :class:`RowShard` whose sampler saves and restores state."""
-
-    sampler: Any
-
-    def state_dict(self) -> dict[str, Any]:
-        """The sampler's state."""
-        return dict(self.sampler.state_dict())
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the sampler's state."""
-        self.sampler.load_state_dict(state)
-
-
-def row_shard(sampler: DepthSampler, total: int, start: int, stop: int) -> RowShard:
-    """A :class:`RowShard` of ``sampler``, with ``state_dict`` when the sampler has one."""
-    kind = _StatefulRowShard if has_state(sampler) else RowShard
-    return kind(sampler, total, start, stop)
 
 
 # Dtypes that _broadcast_tensor sends by index (broadcast_object_list needs NumPy).

@@ -7,7 +7,6 @@ the model's blocks, sets up the distributed run and the checkpoints, then repeat
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -252,24 +251,17 @@ def _loop(
     if checkpointer is not None:
         start = checkpointer.start(model, optimizer, report.losses, report.depths)
     report.restored(start)
-    with _rows_shared(run, blocks):
-        for t in range(start, options.steps):
-            loss, logged, depth = step.forward(t, x, y)
-            report.record(t, logged, depth)
-            step.update(loss)
-            if checkpointer is not None and checkpointer.due(t + 1):
-                report.flush()
-                checkpointer.save(t + 1, model, optimizer, report.losses, report.depths)
-            report.stepped(t)
+    for t in range(start, options.steps):
+        loss, logged, depth = step.forward(t, x, y)
+        report.record(t, logged, depth)
+        step.update(loss)
+        if checkpointer is not None and checkpointer.due(t + 1):
+            report.flush()
+            checkpointer.save(t + 1, model, optimizer, report.losses, report.depths)
+        report.stepped(t)
     report.flush()
     if checkpointer is not None and checkpointer.saved_step != options.steps:
         checkpointer.save(options.steps, model, optimizer, report.losses, report.depths)
-
-
-def _rows_shared(
-    run: DistributedRun | None, blocks: list[RepeatedBlock]
-) -> contextlib.AbstractContextManager[None]:
-    return contextlib.nullcontext() if run is None else run.rows_shared(blocks)
 
 
 class _Step:
