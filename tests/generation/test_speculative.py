@@ -106,10 +106,12 @@ def test_generation_stops_after_the_eos_token_as_generate_does(model: nn.Module)
     reference = full_depth_greedy(model, ids, new=12)
     eos = int(reference[0, 6 + 4])  # the fifth new token
     first = 6 + (reference[0, 6:] == eos).nonzero()[0, 0]
+    cache = DepthCache(model)
     out = speculative_generate(
-        model, ids, draft_depth=2, lookahead=3, max_new_tokens=12, eos_token_id=eos
+        model, ids, draft_depth=2, lookahead=3, max_new_tokens=12, eos_token_id=eos, cache=cache
     )
     assert torch.equal(out.sequences, reference[:, : first + 1])
+    assert cache.get_seq_length() == out.sequences.shape[1] - 1  # drafts after eos cropped
     assert torch.equal(out.sequences, full_depth_greedy(model, ids, new=12, eos_token_id=eos))
 
 
@@ -270,3 +272,17 @@ def test_the_docstring_example_runs() -> None:
     for test in tests:
         runner.run(test)
     assert runner.summarize(verbose=False).failed == 0
+
+
+def test_accepted_drafts_after_an_eos_token_are_dropped_with_their_cache_entries() -> None:
+    model = identity_repeats_model()  # every draft accepted: eos lands inside a round
+    ids, _ = prompts(batch=1, length=5, seed=4)
+    reference = full_depth_greedy(model, ids, new=16)
+    eos = int(reference[0, 5 + 2])  # the third new token, drafted in the first round
+    first = 5 + int((reference[0, 5:] == eos).nonzero()[0, 0])
+    cache = DepthCache(model)
+    out = speculative_generate(
+        model, ids, draft_depth=1, lookahead=4, max_new_tokens=16, eos_token_id=eos, cache=cache
+    )
+    assert torch.equal(out.sequences, reference[:, : first + 1])
+    assert cache.get_seq_length() == out.sequences.shape[1] - 1

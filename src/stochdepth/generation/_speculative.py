@@ -268,6 +268,8 @@ class _Decoder:
             tokens = tokens[: tokens.index(eos) + 1]
         new_ids = torch.tensor([tokens], dtype=input_ids.dtype, device=input_ids.device)
         result.sequences = torch.cat([input_ids, new_ids], dim=1)
+        # Accepted drafts after an eos token are not returned: nor are their entries kept.
+        self.cache.crop(result.sequences.shape[1] - 1 - self.cache.get_seq_length())
         result.new_tokens = len(tokens)
         return result
 
