@@ -1,4 +1,4 @@
-"""Section 10 of ``benchmarks/run.py``: decoding a repeated-layer language model with a cache.
+"""Section 11 of ``benchmarks/run.py``: decoding a repeated-layer language model with a cache.
 
 A tiny Llama-style model (``LlamaForCausalLM`` from a config, no download): a prelude
 layer, one decoder layer repeated ``depth`` times in a :class:`~stochdepth.RepeatedBlock`,
@@ -34,7 +34,7 @@ from stochdepth import DepthCache, ExitWhenConverged, FixedDepth, RepeatedBlock
 
 @dataclass
 class DecodeSizes:
-    """The model and the decode of section 10."""
+    """The model and the decode of section 11."""
 
     width: int = 256
     heads: int = 4
@@ -106,9 +106,9 @@ def decode(model: Any, token: Tensor, cache: Any, steps: int) -> list[Tensor]:
 
 
 def decode_rows(bench: Any) -> None:
-    """10: DepthCache against the unrolled model's DynamicCache, and the cheaper policies."""
+    """11: DepthCache against the unrolled model's DynamicCache, and the cheaper policies."""
     sizes: DecodeSizes = bench.decode_sizes
-    section = "10 decoding"
+    section = "11 decoding"
     try:
         from transformers import DynamicCache
     except ImportError as error:  # the hf extra is not installed: say so in the rows

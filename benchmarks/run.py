@@ -44,15 +44,23 @@ Comparisons (A is the reference, B the thing measured; ratio = B / A):
    graph by ``CUDAGraphStep``. Where the ratios cross 1 is the width below which masked
    rows pay. On the CPU it runs when asked for (``--sections 9``, up to width 1024) or
    with ``--quick``.
-10. decoding (``benchmarks/decoding.py``; needs the ``hf`` extra): a tiny Llama-style model
+10. scheduler: ``DepthScheduler`` (a batch of rows in flight, halted rows refilled from
+   the stream) against running every row to the maximum depth, against stopping each
+   batch when all its rows halted, and against the per-row compaction within one call
+   (``per_sample=True``), on inputs whose depths vary: a synthetic block with a known
+   per-input depth from 1 to 32 (mean about 8, a quarter of the maximum), and the
+   recipe model of ``examples/halting.py`` (trained here first) with its ACT halt head.
+   Rows x repeats executed against the ideal (the sum of the inputs' own depths;
+   target <= 1.05), and the time per input (targets: <= 1/1.8 of run-to-max, <= 1/1.3
+   of stop-when-all-halted).
+11. decoding (``benchmarks/decoding.py``; needs the ``hf`` extra): a tiny Llama-style model
    (width 256, 4 heads, prelude 1, one core layer repeated 8 times, coda 1, prompts of 128
    tokens, 64 new tokens, batch 1 and 8): decode time per token with ``DepthCache``
    against the unrolled 10-layer model with transformers' ``DynamicCache`` (target <=
    1.05), and the memory per token of each cheaper cache policy against the exact
    per-repeat cache, with its drift (max logit difference, greedy-token agreement).
-12. speculative decoding (``benchmarks/speculative.py``; needs the ``hf`` extra; 11 is
-   left to the scheduler section of issue 24): the recipe model of
-   ``examples/speculative_decoding.py`` (trained here, about 2 minutes on one core),
+12. speculative decoding (``benchmarks/speculative.py``; needs the ``hf`` extra): the
+   recipe model of ``examples/speculative_decoding.py`` (trained here, about 2 minutes on one core),
    batch 1: ``speculative_generate`` at draft depths 1, 2 and 4 against full-depth
    greedy decoding through a ``DepthCache``, identical tokens, time per token (target
    <= 0.45), with the acceptance rate beside each row.
@@ -65,6 +73,7 @@ measurement fails (the row then says ``error``, and the exit status is 1).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import io
 import os
@@ -86,7 +95,9 @@ from torch import Tensor, nn
 import stochdepth
 from stochdepth import (
     CUDAGraphStep,
+    DepthScheduler,
     DynamicNet,
+    ExitWhenConverged,
     FixedDepth,
     LayerDropList,
     RepeatedBlock,
@@ -128,6 +139,12 @@ class Sizes:
     crossover_batch: int = 512
     crossover_chunk: int = 20  # steps per timed chunk up to width 256, fewer (>= 2) above
     crossover_chunks: int = 9
+    scheduler_inputs: int = 1024  # synthetic inputs per pass (comparison 10)
+    scheduler_width: int = 512
+    scheduler_batch: int = 64
+    scheduler_max_depth: int = 32
+    scheduler_chunks: int = 5  # passes a side
+    scheduler_recipe_quick: bool = False  # train the recipe with its --quick settings
 
 
 QUICK = Sizes(
@@ -150,6 +167,11 @@ QUICK = Sizes(
     crossover_batch=16,
     crossover_chunk=2,
     crossover_chunks=2,
+    scheduler_inputs=48,
+    scheduler_width=8,
+    scheduler_batch=8,
+    scheduler_chunks=2,
+    scheduler_recipe_quick=True,
 )
 
 
@@ -900,6 +922,245 @@ def crossover_width(bench: Bench, width: int) -> None:
             )
 
 
+# --------------------------------------------------------------------------- 10. scheduler
+
+
+def scheduler_rows(bench: Bench) -> None:
+    """10: the scheduler against the three ways of batching inputs of varied depths."""
+    synthetic_rows(bench)
+    recipe_rows(bench)
+
+
+class RowCounter:
+    """Counts the rows that a layer is applied to: rows x repeats executed."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        self.rows = 0
+        layer.register_forward_pre_hook(self.count)
+
+    def count(self, module: nn.Module, args: tuple[object, ...]) -> None:
+        """The hook: add the first argument's rows."""
+        first = args[0]
+        assert isinstance(first, Tensor)
+        self.rows += first.shape[0]
+
+
+def batches(count: int, size: int) -> list[slice]:
+    """The consecutive batches of ``size`` inputs (the last may be short)."""
+    return [slice(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+def synthetic_rows(bench: Bench) -> None:
+    """10, synthetic: a block run to a known per-input depth, 1 to ``max_depth``."""
+    sizes, device = bench.sizes, bench.device
+    n, width, size, top = (
+        sizes.scheduler_inputs,
+        sizes.scheduler_width,
+        sizes.scheduler_batch,
+        sizes.scheduler_max_depth,
+    )
+    torch.manual_seed(0)
+    layer = nn.Sequential(nn.Linear(width, width), nn.Tanh()).to(device).eval()
+    counter = RowCounter(layer)
+    x = torch.randn(n, width, device=device)
+    generator = torch.Generator().manual_seed(0)
+    # geometric with mean 8, cut at the maximum: mean about a quarter of it
+    depths = (torch.empty(n).geometric_(1 / 8, generator=generator).clamp(1, top)).long()
+    skip = RepeatedBlock(layer, depth_limit=top).eval()
+    rows = RepeatedBlock(layer, per_sample=True, depth_limit=top).eval()
+    scheduler = DepthScheduler(skip, size, max_depth=top)
+    parts = batches(n, size)
+    depth_list = depths.tolist()
+    inputs = list(x.unbind(0))  # a stream of inputs, one tensor each, on every side
+
+    @torch.no_grad()
+    def run_to_max() -> int:
+        for part in parts:
+            skip(torch.stack(inputs[part]), depth=top).unbind(0)
+        return n
+
+    @torch.no_grad()
+    def stop_when_all_halted() -> int:
+        for part in parts:
+            skip(torch.stack(inputs[part]), depth=max(depth_list[part])).unbind(0)
+        return n
+
+    @torch.no_grad()
+    def compaction() -> int:
+        for part in parts:
+            rows(torch.stack(inputs[part]), depth=depths[part]).unbind(0)
+        return n
+
+    def scheduled() -> int:
+        scheduler.run(inputs, depths=depth_list)
+        return n
+
+    runs = {
+        "run to max": run_to_max,
+        "stop when all halted": stop_when_all_halted,
+        "compaction": compaction,
+        "scheduler": scheduled,
+    }
+    work = {}
+    for name, run in runs.items():  # warm up, and count each side's row-repeats
+        counter.rows = 0
+        run()
+        work[name] = counter.rows
+    medians = bench.interleaved(
+        {"scheduler": scheduled, **{k: v for k, v in runs.items() if k != "scheduler"}},
+        sizes.scheduler_chunks,
+    )
+    what = f"synthetic depths 1..{top}"
+    shape = (
+        f"mean depth {float(depths.float().mean()):.2f}; Linear({width}, {width}) + Tanh, "
+        f"{n} inputs, batches of {size}, eval, no_grad; "
+        f"every side reads a stream of one-row inputs and returns one output per input; "
+        f"{sizes.scheduler_chunks} passes a side"
+    )
+    scheduler_table(bench, what, int(depths.sum()), work, medians, shape)
+
+
+class ACTCriterion:
+    """The ACT halt head as an exit criterion, for the block's own early exit."""
+
+    def __init__(self, act: nn.Module, every: int) -> None:
+        self.act = act
+        self.every = every
+
+    def __call__(
+        self, previous: Tensor, current: Tensor, repeat: int, outputs: object = None
+    ) -> Tensor:
+        """Stop at the end of a supervision step whose halt logit is above the threshold."""
+        if (repeat + 1) % self.every:
+            return torch.zeros(current.shape[0], dtype=torch.bool, device=current.device)
+        return self.act(current) > self.act.threshold
+
+
+def recipe_rows(bench: Bench) -> None:
+    """10, recipe: the halting recipe's model, its ACT head as every side's exit rule."""
+    import importlib.util
+
+    sizes, device = bench.sizes, bench.device
+    path = Path(__file__).resolve().parent.parent / "examples" / "halting.py"
+    spec = importlib.util.spec_from_file_location("halting_recipe", path)
+    assert spec is not None
+    assert spec.loader is not None
+    recipe = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = recipe
+    spec.loader.exec_module(recipe)
+    settings = recipe.QUICK if sizes.scheduler_recipe_quick else recipe.Settings()
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    model = recipe.Model(settings)
+    with contextlib.redirect_stdout(io.StringIO()):
+        recipe.train(model, settings, 0, log_every=10**9)
+    trained = time.perf_counter() - start
+    model = model.to(device).eval()
+    act, block = model.halt, model.block
+    layer = block.layer
+    counter = RowCounter(layer)
+    n, size = sizes.scheduler_inputs, settings.scheduler_batch
+    x, _ = recipe.strings(n, settings.bits, torch.Generator().manual_seed(1))
+    x = x.to(device)
+    with torch.no_grad():
+        embedded = model.embed(x)
+    zeros = torch.zeros_like(embedded)
+    top = act.max_depth
+    policy = ExitWhenConverged(None, top, criterion=ACTCriterion(act, act.every))
+    whole = RepeatedBlock(layer, eval_depth=policy, row_args=0, depth_limit=top).eval()
+    rows = RepeatedBlock(layer, eval_depth=policy, per_sample=True, row_args=0).eval()
+    scheduler = DepthScheduler(block, size, halting=act)
+    parts = batches(n, size)
+    inputs = list(zip(zeros, embedded, strict=True))  # a stream of (state, embedding) inputs
+
+    def stacked(part: slice) -> tuple[Tensor, Tensor]:
+        states, embeddings = zip(*inputs[part], strict=True)
+        return torch.stack(states), torch.stack(embeddings)
+
+    @torch.no_grad()
+    def run_to_max() -> int:
+        for part in parts:
+            block(*stacked(part), depth=top).unbind(0)
+        return n
+
+    @torch.no_grad()
+    def stop_when_all_halted() -> int:
+        for part in parts:
+            whole(*stacked(part)).unbind(0)
+        return n
+
+    @torch.no_grad()
+    def compaction() -> int:
+        for part in parts:
+            rows(*stacked(part)).unbind(0)
+        return n
+
+    def scheduled() -> int:
+        scheduler.run(inputs)
+        return n
+
+    runs = {
+        "run to max": run_to_max,
+        "stop when all halted": stop_when_all_halted,
+        "compaction": compaction,
+        "scheduler": scheduled,
+    }
+    work = {}
+    for name, run in runs.items():
+        counter.rows = 0
+        run()
+        work[name] = counter.rows
+    depths = torch.tensor([r.depth for r in scheduler.run(inputs)])
+    with torch.no_grad():
+        own = torch.cat([(rows(zeros[p], embedded[p]), rows.last_depth)[1] for p in parts])
+    agree = bool(torch.equal(own.cpu(), depths))
+    medians = bench.interleaved(
+        {"scheduler": scheduled, **{k: v for k, v in runs.items() if k != "scheduler"}},
+        sizes.scheduler_chunks,
+    )
+    what = "recipe, ACT halt head"
+    shape = (
+        f"mean depth {float(depths.float().mean()):.2f} of {top}; examples/halting.py model "
+        f"(width {settings.width}, {settings.bits} bits, "
+        f"{'--quick ' if sizes.scheduler_recipe_quick else ''}training {trained:.0f} s), "
+        f"{n} test strings, batches of {size}, halt head every {act.every} repeats; every "
+        f"side reads a stream of one-row inputs and returns one output per input; "
+        f"per-row early exit gives the scheduler's depths: {agree}; "
+        f"{sizes.scheduler_chunks} passes a side"
+    )
+    scheduler_table(bench, what, int(depths.sum()), work, medians, shape)
+
+
+def scheduler_table(
+    bench: Bench,
+    what: str,
+    ideal: int,
+    work: dict[str, int],
+    medians: dict[str, float],
+    shape: str,
+) -> None:
+    """The four rows of one workload: work against the ideal, time against each side."""
+    section = "10 scheduler"
+    with bench.row(section, f"{what}: row-repeats, scheduler vs ideal", 1.05) as row:
+        row.a, row.b = str(ideal), str(work["scheduler"])
+        row.ratio = work["scheduler"] / ideal
+        row.note = (
+            "row-repeats executed: "
+            + ", ".join(f"{name} {count}" for name, count in work.items())
+            + f"; {shape}"
+        )
+    # throughput >= 1.8x run-to-max and >= 1.3x stop-when-all-halted: time <= 1/1.8, 1/1.3
+    targets = {"run to max": 0.556, "stop when all halted": 0.769, "compaction": None}
+    for name, target in targets.items():
+        with bench.row(section, f"{what}: time per input, scheduler vs {name}", target) as row:
+            row.a, row.b = ms(medians[name]), ms(medians["scheduler"])
+            row.ratio = medians["scheduler"] / medians[name]
+            row.note = (
+                f"throughput {medians[name] / medians['scheduler']:.2f}x; paired ratio "
+                f"{1 / medians[f'{name}/scheduler']:.3f}"
+            )
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -951,8 +1212,8 @@ def main(argv: list[str] | None = None) -> int:
         "--sections",
         default=None,
         help=(
-            "which comparisons to run, by number (default: all, 1..9, on CUDA; 1,2,3,4,5,8 on "
-            "the CPU, and 7 and 9 too with --quick)"
+            "which comparisons to run, by number (default: all, 1..11, on CUDA; "
+            "1,2,3,4,5,8,10,11 on the CPU, and 7 and 9 too with --quick)"
         ),
     )
     parser.add_argument(
@@ -998,19 +1259,20 @@ def main(argv: list[str] | None = None) -> int:
         "7": model_size_rows,
         "8": truncated_backprop,
         "9": crossover_rows,
-        "10": decode_rows,
+        "10": scheduler_rows,
+        "11": decode_rows,
         "12": speculative_rows,
     }
     # Sections 7 and 9 at full size take minutes on a CPU: there on demand (or --quick).
     if device.type == "cuda":
-        default = "1,2,3,4,5,6,7,8,9,10,12"
+        default = "1,2,3,4,5,6,7,8,9,10,11,12"
     else:
-        default = "1,2,3,4,5,7,8,9,10,12" if args.quick else "1,2,3,4,5,8,10,12"
+        default = "1,2,3,4,5,7,8,9,10,11,12" if args.quick else "1,2,3,4,5,8,10,11,12"
     given = default if args.sections is None else args.sections
     chosen = [name.strip() for name in given.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(sections))
     if unknown or not chosen:
-        parser.error(f"--sections takes numbers among 1,2,3,4,5,6,7,8,9,10,12, got {given!r}")
+        parser.error(f"--sections takes numbers among 1,2,3,4,5,6,7,8,9,10,11,12, got {given!r}")
     if "6" in chosen and device.type != "cuda":
         parser.error("--sections 6 (CUDA graphs) needs --device cuda")
     for name in sorted(set(chosen), key=int):

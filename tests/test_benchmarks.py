@@ -33,16 +33,26 @@ ROWS = [
     "8 truncated backprop: depth 6: grad_depth=2 vs full backprop, forward + backward step",
     *(f"9 per-row crossover: width {width}: masked per-row vs compaction" for width in (8, 16)),
     *(
-        f"10 decoding: batch {batch}: DepthCache vs unrolled 4 layers with DynamicCache, per token"
+        f"10 scheduler: {workload}: {what}"
+        for workload in ("synthetic depths 1..32", "recipe, ACT halt head")
+        for what in (
+            "row-repeats, scheduler vs ideal",
+            "time per input, scheduler vs run to max",
+            "time per input, scheduler vs stop when all halted",
+            "time per input, scheduler vs compaction",
+        )
+    ),
+    *(
+        f"11 decoding: batch {batch}: DepthCache vs unrolled 4 layers with DynamicCache, per token"
         for batch in (1, 2)
     ),
     *(
-        f"10 decoding: batch {batch}: per-token exit vs fixed depth 2, block per token"
+        f"11 decoding: batch {batch}: per-token exit vs fixed depth 2, block per token"
         for batch in (1, 2)
     ),
-    "10 decoding: memory per token: policy='first' vs policy='exact'",
-    "10 decoding: memory per token: policy='last' vs policy='exact'",
-    "10 decoding: memory per token: policy='window', window=2 vs policy='exact'",
+    "11 decoding: memory per token: policy='first' vs policy='exact'",
+    "11 decoding: memory per token: policy='last' vs policy='exact'",
+    "11 decoding: memory per token: policy='window', window=2 vs policy='exact'",
     *(
         f"12 speculative: batch 1: speculative, draft depth {depth}, vs full-depth cached "
         f"greedy, per token"
@@ -77,9 +87,9 @@ def test_sections_choose_the_comparisons() -> None:
 
 
 def test_an_unknown_section_is_a_usage_error() -> None:
-    result = run_python(SCRIPT, "--sections", "11", check=False)
+    result = run_python(SCRIPT, "--sections", "13", check=False)
     assert result.returncode == 2
-    assert "--sections takes numbers among 1,2,3,4,5,6,7,8,9,10,12, got '11'" in result.stderr
+    assert "--sections takes numbers among 1,2,3,4,5,6,7,8,9,10,11,12, got '13'" in result.stderr
 
 
 def test_the_cuda_graph_section_needs_cuda() -> None:

@@ -22,10 +22,18 @@ CONTRACT = {
     "train",
 }
 # The subpackages that hold the exit criteria, layer drop, the sampler family, the
-# training loop, the conversion of pretrained stacks, and generation (imported when
-# stochdepth.DepthCache is first used); their names are attributes of the package once
-# imported, but their contents are reached through __all__.
-SUBPACKAGES = {"conversion", "exits", "generation", "layer_drop", "samplers", "training"}
+# training loop, the conversion of pretrained stacks, the depth scheduler, and generation
+# (imported when stochdepth.DepthCache is first used); their names are attributes of the
+# package once imported, but their contents are reached through __all__.
+SUBPACKAGES = {
+    "conversion",
+    "exits",
+    "generation",
+    "layer_drop",
+    "samplers",
+    "scheduling",
+    "training",
+}
 
 
 # stochdepth.__all__ before issue 19 merged the plugin kinds' exceptions: every name in it
@@ -85,6 +93,7 @@ def test_public_objects_have_google_style_docstrings() -> None:
             "DepthSampler",
             "DropRule",
             "ExitCriterion",
+            "HaltingRule",
             "RecursifyReport",
             "StepRecord",
             "TrainingHistory",

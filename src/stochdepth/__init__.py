@@ -56,6 +56,13 @@ from .samplers._registry import get_sampler as get_sampler
 from .samplers._registry import refresh_samplers as refresh_samplers
 from .samplers._registry import register_sampler as register_sampler
 from .samplers._registry import unregister_sampler as unregister_sampler
+from .scheduling._act import ACTHalting as ACTHalting
+from .scheduling._deep_supervision import DeepSupervision as DeepSupervision
+from .scheduling._deep_supervision import SupervisionRows as SupervisionRows
+from .scheduling._rules import HaltingRule as HaltingRule
+from .scheduling._rules import PonderHalting as PonderHalting
+from .scheduling._scheduler import DepthScheduler as DepthScheduler
+from .scheduling._scheduler import ScheduledResult as ScheduledResult
 from .training._checkpoint import Checkpoint as Checkpoint
 from .training._checkpoint import load_checkpoint as load_checkpoint
 from .training._cuda_graphs import CUDAGraphStep as CUDAGraphStep
@@ -69,21 +76,25 @@ if _typing.TYPE_CHECKING:
     from .generation._speculative import speculative_generate as speculative_generate
 
 __all__ = [
+    "ACTHalting",
     "BernoulliDepth",
     "BernoulliDrop",
     "BroadcastDepth",
     "CUDAGraphStep",
     "Checkpoint",
     "CheckpointError",
+    "DeepSupervision",
     "DepthCache",
     "DepthMismatchError",
     "DepthSampler",
+    "DepthScheduler",
     "DropRule",
     "DynamicNet",
     "ExitCriterion",
     "ExitWhenConverged",
     "FixedDepth",
     "GeometricDepth",
+    "HaltingRule",
     "LatentChange",
     "LayerDropList",
     "LogNormalPoissonDepth",
@@ -92,13 +103,16 @@ __all__ = [
     "OutputKL",
     "PluginError",
     "PluginWarning",
+    "PonderHalting",
     "RecursifyReport",
     "RepeatedBlock",
     "ScheduledDepth",
+    "ScheduledResult",
     "SeededDepth",
     "SkippedLayerTie",
     "SpeculativeResult",
     "StepRecord",
+    "SupervisionRows",
     "TrainingHistory",
     "UniformDepth",
     "UnknownPluginError",

@@ -373,6 +373,15 @@ class RepeatedBlock(nn.Module):
         self._repeat_hooks[handle.id] = hook
         return handle
 
+    @property
+    def has_repeat_hooks(self) -> bool:
+        """Whether a repeat hook is registered: the layer's result may depend on the repeat.
+
+        A driver that applies rows at different repeats in one call (a scheduler) asks
+        this to know whether it must call the layer once per repeat index instead.
+        """
+        return bool(self._repeat_hooks)
+
     def check_sampler(self, sampler: object) -> DepthSampler:
         """Run the checks of ``block.sampler = sampler`` without binding it.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from torch import Tensor, nn
+from torch.nn import functional
 
 from ._block import DEFAULT_DEPTH_LIMIT, EvalDepth, RepeatedBlock
 from ._validation import check_int, describe
@@ -44,8 +45,9 @@ class DynamicNet(nn.Module):
 
     Attributes:
         input_linear: ``Linear(D_in, H)``.
-        middle: The :class:`~stochdepth.RepeatedBlock` around
-            ``Sequential(Linear(H, H), ReLU())``.
+        middle: The :class:`~stochdepth.RepeatedBlock` around a ``LinearReLU``,
+            an ``nn.Sequential(Linear(H, H), ReLU())`` whose forward makes one module
+            call a repeat (hooks on its two children do not run).
         output_linear: ``Linear(H, D_out)``.
 
     Raises:
@@ -83,7 +85,7 @@ class DynamicNet(nn.Module):
         hidden = check_int("H", H, minimum=1)
         d_out = check_int("D_out", D_out, minimum=1)
         self.input_linear = nn.Linear(d_in, hidden)
-        repeated = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU())
+        repeated = LinearReLU(hidden)
         self.middle = RepeatedBlock(
             repeated, sampler, eval_depth=eval_depth, depth_limit=depth_limit
         )
@@ -121,6 +123,25 @@ class DynamicNet(nn.Module):
         h_relu = self.middle(h_relu, depth=depth)
         y_pred: Tensor = self.output_linear(h_relu)
         return y_pred
+
+
+class LinearReLU(nn.Sequential):
+    """``Sequential(Linear(H, H), ReLU())`` applied in one module call, ``DynamicNet``'s layer.
+
+    The same children, ``state_dict`` keys (``0.weight``, ``0.bias``) and kernels as the
+    ``Sequential``, whose result it equals bitwise; its forward reads the ``Linear``'s
+    weights itself, so a repeat costs one module call, as in the article's loop, instead
+    of three. Forward hooks on the two children therefore do not run: hook the
+    ``LinearReLU`` (or the ``RepeatedBlock``) instead.
+    """
+
+    def __init__(self, features: int) -> None:
+        super().__init__(nn.Linear(features, features), nn.ReLU())
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``relu(linear(x))``."""
+        linear = cast(nn.Linear, self._modules["0"])
+        return functional.linear(x, linear.weight, linear.bias).relu()
 
 
 def _read_article_keys(

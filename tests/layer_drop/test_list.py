@@ -651,6 +651,31 @@ def test_compile_keeps_the_draws_random_with_a_bounded_number_of_graphs(mode: st
 
 
 @pytest.mark.usefixtures("fresh_dynamo")
+@pytest.mark.filterwarnings(
+    "ignore:The .grad attribute of a Tensor that is not a leaf Tensor:UserWarning"
+)
+@pytest.mark.parametrize("mode", ["batch", "row"])
+def test_the_residual_update_adds_no_compiled_frame_whatever_the_drop_rates(mode: str) -> None:
+    # The skipping path runs eagerly under compile; a plain call to the residual update
+    # there would compile it as a frame of its own, one per distinct drop rate.
+    frames = {}
+    for residual in (False, True):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        blocks = [nn.Sequential(nn.Linear(6, 6), nn.Tanh()) for _ in range(8)]
+        rates = [0.1 * index for index in range(8)]  # 8 distinct rates, 0 included
+        stack = LayerDropList(blocks, rates, per_sample=mode == "row", residual=residual, seed=3)
+        counter = CompileCounter()
+        compiled = torch.compile(stack, backend=counter)
+        eager = copy.deepcopy(stack)
+        h = torch.randn(12, 6)
+        for _ in range(20):
+            torch.testing.assert_close(compiled(h), eager(h), rtol=1e-5, atol=1e-6)
+        frames[residual] = counter.frame_count
+    assert frames[True] == frames[False]
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
 @pytest.mark.parametrize("mode", ["batch", "row"])
 def test_the_masked_variant_compiles_to_one_graph_with_the_mask_as_an_argument(mode: str) -> None:
     model = compiled_model(mode, mode="masked")

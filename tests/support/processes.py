@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import selectors
+import signal
 import subprocess
 import sys
 import time
@@ -49,6 +51,39 @@ def run_python(
         timeout=TIMEOUT,
         env={**QUIET_ENV, **(env or {})},
     )
+
+
+def kill_when_parked(*args: str | Path, env: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """Run ``python ARGS...`` until it writes ``PARKED`` on stderr, then SIGKILL it.
+
+    Returns:
+        What it printed on stdout and stderr before it was killed.
+    """
+    child = subprocess.Popen(
+        [sys.executable, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**QUIET_ENV, **(env or {})},
+    )
+    assert child.stderr is not None
+    err = b""
+    deadline = time.monotonic() + TIMEOUT
+    with selectors.DefaultSelector() as selector:
+        selector.register(child.stderr, selectors.EVENT_READ)
+        while b"PARKED\n" not in err:
+            left = deadline - time.monotonic()
+            if left <= 0 or not selector.select(timeout=left):
+                child.kill()
+                raise AssertionError(f"the run did not park in {TIMEOUT} s: {err!r}")
+            chunk = os.read(child.stderr.fileno(), 4096)
+            if not chunk:
+                child.wait(timeout=TIMEOUT)
+                raise AssertionError(f"the run ended without parking: {err!r}")
+            err += chunk
+    child.send_signal(signal.SIGKILL)
+    out, rest = child.communicate(timeout=TIMEOUT)
+    assert child.returncode == -signal.SIGKILL
+    return out.decode(), (err + rest).decode()
 
 
 def spawn_ranks(

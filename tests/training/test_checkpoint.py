@@ -16,12 +16,8 @@ import os
 import pickle
 import random
 import re
-import selectors
-import signal
 import struct
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +42,7 @@ from stochdepth._cli import main
 from stochdepth.training._checkpoint import MAGIC
 
 from support import park
-from support.processes import QUIET_ENV, TIMEOUT, run_python
+from support.processes import QUIET_ENV, kill_when_parked, run_python
 
 PARK = Path(park.__file__)
 # One thread in the children, as conftest.py sets for this process, so that in-process
@@ -89,31 +85,7 @@ def run_child(*args: str) -> subprocess.CompletedProcess[str]:
 
 def run_parked(mode: str, count: int, args: list[str]) -> tuple[str, str]:
     """Run ``park.py``, wait until it parks, SIGKILL it; return its stdout and stderr."""
-    child = subprocess.Popen(
-        [sys.executable, str(PARK), mode, str(count), "--", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=CHILD_ENV,
-    )
-    assert child.stderr is not None
-    err = b""
-    deadline = time.monotonic() + TIMEOUT
-    with selectors.DefaultSelector() as selector:
-        selector.register(child.stderr, selectors.EVENT_READ)
-        while b"PARKED\n" not in err:
-            left = deadline - time.monotonic()
-            if left <= 0 or not selector.select(timeout=left):
-                child.kill()
-                raise AssertionError(f"the run did not park in {TIMEOUT} s: {err!r}")
-            chunk = os.read(child.stderr.fileno(), 4096)
-            if not chunk:
-                child.wait(timeout=TIMEOUT)
-                raise AssertionError(f"the run ended without parking: {err!r}")
-            err += chunk
-    child.send_signal(signal.SIGKILL)
-    out, rest = child.communicate(timeout=TIMEOUT)
-    assert child.returncode == -signal.SIGKILL
-    return out.decode(), (err + rest).decode()
+    return kill_when_parked(PARK, mode, str(count), "--", *args, env=THREADS)
 
 
 def log_steps(out: str) -> list[int]:

@@ -39,6 +39,8 @@ class LatentChange:
         tensor([ True, False])
     """
 
+    reads_repeat = False  # the same answer at every repeat: a scheduler may ask rows at once
+
     def __init__(self, tol: float, ord: float = 2.0) -> None:
         self.tol = check_real("tol", tol, minimum=0.0)
         self.ord = _check_order(ord)
@@ -117,6 +119,7 @@ class OutputKL:
     """
 
     needs_head = True
+    reads_repeat = False  # the same answer at every repeat: a scheduler may ask rows at once
 
     def __init__(self, tol: float, dim: int = -1) -> None:
         self.tol = check_real("tol", tol, minimum=0.0)

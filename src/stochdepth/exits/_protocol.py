@@ -19,6 +19,10 @@ class ExitCriterion(Protocol):
     An optional member extends it: ``needs_head = True`` says that the criterion reads
     the head's outputs, so that :class:`~stochdepth.ExitWhenConverged` refuses it
     without a ``head``.
+    Another, ``reads_repeat = False``, says that its answer does not depend on the
+    ``repeat`` argument (the built-in criteria), so that
+    :class:`~stochdepth.DepthScheduler` may ask rows at different depths in one call;
+    without it the scheduler calls the criterion once per depth among its rows.
 
     Example:
         >>> import torch

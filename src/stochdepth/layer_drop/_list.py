@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal, cast, overload
 
 import torch
@@ -66,6 +66,32 @@ def _outside_graph(function: Any) -> Any:
 
 
 _tie = torch.compiler.disable(tie)  # type: ignore[no-untyped-call]
+
+
+def _combine(
+    h: Tensor, out: Tensor, residual: bool, rate: float, scale: str, training: bool
+) -> Tensor:
+    """A kept layer's new state: ``out``, or with ``residual`` ``h`` plus the scaled branch.
+
+    The one residual update of every path. In training, ``scale="train"`` divides a
+    branch of drop rate ``0 < rate < 1`` by ``1 - rate``; in evaluation,
+    ``scale="eval"`` multiplies a branch of ``rate > 0`` by ``1 - rate``.
+    """
+    if not residual:
+        return out
+    if training:
+        if scale == "train" and 0.0 < rate < 1.0:
+            return h + out / (1.0 - rate)
+    elif scale == "eval" and rate:
+        return h + out * (1.0 - rate)
+    return h + out
+
+
+Combine = Callable[[Tensor, Tensor, bool, float, str, bool], Tensor]
+
+# For the skipping path's eager frame under torch.compile, where a plain call would be
+# compiled as a frame of its own (one graph per drop rate); elsewhere it is traced inline.
+_combine_eagerly: Combine = torch.compiler.disable(_combine)  # type: ignore[no-untyped-call]
 
 
 class LayerDropList(nn.Module):
@@ -658,23 +684,30 @@ class LayerDropList(nn.Module):
         if torch.compiler.is_compiling():
             if keep is None:
                 keep = self._draw_outside_graph(None if not self._per_sample else _rows(h))
-            return self._train_outside_graph(h, keep, args, kwargs)  # type: ignore[no-any-return]
+            return self._train_outside_graph(  # type: ignore[no-any-return]
+                h, keep, args, kwargs, _combine_eagerly
+            )
         return self._train(h, keep, args, kwargs)
 
     def _train(
-        self, h: Tensor, keep: Tensor | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        h: Tensor,
+        keep: Tensor | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        combine: Combine = _combine,
     ) -> Tensor:
         """Training, skipping: the draw, then only the kept layers (or rows) run.
 
         Under ``torch.compile`` this frame runs eagerly (the keep mask is drawn before
         it), and every Python function it calls would be compiled as a frame of its
         own: so the only ones it calls are ``_call`` (a layer, the unit that compiles)
-        and helpers disabled for Dynamo; the residual update is written inline.
+        and helpers disabled for Dynamo (``combine``, the residual update, is
+        ``_combine_eagerly`` there).
         """
         layers = cast(dict[str, nn.Module], self._modules).values()
         rates = self._drop_rates
-        residual = self._residual
-        scaled = self._scale == "train"
+        residual, scale = self._residual, self._scale
         call = self._call
         dropped: list[nn.Module] = []
         used: list[nn.Module] = []
@@ -687,12 +720,7 @@ class LayerDropList(nn.Module):
                     continue
                 used.append(layer)
                 out = call(index, layer, h, args, kwargs)
-                if not residual:
-                    h = out
-                elif scaled and 0.0 < rates[index] < 1.0:
-                    h = h + out / (1.0 - rates[index])
-                else:
-                    h = h + out
+                h = combine(h, out, residual, rates[index], scale, True)
         else:
             rows = h.shape[0] if h.ndim else _rows(h)
             if keep is None:
@@ -717,12 +745,7 @@ class LayerDropList(nn.Module):
                     else:
                         part_args, part_kwargs = args, kwargs
                 out = call(index, layer, part, part_args, part_kwargs)
-                if not residual:
-                    new = out
-                elif scaled and 0.0 < rates[index] < 1.0:
-                    new = part + out / (1.0 - rates[index])
-                else:
-                    new = part + out
+                new = combine(part, out, residual, rates[index], scale, True)
                 h = new if count == rows else h.index_copy(0, kept_rows, new)
         if dropped and torch.is_grad_enabled() and process_group_up():
             h = _tie(h, dropped, used)
@@ -735,8 +758,10 @@ class LayerDropList(nn.Module):
     ) -> Tensor:
         """Every layer runs on every row; ``torch.where`` keeps the drawn results."""
         keep = keep.to(h.device)
+        residual, rates, scale = self._residual, self._drop_rates, self._scale
         for index, layer in enumerate(cast(dict[str, nn.Module], self._modules).values()):
-            new = self._combine(h, self._call(index, layer, h, args, kwargs), index)
+            out = self._call(index, layer, h, args, kwargs)
+            new = _combine(h, out, residual, rates[index], scale, True)
             kept = keep[index]
             if kept.ndim:  # row mode: one flag per row, broadcast over the other dims
                 kept = kept.reshape(kept.shape + (1,) * (h.ndim - 1))
@@ -748,22 +773,8 @@ class LayerDropList(nn.Module):
         indices = range(len(layers)) if self._eval_layers is None else self._eval_layers
         for index in indices:
             out = self._call(index, layers[index], h, args, kwargs)
-            if not self._residual:
-                h = out
-            elif self._scale == "eval" and self._drop_rates[index]:
-                h = h + out * (1.0 - self._drop_rates[index])
-            else:
-                h = h + out
+            h = _combine(h, out, self._residual, self._drop_rates[index], self._scale, False)
         return h
-
-    def _combine(self, h: Tensor, out: Tensor, index: int) -> Tensor:
-        """A kept layer's new state, in training: ``out``, or ``h`` plus the scaled branch."""
-        if not self._residual:
-            return out
-        rate = self._drop_rates[index]
-        if self._scale == "train" and 0.0 < rate < 1.0:
-            return h + out / (1.0 - rate)
-        return h + out
 
     def _call(
         self,

@@ -1,0 +1,1 @@
+"""Scheduling a block's repeats across inputs: the scheduler, halting, deep supervision."""
