@@ -98,7 +98,20 @@ def test_a_rejection_leaves_no_stale_entry_in_the_cache(model: nn.Module) -> Non
             logits = model(input_ids=token, cache=cache, use_cache=True).logits[0, -1]
             token = logits.argmax().reshape(1, 1)
             tokens.append(token)
-    assert torch.equal(torch.cat([sequence, *tokens], dim=1), full_depth_greedy(model, ids, new=15))
+    reference = full_depth_greedy(model, ids, new=15)
+    assert torch.equal(torch.cat([sequence, *tokens], dim=1), reference)
+
+
+def test_generate_after_a_rejection_continues_as_a_fresh_run(model: nn.Module) -> None:
+    ids, _ = prompts(batch=1, length=6, seed=5)
+    cache = DepthCache(model)
+    out = speculative_generate(
+        model, ids, draft_depth=1, lookahead=4, max_new_tokens=10, cache=cache
+    )
+    assert out.accepted < out.drafted
+    sequence = out.sequences
+    more = greedy(model, sequence, torch.ones_like(sequence), new=5, cache=cache).sequences
+    assert torch.equal(more, full_depth_greedy(model, ids, new=15))
 
 
 def test_generation_stops_after_the_eos_token_as_generate_does(model: nn.Module) -> None:
