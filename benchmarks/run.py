@@ -59,6 +59,11 @@ Comparisons (A is the reference, B the thing measured; ratio = B / A):
    against the unrolled 10-layer model with transformers' ``DynamicCache`` (target <=
    1.05), and the memory per token of each cheaper cache policy against the exact
    per-repeat cache, with its drift (max logit difference, greedy-token agreement).
+12. speculative decoding (``benchmarks/speculative.py``; needs the ``hf`` extra): the
+   recipe model of ``examples/speculative_decoding.py`` (trained here, about 2 minutes on one core),
+   batch 1: ``speculative_generate`` at draft depths 1, 2 and 4 against full-depth
+   greedy decoding through a ``DepthCache``, identical tokens, time per token (target
+   <= 0.45), with the acceptance rate beside each row.
 
 Times are medians over chunks of steps run interleaved (A B A B ...), so that a
 machine's load drifts through both sides alike. Every row is printed even when its
@@ -102,6 +107,7 @@ from stochdepth import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from decoding import QUICK_DECODE, DecodeSizes, decode_rows  # section 10, beside this file
+from speculative import speculative_rows  # section 12, beside this file
 
 from support import article9  # the article's class, kept verbatim in tests/support/
 
@@ -1255,17 +1261,18 @@ def main(argv: list[str] | None = None) -> int:
         "9": crossover_rows,
         "10": scheduler_rows,
         "11": decode_rows,
+        "12": speculative_rows,
     }
     # Sections 7 and 9 at full size take minutes on a CPU: there on demand (or --quick).
     if device.type == "cuda":
-        default = "1,2,3,4,5,6,7,8,9,10,11"
+        default = "1,2,3,4,5,6,7,8,9,10,11,12"
     else:
-        default = "1,2,3,4,5,7,8,9,10,11" if args.quick else "1,2,3,4,5,8,10,11"
+        default = "1,2,3,4,5,7,8,9,10,11,12" if args.quick else "1,2,3,4,5,8,10,11,12"
     given = default if args.sections is None else args.sections
     chosen = [name.strip() for name in given.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(sections))
     if unknown or not chosen:
-        parser.error(f"--sections takes numbers among 1,2,3,4,5,6,7,8,9,10,11, got {given!r}")
+        parser.error(f"--sections takes numbers among 1,2,3,4,5,6,7,8,9,10,11,12, got {given!r}")
     if "6" in chosen and device.type != "cuda":
         parser.error("--sections 6 (CUDA graphs) needs --device cuda")
     for name in sorted(set(chosen), key=int):

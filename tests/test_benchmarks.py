@@ -53,6 +53,11 @@ ROWS = [
     "11 decoding: memory per token: policy='first' vs policy='exact'",
     "11 decoding: memory per token: policy='last' vs policy='exact'",
     "11 decoding: memory per token: policy='window', window=2 vs policy='exact'",
+    *(
+        f"12 speculative: batch 1: speculative, draft depth {depth}, vs full-depth cached "
+        f"greedy, per token"
+        for depth in (1, 2, 4)
+    ),
 ]
 
 
@@ -82,9 +87,9 @@ def test_sections_choose_the_comparisons() -> None:
 
 
 def test_an_unknown_section_is_a_usage_error() -> None:
-    result = run_python(SCRIPT, "--sections", "12", check=False)
+    result = run_python(SCRIPT, "--sections", "13", check=False)
     assert result.returncode == 2
-    assert "--sections takes numbers among 1,2,3,4,5,6,7,8,9,10,11, got '12'" in result.stderr
+    assert "--sections takes numbers among 1,2,3,4,5,6,7,8,9,10,11,12, got '13'" in result.stderr
 
 
 def test_the_cuda_graph_section_needs_cuda() -> None:

@@ -72,6 +72,8 @@ from .training._trainer import train as train
 
 if _typing.TYPE_CHECKING:
     from .generation._cache import DepthCache as DepthCache
+    from .generation._speculative import SpeculativeResult as SpeculativeResult
+    from .generation._speculative import speculative_generate as speculative_generate
 
 __all__ = [
     "ACTHalting",
@@ -108,6 +110,7 @@ __all__ = [
     "ScheduledResult",
     "SeededDepth",
     "SkippedLayerTie",
+    "SpeculativeResult",
     "StepRecord",
     "SupervisionRows",
     "TrainingHistory",
@@ -134,6 +137,7 @@ __all__ = [
     "register_drop_rule",
     "register_exit_criterion",
     "register_sampler",
+    "speculative_generate",
     "train",
     "unregister_drop_rule",
     "unregister_exit_criterion",
@@ -142,7 +146,11 @@ __all__ = [
 
 # Public names whose module imports an optional dependency (transformers): imported on
 # first use, through the module's __getattr__, so that `import stochdepth` never needs it.
-_LAZY = {"DepthCache": "stochdepth.generation._cache"}
+_LAZY = {
+    "DepthCache": "stochdepth.generation._cache",
+    "SpeculativeResult": "stochdepth.generation._speculative",
+    "speculative_generate": "stochdepth.generation._speculative",
+}
 
 # Show the public names as `stochdepth.X`, not the private modules they live in.
 for _name in __all__:

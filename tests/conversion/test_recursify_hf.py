@@ -139,6 +139,32 @@ def test_rebuilt_from_its_config_and_loaded() -> None:
         )
 
 
+def test_save_pretrained_round_trip_keeps_weights_deltas_and_sampler_state(tmp_path) -> None:
+    """safetensors through save_pretrained, loaded into a model converted the same way."""
+    from safetensors.torch import load_file
+
+    model = llama()
+    convert(model, lora_rank=2, per_repeat_copies=True, sampler=SeededDepth(2, 6, seed=5))
+    model.train()
+    for _ in range(3):  # move the sampler's generator on
+        model(tokens(), use_cache=False)
+    model.save_pretrained(tmp_path)
+    rebuilt = transformers.LlamaForCausalLM(model.config).double()
+    convert(rebuilt, lora_rank=2, per_repeat_copies=True, sampler=SeededDepth(2, 6, seed=9))
+    rebuilt.load_state_dict(load_file(tmp_path / "model.safetensors"))
+    model.eval(), rebuilt.eval()
+    ids = tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            rebuilt(ids, use_cache=False).logits, model(ids, use_cache=False).logits, rtol=0, atol=0
+        )
+    state = torch.zeros(1, 7, 16, dtype=torch.float64)
+    blocks = [m.model.layers[1].train() for m in (model, rebuilt)]
+    assert [blocks[0].draw_depth(state) for _ in range(8)] == [
+        blocks[1].draw_depth(state) for _ in range(8)
+    ]
+
+
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_a_cache_filled_at_another_depth_is_refused(attention: str) -> None:
     """Training-mode depths vary per step: a slot an earlier step skipped is caught."""

@@ -1,0 +1,45 @@
+"""examples/speculative_decoding.py --quick: the recipe runs end to end, its tokens exact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from support.processes import run_python
+
+pytest.importorskip("transformers", reason="the recipe builds a Llama from transformers")
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "speculative_decoding.py"
+
+
+def test_the_quick_recipe_reports_every_draft_depth_with_exact_tokens(tmp_path: Path) -> None:
+    result = run_python(
+        EXAMPLE,
+        "--quick",
+        "--out",
+        tmp_path,
+        "--json",
+        tmp_path / "run.json",
+        "--save",
+        tmp_path / "weights.pt",
+    )
+    assert result.stderr == ""
+    data = json.loads((tmp_path / "run.json").read_text())
+    rows = data["rows"]
+    assert [row["draft_depth"] for row in rows] == list(range(1, 13))
+    assert all(row["exact"] for row in rows)  # speculative tokens = full-depth greedy
+    assert rows[-1]["acceptance_rate"] == 1.0  # drafts at full depth are the verifier's
+    assert all(0.0 <= row["acceptance_rate"] <= 1.0 for row in rows)
+    for row in rows:
+        assert f"| {row['draft_depth']} | {row['acceptance_rate']:.3f} |" in result.stdout
+    assert (tmp_path / "weights.pt").stat().st_size > 0
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "no figure" in result.stdout
+        return
+    for name in ("speculative-acceptance.svg", "speculative-acceptance-dark.svg"):
+        assert (tmp_path / name).read_text().lstrip().startswith("<?xml")
