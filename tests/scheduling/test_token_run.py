@@ -221,3 +221,12 @@ def test_early_exit_per_token_with_steps_or_a_head_equals_each_input_alone(kind:
             assert close(result.output, alone[0])
     assert len({d for r in results if r.depths is not None for d in r.depths.tolist()}) > 1
     assert scheduler.row_repeats == sum(r.depth for r in results)
+
+
+def test_a_non_tensor_input_is_refused_even_with_depth_zero() -> None:
+    scheduler = DepthScheduler(block_of(), batch_size=2, max_depth=3)
+    x = inputs(1)[0]
+    with pytest.raises(TypeError, match=r"but input 1 is .row. of type str"):
+        scheduler.run([x, "row"], depths=[1, 0])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="input 1 is a tuple holding a non-tensor"):
+        scheduler.run([x, (x, 3)], depths=[1, 0])

@@ -166,7 +166,7 @@ class TokenRun:
         kept, limits = [], []
         for item in new:
             index, x = item[0], item[1]
-            seq = self._check_length(x, index)
+            seq = self._check_length(x, item[2], index)
             cap = self._cap(None if caps is None else next(caps, None), index, seq, caps)
             if not bool((cap > 0).any()):  # no position has a repeat: the input itself
                 done.append(result(index, x, 0, cap))
@@ -200,9 +200,14 @@ class TokenRun:
         )
         return fresh if rows is None else rows.extend(fresh)
 
-    def _check_length(self, x: object, index: int) -> int:
-        if not isinstance(x, Tensor):
-            return 0  # the reader's stack names the bad input
+    def _check_length(self, x: object, args: tuple[object, ...], index: int) -> int:
+        """The input's sequence length; an error for a non-tensor or another length."""
+        if not isinstance(x, Tensor) or not all(isinstance(a, Tensor) for a in args):
+            shown = describe(x) if not isinstance(x, Tensor) else "a tuple holding a non-tensor"
+            raise TypeError(
+                f"every input must be a tensor (one row, without the batch dimension) or a "
+                f"tuple (x, *args) of tensors, but input {index} is {shown}"
+            )
         if x.ndim < 1:
             raise ValueError(
                 f"with per_token=True every input must be a (seq, ...) row, but input "
