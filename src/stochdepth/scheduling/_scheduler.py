@@ -123,8 +123,10 @@ class DepthScheduler:
 
     Attributes:
         row_repeats: How many row-repeats the last run executed (rows times layer
-            applications, summed over the calls): the sum of the inputs' depths.
+            applications, summed over the calls): the sum of the inputs' depths (per
+            token, of each input's deepest position).
         layer_calls: How many times the last run called the layer.
+        per_token: Whether each position of an input stops on its own.
 
     Raises:
         TypeError: An argument has the wrong type.
