@@ -14,6 +14,7 @@ from stochdepth._validation import check_bool, check_int, describe
 
 from ._rules import HaltingRule, RunToMax, as_rule, check_stop
 from ._step import repeat_of
+from ._token_run import TokenRun
 
 
 @dataclass(frozen=True)
@@ -24,12 +25,15 @@ class ScheduledResult:
         index: The input's position in the stream (0 for the first input).
         output: The state after the input's last repeat, of the input's shape (no
             batch dimension).
-        depth: How many repeats the input had.
+        depth: How many repeats the input had (per token: its deepest position's).
+        depths: With ``per_token=True``, how many repeats each position had, a CPU
+            int64 tensor of shape ``(seq,)``; otherwise ``None``.
     """
 
     index: int
     output: Tensor
     depth: int
+    depths: Tensor | None = None
 
 
 @dataclass
@@ -79,8 +83,15 @@ class DepthScheduler:
     rounding of a batched kernel against a one-row one): the layer must treat rows
     independently (no ``BatchNorm`` in training mode), as with ``per_sample=True``.
     The repeats run under ``torch.no_grad()`` in the block's current mode (call
-    ``block.eval()`` first for dropout and the like). A per-token halting criterion
-    (the per-token depth of issue 21) is not supported yet: a rule stops whole rows.
+    ``block.eval()`` first for dropout and the like).
+
+    With ``per_token=True`` (the default for a block with ``per_token=True``) each
+    input is a ``(seq, ...)`` row whose positions stop one by one, as with the block's
+    own ``per_token=True``: a stopped position's state is frozen while the layer keeps
+    seeing every position. The rule is asked about every position (the states
+    flattened to ``(rows * seq, ...)``), a depth may be a ``(seq,)`` tensor, a row is
+    finished when all its positions have stopped, and its result holds the ``(seq,)``
+    ``depths``. Inputs must share one sequence length (rows are not padded).
 
     Inputs are tensors of one row's shape (the block's input without its batch
     dimension), or tuples ``(x, *args)`` whose ``args`` are the row-aligned extra
@@ -107,11 +118,15 @@ class DepthScheduler:
             layer that reads the repeat index some other way needs ``True``.
         kwargs: Keyword arguments passed to the layer at every repeat (not
             row-aligned).
+        per_token: Stop each position of a ``(seq, ...)`` input on its own; by
+            default the block's ``per_token``.
 
     Attributes:
         row_repeats: How many row-repeats the last run executed (rows times layer
-            applications, summed over the calls): the sum of the inputs' depths.
+            applications, summed over the calls): the sum of the inputs' depths (per
+            token, of each input's deepest position).
         layer_calls: How many times the last run called the layer.
+        per_token: Whether each position of an input stops on its own.
 
     Raises:
         TypeError: An argument has the wrong type.
@@ -140,6 +155,7 @@ class DepthScheduler:
         max_depth: int | None = None,
         by_repeat: bool | None = None,
         kwargs: dict[str, Any] | None = None,
+        per_token: bool | None = None,
     ) -> None:
         if not isinstance(block, RepeatedBlock):
             raise TypeError(f"block must be a stochdepth.RepeatedBlock, got {describe(block)}")
@@ -163,6 +179,9 @@ class DepthScheduler:
         if kwargs is not None and not isinstance(kwargs, dict):
             raise TypeError(f"kwargs must be a dict of keyword arguments, got {describe(kwargs)}")
         self.kwargs: dict[str, Any] = dict(kwargs or {})
+        self.per_token = (
+            block.per_token if per_token is None else check_bool("per_token", per_token)
+        )
         self.row_repeats = 0
         self.layer_calls = 0
         self._runs_to_max = isinstance(self.rule, RunToMax)
@@ -189,7 +208,9 @@ class DepthScheduler:
             inputs: The inputs: tensors of one row's shape, or tuples ``(x, *args)``
                 with the row's row-aligned arguments; a tensor is its rows.
             depths: Each input's own depth, an int in ``[0, max_depth]`` (a fixed
-                per-input depth; the rule may still stop it earlier), one per input;
+                per-input depth; the rule may still stop it earlier; with
+                ``per_token``, an int or an integer tensor of shape ``(seq,)``), one
+                per input;
                 ``None`` to run every input to ``max_depth`` at most.
 
         Returns:
@@ -227,7 +248,29 @@ class DepthScheduler:
         """
         source = _check_iterable("inputs", inputs)
         caps = None if depths is None else _check_iterable("depths", depths)
+        if self.per_token:
+            return self._token_stream(source, caps)
         return self._stream(source, caps)
+
+    def _token_stream(
+        self, source: Iterator[Any], caps: Iterator[Any] | None
+    ) -> Iterator[ScheduledResult]:
+        self.row_repeats = 0
+        self.layer_calls = 0
+        run = TokenRun(
+            self._repeat,
+            self.rule,
+            max_depth=self.max_depth,
+            batch_size=self.batch_size,
+            kwargs=self.kwargs,
+            by_repeat=self.by_repeat,
+            count=self._count,
+        )
+        return run.stream(_Reader(source, None, self.max_depth), caps, ScheduledResult)
+
+    def _count(self, row_repeats: int, layer_calls: int) -> None:
+        self.row_repeats += row_repeats
+        self.layer_calls += layer_calls
 
     def _stream(
         self, source: Iterator[Any], caps: Iterator[int] | None
@@ -330,7 +373,7 @@ class DepthScheduler:
     def __repr__(self) -> str:
         return (
             f"DepthScheduler(batch_size={self.batch_size}, max_depth={self.max_depth}, "
-            f"halting={self.rule!r}, by_repeat={self.by_repeat})"
+            f"halting={self.rule!r}, by_repeat={self.by_repeat}, per_token={self.per_token})"
         )
 
 
