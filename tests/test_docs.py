@@ -335,7 +335,13 @@ def test_the_nav_lists_every_page() -> None:
 
 
 def modules() -> list[ModuleType]:
-    names = [info.name for info in pkgutil.iter_modules(stochdepth.__path__, "stochdepth.")]
+    """The package and every module in it, subpackages included.
+
+    The public names re-exported by ``stochdepth`` have ``__module__ == "stochdepth"``,
+    so their examples run with the package's; the lazily exported ones (the generation
+    subpackage's) and private helpers are found only in their own modules.
+    """
+    names = [info.name for info in pkgutil.walk_packages(stochdepth.__path__, "stochdepth.")]
     return [stochdepth, *(importlib.import_module(name) for name in names)]
 
 
