@@ -1,4 +1,4 @@
-"""A plain-PyTorch attention layer (no Hugging Face model) decoding through a DepthCache.
+"""A plain-PyTorch attention layer (no Hugging Face model) decoding with a DepthCache.
 
 The layer follows the cache protocol of the docs page "Generating with a repeated
 layer": an int ``layer_idx``, ``cache.update(keys, values, layer_idx)`` with tensors of
@@ -51,7 +51,11 @@ class Layer(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
         self.attention = CausalSelfAttention(width, heads, layer_idx)
         hidden = 2 * width
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+        self.mlp = nn.Sequential(
+            nn.Linear(width, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, width),
+        )
 
     def forward(self, x: Tensor, cache: DepthCache | None = None) -> Tensor:
         """One repeat: the cache reaches the attention as the block's extra argument."""
@@ -62,7 +66,13 @@ class Layer(nn.Module):
 class LoopedLM(nn.Module):
     """Embeddings, one layer repeated ``depth`` times, a head."""
 
-    def __init__(self, vocab: int = 50, width: int = 32, heads: int = 4, depth: int = 6) -> None:
+    def __init__(
+        self,
+        vocab: int = 50,
+        width: int = 32,
+        heads: int = 4,
+        depth: int = 6,
+    ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, width)
         self.position = nn.Embedding(256, width)
@@ -79,7 +89,7 @@ class LoopedLM(nn.Module):
 
 
 def decode(model: LoopedLM, prompt: Tensor, steps: int, cached: bool) -> Tensor:
-    """Greedy decoding: with a DepthCache, or recomputing the whole sequence each step."""
+    """Greedy decoding: with a DepthCache, or recomputing all positions each step."""
     ids, cache = prompt, DepthCache(model) if cached else None
     new = prompt
     with torch.no_grad():

@@ -442,5 +442,5 @@ def test_the_samplers_command_lists_every_builtin(capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     names = [line.split()[0] for line in out.splitlines()]
     assert set(BUILTIN_SAMPLERS) <= set(names)
-    assert "Each of max_depth repeats survives with probability p" in out
+    assert "each of max_depth repeats kept with probability p" in out
     assert "``" not in out

@@ -10,10 +10,13 @@ every page under ``docs/``:
 - A ```` ```text ```` block right after ``<!-- docs: output -->`` is what the python block
   before it prints. Text must match exactly (``...`` matches anything, as in doctest);
   numbers must match to a relative 1e-3 (absolute 1e-6), because the last digits of a
-  training loss depend on the number of threads and the CPU.
+  training loss depend on the number of threads and the CPU. A printed line longer than
+  the 88 columns a code block shows is written wrapped, as ``wrap_output`` wraps it: at
+  spaces, the continuation lines indented like the line.
 - ```` ```console ```` blocks are transcripts: each ``$ python -m stochdepth ...`` (or
   ``$ stochdepth ...``) line runs the command line in-process, and the lines up to the
-  next ``$`` are what it prints, compared as above.
+  next ``$`` are what it prints, compared as above. A command may continue on the next
+  line after a trailing backslash, as in a shell.
 - ``<!-- docs: skip REASON -->`` right before a block keeps it from running; the reason
   is required. ```` ```sh ````, ```` ```toml ```` and other blocks are shown, not run.
 - ``<!-- docs: with-example-plugin -->`` right before a block runs it with the example
@@ -34,6 +37,7 @@ import re
 import shlex
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +68,9 @@ BLOCK = re.compile(
 )
 SNIPPET = re.compile(r'^--8<-- "(?P<path>[^"]+)"$', re.MULTILINE)
 NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
+# The columns a code block shows on the site at 1400 px (tests/test_docs_site.py checks
+# that every code line fits).
+COLUMNS = 88
 
 
 @dataclass(frozen=True)
@@ -107,9 +114,35 @@ def is_skipped(block: Block) -> bool:
     return True
 
 
+def wrap_output(text: str, width: int = COLUMNS) -> str:
+    """``text`` with every line longer than ``width`` wrapped at spaces.
+
+    A continuation line is indented like the line it continues; a word longer than the
+    width stays whole. The documented output of a program shows its long lines so.
+    """
+    lines = []
+    for line in text.splitlines():
+        if len(line) <= width:
+            lines.append(line)
+            continue
+        indent = line[: len(line) - len(line.lstrip())]
+        lines += textwrap.wrap(
+            line.lstrip(),
+            width,
+            initial_indent=indent,
+            subsequent_indent=indent,
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+    return "\n".join(lines)
+
+
 def assert_output_matches(want: str, got: str, where: str) -> None:
-    """``got`` is ``want``: text exactly (``...`` is a wildcard), numbers to 1e-3."""
-    want, got = want.rstrip() + "\n", got.rstrip() + "\n"
+    """``got`` is ``want``: text exactly (``...`` is a wildcard), numbers to 1e-3.
+
+    ``got``'s long lines are wrapped first (``wrap_output``), as the pages show them.
+    """
+    want, got = want.rstrip() + "\n", wrap_output(got.rstrip()) + "\n"
     want_numbers, got_numbers = NUMBER.findall(want), NUMBER.findall(got)
     want_text, got_text = NUMBER.sub("0", want), NUMBER.sub("0", got)
     checker = doctest.OutputChecker()
@@ -216,6 +249,9 @@ def transcripts() -> list[tuple[Block, str, str]]:
                 continue
             for chunk in re.split(r"^\$ ", block.body, flags=re.MULTILINE)[1:]:
                 command, _, output = chunk.partition("\n")
+                while command.endswith("\\"):  # continued on the next line
+                    more, _, output = output.partition("\n")
+                    command = f"{command[:-1].rstrip()} {more.strip()}"
                 found.append((block, command, output))
     return found
 

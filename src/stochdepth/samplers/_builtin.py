@@ -63,7 +63,7 @@ class _DepthRange:
 
 
 class UniformDepth(_DepthRange):
-    """Uniform depth over ``[low, high]`` from Python's global ``random``, as the article.
+    """Uniform depth over ``[low, high]`` from Python's ``random``, as the article.
 
     Each :meth:`sample` is exactly ``random.randint(low, high)``, so after
     ``random.seed(s)`` the sequence of depths is the one the article's ``DynamicNet``
@@ -113,7 +113,7 @@ class UniformDepth(_DepthRange):
 
 
 class FixedDepth:
-    """Always the same depth: a static graph, for comparison and for evaluation.
+    """Always the same depth: a static graph, to compare and to evaluate.
 
     Args:
         depth: The depth, a non-negative int.
@@ -237,7 +237,7 @@ class SeededDepth(_DepthRange, GeneratorSampler):
 
 
 class BernoulliDepth(GeneratorSampler):
-    """Each of ``max_depth`` repeats survives with probability ``p``: stochastic depth.
+    """Stochastic depth: each of ``max_depth`` repeats kept with probability ``p``.
 
     This is the survival-probability view of stochastic depth (Huang et al., 2016)
     and of LayerDrop, where every layer is kept with probability ``p``. The repeats
@@ -425,7 +425,7 @@ class GeometricDepth(GeneratorSampler):
 
 
 class ScheduledDepth(GeneratorSampler):
-    """A curriculum: uniform depth over ``[low, bound]``, the bound moving with the step.
+    """A curriculum: uniform depth over ``[low, bound]``, bound set by the step.
 
     The bound goes linearly from ``start`` at step 0 to ``end`` at step ``steps``
     and stays at ``end`` afterwards: ``bound(t) = start + (end - start) * min(t,

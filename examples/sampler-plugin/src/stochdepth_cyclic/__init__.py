@@ -15,7 +15,7 @@ __all__ = ["CyclicDepth"]
 
 
 class CyclicDepth:
-    """Depths that cycle through ``low, low + 1, ..., high`` and start again.
+    """Depths ``low, low + 1, ..., high``, then ``low`` again.
 
     Args:
         low: The smallest depth, an int >= 0.
@@ -51,8 +51,11 @@ class CyclicDepth:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue the cycle from a :meth:`state_dict`."""
         position = state["position"]
-        if not isinstance(position, int) or not 0 <= position <= self.max_depth - self.min_depth:
-            raise ValueError(f"state['position'] must be an int in the cycle, got {position!r}")
+        cycle = self.max_depth - self.min_depth
+        if not isinstance(position, int) or not 0 <= position <= cycle:
+            raise ValueError(
+                f"state['position'] must be an int in the cycle, got {position!r}",
+            )
         self._position = position
 
     def __repr__(self) -> str:
