@@ -275,3 +275,24 @@ def test_every_output_has_its_title(path: Path) -> None:
         if match["fence"].strip() != '```text title="Output"'
     ]
     assert not untitled, "\n".join(untitled)
+
+
+def mkdocs_list(key: str) -> list[str]:
+    """The items of a top-level list in mkdocs.yml (``extra_css:``, ``extra_javascript:``)."""
+    block = MKDOCS.read_text().split(f"\n{key}:\n", 1)[1]
+    return re.findall(
+        r"^  - (\S+)$", re.split(r"^\S", block, maxsplit=1, flags=re.MULTILINE)[0], re.M
+    )
+
+
+def test_the_site_needs_no_network_for_its_styles_scripts_and_formulas() -> None:
+    assets = [*mkdocs_list("extra_css"), *mkdocs_list("extra_javascript")]
+    assert "vendor/katex/katex.min.js" in assets
+    for asset in assets:
+        assert "://" not in asset, f"mkdocs.yml: {asset} is fetched from the network"
+        assert (DOCS / asset).is_file(), f"mkdocs.yml names {asset}, which docs/ lacks"
+    css = (DOCS / "vendor" / "katex" / "katex.min.css").read_text()
+    fonts = set(re.findall(r"url\((fonts/[\w-]+\.woff2)\)", css))
+    assert fonts, "katex.min.css names no woff2 font"
+    missing = sorted(font for font in fonts if not (DOCS / "vendor" / "katex" / font).is_file())
+    assert not missing, f"docs/vendor/katex/ lacks the fonts {missing}"
