@@ -7,7 +7,9 @@
   ``X-dark.svg#only-dark``, Material's convention) or an SVG with an opaque background;
 - the home page links every guide in mkdocs.yml's nav, and the guides are boosted in the
   search (so that a search for a guide's subject finds the guide before an error class);
-- every documented output has its "Output" title.
+- every documented output has its "Output" title;
+- the site's styles, scripts and formulas need no network (KaTeX is vendored);
+- the pages count the built-in samplers right.
 
 Each failure names the file, the line and what is wrong.
 """
@@ -20,6 +22,8 @@ from pathlib import Path
 
 import pytest
 from test_docs import COLUMNS, DOCS, MARKDOWN, MKDOCS, PAGES, ROOT, markdown_blocks, page_id
+
+from stochdepth.samplers._registry import BUILTIN_SAMPLERS
 
 # ![alt](src) and <img src="...">: the alt text may span lines, but holds no "](".
 MARKDOWN_IMAGE = re.compile(r"!\[(?:[^\]]|\](?!\())*\]\((?P<src>[^)\s]+)[^)]*\)")
@@ -296,3 +300,22 @@ def test_the_site_needs_no_network_for_its_styles_scripts_and_formulas() -> None
     assert fonts, "katex.min.css names no woff2 font"
     missing = sorted(font for font in fonts if not (DOCS / "vendor" / "katex" / font).is_file())
     assert not missing, f"docs/vendor/katex/ lacks the fonts {missing}"
+
+
+COUNTS = dict(enumerate(["no", "one", "two", "three", "four", "five", "six", "seven", "eight"]))
+
+
+# The changelog says what was true when each change was made.
+@pytest.mark.parametrize(
+    "path", [path for path in MARKDOWN if path.name != "changelog.md"], ids=page_id
+)
+def test_the_pages_count_the_built_in_samplers_right(path: Path) -> None:
+    text = path.read_text()
+    counted = re.finditer(r"\b(?P<count>[a-z]+) \[?built-in (?:samplers|laws)\b", text)
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line_of(text, match.start())}: says {match['count']!r} "
+        f"built-in samplers; there are {COUNTS[len(BUILTIN_SAMPLERS)]}"
+        for match in counted
+        if match["count"] in COUNTS.values() and match["count"] != COUNTS[len(BUILTIN_SAMPLERS)]
+    ]
+    assert not wrong, "\n".join(wrong)
