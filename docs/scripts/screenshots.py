@@ -138,9 +138,18 @@ class Browser:
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
+def palette(scheme: str) -> str:
+    """Material's stored palette for ``scheme``, as its first visit would store it."""
+    index, name = (1, "slate") if scheme == "dark" else (0, "default")
+    media = f"(prefers-color-scheme: {scheme})"
+    color = {"media": media, "scheme": name, "primary": "indigo", "accent": "indigo"}
+    return json.dumps({"index": index, "color": color})
+
+
 def shoot(browser: Browser, url: str, width: int, scheme: str, out: Path) -> dict[str, Any]:
     """One full-page screenshot of ``url``; return what the page reported."""
     mobile = width < 600
+    want = "slate" if scheme == "dark" else "default"
     browser.send(
         "Emulation.setEmulatedMedia",
         features=[{"name": "prefers-color-scheme", "value": scheme}],
@@ -152,20 +161,33 @@ def shoot(browser: Browser, url: str, width: int, scheme: str, out: Path) -> dic
         deviceScaleFactor=1,
         mobile=mobile,
     )
-    # A fresh visit each time: Material keeps the chosen palette in localStorage.
-    browser.send("Runtime.evaluate", expression="try { localStorage.clear() } catch (e) {}")
+    # The scheme the media feature asks for is also stored where Material looks first
+    # (localStorage, under the site's scope), so that the palette is right from the first
+    # paint; the page is on the site's origin from the first navigation on.
+    store = f"localStorage.setItem('/.__palette', {json.dumps(palette(scheme))})"
+    browser.send("Runtime.evaluate", expression=f"try {{ {store} }} catch (e) {{}}")
     browser.send("Page.navigate", url=url)
-    browser.wait_for("Page.loadEventFired")
-    # Material's scripts pick the palette that matches the scheme and wrap the tables
-    # after the load event: wait for the palette (a few seconds at most).
-    want = "slate" if scheme == "dark" else "default"
-    deadline = time.monotonic() + 10
+    # Wait until the new page has loaded and Material's scripts have set the palette and
+    # wrapped the tables (polled: a load event can pass while a reply is awaited).
+    deadline = time.monotonic() + 15
     while True:
         time.sleep(0.3)
-        reply = browser.send("Runtime.evaluate", expression=PROBE, returnByValue=True)
-        probe = json.loads(reply["result"]["value"])
-        if probe["scheme"] == want or time.monotonic() > deadline:
-            break
+        reply = browser.send(
+            "Runtime.evaluate",
+            expression=f"document.readyState === 'complete' && location.href === {url!r}",
+            returnByValue=True,
+        )
+        if reply["result"].get("value") is True:
+            reply = browser.send("Runtime.evaluate", expression=PROBE, returnByValue=True)
+            probe = json.loads(reply["result"]["value"])
+            if probe["scheme"] == want:
+                break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} at {width} px, {scheme}: the page did not settle")
+    time.sleep(0.3)
+    probe = json.loads(
+        browser.send("Runtime.evaluate", expression=PROBE, returnByValue=True)["result"]["value"]
+    )
     height = min(int(probe["height"]), 16000)
     browser.send(
         "Emulation.setDeviceMetricsOverride",
@@ -227,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         browser = Browser(args.chromium)
         try:
             browser.open_page()
+            browser.send("Page.navigate", url=f"http://127.0.0.1:{port}/")
+            time.sleep(1)
             for page in pages:
                 name = (page or "index").replace("/", "-")
                 results = []
