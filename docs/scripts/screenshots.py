@@ -6,7 +6,8 @@ the standard library only: every page at 1400 px and 420 px wide (the phone widt
 emulated as a mobile viewport), in the light and the dark scheme. The scheme is the
 reader's system preference (``prefers-color-scheme``, set when the browser starts, one
 browser per scheme), which Material's palette follows on a first visit; each shot checks
-that the page shows the palette asked for (``slate`` for dark). Run it from the repository root, with the ``docs`` extra installed::
+that the page shows the palette asked for (``slate`` for dark). Run it from the
+repository root, with the ``docs`` extra installed::
 
     python docs/scripts/screenshots.py --out /tmp/shots
     python docs/scripts/screenshots.py --out /tmp/shots --pages index,performance
