@@ -216,6 +216,8 @@ def sampler_laws(plt: Any, colors: list[str]) -> Any:
         spec = law["sampler"].replace(", steps", ",\nsteps").replace(", max", ",\nmax")
         ax.set_title(f"{name}\n{spec}", fontsize=9, loc="left")
     axes[-1].axis("off")
+    for ax in axes:
+        ax.set_xticks(range(0, 9, 2))
     for ax in grid[-1]:
         ax.set_xlabel("depth")
     for ax in grid[:, 0]:
