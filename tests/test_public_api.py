@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import inspect
 import re
+import typing
 import warnings
 from pathlib import Path
 
@@ -25,6 +26,9 @@ CONTRACT = {
 # training loop, the conversion of pretrained stacks, the depth scheduler, and generation
 # (imported when stochdepth.DepthCache is first used); their names are attributes of the
 # package once imported, but their contents are reached through __all__.
+# The type aliases of RepeatedBlock's options: typing objects, which have no module or
+# docstring of their own to set (their docstrings are the attribute docstrings in src/).
+TYPE_ALIASES = {"EvalDepth", "Mode", "Output", "RowDraws"}
 SUBPACKAGES = {
     "conversion",
     "exits",
@@ -76,14 +80,14 @@ def test_all_holds_the_contract_and_nothing_missing() -> None:
 
 
 def test_public_objects_say_they_live_in_stochdepth() -> None:
-    for name in set(stochdepth.__all__) - {"__version__"}:
+    for name in set(stochdepth.__all__) - {"__version__"} - TYPE_ALIASES:
         obj = getattr(stochdepth, name)
         assert obj.__module__ == "stochdepth", name
     assert repr(stochdepth.RepeatedBlock) == "<class 'stochdepth.RepeatedBlock'>"
 
 
 def test_public_objects_have_google_style_docstrings() -> None:
-    for name in set(stochdepth.__all__) - {"__version__"}:
+    for name in set(stochdepth.__all__) - {"__version__"} - TYPE_ALIASES:
         doc = inspect.getdoc(getattr(stochdepth, name))
         assert doc, name
         obj = getattr(stochdepth, name)
@@ -103,6 +107,24 @@ def test_public_objects_have_google_style_docstrings() -> None:
             assert "Args:" in doc, name
         else:
             assert "Args:" not in doc, name
+
+
+def test_the_type_aliases_are_the_types_of_the_block_options() -> None:
+    hints = typing.get_type_hints(stochdepth.RepeatedBlock.__init__)
+    assert hints["eval_depth"] == stochdepth.EvalDepth
+    assert hints["mode"] == stochdepth.Mode
+    assert hints["output"] == stochdepth.Output
+    assert hints["row_draws"] == stochdepth.RowDraws
+    assert typing.get_args(stochdepth.Mode) == ("skip", "masked")
+    assert typing.get_args(stochdepth.RowDraws) == ("global", "local")
+
+
+def test_the_type_aliases_keep_their_own_module() -> None:
+    # Not relabelled as stochdepth's: typing caches Literal[...] objects, so a relabelled
+    # alias would relabel every equal Literal elsewhere.
+    for name in TYPE_ALIASES:
+        assert getattr(stochdepth, name).__module__ in ("typing", "types"), name
+    assert stochdepth.Mode is typing.Literal["skip", "masked"]
 
 
 def test_version_is_the_installed_distributions() -> None:

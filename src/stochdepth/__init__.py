@@ -5,7 +5,9 @@ import typing as _typing
 import warnings as _warnings
 from typing import Any as _Any
 
+from ._block import Mode as Mode
 from ._block import RepeatedBlock as RepeatedBlock
+from ._depth import EvalDepth as EvalDepth
 from ._distributed import BroadcastDepth as BroadcastDepth
 from ._distributed import SkippedLayerTie as SkippedLayerTie
 from ._distributed import check_depth_agreement as check_depth_agreement
@@ -19,7 +21,9 @@ from ._errors import UnknownPluginError as UnknownPluginError
 from ._halting import halting_depths as halting_depths
 from ._halting import halting_distribution as halting_distribution
 from ._halting import ponder_loss as ponder_loss
+from ._layer_call import Output as Output
 from ._model import DynamicNet as DynamicNet
+from ._row_draws import RowDraws as RowDraws
 from ._version import __version__ as __version__
 from .conversion._recursify import recursify as recursify
 from .conversion._report import RecursifyReport as RecursifyReport
@@ -90,6 +94,7 @@ __all__ = [
     "DepthScheduler",
     "DropRule",
     "DynamicNet",
+    "EvalDepth",
     "ExitCriterion",
     "ExitWhenConverged",
     "FixedDepth",
@@ -98,14 +103,17 @@ __all__ = [
     "LatentChange",
     "LayerDropList",
     "LogNormalPoissonDepth",
+    "Mode",
     "NestedDrop",
     "NonFiniteError",
+    "Output",
     "OutputKL",
     "PluginError",
     "PluginWarning",
     "PonderHalting",
     "RecursifyReport",
     "RepeatedBlock",
+    "RowDraws",
     "ScheduledDepth",
     "ScheduledResult",
     "SeededDepth",
@@ -152,9 +160,11 @@ _LAZY = {
     "speculative_generate": "stochdepth.generation._speculative",
 }
 
-# Show the public names as `stochdepth.X`, not the private modules they live in.
+# Show the public names as `stochdepth.X`, not the private modules they live in. The
+# type aliases are typing objects (shared, and immutable from Python 3.14): left as they are.
+_TYPE_ALIASES = ("EvalDepth", "Mode", "Output", "RowDraws")
 for _name in __all__:
-    if _name in _LAZY:
+    if _name in _LAZY or _name in _TYPE_ALIASES:
         continue
     _obj = globals()[_name]
     if hasattr(_obj, "__module__") and not isinstance(_obj, str):
