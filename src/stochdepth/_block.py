@@ -61,6 +61,10 @@ _OPTIONS = frozenset(
     }
 )
 _EXTRA_STATE_KEY = "_extra_state"
+_PER_TOKEN_AND_PER_SAMPLE = (
+    "per_token=True gives every position of a (batch, seq, ...) state its own "
+    "depth and per_sample=True every row: choose one"
+)
 
 
 class RepeatedBlock(nn.Module):
@@ -183,51 +187,40 @@ class RepeatedBlock(nn.Module):
         self._per_sample = check_bool("per_sample", per_sample)
         self._per_token = check_bool("per_token", per_token)
         if per_token and per_sample:
-            raise ValueError(
-                "per_token=True gives every position of a (batch, seq, ...) state its own "
-                "depth and per_sample=True every row: choose one"
-            )
+            raise ValueError(_PER_TOKEN_AND_PER_SAMPLE)
         self._checkpoint = _check_checkpoint(checkpoint)
-        self._repeats: _repeats.Strategy | PerToken
-        if per_token:
-            self._repeats = PerToken(self._mode == "masked", self._checkpoint)
-        else:
-            self._repeats = _repeats.strategy_for(
-                self._mode == "masked", per_sample, self._checkpoint
-            )
         self._rows = RowArgs(row_args)
         self._step_kwarg = check_step_kwarg(step_kwarg)
         self._output = check_output(output)
-        self._grad = GradDepth(grad_depth)
-        if self._grad.value is not None and per_token:
-            raise ValueError(
-                "grad_depth is not supported with per_token=True: the positions interact "
-                "through the layer (attention), so cutting one position's gradient after "
-                "its own last k repeats would cut the others' too; use grad_depth with "
-                "per_sample=True or one depth for the batch"
-            )
-        if self._grad.value is not None and self._mode == "masked":
-            raise ValueError(
-                "grad_depth is not supported with mode='masked': which repeats would run "
-                "without autograd depends on the depth, a tensor in masked mode, and the one "
-                "fixed graph of max_depth repeats (what torch.export and fullgraph "
-                "compilation need) cannot switch autograd off by value; use mode='skip' "
-                "(with or without per_sample) for truncated backprop"
-            )
-        self._grad = _check_grad_depth(grad_depth, self._mode)
+        self._grad = _check_grad_depth(grad_depth, self._mode, self._per_token)
         self._repeat_hooks: dict[int, RepeatHook] = OrderedDict()  # weakly referable
+        self._repeats: _repeats.Strategy | PerToken
         self._plain_call: PlainCall | None = None
-        self._set_plain_call()
+        self._fast_call: PlainCall | None = None
+        self._configure()
         self.register_load_state_dict_pre_hook(  # type: ignore[no-untyped-call]
             _default_missing_sampler_state
         )
 
-    def _set_plain_call(self) -> None:
-        """Build the call that every pass without extra arguments reuses, if it may."""
+    def _configure(self) -> None:
+        """Build what the forward pass reuses from the options: the strategy and the calls.
+
+        Every option setter that changes the path of a pass calls it, so that the
+        strategy, the reusable layer call and the fast path always match the options.
+        """
+        masked = self._mode == "masked"
+        if self._per_token:
+            self._repeats = PerToken(masked, self._checkpoint)
+        else:
+            self._repeats = _repeats.strategy_for(masked, self._per_sample, self._checkpoint)
         plain = self._step_kwarg is None and self._output is None
         self._plain_call = (
             PlainCall(self.layer, self._shape_error, self._repeat_hooks, self) if plain else None
         )
+        # The common pass (one depth, skip mode, no checkpoint, no grad_depth, no extra
+        # arguments) runs inline in forward(): the same calls as Skip's loop, fewer frames.
+        fast = type(self._repeats) is _repeats.Skip and not self._checkpoint
+        self._fast_call = self._plain_call if fast and self._grad.value is None else None
 
     def forward(
         self, x: Tensor, /, *args: Any, depth: int | Tensor | None = None, **kwargs: Any
@@ -264,8 +257,24 @@ class RepeatedBlock(nn.Module):
         """
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {describe(x)}")
-        call = self._call(x, args, kwargs)
         training = self.training
+        fast = self._fast_call
+        if (
+            fast is not None
+            and not (args or kwargs or self._repeat_hooks or torch.compiler.is_compiling())
+            and (training or self._choice.early_exit(depth) is None)
+        ):  # Skip's loop, inline: the common pass, with the fewest Python frames
+            used = self._choice.one(depth, training)
+            if used == 0:
+                return self._depth_zero(x)
+            layer, error = fast.layer, fast.error
+            for repeat in range(used):
+                out = layer(x)
+                if not isinstance(out, Tensor) or out.shape != x.shape:
+                    raise error(x, out, repeat, used)
+                x = out
+            return x
+        call = self._call(x, args, kwargs)
         if not training and (policy := self._choice.early_exit(depth)) is not None:
             return self._exit_early(policy, call, x)
         return self._repeats(self._choice, self._grad, x, call, depth, training, self._depth_zero)
@@ -528,7 +537,7 @@ class RepeatedBlock(nn.Module):
                 _check_masked_layer(value)
         super().__setattr__(name, value)
         if name == "layer" and "_plain_call" in self.__dict__:
-            self._set_plain_call()
+            self._configure()
 
     def _adopt(self, sampler: DepthSampler) -> None:
         """Hold a sampler that is an ``nn.Module`` as a child, so the module tree has it."""
@@ -618,8 +627,10 @@ class RepeatedBlock(nn.Module):
     @per_sample.setter
     def per_sample(self, value: bool) -> None:
         per_sample = check_bool("per_sample", value)
-        self._repeats = _repeats.strategy_for(self._mode == "masked", per_sample, self._checkpoint)
+        if per_sample and self._per_token:
+            raise ValueError(_PER_TOKEN_AND_PER_SAMPLE)
         self._per_sample = per_sample
+        self._configure()
 
     @property
     def row_draws(self) -> RowDraws:
@@ -642,9 +653,8 @@ class RepeatedBlock(nn.Module):
 
     @checkpoint.setter
     def checkpoint(self, value: bool | int) -> None:
-        checkpoint = _check_checkpoint(value)
-        self._repeats = _repeats.strategy_for(self._mode == "masked", self._per_sample, checkpoint)
-        self._checkpoint = checkpoint
+        self._checkpoint = _check_checkpoint(value)
+        self._configure()
 
     @property
     def row_args(self) -> tuple[int | str, ...]:
@@ -663,7 +673,7 @@ class RepeatedBlock(nn.Module):
     @step_kwarg.setter
     def step_kwarg(self, value: str | None) -> None:
         self._step_kwarg = check_step_kwarg(value)
-        self._set_plain_call()
+        self._configure()
 
     @property
     def output(self) -> Output:
@@ -673,7 +683,7 @@ class RepeatedBlock(nn.Module):
     @output.setter
     def output(self, value: Output) -> None:
         self._output = check_output(value)
-        self._set_plain_call()
+        self._configure()
 
     @property
     def grad_depth(self) -> int | DepthSampler | None:
@@ -685,7 +695,8 @@ class RepeatedBlock(nn.Module):
 
     @grad_depth.setter
     def grad_depth(self, value: int | DepthSampler | None) -> None:
-        self._grad = _check_grad_depth(value, self._mode)
+        self._grad = _check_grad_depth(value, self._mode, self._per_token)
+        self._configure()
 
     @property
     def depth_histogram(self) -> dict[int, int]:
@@ -863,8 +874,15 @@ def _check_masked_layer(layer: nn.Module) -> None:
         )
 
 
-def _check_grad_depth(value: object, mode: Mode) -> GradDepth:
+def _check_grad_depth(value: object, mode: Mode, per_token: bool) -> GradDepth:
     grad = GradDepth(value)
+    if grad.value is not None and per_token:
+        raise ValueError(
+            "grad_depth is not supported with per_token=True: the positions interact "
+            "through the layer (attention), so cutting one position's gradient after "
+            "its own last k repeats would cut the others' too; use grad_depth with "
+            "per_sample=True or one depth for the batch"
+        )
     if grad.value is not None and mode == "masked":
         raise ValueError(
             "grad_depth is not supported with mode='masked': which repeats would run "
