@@ -25,7 +25,7 @@ from ._layer_call import (
     check_kwargs,
     check_output,
     check_step_kwarg,
-    summarize,
+    shape_error,
 )
 from ._per_token import PerToken, deepest_possible, freeze_for_caches, positions, token_depths
 from ._repeats import outside_graph
@@ -728,36 +728,14 @@ class RepeatedBlock(nn.Module):
         self._choice.counts = {}
 
     def _shape_error(self, x: Tensor, out: object, repeat: int, depth: int) -> Exception:
-        layer = type(self.layer).__name__
-        where = f"at repeat {repeat + 1} of {depth}"
-        if self._output is None:
-            what = "RepeatedBlock's layer must return a tensor of its input's shape"
-            returned, turned = f"{layer} returned", f"{layer} turned"
-        else:
-            what = (
-                f"the state that output={self._output!r} reads must be a tensor of the "
-                f"input's shape"
-            )
-            returned = f"it read {summarize(out)} from what {layer} returned"
-            turned = f"from {layer}'s return value it read, for"
-        if not isinstance(out, Tensor):
-            if self._output is not None:
-                return TypeError(f"{what}, but {returned} {where}")
-            hint = ""
-            if isinstance(out, (tuple, list)):
-                hint = (
-                    "; pass output=0 (or the state's index) to RepeatedBlock to take the "
-                    "state from it"
-                )
-            return TypeError(f"{what}, but {returned} {summarize(out)} {where}{hint}")
-        if self._output is not None:
-            return ValueError(
-                f"{what}, but {turned} an input of shape {tuple(x.shape)}, a tensor of "
-                f"shape {tuple(out.shape)} {where}"
-            )
-        return ValueError(
-            f"{what}, but {turned} an input of shape {tuple(x.shape)} into "
-            f"{tuple(out.shape)} {where}"
+        return shape_error(
+            "RepeatedBlock",
+            "RepeatedBlock's layer must return a tensor of its input's shape",
+            type(self.layer).__name__,
+            x,
+            out,
+            f" at repeat {repeat + 1} of {depth}",
+            self._output,
         )
 
     def get_extra_state(self) -> Tensor:

@@ -11,7 +11,15 @@ import torch
 from torch import Tensor, nn
 
 from stochdepth._extra_state import encode_state, read_extra_state
-from stochdepth._layer_call import Output, check_output, read_state
+from stochdepth._layer_call import (
+    Output,
+    RowArgs,
+    check_output,
+    check_row_aligned,
+    cut_row_aligned,
+    read_state,
+    shape_error,
+)
 from stochdepth._row_draws import RowDraws, check_row_draws, draws_globally, global_layout
 from stochdepth._tie import process_group_up
 from stochdepth._validation import check_bool, check_int, check_probability, describe
@@ -385,7 +393,7 @@ class LayerDropList(nn.Module):
     @per_sample.setter
     def per_sample(self, value: bool) -> None:
         per_sample = check_bool("per_sample", value)
-        self._set_row_args(self._row_args, per_sample)
+        self._set_row_args(self._rows.spec(), per_sample)
         self._per_sample = per_sample
 
     @property
@@ -440,22 +448,21 @@ class LayerDropList(nn.Module):
     @property
     def row_args(self) -> tuple[int | str, ...]:
         """The extra arguments cut to the kept rows with ``per_sample=True``; settable."""
-        return self._row_args
+        return self._rows.spec()
 
     @row_args.setter
     def row_args(self, value: Iterable[int | str]) -> None:
         self._set_row_args(value, self._per_sample)
 
     def _set_row_args(self, value: object, per_sample: bool) -> None:
-        row_args = _check_row_args(value)
+        rows = RowArgs(value, reserved="keep")
+        row_args = rows.spec()
         if row_args and not per_sample:
             raise ValueError(
                 f"row_args names arguments cut to the kept rows, which only "
                 f"per_sample=True does; got row_args={row_args!r} with per_sample=False"
             )
-        self._row_args = row_args
-        self._row_positions = tuple(a for a in row_args if isinstance(a, int))
-        self._row_keywords = tuple(a for a in row_args if isinstance(a, str))
+        self._rows = rows
 
     @property
     def output(self) -> Output:
@@ -740,7 +747,7 @@ class LayerDropList(nn.Module):
                 else:
                     kept_rows = keep[index].nonzero().squeeze(1).to(h.device)
                     part = h.index_select(0, kept_rows)
-                    if self._row_args:
+                    if self._rows:
                         part_args, part_kwargs = self._cut(args, kwargs, kept_rows, rows)
                     else:
                         part_args, part_kwargs = args, kwargs
@@ -791,7 +798,15 @@ class LayerDropList(nn.Module):
         else:
             state = read_state(result, output, f"layer {index} ({type(layer).__name__})")
         if not isinstance(state, Tensor) or state.shape != h.shape:
-            raise _shape_error(index, layer, h, state, output is not None)
+            raise shape_error(
+                "LayerDropList",
+                "LayerDropList's layers must return a tensor of their input's shape",
+                f"layer {index} ({type(layer).__name__})",
+                h,
+                state,
+                "",
+                output,
+            )
         return state
 
     @torch.compiler.disable  # type: ignore[untyped-decorator]
@@ -799,22 +814,15 @@ class LayerDropList(nn.Module):
         self, args: tuple[Any, ...], kwargs: dict[str, Any], kept_rows: Tensor, rows: int
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The extra arguments with those named by ``row_args`` cut to ``kept_rows``."""
-        if not self._row_args:
+        if not self._rows:
             return args, kwargs
-        if self._row_positions:
-            cut_args = list(args)
-            for position in self._row_positions:
-                if position < len(cut_args):
-                    cut_args[position] = _cut_rows(
-                        cut_args[position], kept_rows, rows, f"positional argument {position}"
-                    )
-            args = tuple(cut_args)
-        if self._row_keywords:
-            kwargs = dict(kwargs)
-            for name in self._row_keywords:
-                if name in kwargs:
-                    kwargs[name] = _cut_rows(kwargs[name], kept_rows, rows, f"argument {name!r}")
-        return args, kwargs
+        check_row_aligned(self._rows, args, kwargs, rows, "h")
+        return cut_row_aligned(
+            self._rows,
+            args,
+            kwargs,
+            lambda tensor: tensor.index_select(0, kept_rows.to(tensor.device)),
+        )
 
     # ----------------------------------------------------------------- state
 
@@ -1039,77 +1047,12 @@ def _check_eval_layers(value: object, count: int) -> tuple[int, ...] | None:
     return tuple(sorted(indices))
 
 
-def _check_row_args(value: object) -> tuple[int | str, ...]:
-    expected = "positions (ints >= 0) and keyword names (strs)"
-    if isinstance(value, str | int):
-        value = (value,)
-    if not isinstance(value, Iterable):
-        raise TypeError(f"row_args must be an iterable of {expected}, got {describe(value)}")
-    result: list[int | str] = []
-    for item in value:
-        if isinstance(item, str):
-            result.append(item)
-        elif isinstance(item, numbers.Integral) and not isinstance(item, bool):
-            result.append(check_int("row_args position", item))
-        else:
-            raise TypeError(f"row_args must hold {expected}, got {describe(item)}")
-    return tuple(result)
-
-
 def _rows(h: Tensor) -> int:
     if h.ndim == 0:
         raise ValueError(
             "per_sample=True draws for every row (dimension 0) of h, but h is a 0-d tensor"
         )
     return h.shape[0]
-
-
-def _cut_rows(value: Any, kept_rows: Tensor, rows: int, where: str) -> Any:
-    """``value`` with every tensor in it cut to ``kept_rows`` along dimension 0."""
-    if value is None:
-        return None
-    if isinstance(value, Tensor):
-        if value.ndim == 0 or value.shape[0] != rows:
-            raise ValueError(
-                f"row_args: {where} must have {rows} rows along dimension 0 (as h), got a "
-                f"tensor of shape {tuple(value.shape)}"
-            )
-        return value.index_select(0, kept_rows.to(value.device))
-    if isinstance(value, tuple | list):
-        parts = [_cut_rows(item, kept_rows, rows, where) for item in value]
-        return type(value)(parts) if not hasattr(value, "_fields") else type(value)(*parts)
-    if isinstance(value, dict):
-        return {key: _cut_rows(item, kept_rows, rows, where) for key, item in value.items()}
-    raise TypeError(
-        f"row_args: {where} must be a tensor, or a tuple, list or dict of tensors, "
-        f"got {describe(value)}"
-    )
-
-
-def _summary(value: object) -> str:
-    if isinstance(value, tuple | list):
-        return f"a {type(value).__name__} of {len(value)}"
-    return f"a {type(value).__name__}"
-
-
-def _shape_error(index: int, layer: nn.Module, h: Tensor, state: object, read: bool) -> Exception:
-    what = "the state read by output=" if read else "a tensor"
-    name = f"layer {index} ({type(layer).__name__})"
-    if not isinstance(state, Tensor):
-        given = _summary(state) if isinstance(state, tuple | list) else describe(state)
-        hint = (
-            "; pass output= to read the state from a tuple"
-            if isinstance(state, tuple | list)
-            else ""
-        )
-        return TypeError(
-            f"LayerDropList's layers must return {what} of their input's shape, but "
-            f"{name} gave {given}{hint}"
-        )
-    return ValueError(
-        f"LayerDropList's layers must return {what} of their input's shape, but {name} "
-        f"turned an input of shape {tuple(h.shape)} into {tuple(state.shape)}"
-    )
 
 
 def _default_missing_state(
