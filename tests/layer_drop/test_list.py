@@ -428,6 +428,20 @@ def test_a_bad_extra_state_is_refused_naming_the_key() -> None:
         stack.load_state_dict(state)
 
 
+def test_a_bad_generator_state_is_refused_as_a_seeded_samplers_is() -> None:
+    stack = LayerDropList([nn.Identity(), nn.Identity()], 0.5, seed=0)
+    before = stack.generator.get_state()
+    extra = decode_state(stack.get_extra_state())
+    for bad, error, match in [
+        (extra["generator_state"].float(), ValueError, r"ByteTensor \(dtype torch\.uint8\)"),
+        ([0, 1], TypeError, r"generator_state'\] must be a torch\.ByteTensor, got \[0, 1\]"),
+        (torch.zeros(3, dtype=torch.uint8), ValueError, "is not a CPU generator state"),
+    ]:
+        with pytest.raises(error, match=match):
+            stack.set_extra_state({**extra, "generator_state": bad})
+        assert torch.equal(stack.generator.get_state(), before)
+
+
 # --------------------------------------------------------------------------- train()
 
 

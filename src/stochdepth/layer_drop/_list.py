@@ -23,7 +23,13 @@ from stochdepth._layer_call import (
 from stochdepth._row_draws import RowDraws, check_row_draws, draws_globally, global_layout
 from stochdepth._tie import process_group_up
 from stochdepth._validation import check_bool, check_int, check_probability, describe
-from stochdepth.samplers._generator import check_seed, generator_from_bytes, generator_to_bytes
+from stochdepth.samplers._generator import (
+    check_seed,
+    generator_from_bytes,
+    generator_to_bytes,
+    new_generator,
+    restore_generator,
+)
 
 from ._host_loop import KeptRows, RowDraw
 from ._registry import get_drop_rule
@@ -273,12 +279,7 @@ class LayerDropList(nn.Module):
         self._output = check_output(output)
         self._row_draws = check_row_draws(row_draws)
         self._kept_anywhere: list[int] | None = None
-        # on the CPU whatever the default device (from_pretrained builds on "meta")
-        self._seed = check_seed(
-            int(torch.randint(0, 2**62, (), device="cpu")) if seed is None else seed
-        )
-        self._generator = torch.Generator(device="cpu")
-        self._generator.manual_seed(self._seed)
+        self._seed, self._generator = new_generator(seed)
         self.last_keep = None
         self._runs = torch.zeros(len(self), dtype=torch.int64, device="cpu")
         self._draws = 0
@@ -866,8 +867,8 @@ class LayerDropList(nn.Module):
         Raises:
             TypeError: ``state`` or one of its values has the wrong type.
             ValueError: ``state`` is not an encoded state, a key is missing, the
-                telemetry is for another number of layers, or the generator rejects
-                the state.
+                telemetry is for another number of layers, ``generator_state`` is not
+                of dtype ``torch.uint8``, or the generator rejects the state.
         """
         state = read_extra_state(state, "LayerDropList")
         if not state:
@@ -879,12 +880,6 @@ class LayerDropList(nn.Module):
                 f"got keys {sorted(map(str, state))}"
             )
         seed = check_seed(state["seed"], name="state['seed']")
-        generator_state = state["generator_state"]
-        if not isinstance(generator_state, Tensor) or generator_state.dtype != torch.uint8:
-            raise TypeError(
-                f"state['generator_state'] must be a torch.ByteTensor, got "
-                f"{describe(generator_state)}"
-            )
         runs = state["layer_runs"]
         if not isinstance(runs, Tensor) or tuple(runs.shape) != (len(self),):
             raise ValueError(
@@ -893,12 +888,7 @@ class LayerDropList(nn.Module):
             )
         draws = check_int("state['draws']", state["draws"])
         generator = torch.Generator(device="cpu")
-        try:
-            generator.set_state(generator_state.detach().cpu())
-        except RuntimeError as error:
-            raise ValueError(
-                f"state['generator_state'] is not a CPU generator state: {error}"
-            ) from error
+        restore_generator(generator, state["generator_state"])
         self._generator, self._seed = generator, seed
         self._runs = runs.detach().to(device="cpu", dtype=torch.int64).clone()
         self._draws = draws
