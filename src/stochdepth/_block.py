@@ -277,7 +277,7 @@ class RepeatedBlock(nn.Module):
         call = self._call(x, args, kwargs)
         if not training and (policy := self._choice.early_exit(depth)) is not None:
             return self._exit_early(policy, call, x)
-        return self._repeats(self._choice, self._grad, x, call, depth, training, self._depth_zero)
+        return self._run_pass(x, call, depth, training, True)
 
     def draw_depth(self, x: Tensor) -> int | Tensor:
         """Draw the depth that the next forward pass on ``x`` would use, without running it.
@@ -335,9 +335,20 @@ class RepeatedBlock(nn.Module):
         if depth is None:
             raise TypeError("run() needs a depth (an int or a depth tensor), got None")
         call = self._call(x, args, kwargs)
-        return self._repeats(
-            self._choice, self._grad, x, call, depth, self.training, self._depth_zero, False
+        return self._run_pass(x, call, depth, self.training, False)
+
+    def _run_pass(
+        self, x: Tensor, call: LayerCall, depth: object, training: bool, record: bool
+    ) -> Tensor:
+        """Run the pass through the block's strategy."""
+        repeats = self._repeats
+        if isinstance(repeats, PerToken):  # it keeps the strategies' earlier signature
+            zero = self._depth_zero
+            return repeats(self._choice, self._grad, x, call, depth, training, zero, record)
+        run = _repeats.Pass(
+            self._choice, self._grad, call, depth, training, self._depth_zero, record
         )
+        return repeats(x, run)
 
     def step(self, state: Tensor, /, *args: Any, repeat: int, **kwargs: Any) -> Tensor:
         """Apply the layer once, exactly as the forward pass applies repeat ``repeat``.
