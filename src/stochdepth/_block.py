@@ -57,7 +57,10 @@ class RepeatedBlock(BlockOptions):
     forward pass, as in the article's ``DynamicNet``; in eval mode it follows
     ``eval_depth``. The parameter count is the layer's, whatever the depth. Why each
     option exists and what it costs: the [performance](../performance.md),
-    [test-time depth](../test-time-depth.md) and [recipes](../recipes.md) pages.
+    [test-time depth](../test-time-depth.md) and [recipes](../recipes.md) pages. A
+    driver that runs the block itself (CUDA graphs, a cache, a scheduler) uses the
+    seam: :meth:`draw_depth`, :meth:`run`, :meth:`step`, :meth:`record_depth` and
+    :meth:`register_repeat_hook`.
 
     Args:
         layer: The module to repeat, called as ``layer(state, *args, **kwargs)`` with
@@ -87,17 +90,15 @@ class RepeatedBlock(BlockOptions):
             position's state is frozen once its depth is reached while the layer keeps
             seeing every position: the pass is ``h = where(r < depth, layer(h), h)``
             over ``r < max(depth)`` (``sampler.max_depth`` in masked mode). Refuses
-            ``per_sample`` and ``grad_depth``. See the page "Generating with a
-            repeated layer" for cached generation with it.
+            ``per_sample`` and ``grad_depth``. Cached generation with it: the
+            [generation](../generation.md#a-depth-per-token) page.
         row_draws: With ``per_sample=True``, whose rows a training-mode draw covers
             inside a ``torch.distributed`` process group (DDP, FSDP2): ``"global"``
-            (default) draws the global batch's rows (the ranks' row counts gathered in
-            one ``all_gather``) and keeps this rank's contiguous chunk, rank ``r`` the
-            rows after those of ranks ``0..r-1``, so that training equals one process
-            on the global batch; every rank needs the same sampler state (one seed),
-            and every rank then calls the layer alike (a call possibly on no rows).
-            ``"local"`` draws this rank's rows only, with no communication. Outside a
-            process group, and in eval mode, both draw this process's rows. See the
+            (default) draws the global batch's rows and keeps this rank's contiguous
+            chunk, so that training equals one process on the global batch (every rank
+            needs the same sampler state); ``"local"`` draws this rank's rows only, with
+            no communication. Outside a process group, and in eval mode, both draw this
+            process's rows. The layout and its rules: the
             [distributed](../distributed.md#row-draws-of-the-global-batch) page.
         checkpoint: Activation checkpointing of the repeats (``torch.utils.checkpoint``,
             not the run files of :func:`~stochdepth.train`): ``True`` for segments of
