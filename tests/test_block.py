@@ -146,6 +146,38 @@ def test_fixed_and_explicit_depth_equal_hand_written_repeats(
     assert torch.equal(explicit(x, depth=depth), expected)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_the_inline_pass_equals_the_strategy_path_and_runs_the_layers_module_hooks(
+    training: bool,
+) -> None:
+    """The common pass runs inline in forward(); a repeat hook sends it through Skip."""
+    torch.manual_seed(0)
+    layer = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+    seen: list[str] = []
+    layer.register_forward_pre_hook(lambda *_: seen.append("pre"))
+    layer.register_forward_hook(lambda *_: seen.append("post"))
+    block = RepeatedBlock(layer, UniformDepth(0, 3), eval_depth="sample").train(training)
+    x = torch.randn(3, 4, requires_grad=True)
+
+    def passes() -> list[tuple[Tensor, object]]:
+        random.seed(5)
+        return [(block(x), block.last_depth) for _ in range(8)]
+
+    inline = passes()
+    assert seen.count("pre") == seen.count("post") > 0
+    handle = block.register_repeat_hook(lambda *_: None)
+    stepped = passes()
+    handle.remove()
+    assert [depth for _, depth in inline] == [depth for _, depth in stepped]
+    assert len({depth for _, depth in inline}) > 1
+    for (got, _), (want, _) in zip(inline, stepped, strict=True):
+        assert torch.equal(got, want)
+        if got is not x:
+            (grad_got,) = torch.autograd.grad(got.sum(), x)
+            (grad_want,) = torch.autograd.grad(want.sum(), x)
+            assert torch.equal(grad_got, grad_want)
+
+
 @given(data=st.data(), n=features, sampler=samplers())
 def test_depth_zero_returns_the_input_object(
     data: st.DataObject, n: int, sampler: DepthSampler

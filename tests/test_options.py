@@ -220,7 +220,7 @@ def test_layer_drop_list_options_assigned_take_effect() -> None:
         ("residual", False, ValueError, "scale='eval' .* needs residual=True"),
         ("scale", "both", ValueError, "scale must be one of"),
         ("rule", "no-such-rule", ValueError, "no-such-rule"),
-        ("row_args", [1.5], TypeError, "row_args must hold"),
+        ("row_args", [1.5], TypeError, "row_args entries must be ints"),
         ("output", "0", TypeError, "output must be None, an int"),
         ("drop_rate", 1.5, ValueError, "drop_rate"),
         ("seed", 3, AttributeError, r"LayerDropList\.seed is the seed the generator started"),
@@ -253,3 +253,30 @@ def test_row_draws_assigned_takes_effect_with_the_constructors_check(make: Any) 
     with pytest.raises(ValueError, match="row_draws"):
         module.row_draws = "everywhere"
     assert module.row_draws == "local"
+
+
+def test_a_per_token_block_refuses_per_sample_and_grad_depth_assigned() -> None:
+    """As its constructor does (the setters used to swap in the per-row strategy)."""
+    block = RepeatedBlock(nn.Linear(3, 3), FixedDepth(2), per_token=True)
+    with pytest.raises(ValueError, match="choose one"):
+        block.per_sample = True
+    with pytest.raises(ValueError, match="grad_depth is not supported with per_token=True"):
+        block.grad_depth = 1
+    assert block.per_sample is False
+    assert block.grad_depth is None
+    out = block(torch.randn(2, 4, 3), depth=torch.ones(2, 4, dtype=torch.int64))
+    assert out.shape == (2, 4, 3)
+
+
+def test_checkpoint_assigned_recomputes_the_repeats_in_backward() -> None:
+    calls: list[int] = []
+    layer = nn.Linear(3, 3)
+    layer.register_forward_hook(lambda *_: calls.append(1))
+    block = RepeatedBlock(layer, FixedDepth(2))
+    x = torch.randn(2, 3, requires_grad=True)
+    block(x).sum().backward()
+    assert len(calls) == 2
+    block.checkpoint = True
+    calls.clear()
+    block(x).sum().backward()
+    assert len(calls) > 2  # the backward pass ran the layer again

@@ -1,21 +1,32 @@
-"""`RepeatedBlock`: one weight-shared layer applied a sampled number of times."""
+"""`RepeatedBlock`: one weight-shared layer applied a sampled number of times.
+
+The block, its forward pass and its public seam (the methods a driver calls); its settable
+options, their checks and its saved state are in ``_block_options.py``.
+"""
 
 from __future__ import annotations
 
-import numbers
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from . import _repeats
+from ._block_options import (
+    PER_TOKEN_AND_PER_SAMPLE,
+    BlockOptions,
+    Mode,
+    check_checkpoint,
+    check_grad_depth,
+    check_masked_layer,
+    check_mode,
+)
 from ._cache_guard import check_caches
 from ._depth import DEFAULT_DEPTH_LIMIT, DepthChoice, EvalDepth, check_within_limit, row_count
-from ._extra_state import decode_state, encode_state, read_extra_state
-from ._grad_depth import GradDepth
+from ._extra_state import decode_state
 from ._layer_call import (
     LayerCall,
     Output,
@@ -25,7 +36,6 @@ from ._layer_call import (
     check_kwargs,
     check_output,
     check_step_kwarg,
-    summarize,
 )
 from ._per_token import PerToken, deepest_possible, freeze_for_caches, positions, token_depths
 from ._repeats import outside_graph
@@ -34,36 +44,12 @@ from ._tie import tie_skipped_layer
 from ._validation import check_bool, check_int, describe
 from .exits._loop import until_converged
 from .exits._policy import ExitWhenConverged
-from .samplers._protocol import DepthSampler, has_state
+from .samplers._protocol import DepthSampler
 
 __all__ = ["DEFAULT_DEPTH_LIMIT", "EvalDepth", "Mode", "RepeatedBlock", "check_within_limit"]
 
-Mode = Literal["skip", "masked"]
-"""How a block applies its repeats: only those used, or all of them, masked."""
 
-_MODES = ("skip", "masked")
-# The options whose assignment goes to their property, even for a value that is a Module
-_OPTIONS = frozenset(
-    {
-        "sampler",
-        "eval_depth",
-        "depth_limit",
-        "mode",
-        "per_sample",
-        "per_token",
-        "checkpoint",
-        "row_args",
-        "step_kwarg",
-        "output",
-        "grad_depth",
-        "row_draws",
-        "last_depth",
-    }
-)
-_EXTRA_STATE_KEY = "_extra_state"
-
-
-class RepeatedBlock(nn.Module):
+class RepeatedBlock(BlockOptions):
     """Applies one shape-preserving ``layer`` a sampled number of times.
 
     The same ``layer``, with the same weights, runs ``d`` times in a row (``d = 0``
@@ -71,7 +57,10 @@ class RepeatedBlock(nn.Module):
     forward pass, as in the article's ``DynamicNet``; in eval mode it follows
     ``eval_depth``. The parameter count is the layer's, whatever the depth. Why each
     option exists and what it costs: the [performance](../performance.md),
-    [test-time depth](../test-time-depth.md) and [recipes](../recipes.md) pages.
+    [test-time depth](../test-time-depth.md) and [recipes](../recipes.md) pages. A
+    driver that runs the block itself (CUDA graphs, a cache, a scheduler) uses the
+    seam: :meth:`draw_depth`, :meth:`run`, :meth:`step`, :meth:`record_depth` and
+    :meth:`register_repeat_hook`.
 
     Args:
         layer: The module to repeat, called as ``layer(state, *args, **kwargs)`` with
@@ -101,17 +90,15 @@ class RepeatedBlock(nn.Module):
             position's state is frozen once its depth is reached while the layer keeps
             seeing every position: the pass is ``h = where(r < depth, layer(h), h)``
             over ``r < max(depth)`` (``sampler.max_depth`` in masked mode). Refuses
-            ``per_sample`` and ``grad_depth``. See the page "Generating with a
-            repeated layer" for cached generation with it.
+            ``per_sample`` and ``grad_depth``. Cached generation with it: the
+            [generation](../generation.md#a-depth-per-token) page.
         row_draws: With ``per_sample=True``, whose rows a training-mode draw covers
             inside a ``torch.distributed`` process group (DDP, FSDP2): ``"global"``
-            (default) draws the global batch's rows (the ranks' row counts gathered in
-            one ``all_gather``) and keeps this rank's contiguous chunk, rank ``r`` the
-            rows after those of ranks ``0..r-1``, so that training equals one process
-            on the global batch; every rank needs the same sampler state (one seed),
-            and every rank then calls the layer alike (a call possibly on no rows).
-            ``"local"`` draws this rank's rows only, with no communication. Outside a
-            process group, and in eval mode, both draw this process's rows. See the
+            (default) draws the global batch's rows and keeps this rank's contiguous
+            chunk, so that training equals one process on the global batch (every rank
+            needs the same sampler state); ``"local"`` draws this rank's rows only, with
+            no communication. Outside a process group, and in eval mode, both draw this
+            process's rows. The layout and its rules: the
             [distributed](../distributed.md#row-draws-of-the-global-batch) page.
         checkpoint: Activation checkpointing of the repeats (``torch.utils.checkpoint``,
             not the run files of :func:`~stochdepth.train`): ``True`` for segments of
@@ -176,57 +163,26 @@ class RepeatedBlock(nn.Module):
         self._choice = DepthChoice(sampler, eval_depth, depth_limit)
         self._choice.row_draws = check_row_draws(row_draws)
         self._adopt(self._choice.sampler)
-        self._mode = _check_mode(mode)
+        self._mode = check_mode(mode)
         if self._mode == "masked":
-            _check_masked_layer(layer)
+            check_masked_layer(layer)
             self._choice.use_masked()
         self._per_sample = check_bool("per_sample", per_sample)
         self._per_token = check_bool("per_token", per_token)
         if per_token and per_sample:
-            raise ValueError(
-                "per_token=True gives every position of a (batch, seq, ...) state its own "
-                "depth and per_sample=True every row: choose one"
-            )
-        self._checkpoint = _check_checkpoint(checkpoint)
-        self._repeats: _repeats.Strategy | PerToken
-        if per_token:
-            self._repeats = PerToken(self._mode == "masked", self._checkpoint)
-        else:
-            self._repeats = _repeats.strategy_for(
-                self._mode == "masked", per_sample, self._checkpoint
-            )
+            raise ValueError(PER_TOKEN_AND_PER_SAMPLE)
+        self._checkpoint = check_checkpoint(checkpoint)
         self._rows = RowArgs(row_args)
         self._step_kwarg = check_step_kwarg(step_kwarg)
         self._output = check_output(output)
-        self._grad = GradDepth(grad_depth)
-        if self._grad.value is not None and per_token:
-            raise ValueError(
-                "grad_depth is not supported with per_token=True: the positions interact "
-                "through the layer (attention), so cutting one position's gradient after "
-                "its own last k repeats would cut the others' too; use grad_depth with "
-                "per_sample=True or one depth for the batch"
-            )
-        if self._grad.value is not None and self._mode == "masked":
-            raise ValueError(
-                "grad_depth is not supported with mode='masked': which repeats would run "
-                "without autograd depends on the depth, a tensor in masked mode, and the one "
-                "fixed graph of max_depth repeats (what torch.export and fullgraph "
-                "compilation need) cannot switch autograd off by value; use mode='skip' "
-                "(with or without per_sample) for truncated backprop"
-            )
-        self._grad = _check_grad_depth(grad_depth, self._mode)
+        self._grad = check_grad_depth(grad_depth, self._mode, self._per_token)
         self._repeat_hooks: dict[int, RepeatHook] = OrderedDict()  # weakly referable
+        self._repeats: _repeats.Strategy | PerToken
         self._plain_call: PlainCall | None = None
-        self._set_plain_call()
+        self._fast_call: PlainCall | None = None
+        self._configure()
         self.register_load_state_dict_pre_hook(  # type: ignore[no-untyped-call]
             _default_missing_sampler_state
-        )
-
-    def _set_plain_call(self) -> None:
-        """Build the call that every pass without extra arguments reuses, if it may."""
-        plain = self._step_kwarg is None and self._output is None
-        self._plain_call = (
-            PlainCall(self.layer, self._shape_error, self._repeat_hooks, self) if plain else None
         )
 
     def forward(
@@ -264,11 +220,27 @@ class RepeatedBlock(nn.Module):
         """
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {describe(x)}")
-        call = self._call(x, args, kwargs)
         training = self.training
+        fast = self._fast_call
+        if (
+            fast is not None
+            and not (args or kwargs or self._repeat_hooks or torch.compiler.is_compiling())
+            and (training or self._choice.early_exit(depth) is None)
+        ):  # Skip's loop, inline: the common pass, with the fewest Python frames
+            used = self._choice.one(depth, training)
+            if used == 0:
+                return self._depth_zero(x)
+            layer, error = fast.layer, fast.error
+            for repeat in range(used):
+                out = layer(x)
+                if not isinstance(out, Tensor) or out.shape != x.shape:
+                    raise error(x, out, repeat, used)
+                x = out
+            return x
+        call = self._call(x, args, kwargs)
         if not training and (policy := self._choice.early_exit(depth)) is not None:
             return self._exit_early(policy, call, x)
-        return self._repeats(self._choice, self._grad, x, call, depth, training, self._depth_zero)
+        return self._run_pass(x, call, depth, training, True)
 
     def draw_depth(self, x: Tensor) -> int | Tensor:
         """Draw the depth that the next forward pass on ``x`` would use, without running it.
@@ -326,9 +298,20 @@ class RepeatedBlock(nn.Module):
         if depth is None:
             raise TypeError("run() needs a depth (an int or a depth tensor), got None")
         call = self._call(x, args, kwargs)
-        return self._repeats(
-            self._choice, self._grad, x, call, depth, self.training, self._depth_zero, False
+        return self._run_pass(x, call, depth, self.training, False)
+
+    def _run_pass(
+        self, x: Tensor, call: LayerCall, depth: object, training: bool, record: bool
+    ) -> Tensor:
+        """Run the pass through the block's strategy."""
+        repeats = self._repeats
+        if isinstance(repeats, PerToken):  # it keeps the strategies' earlier signature
+            zero = self._depth_zero
+            return repeats(self._choice, self._grad, x, call, depth, training, zero, record)
+        run = _repeats.Pass(
+            self._choice, self._grad, call, depth, training, self._depth_zero, record
         )
+        return repeats(x, run)
 
     def step(self, state: Tensor, /, *args: Any, repeat: int, **kwargs: Any) -> Tensor:
         """Apply the layer once, exactly as the forward pass applies repeat ``repeat``.
@@ -517,323 +500,6 @@ class RepeatedBlock(nn.Module):
             return tie_skipped_layer(self.layer, x)
         return x
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _OPTIONS:  # the property's setter, even for a value that is a Module
-            object.__setattr__(self, name, value)
-            return
-        if name == "layer" and "_plain_call" in self.__dict__:  # after construction
-            if not isinstance(value, nn.Module):
-                raise TypeError(f"layer must be a torch.nn.Module, got {describe(value)}")
-            if self._mode == "masked":
-                _check_masked_layer(value)
-        super().__setattr__(name, value)
-        if name == "layer" and "_plain_call" in self.__dict__:
-            self._set_plain_call()
-
-    def _adopt(self, sampler: DepthSampler) -> None:
-        """Hold a sampler that is an ``nn.Module`` as a child, so the module tree has it."""
-        if isinstance(sampler, nn.Module):
-            self._modules["sampler"] = sampler
-        else:
-            self._modules.pop("sampler", None)
-
-    @property
-    def sampler(self) -> DepthSampler:
-        """The depth sampler; assigning one runs the constructor's checks.
-
-        A sampler with ``state_dict()`` has its state saved in this block's
-        ``state_dict`` (under ``_extra_state``), so a restored block continues the same
-        sequence of depths.
-        """
-        return self._choice.sampler
-
-    @sampler.setter
-    def sampler(self, sampler: DepthSampler) -> None:
-        self._choice.sampler = sampler
-        self._adopt(self._choice.sampler)
-
-    @property
-    def eval_depth(self) -> EvalDepth:
-        """The eval-mode depth policy (an int, ``"max"``, ``"min"`` or ``"sample"``).
-
-        A value assigned after construction is checked at the next eval-mode pass.
-        """
-        return self._choice.eval_depth
-
-    @eval_depth.setter
-    def eval_depth(self, value: EvalDepth) -> None:
-        self._choice.eval_depth = value
-
-    @property
-    def depth_limit(self) -> int:
-        """The most times one forward pass applies the layer; fixed at construction."""
-        return self._choice.depth_limit
-
-    @depth_limit.setter
-    def depth_limit(self, value: int) -> None:
-        raise _fixed("depth_limit", value)
-
-    @property
-    def last_depth(self) -> int | Tensor | None:
-        """The depth the last forward pass used (``None`` before the first).
-
-        An int, or with ``per_sample=True`` a tensor of the rows' depths (with
-        ``per_token=True``, of shape ``(batch, seq)``); in masked mode, the depth
-        tensor when one was given.
-        """
-        return self._choice.last
-
-    @last_depth.setter
-    def last_depth(self, value: int | Tensor | None) -> None:
-        self._choice.last = value
-
-    @property
-    def last_global_depth(self) -> Tensor | None:
-        """The depths of the global batch's rows that the last pass drew, or ``None``.
-
-        Set by a training-mode pass with ``per_sample=True`` and ``row_draws="global"``
-        inside a process group: every rank's rows, in rank order (``last_depth`` holds
-        this rank's chunk of them); ``None`` after any other pass.
-        """
-        return self._choice.everywhere
-
-    @property
-    def mode(self) -> Mode:
-        """How the repeats run: ``"skip"`` or ``"masked"``; fixed at construction.
-
-        Assigning raises an ``AttributeError``: masked mode bounds the depths and checks
-        the layer and the eval policy when the block is built.
-        """
-        return self._mode
-
-    @mode.setter
-    def mode(self, value: Mode) -> None:
-        raise _fixed("mode", value)
-
-    @property
-    def per_sample(self) -> bool:
-        """Whether every row draws its own depth; settable (a bool)."""
-        return self._per_sample
-
-    @per_sample.setter
-    def per_sample(self, value: bool) -> None:
-        per_sample = check_bool("per_sample", value)
-        self._repeats = _repeats.strategy_for(self._mode == "masked", per_sample, self._checkpoint)
-        self._per_sample = per_sample
-
-    @property
-    def row_draws(self) -> RowDraws:
-        """Whose rows a per-row draw covers in a process group: ``"global"`` or ``"local"``."""
-        return self._choice.row_draws
-
-    @row_draws.setter
-    def row_draws(self, value: RowDraws) -> None:
-        self._choice.row_draws = check_row_draws(value)
-
-    @property
-    def per_token(self) -> bool:
-        """Whether every position of a ``(batch, seq, ...)`` state has its own depth."""
-        return self._per_token
-
-    @property
-    def checkpoint(self) -> bool | int:
-        """The activation checkpointing: ``False``, ``True`` or ``k``; settable."""
-        return self._checkpoint
-
-    @checkpoint.setter
-    def checkpoint(self, value: bool | int) -> None:
-        checkpoint = _check_checkpoint(value)
-        self._repeats = _repeats.strategy_for(self._mode == "masked", self._per_sample, checkpoint)
-        self._checkpoint = checkpoint
-
-    @property
-    def row_args(self) -> tuple[int | str, ...]:
-        """The row-aligned extra arguments (positions and keyword names); settable."""
-        return self._rows.spec()
-
-    @row_args.setter
-    def row_args(self, value: int | str | tuple[int | str, ...] | list[int | str] | None) -> None:
-        self._rows = RowArgs(value)
-
-    @property
-    def step_kwarg(self) -> str | None:
-        """The keyword that passes the repeat index to the layer, or ``None``; settable."""
-        return self._step_kwarg
-
-    @step_kwarg.setter
-    def step_kwarg(self, value: str | None) -> None:
-        self._step_kwarg = check_step_kwarg(value)
-        self._set_plain_call()
-
-    @property
-    def output(self) -> Output:
-        """How the next state is read from the layer's return value; settable."""
-        return self._output
-
-    @output.setter
-    def output(self, value: Output) -> None:
-        self._output = check_output(value)
-        self._set_plain_call()
-
-    @property
-    def grad_depth(self) -> int | DepthSampler | None:
-        """Truncated backprop: ``None``, an int ``k`` or a depth sampler; settable.
-
-        Assigning runs the constructor's checks (refused in masked mode).
-        """
-        return self._grad.value
-
-    @grad_depth.setter
-    def grad_depth(self, value: int | DepthSampler | None) -> None:
-        self._grad = _check_grad_depth(value, self._mode)
-
-    @property
-    def depth_histogram(self) -> dict[int, int]:
-        """How many training-mode forward passes used each depth, by depth.
-
-        Every training-mode forward pass counts, whether its depth was drawn or given
-        as an int (with ``per_sample=True``, every row counts: after a global row draw,
-        every row of the global batch, the same counts on every rank); a depth tensor given
-        in masked mode is not counted, and eval mode does not count. Compare it with
-        the sampler's law to check that the sampler does what you think. Telemetry:
-        not saved in the ``state_dict``.
-
-        Example:
-            >>> import torch
-            >>> from torch import nn
-            >>> from stochdepth import RepeatedBlock, SeededDepth
-            >>> block = RepeatedBlock(nn.Linear(4, 4), SeededDepth(0, 3, seed=0))
-            >>> for _ in range(100):
-            ...     _ = block(torch.randn(2, 4))
-            >>> sorted(block.depth_histogram) == [0, 1, 2, 3]
-            True
-            >>> sum(block.depth_histogram.values())
-            100
-        """
-        return dict(sorted(self._choice.counts.items()))
-
-    def reset_depth_histogram(self) -> None:
-        """Forget the counts of :attr:`depth_histogram`."""
-        self._choice.counts = {}
-
-    def _shape_error(self, x: Tensor, out: object, repeat: int, depth: int) -> Exception:
-        layer = type(self.layer).__name__
-        where = f"at repeat {repeat + 1} of {depth}"
-        if self._output is None:
-            what = "RepeatedBlock's layer must return a tensor of its input's shape"
-            returned, turned = f"{layer} returned", f"{layer} turned"
-        else:
-            what = (
-                f"the state that output={self._output!r} reads must be a tensor of the "
-                f"input's shape"
-            )
-            returned = f"it read {summarize(out)} from what {layer} returned"
-            turned = f"from {layer}'s return value it read, for"
-        if not isinstance(out, Tensor):
-            if self._output is not None:
-                return TypeError(f"{what}, but {returned} {where}")
-            hint = ""
-            if isinstance(out, (tuple, list)):
-                hint = (
-                    "; pass output=0 (or the state's index) to RepeatedBlock to take the "
-                    "state from it"
-                )
-            return TypeError(f"{what}, but {returned} {summarize(out)} {where}{hint}")
-        if self._output is not None:
-            return ValueError(
-                f"{what}, but {turned} an input of shape {tuple(x.shape)}, a tensor of "
-                f"shape {tuple(out.shape)} {where}"
-            )
-        return ValueError(
-            f"{what}, but {turned} an input of shape {tuple(x.shape)} into "
-            f"{tuple(out.shape)} {where}"
-        )
-
-    def get_extra_state(self) -> Tensor:
-        """Return the sampler's state, for ``state_dict``, as one ``uint8`` tensor.
-
-        A sampler that is itself an ``nn.Module`` is saved through the module tree
-        instead, as a child of this block. The state is encoded as one CPU tensor so
-        that safetensors (``save_pretrained``), ``torch.load(weights_only=True)`` and
-        ``torch.distributed.checkpoint`` all take it.
-
-        Returns:
-            The encoding of the state: the sampler's ``state_dict()`` under
-                ``"sampler"`` (none when the sampler keeps none) and a stateful
-                ``grad_depth`` sampler's under ``"grad_depth"``.
-        """
-        return encode_state(self._state_mapping())
-
-    def _state_mapping(self) -> dict[str, Any]:
-        """The state that :meth:`get_extra_state` encodes, as a mapping.
-
-        Returns:
-            ``{"sampler": sampler.state_dict()}``, or ``{}`` when the sampler keeps no
-                state of its own (or is an ``nn.Module``, saved as a child); with a
-                ``grad_depth`` sampler that keeps state, its state under
-                ``"grad_depth"`` too.
-        """
-        state: dict[str, Any] = {}
-        sampler = self.sampler
-        if not isinstance(sampler, nn.Module) and has_state(sampler):
-            state["sampler"] = sampler.state_dict()
-        grad_state = self._grad.state()
-        if grad_state is not None:
-            state["grad_depth"] = grad_state
-        return state
-
-    def set_extra_state(self, state: Any) -> None:
-        """Restore the sampler's state saved by :meth:`get_extra_state`.
-
-        Args:
-            state: The tensor :meth:`get_extra_state` returned, or the mapping that
-                earlier versions saved (the same keys).
-
-        Raises:
-            TypeError: ``state`` is neither a tensor nor a mapping.
-            ValueError: ``state`` is not an encoded state, holds a sampler state but
-                this block's sampler keeps none, or the sampler rejects it.
-        """
-        state = read_extra_state(state, "RepeatedBlock")
-        if state.get("grad_depth") is not None:
-            self._grad.load(state["grad_depth"])
-        sampler_state = state.get("sampler")
-        if sampler_state is None:
-            return
-        sampler = self.sampler
-        if isinstance(sampler, nn.Module) or not has_state(sampler):
-            raise ValueError(
-                f"the state_dict holds a sampler state, but this block's sampler "
-                f"{sampler!r} keeps none: build the block with the kind of sampler it "
-                f"was saved with"
-            )
-        sampler.load_state_dict(sampler_state)
-
-    def extra_repr(self) -> str:
-        """Show the sampler, the eval-mode depth and any non-default mode in ``print(block)``.
-
-        Returns:
-            The text between the parentheses of the block's first line.
-        """
-        sampler = "" if isinstance(self.sampler, nn.Module) else f"sampler={self.sampler!r}, "
-        options = "".join(
-            f", {name}={value!r}"
-            for name, value, default in (
-                ("depth_limit", self.depth_limit, DEFAULT_DEPTH_LIMIT),
-                ("mode", self._mode, "skip"),
-                ("per_sample", self._per_sample, False),
-                ("per_token", self._per_token, False),
-                ("checkpoint", self._checkpoint, False),
-                ("row_args", self._rows.spec(), ()),
-                ("step_kwarg", self._step_kwarg, None),
-                ("output", self._output, None),
-                ("grad_depth", self._grad.value, None),
-                ("row_draws", self._choice.row_draws, "global"),
-            )
-            if value != default
-        )
-        return f"{sampler}eval_depth={self.eval_depth!r}{options}"
-
 
 def _extra_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     """The extra arguments of a forward pass, each with how an error names it."""
@@ -841,68 +507,6 @@ def _extra_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[
         yield f"positional argument {position} after x", value
     for name, value in kwargs.items():
         yield f"keyword argument {name!r}", value
-
-
-def _running_statistics(layer: nn.Module) -> str:
-    """Name the submodules of ``layer`` that keep running statistics, or ``""``."""
-    names = [
-        name or type(module).__name__
-        for name, module in layer.named_modules()
-        if getattr(module, "track_running_stats", False)
-        and getattr(module, "running_mean", None) is not None
-    ]
-    return ", ".join(repr(name) for name in names)
-
-
-def _check_masked_layer(layer: nn.Module) -> None:
-    if stats := _running_statistics(layer):
-        raise ValueError(
-            f"mode='masked' runs the layer max_depth times and discards the repeats "
-            f"beyond the depth, but {stats} of the layer would count those repeats "
-            f"in its running statistics: use mode='skip' with this layer"
-        )
-
-
-def _check_grad_depth(value: object, mode: Mode) -> GradDepth:
-    grad = GradDepth(value)
-    if grad.value is not None and mode == "masked":
-        raise ValueError(
-            "grad_depth is not supported with mode='masked': which repeats would run "
-            "without autograd depends on the depth, a tensor in masked mode, and the one "
-            "fixed graph of max_depth repeats (what torch.export and fullgraph "
-            "compilation need) cannot switch autograd off by value; use mode='skip' "
-            "(with or without per_sample) for truncated backprop"
-        )
-    return grad
-
-
-def _fixed(name: str, value: object) -> AttributeError:
-    """The error of assigning an option that only the constructor sets."""
-    return AttributeError(
-        f"RepeatedBlock.{name} is fixed at construction (what it changes is built once, "
-        f"then); got an assignment of {value!r}: build a new RepeatedBlock(layer, sampler, "
-        f"{name}=...) around the same layer instead"
-    )
-
-
-def _check_mode(value: object) -> Mode:
-    if not isinstance(value, str):
-        raise TypeError(
-            f"mode must be one of {', '.join(map(repr, _MODES))}, got {describe(value)}"
-        )
-    if value not in _MODES:
-        raise ValueError(f"mode must be one of {', '.join(map(repr, _MODES))}, got {value!r}")
-    return cast(Mode, value)
-
-
-def _check_checkpoint(value: object) -> bool | int:
-    if isinstance(value, bool):
-        return value
-    if not isinstance(value, numbers.Integral):
-        raise TypeError(
-            f"checkpoint must be a bool or an int >= 1 (repeats per segment), got {describe(value)}"
-        )
-    return check_int("checkpoint", value, minimum=1)
 
 
 def _default_missing_sampler_state(
@@ -918,7 +522,7 @@ def _default_missing_sampler_state(
     strict loading should not fail on it; a stateful sampler's state stays missing,
     and strict loading reports it.
     """
-    key = prefix + _EXTRA_STATE_KEY
+    key = prefix + "_extra_state"
     if (
         key not in state_dict
         and isinstance(module, RepeatedBlock)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import keyword
 import numbers
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -41,10 +41,16 @@ def run_hooks(hooks: Mapping[int, RepeatHook], owner: nn.Module, repeat: int) ->
 class RowArgs:
     """Which extra arguments are row-aligned: positions among ``args`` and keyword names.
 
+    The one reading of ``row_args=`` that :class:`~stochdepth.RepeatedBlock` and
+    :class:`~stochdepth.LayerDropList` share, with :func:`check_row_aligned` and
+    :func:`cut_row_aligned`.
+
     Args:
-        spec: ``None``, or an int, a str, or a sequence of ints (positions among the
-            extra positional arguments, 0 the first after ``x``) and strs (keyword
-            names).
+        spec: ``None``, or an int, a str, or a sequence (any iterable) of ints
+            (positions among the extra positional arguments, 0 the first after the
+            state) and strs (keyword names).
+        reserved: The keyword the container takes itself (``depth``, ``keep``), which
+            cannot name an argument of the layer.
 
     Raises:
         TypeError: An entry is neither an int nor a str.
@@ -52,13 +58,13 @@ class RowArgs:
             entry is repeated.
     """
 
-    def __init__(self, spec: object) -> None:
-        entries: Sequence[object]
+    def __init__(self, spec: object, reserved: str = "depth") -> None:
+        entries: Iterable[object]
         if spec is None:
             entries = ()
         elif isinstance(spec, (int, str)):
             entries = (spec,)
-        elif isinstance(spec, Sequence):
+        elif isinstance(spec, Iterable) and not isinstance(spec, bytes):
             entries = spec
         else:
             raise TypeError(
@@ -69,17 +75,17 @@ class RowArgs:
         names: list[str] = []
         for entry in entries:
             if isinstance(entry, str):
-                if not entry.isidentifier() or keyword.iskeyword(entry) or entry == "depth":
+                if not entry.isidentifier() or keyword.iskeyword(entry) or entry == reserved:
                     raise ValueError(
                         f"row_args names must be keyword argument names other than "
-                        f"'depth', got {entry!r}"
+                        f"{reserved!r}, got {entry!r}"
                     )
                 names.append(entry)
             elif isinstance(entry, numbers.Integral) and not isinstance(entry, bool):
                 if int(entry) < 0:
                     raise ValueError(
                         f"row_args positions must be >= 0 (0 is the first argument after "
-                        f"x), got {int(entry)}"
+                        f"the state), got {int(entry)}"
                     )
                 positions.append(int(entry))
             else:
@@ -99,6 +105,85 @@ class RowArgs:
         """The entries, positions first, for ``repr``."""
         return (*sorted(self.positions), *sorted(self.names))
 
+    def given(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[tuple[str, Any]]:
+        """The row-aligned arguments of one call, each with how an error names it."""
+        values = [
+            (f"positional argument {i}", args[i]) for i in sorted(self.positions) if i < len(args)
+        ]
+        values += [
+            (f"keyword argument {name!r}", kwargs[name])
+            for name in sorted(self.names)
+            if name in kwargs
+        ]
+        return values
+
+
+def check_row_aligned(
+    rows: RowArgs,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    count: int | None,
+    state: str,
+    shape: tuple[int, ...] | None = None,
+) -> None:
+    """Refuse a row-aligned argument without a row per row of the state.
+
+    Args:
+        rows: Which arguments are row-aligned.
+        args: The extra positional arguments.
+        kwargs: The extra keyword arguments.
+        count: The state's rows (dimension 0), or ``None`` for a 0-d state.
+        state: How the message names the state (``"x"``, ``"h"``).
+        shape: The state's shape, for the message, when known.
+
+    Raises:
+        ValueError: A tensor in a row-aligned argument has another number of rows.
+        TypeError: A row-aligned argument holds something other than tensors (in
+            tuples, lists and dicts) and ``None``.
+    """
+    detail = f"{state} has shape {shape}" if shape is not None else f"{state} has {count} rows"
+    for name, value in rows.given(args, kwargs):
+        for leaf in _leaves(value):
+            if leaf is None:
+                continue
+            if not isinstance(leaf, Tensor):
+                raise TypeError(
+                    f"row_args names {name} as row-aligned, so it must hold tensors (or "
+                    f"tuples, lists and dicts of them), got {describe(leaf)}"
+                )
+            if count is None or leaf.ndim == 0 or leaf.shape[0] != count:
+                raise ValueError(
+                    f"row_args names {name} as row-aligned, so every tensor in it needs a "
+                    f"row per row of {state} along dimension 0 ({detail}), got a tensor of "
+                    f"shape {tuple(leaf.shape)}"
+                )
+
+
+def cut_row_aligned(
+    rows: RowArgs,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    function: Callable[[Tensor], Tensor],
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The extra arguments with ``function`` applied to every tensor of the row-aligned ones.
+
+    ``function`` picks rows (``index_select``, a slice); the other arguments are passed
+    as they are.
+    """
+    if not rows:
+        return args, kwargs
+    positions, names = rows.positions, rows.names
+    if positions:
+        args = tuple(
+            map_tensors(arg, function) if i in positions else arg for i, arg in enumerate(args)
+        )
+    if names and not names.isdisjoint(kwargs):
+        kwargs = {
+            key: map_tensors(value, function) if key in names else value
+            for key, value in kwargs.items()
+        }
+    return args, kwargs
+
 
 def map_tensors(value: Any, function: Callable[[Tensor], Tensor]) -> Any:
     """Apply ``function`` to every tensor in a nested tuple, list or dict; keep the rest."""
@@ -114,10 +199,16 @@ def map_tensors(value: Any, function: Callable[[Tensor], Tensor]) -> Any:
     return value
 
 
-def _tensors(value: Any) -> list[Tensor]:
-    found: list[Tensor] = []
-    map_tensors(value, lambda tensor: found.append(tensor) or tensor)  # type: ignore[func-returns-value]
-    return found
+def _leaves(value: Any) -> Iterator[Any]:
+    """The leaves of a nested tuple, list or dict (tensors, ``None``, anything else)."""
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _leaves(item)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _leaves(item)
+    else:
+        yield value
 
 
 class LayerCall:
@@ -186,43 +277,15 @@ class LayerCall:
         return state
 
     def check_rows(self, x: Tensor) -> None:
-        """Refuse a row-aligned tensor without a row per row of ``x``."""
-        if not self.rows:
-            return
-        count = x.shape[0] if x.ndim else None
-        for name, value in self._row_values():
-            for tensor in _tensors(value):
-                if count is None or tensor.ndim == 0 or tensor.shape[0] != count:
-                    raise ValueError(
-                        f"row_args names {name} as row-aligned, so every tensor in it needs "
-                        f"a row per row of x along dimension 0 (x has shape "
-                        f"{tuple(x.shape)}), got a tensor of shape {tuple(tensor.shape)}"
-                    )
-
-    def _row_values(self) -> list[tuple[str, Any]]:
-        values = [
-            (f"positional argument {i}", self.args[i])
-            for i in sorted(self.rows.positions)
-            if i < len(self.args)
-        ]
-        values += [
-            (f"keyword argument {name!r}", self.kwargs[name])
-            for name in sorted(self.rows.names)
-            if name in self.kwargs
-        ]
-        return values
+        """Refuse a row-aligned argument without a row per row of ``x``."""
+        if self.rows:
+            count = x.shape[0] if x.ndim else None
+            check_row_aligned(self.rows, self.args, self.kwargs, count, "x", tuple(x.shape))
 
     def _with_rows(self, function: Callable[[Tensor], Tensor]) -> LayerCall:
         if not self.rows:
             return self
-        positions, names = self.rows.positions, self.rows.names
-        args = tuple(
-            map_tensors(arg, function) if i in positions else arg for i, arg in enumerate(self.args)
-        )
-        kwargs = {
-            key: map_tensors(value, function) if key in names else value
-            for key, value in self.kwargs.items()
-        }
+        args, kwargs = cut_row_aligned(self.rows, self.args, self.kwargs, function)
         return LayerCall(
             self.layer,
             args,
@@ -305,6 +368,50 @@ def read_state(out: object, output: Output, layer: str, where: str = "") -> obje
             )
         return out[output]
     return output(out)
+
+
+def shape_error(
+    container: str, expected: str, layer: str, x: Tensor, state: object, where: str, output: Output
+) -> Exception:
+    """The error for a next state that is not a tensor of the input's shape.
+
+    The one wording that :class:`~stochdepth.RepeatedBlock` and
+    :class:`~stochdepth.LayerDropList` share.
+
+    Args:
+        container: The class the layer belongs to, as a hint names it.
+        expected: What the layer must return (``"RepeatedBlock's layer must return a
+            tensor of its input's shape"``).
+        layer: How the message names the layer (``"Linear"``, ``"layer 1 (Linear)"``).
+        x: The input of the call.
+        state: The next state the call gave (after ``output``).
+        where: Appended to the message (``" at repeat 1 of 2"``, or ``""``).
+        output: The container's ``output=`` option.
+
+    Returns:
+        A ``TypeError`` for a state that is not a tensor, else a ``ValueError``.
+    """
+    if output is not None:
+        expected = f"the state that output={output!r} reads must be a tensor of the input's shape"
+        if not isinstance(state, Tensor):
+            return TypeError(
+                f"{expected}, but it read {summarize(state)} from what {layer} returned{where}"
+            )
+        return ValueError(
+            f"{expected}, but from {layer}'s return value it read, for an input of shape "
+            f"{tuple(x.shape)}, a tensor of shape {tuple(state.shape)}{where}"
+        )
+    if not isinstance(state, Tensor):
+        hint = ""
+        if isinstance(state, (tuple, list)):
+            hint = (
+                f"; pass output=0 (or the state's index) to {container} to take the state from it"
+            )
+        return TypeError(f"{expected}, but {layer} returned {summarize(state)}{where}{hint}")
+    return ValueError(
+        f"{expected}, but {layer} turned an input of shape {tuple(x.shape)} into "
+        f"{tuple(state.shape)}{where}"
+    )
 
 
 def summarize(value: object) -> str:

@@ -112,6 +112,18 @@ class DynamicNet(nn.Module):
             ValueError: The last dimension of ``x`` is not ``D_in``, or ``depth`` is
                 negative or above ``depth_limit``.
         """
+        try:  # the checks cost nothing on the way through: they run when linear refuses x
+            h_relu = self.input_linear(x).relu()
+        except (TypeError, RuntimeError):
+            self._check_input(x)
+            raise
+        # Without a depth, no keyword: each of the call's three frames would copy it.
+        h_relu = self.middle(h_relu) if depth is None else self.middle(h_relu, depth=depth)
+        y_pred: Tensor = self.output_linear(h_relu)
+        return y_pred
+
+    def _check_input(self, x: object) -> None:
+        """Raise the error that names what is wrong with ``x``, if anything is."""
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {describe(x)}")
         in_features = self.input_linear.in_features
@@ -119,10 +131,6 @@ class DynamicNet(nn.Module):
             raise ValueError(
                 f"x must have shape (..., D_in) with D_in={in_features}, got shape {tuple(x.shape)}"
             )
-        h_relu = self.input_linear(x).relu()
-        h_relu = self.middle(h_relu, depth=depth)
-        y_pred: Tensor = self.output_linear(h_relu)
-        return y_pred
 
 
 class LinearReLU(nn.Sequential):
@@ -140,7 +148,7 @@ class LinearReLU(nn.Sequential):
 
     def forward(self, x: Tensor) -> Tensor:
         """``relu(linear(x))``."""
-        linear = cast(nn.Linear, self._modules["0"])
+        linear: nn.Linear = self._modules["0"]  # type: ignore[assignment]  # no cast(): a call
         return functional.linear(x, linear.weight, linear.bias).relu()
 
 

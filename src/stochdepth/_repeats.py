@@ -2,9 +2,10 @@
 
 A block picks one strategy at construction (:func:`strategy_for`) and calls it on every
 forward pass: :class:`Skip` (the default, with or without checkpoints), :class:`Masked`
-(one depth or one per row) or :class:`PerRow`. Each is handed the block's
-:class:`~stochdepth._depth.DepthChoice` and ``grad_depth``, asks for the depth in the
-form it needs and runs one of the loops below.
+(one depth or one per row) or :class:`PerRow`. Each is handed the input and
+a :class:`Pass` (the block's :class:`~stochdepth._depth.DepthChoice`, ``grad_depth``,
+the layer call and the pass's options), asks for the depth in the form it needs and
+runs one of the loops below.
 
 * :func:`skip`: apply the layer ``depth`` times (``depth`` a Python int); the graph
   has exactly the repeats used. The default.
@@ -30,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -330,6 +331,30 @@ DepthZero = Callable[[Tensor], Tensor]
 """The block's depth-0 path: what a pass that left the layer unused returns for ``x``."""
 
 
+class Pass(NamedTuple):
+    """What a strategy is handed for one forward pass, besides the input: built once a pass.
+
+    Every strategy is called as ``strategy(x, run)``.
+
+    Attributes:
+        choice: The block's depth choice (the sampler, the eval policy, the limits).
+        grad: The block's ``grad_depth``.
+        call: Applies one repeat of the layer (a :class:`~stochdepth._layer_call.LayerCall`).
+        depth: The depth given to the pass, or ``None`` to choose one.
+        training: The block's mode.
+        zero: The block's depth-0 path.
+        record: Whether the depth goes into ``last_depth`` and the histogram.
+    """
+
+    choice: DepthChoice
+    grad: GradDepth
+    call: LayerCall
+    depth: object
+    training: bool
+    zero: DepthZero
+    record: bool = True
+
+
 def _choose(
     choice: DepthChoice, grad: GradDepth, depth: object, training: bool, record: bool
 ) -> tuple[int, int | None]:
@@ -345,10 +370,7 @@ _choose_outside_graph = outside_graph(_choose)
 class Skip:
     """One depth for the batch; the layer runs exactly ``depth`` times.
 
-    Every strategy is called as ``strategy(choice, grad, x, call, depth, training, zero,
-    record)``: the block's depth choice and ``grad_depth``, the input, the layer call,
-    the depth given (or ``None``), the block's mode, its depth-0 path, and whether the
-    depth goes into ``last_depth`` and the histogram.
+    Every strategy is called as ``strategy(x, run)``, ``run`` a :class:`Pass`.
 
     Args:
         checkpoint: ``False``, or checkpointed segments: ``True`` for
@@ -359,18 +381,9 @@ class Skip:
         self.checkpointed = checkpoint is not False
         self.every = None if checkpoint is True else int(checkpoint)
 
-    def __call__(
-        self,
-        choice: DepthChoice,
-        grad: GradDepth,
-        x: Tensor,
-        call: LayerCall,
-        depth: object,
-        training: bool,
-        zero: DepthZero,
-        record: bool = True,
-    ) -> Tensor:
+    def __call__(self, x: Tensor, run: Pass) -> Tensor:
         """Choose the depth and apply the layer that many times."""
+        choice, grad, call, depth, training, zero, record = run
         if torch.compiler.is_compiling():
             used, k = _choose_outside_graph(choice, grad, depth, training, record)
         else:
@@ -418,18 +431,9 @@ class Masked:
         self.every = None if checkpoint is True else int(checkpoint)
         self.per_row = per_row
 
-    def __call__(
-        self,
-        choice: DepthChoice,
-        grad: GradDepth,
-        x: Tensor,
-        call: LayerCall,
-        depth: object,
-        training: bool,
-        zero: DepthZero,
-        record: bool = True,
-    ) -> Tensor:
+    def __call__(self, x: Tensor, run: Pass) -> Tensor:
         """Choose the depth as a tensor and apply the masked repeats."""
+        choice, _, call, depth, training, _, record = run
         if isinstance(depth, Tensor):
             used = choice.given_tensor(x, depth, self.per_row, record)
         elif torch.compiler.is_compiling():
@@ -457,33 +461,14 @@ class PerRow:
         self.checkpointed = checkpoint is not False
         self.every = None if checkpoint is True else int(checkpoint)
 
-    def __call__(
-        self,
-        choice: DepthChoice,
-        grad: GradDepth,
-        x: Tensor,
-        call: LayerCall,
-        depth: object,
-        training: bool,
-        zero: DepthZero,
-        record: bool = True,
-    ) -> Tensor:
+    def __call__(self, x: Tensor, run: Pass) -> Tensor:
         """Choose the rows' depths and apply the layer to each row that many times."""
         if torch.compiler.is_compiling():
-            return self._outside_graph(choice, grad, x, call, depth, training, zero, record)
-        return self._run(choice, grad, x, call, depth, training, zero, record)
+            return self._outside_graph(x, run)
+        return self._run(x, run)
 
-    def _run(
-        self,
-        choice: DepthChoice,
-        grad: GradDepth,
-        x: Tensor,
-        call: LayerCall,
-        depth: object,
-        training: bool,
-        zero: DepthZero,
-        record: bool,
-    ) -> Tensor:
+    def _run(self, x: Tensor, run: Pass) -> Tensor:
+        choice, grad, call, depth, training, zero, record = run
         depths = choice.rows(row_count(x), depth, training, record)
         k = grad.draw()
         out = per_row(
@@ -508,7 +493,7 @@ class PerRow:
 
 
 Strategy = Skip | Masked | PerRow
-"""A repeat strategy, called as ``strategy(choice, grad, x, call, depth, training, zero)``."""
+"""A repeat strategy, called as ``strategy(x, run)`` with ``run`` a :class:`Pass`."""
 
 
 def strategy_for(masked_mode: bool, per_sample: bool, checkpoint: bool | int) -> Strategy:

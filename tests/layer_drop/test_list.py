@@ -217,9 +217,11 @@ def test_a_row_argument_with_other_rows_is_refused_with_its_name() -> None:
     keep = torch.tensor([[True, False, True, True]])
     pair = (torch.ones(4, 1, dtype=torch.float64), torch.zeros(4, 3, dtype=torch.float64))
     bad = {"b": torch.zeros(5, 3, dtype=torch.float64), "shared": torch.zeros(1)}
-    with pytest.raises(ValueError, match=r"argument 'bias' must have 4 rows .* shape \(5, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"keyword argument 'bias' as row-aligned.*h has 4 rows.*shape \(5, 3\)"
+    ):
         stack(x, torch.ones(4, 3), pair, bias=bad, keep=keep)
-    with pytest.raises(TypeError, match="argument 'bias' must be a tensor, or a tuple"):
+    with pytest.raises(TypeError, match="argument 'bias' as row-aligned, so it must hold tensors"):
         stack(x, torch.ones(4, 3), pair, bias="no", keep=keep)
 
 
@@ -426,6 +428,20 @@ def test_a_bad_extra_state_is_refused_naming_the_key() -> None:
         stack.load_state_dict(state)
 
 
+def test_a_bad_generator_state_is_refused_as_a_seeded_samplers_is() -> None:
+    stack = LayerDropList([nn.Identity(), nn.Identity()], 0.5, seed=0)
+    before = stack.generator.get_state()
+    extra = decode_state(stack.get_extra_state())
+    for bad, error, match in [
+        (extra["generator_state"].float(), ValueError, r"ByteTensor \(dtype torch\.uint8\)"),
+        ([0, 1], TypeError, r"generator_state'\] must be a torch\.ByteTensor, got \[0, 1\]"),
+        (torch.zeros(3, dtype=torch.uint8), ValueError, "is not a CPU generator state"),
+    ]:
+        with pytest.raises(error, match=match):
+            stack.set_extra_state({**extra, "generator_state": bad})
+        assert torch.equal(stack.generator.get_state(), before)
+
+
 # --------------------------------------------------------------------------- train()
 
 
@@ -499,7 +515,9 @@ def test_a_tuple_returning_layer_with_output() -> None:
             return out, out.abs()
 
     layers = [TupleLayer(), TupleLayer()]
-    with pytest.raises(TypeError, match=r"layer 0 \(TupleLayer\) gave a tuple of 2; pass output="):
+    with pytest.raises(
+        TypeError, match=r"layer 0 \(TupleLayer\) returned a tuple of length 2 .*; pass output="
+    ):
         LayerDropList(layers, 0.0)(torch.randn(2, 3))
     x = torch.randn(2, 3)
     got = LayerDropList(layers, 0.0, output=0)(x)
@@ -567,7 +585,7 @@ def test_layer_runs_count_kept_layers_and_rows() -> None:
         ),
         ({"eval_layers": [0, 0]}, ValueError, "eval_layers must not repeat an index"),
         ({"row_args": [0]}, ValueError, "row_args .* only per_sample=True"),
-        ({"row_args": [1.5], "per_sample": True}, TypeError, "row_args must hold positions"),
+        ({"row_args": [1.5], "per_sample": True}, TypeError, "row_args entries must be ints"),
         ({"output": "first"}, TypeError, "output must be None, an int"),
     ],
 )

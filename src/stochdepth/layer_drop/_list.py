@@ -1,58 +1,47 @@
-"""`LayerDropList`: a stack of distinct layers, each dropped at random in training."""
+"""`LayerDropList`: a stack of distinct layers, each dropped at random in training.
+
+The list, its container protocol (iteration, indexing), its draws and its forward pass; its
+settable options, their checks, the telemetry and the saved state are in ``_options.py``,
+the residual update in ``_combine.py``.
+"""
 
 from __future__ import annotations
 
-import numbers
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Literal, cast, overload
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, cast, overload
 
 import torch
 from torch import Tensor, nn
 
-from stochdepth._extra_state import encode_state, read_extra_state
-from stochdepth._layer_call import Output, check_output, read_state
+from stochdepth._layer_call import (
+    Output,
+    check_output,
+    check_row_aligned,
+    cut_row_aligned,
+    read_state,
+    shape_error,
+)
 from stochdepth._row_draws import RowDraws, check_row_draws, draws_globally, global_layout
 from stochdepth._tie import process_group_up
-from stochdepth._validation import check_bool, check_int, check_probability, describe
-from stochdepth.samplers._generator import check_seed, generator_from_bytes, generator_to_bytes
-
-from ._host_loop import KeptRows, RowDraw
-from ._registry import get_drop_rule
-from ._rules import DropRule, check_keep, check_rule
-from ._tie import tie
-
-Mode = Literal["skip", "masked"]
-"""How a list applies a dropped layer: not at all (``"skip"``), or run and masked out."""
-
-LegacyMode = Literal["batch", "row"]
-"""The spellings of ``mode`` before 0.2, deprecated: ``per_sample`` says it now."""
-
-Scale = Literal["train", "eval"]
-"""Where a residual branch's ``1 - p`` factor goes: training (timm) or evaluation (the paper)."""
-
-
-_MODES = ("skip", "masked")
-_LEGACY_MODES = ("batch", "row")
-# The options whose assignment goes to their property, even for a value that is a Module
-_OPTIONS = frozenset(
-    {
-        "mode",
-        "per_sample",
-        "residual",
-        "scale",
-        "rule",
-        "row_args",
-        "output",
-        "seed",
-        "row_draws",
-        "drop_rate",
-        "drop_rates",
-        "eval_layers",
-    }
+from stochdepth._validation import check_bool, check_int, describe
+from stochdepth.samplers._generator import (
+    new_generator,
 )
-_SCALES = ("train", "eval")
-_EXTRA_STATE_KEY = "_extra_state"
+
+from ._combine import Combine, combine, combine_eagerly
+from ._host_loop import KeptRows, RowDraw
+from ._options import (
+    LegacyMode,
+    ListOptions,
+    Mode,
+    Scale,
+    check_eval_layers,
+    check_mode,
+    check_scale,
+    get_rule,
+)
+from ._rules import DropRule, check_keep
+from ._tie import tie
 
 
 def _outside_graph(function: Any) -> Any:
@@ -68,33 +57,7 @@ def _outside_graph(function: Any) -> Any:
 _tie = torch.compiler.disable(tie)  # type: ignore[no-untyped-call]
 
 
-def _combine(
-    h: Tensor, out: Tensor, residual: bool, rate: float, scale: str, training: bool
-) -> Tensor:
-    """A kept layer's new state: ``out``, or with ``residual`` ``h`` plus the scaled branch.
-
-    The one residual update of every path. In training, ``scale="train"`` divides a
-    branch of drop rate ``0 < rate < 1`` by ``1 - rate``; in evaluation,
-    ``scale="eval"`` multiplies a branch of ``rate > 0`` by ``1 - rate``.
-    """
-    if not residual:
-        return out
-    if training:
-        if scale == "train" and 0.0 < rate < 1.0:
-            return h + out / (1.0 - rate)
-    elif scale == "eval" and rate:
-        return h + out * (1.0 - rate)
-    return h + out
-
-
-Combine = Callable[[Tensor, Tensor, bool, float, str, bool], Tensor]
-
-# For the skipping path's eager frame under torch.compile, where a plain call would be
-# compiled as a frame of its own (one graph per drop rate); elsewhere it is traced inline.
-_combine_eagerly: Combine = torch.compiler.disable(_combine)  # type: ignore[no-untyped-call]
-
-
-class LayerDropList(nn.Module):
+class LayerDropList(ListOptions):
     """Applies a stack of distinct layers in order, dropping each at random in training.
 
     Stochastic depth for residual networks and LayerDrop for transformers: the layers
@@ -254,23 +217,18 @@ class LayerDropList(nn.Module):
         super().__init__()
         for index, layer in enumerate(_check_layers(layers)):
             self.add_module(str(index), layer)
-        self._mode, self._per_sample = _check_mode(mode, per_sample, masked)
+        self._mode, self._per_sample = check_mode(mode, per_sample, masked)
         self._masked = self._mode == "masked"
         self._residual = check_bool("residual", residual)
-        self._scale = _check_scale(scale, self._residual)
-        self.drop_rates = drop_rate
-        self.eval_layers = eval_layers
-        self._rule = _get_rule(rule)
+        self._scale = check_scale(scale, self._residual)
+        self._set_rates(drop_rate)  # not self.drop_rates = ...: the docs would list it twice
+        self._eval_layers = check_eval_layers(eval_layers, len(self))
+        self._rule = get_rule(rule)
         self._set_row_args(row_args, self._per_sample)
         self._output = check_output(output)
         self._row_draws = check_row_draws(row_draws)
         self._kept_anywhere: list[int] | None = None
-        # on the CPU whatever the default device (from_pretrained builds on "meta")
-        self._seed = check_seed(
-            int(torch.randint(0, 2**62, (), device="cpu")) if seed is None else seed
-        )
-        self._generator = torch.Generator(device="cpu")
-        self._generator.manual_seed(self._seed)
+        self._seed, self._generator = new_generator(seed)
         self.last_keep = None
         self._runs = torch.zeros(len(self), dtype=torch.int64, device="cpu")
         self._draws = 0
@@ -279,9 +237,6 @@ class LayerDropList(nn.Module):
         )
 
     # ----------------------------------------------------------------- the container
-
-    def __len__(self) -> int:
-        return len(self._modules)
 
     def __iter__(self) -> Iterator[nn.Module]:
         """Iterate over the layers to run: in training, drawn; in evaluation, ``eval_layers``.
@@ -358,192 +313,6 @@ class LayerDropList(nn.Module):
         if position >= count:
             raise IndexError(f"index must be in [-{count}, {count - 1}], got {position}")
         return cast(nn.Module, self._modules[str(position % count)])
-
-    # ----------------------------------------------------------------- options
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _OPTIONS:  # the property's setter, even for a value that is a Module
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
-
-    @property
-    def mode(self) -> Mode:
-        """``"skip"`` or ``"masked"``; settable (the deprecated spellings are not)."""
-        return self._mode
-
-    @mode.setter
-    def mode(self, value: Mode) -> None:
-        self._mode = cast(Mode, _check_choice("mode", value, _MODES))
-        self._masked = self._mode == "masked"
-
-    @property
-    def per_sample(self) -> bool:
-        """Whether every row draws its own keep mask; settable (``False`` refuses ``row_args``)."""
-        return self._per_sample
-
-    @per_sample.setter
-    def per_sample(self, value: bool) -> None:
-        per_sample = check_bool("per_sample", value)
-        self._set_row_args(self._row_args, per_sample)
-        self._per_sample = per_sample
-
-    @property
-    def row_draws(self) -> RowDraws:
-        """Whose rows a per-row draw covers in a process group: ``"global"`` or ``"local"``."""
-        return self._row_draws
-
-    @row_draws.setter
-    def row_draws(self, value: RowDraws) -> None:
-        self._row_draws = check_row_draws(value)
-
-    @property
-    def residual(self) -> bool:
-        """Whether each layer is a residual branch; settable (``scale="eval"`` needs it)."""
-        return self._residual
-
-    @residual.setter
-    def residual(self, value: bool) -> None:
-        residual = check_bool("residual", value)
-        _check_scale(self._scale, residual)
-        self._residual = residual
-
-    @property
-    def scale(self) -> Scale:
-        """Where a residual branch's ``1 - p`` factor goes: ``"train"`` or ``"eval"``; settable."""
-        return self._scale
-
-    @scale.setter
-    def scale(self, value: Scale) -> None:
-        self._scale = _check_scale(value, self._residual)
-
-    @property
-    def masked(self) -> bool:
-        """Deprecated (``FutureWarning``): ``mode == "masked"``."""
-        warnings.warn(
-            "LayerDropList.masked is deprecated and goes in the next release: read "
-            "mode == 'masked' instead",
-            FutureWarning,
-            stacklevel=2,
-        )
-        return self._masked
-
-    @property
-    def rule(self) -> DropRule:
-        """The drop rule the list draws with; settable (a name or a ``DropRule``)."""
-        return self._rule
-
-    @rule.setter
-    def rule(self, value: str | DropRule) -> None:
-        self._rule = _get_rule(value)
-
-    @property
-    def row_args(self) -> tuple[int | str, ...]:
-        """The extra arguments cut to the kept rows with ``per_sample=True``; settable."""
-        return self._row_args
-
-    @row_args.setter
-    def row_args(self, value: Iterable[int | str]) -> None:
-        self._set_row_args(value, self._per_sample)
-
-    def _set_row_args(self, value: object, per_sample: bool) -> None:
-        row_args = _check_row_args(value)
-        if row_args and not per_sample:
-            raise ValueError(
-                f"row_args names arguments cut to the kept rows, which only "
-                f"per_sample=True does; got row_args={row_args!r} with per_sample=False"
-            )
-        self._row_args = row_args
-        self._row_positions = tuple(a for a in row_args if isinstance(a, int))
-        self._row_keywords = tuple(a for a in row_args if isinstance(a, str))
-
-    @property
-    def output(self) -> Output:
-        """How the next hidden state is read from a layer's return value; settable."""
-        return self._output
-
-    @output.setter
-    def output(self, value: Output) -> None:
-        self._output = check_output(value)
-
-    @property
-    def seed(self) -> int:
-        """The seed the generator started from (restored by ``load_state_dict``).
-
-        Not assignable (an ``AttributeError``): to restart the draws, call
-        ``stack.generator.manual_seed(seed)`` or build a new list.
-        """
-        return self._seed
-
-    @seed.setter
-    def seed(self, value: int) -> None:
-        raise AttributeError(
-            f"LayerDropList.seed is the seed the generator started from, not a setting; got "
-            f"an assignment of {value!r}: call stack.generator.manual_seed(seed) to restart "
-            f"the draws, or build a new LayerDropList(..., seed=...)"
-        )
-
-    @property
-    def generator(self) -> torch.Generator:
-        """The CPU ``torch.Generator`` the list draws from."""
-        return self._generator
-
-    @property
-    def drop_rate(self) -> tuple[float, ...]:
-        """The constructor's ``drop_rate``: each layer's rate, as :attr:`drop_rates`; settable."""
-        return self._drop_rates
-
-    @drop_rate.setter
-    def drop_rate(self, value: float | Sequence[float]) -> None:
-        self.drop_rates = value
-
-    @property
-    def drop_rates(self) -> tuple[float, ...]:
-        """Each layer's drop rate; settable (one float or one per layer), as ``drop_rate``."""
-        return self._drop_rates
-
-    @drop_rates.setter
-    def drop_rates(self, value: float | Sequence[float]) -> None:
-        self._drop_rates = _check_rates(value, len(self))
-        self._rates_tensor = torch.tensor(self._drop_rates, dtype=torch.float64, device="cpu")
-
-    @property
-    def eval_layers(self) -> tuple[int, ...] | None:
-        """The layers evaluation runs, in order, or ``None`` for all; settable."""
-        return self._eval_layers
-
-    @eval_layers.setter
-    def eval_layers(self, value: Iterable[int] | None) -> None:
-        self._eval_layers = _check_eval_layers(value, len(self))
-
-    # ----------------------------------------------------------------- telemetry
-
-    @property
-    def layer_runs(self) -> list[int]:
-        """How many times each layer ran in training: forward passes, or rows in row mode.
-
-        With ``masked=True``, how many times each layer's result was kept. Counted for
-        every training-mode forward pass in eager mode and for the draws the list makes
-        itself under ``torch.compile`` (a ``keep=`` mask given to a compiled list is not
-        counted). Saved in the ``state_dict``. With ``row_draws="global"`` in a process
-        group, the rows of the global batch: the same counts on every rank.
-        """
-        return [int(count) for count in self._runs]
-
-    @property
-    def draws(self) -> int:
-        """How many draws :attr:`layer_runs` counts over: forward passes, or rows in row mode."""
-        return self._draws
-
-    @property
-    def keep_frequencies(self) -> list[float]:
-        """Each layer's share of draws in which it ran (``1 - p`` on average); 0 before any."""
-        return [runs / self._draws if self._draws else 0.0 for runs in self.layer_runs]
-
-    def reset_layer_runs(self) -> None:
-        """Forget the counts of :attr:`layer_runs` and :attr:`draws`."""
-        self._runs = torch.zeros(len(self), dtype=torch.int64, device="cpu")
-        self._draws = 0
 
     # ----------------------------------------------------------------- drawing
 
@@ -685,7 +454,7 @@ class LayerDropList(nn.Module):
             if keep is None:
                 keep = self._draw_outside_graph(None if not self._per_sample else _rows(h))
             return self._train_outside_graph(  # type: ignore[no-any-return]
-                h, keep, args, kwargs, _combine_eagerly
+                h, keep, args, kwargs, combine_eagerly
             )
         return self._train(h, keep, args, kwargs)
 
@@ -695,7 +464,7 @@ class LayerDropList(nn.Module):
         keep: Tensor | None,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        combine: Combine = _combine,
+        combine: Combine = combine,
     ) -> Tensor:
         """Training, skipping: the draw, then only the kept layers (or rows) run.
 
@@ -703,7 +472,7 @@ class LayerDropList(nn.Module):
         it), and every Python function it calls would be compiled as a frame of its
         own: so the only ones it calls are ``_call`` (a layer, the unit that compiles)
         and helpers disabled for Dynamo (``combine``, the residual update, is
-        ``_combine_eagerly`` there).
+        ``combine_eagerly`` there).
         """
         layers = cast(dict[str, nn.Module], self._modules).values()
         rates = self._drop_rates
@@ -740,7 +509,7 @@ class LayerDropList(nn.Module):
                 else:
                     kept_rows = keep[index].nonzero().squeeze(1).to(h.device)
                     part = h.index_select(0, kept_rows)
-                    if self._row_args:
+                    if self._rows:
                         part_args, part_kwargs = self._cut(args, kwargs, kept_rows, rows)
                     else:
                         part_args, part_kwargs = args, kwargs
@@ -761,7 +530,7 @@ class LayerDropList(nn.Module):
         residual, rates, scale = self._residual, self._drop_rates, self._scale
         for index, layer in enumerate(cast(dict[str, nn.Module], self._modules).values()):
             out = self._call(index, layer, h, args, kwargs)
-            new = _combine(h, out, residual, rates[index], scale, True)
+            new = combine(h, out, residual, rates[index], scale, True)
             kept = keep[index]
             if kept.ndim:  # row mode: one flag per row, broadcast over the other dims
                 kept = kept.reshape(kept.shape + (1,) * (h.ndim - 1))
@@ -773,7 +542,7 @@ class LayerDropList(nn.Module):
         indices = range(len(layers)) if self._eval_layers is None else self._eval_layers
         for index in indices:
             out = self._call(index, layers[index], h, args, kwargs)
-            h = _combine(h, out, self._residual, self._drop_rates[index], self._scale, False)
+            h = combine(h, out, self._residual, self._drop_rates[index], self._scale, False)
         return h
 
     def _call(
@@ -791,7 +560,15 @@ class LayerDropList(nn.Module):
         else:
             state = read_state(result, output, f"layer {index} ({type(layer).__name__})")
         if not isinstance(state, Tensor) or state.shape != h.shape:
-            raise _shape_error(index, layer, h, state, output is not None)
+            raise shape_error(
+                "LayerDropList",
+                "LayerDropList's layers must return a tensor of their input's shape",
+                f"layer {index} ({type(layer).__name__})",
+                h,
+                state,
+                "",
+                output,
+            )
         return state
 
     @torch.compiler.disable  # type: ignore[untyped-decorator]
@@ -799,169 +576,15 @@ class LayerDropList(nn.Module):
         self, args: tuple[Any, ...], kwargs: dict[str, Any], kept_rows: Tensor, rows: int
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The extra arguments with those named by ``row_args`` cut to ``kept_rows``."""
-        if not self._row_args:
+        if not self._rows:
             return args, kwargs
-        if self._row_positions:
-            cut_args = list(args)
-            for position in self._row_positions:
-                if position < len(cut_args):
-                    cut_args[position] = _cut_rows(
-                        cut_args[position], kept_rows, rows, f"positional argument {position}"
-                    )
-            args = tuple(cut_args)
-        if self._row_keywords:
-            kwargs = dict(kwargs)
-            for name in self._row_keywords:
-                if name in kwargs:
-                    kwargs[name] = _cut_rows(kwargs[name], kept_rows, rows, f"argument {name!r}")
-        return args, kwargs
-
-    # ----------------------------------------------------------------- state
-
-    def get_extra_state(self) -> Tensor:
-        """Return the generator's state and the telemetry, for ``state_dict``, as a tensor.
-
-        One CPU ``uint8`` tensor (an encoding of the mapping below), so that
-        safetensors (``save_pretrained``), ``torch.load(weights_only=True)`` and
-        ``torch.distributed.checkpoint`` all take it.
-
-        Returns:
-            The encoding of the generator's seed and state, ``layer_runs`` and
-                ``draws``.
-        """
-        return encode_state(self._state_mapping())
-
-    def _state_mapping(self) -> dict[str, Any]:
-        """The state that :meth:`get_extra_state` encodes, as a mapping.
-
-        Returns:
-            ``{"seed": int, "generator_state": ByteTensor, "layer_runs": LongTensor,
-            "draws": int}``.
-        """
-        return {
-            "seed": self._seed,
-            "generator_state": self._generator.get_state(),
-            "layer_runs": self._runs.clone(),
-            "draws": self._draws,
-        }
-
-    def set_extra_state(self, state: Any) -> None:
-        """Restore what :meth:`get_extra_state` returned; later draws continue from it.
-
-        An empty mapping (a ``state_dict`` saved without the list's state) changes
-        nothing.
-
-        Args:
-            state: The tensor :meth:`get_extra_state` returned, the mapping that
-                earlier versions saved (the same keys), or ``{}``.
-
-        Raises:
-            TypeError: ``state`` or one of its values has the wrong type.
-            ValueError: ``state`` is not an encoded state, a key is missing, the
-                telemetry is for another number of layers, or the generator rejects
-                the state.
-        """
-        state = read_extra_state(state, "LayerDropList")
-        if not state:
-            return
-        missing = sorted({"seed", "generator_state", "layer_runs", "draws"} - set(state))
-        if missing:
-            raise ValueError(
-                f"LayerDropList extra state lacks {', '.join(map(repr, missing))}; "
-                f"got keys {sorted(map(str, state))}"
-            )
-        seed = check_seed(state["seed"], name="state['seed']")
-        generator_state = state["generator_state"]
-        if not isinstance(generator_state, Tensor) or generator_state.dtype != torch.uint8:
-            raise TypeError(
-                f"state['generator_state'] must be a torch.ByteTensor, got "
-                f"{describe(generator_state)}"
-            )
-        runs = state["layer_runs"]
-        if not isinstance(runs, Tensor) or tuple(runs.shape) != (len(self),):
-            raise ValueError(
-                f"state['layer_runs'] must be a tensor of shape ({len(self)},), one count "
-                f"per layer, got {describe(runs)}"
-            )
-        draws = check_int("state['draws']", state["draws"])
-        generator = torch.Generator(device="cpu")
-        try:
-            generator.set_state(generator_state.detach().cpu())
-        except RuntimeError as error:
-            raise ValueError(
-                f"state['generator_state'] is not a CPU generator state: {error}"
-            ) from error
-        self._generator, self._seed = generator, seed
-        self._runs = runs.detach().to(device="cpu", dtype=torch.int64).clone()
-        self._draws = draws
-
-    def __getstate__(self) -> dict[str, Any]:
-        # The generator as bytes: torch.multiprocessing (spawn, Lightning's ddp_spawn)
-        # pickles a generator's state tensor into shared memory, which it does not
-        # survive (pytorch issue 146828).
-        state = dict(super().__getstate__())  # type: ignore[no-untyped-call]
-        state["_generator"] = generator_to_bytes(self._generator)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        state = dict(state)
-        saved = state["_generator"]
-        if isinstance(saved, bytes):
-            state["_generator"] = generator_from_bytes(saved)
-        super().__setstate__(state)  # type: ignore[no-untyped-call]
-        # the counts are this process's own, not a tensor shared with the parent
-        self._runs = self._runs.clone()
-
-    def extra_repr(self) -> str:
-        """Show the rates and the options that differ from the defaults in ``print(list)``."""
-        rates = self._drop_rates
-        shown = f"drop_rate={rates[0]!r}" if len(set(rates)) == 1 else f"drop_rates={list(rates)!r}"
-        options = "".join(
-            f", {name}={value!r}"
-            for name, value, default in (
-                ("mode", self._mode, "skip"),
-                ("per_sample", self._per_sample, False),
-                ("residual", self._residual, False),
-                ("scale", self._scale, "train"),
-                ("eval_layers", self._eval_layers, None),
-                ("row_draws", self._row_draws, "global"),
-            )
-            if value != default
+        check_row_aligned(self._rows, args, kwargs, rows, "h")
+        return cut_row_aligned(
+            self._rows,
+            args,
+            kwargs,
+            lambda tensor: tensor.index_select(0, kept_rows.to(tensor.device)),
         )
-        return f"{shown}{options}, rule={self._rule!r}, seed={self._seed}"
-
-
-# --------------------------------------------------------------------- checks
-
-
-def _check_mode(mode: object, per_sample: object, masked: object) -> tuple[Mode, bool]:
-    """``(mode, per_sample)`` from the arguments, the deprecated spellings translated."""
-    rows = check_bool("per_sample", per_sample)
-    if isinstance(mode, str) and mode in _LEGACY_MODES:
-        new = "per_sample=True" if mode == "row" else "per_sample=False (the default)"
-        warnings.warn(
-            f"LayerDropList(mode={mode!r}) is deprecated and goes in the next release: "
-            f"pass {new}; mode now takes 'skip' or 'masked', as RepeatedBlock's does",
-            FutureWarning,
-            stacklevel=3,
-        )
-        if mode == "batch" and rows:
-            raise ValueError("mode='batch' draws once per forward pass, but per_sample=True")
-        rows, mode = mode == "row", "skip"
-    checked = cast(Mode, _check_choice("mode", mode, _MODES))
-    if masked is not None:
-        flag = check_bool("masked", masked)
-        warnings.warn(
-            f"LayerDropList(masked={flag}) is deprecated and goes in the next release: "
-            f"pass mode={'masked' if flag else 'skip'!r}",
-            FutureWarning,
-            stacklevel=3,
-        )
-        if flag:
-            checked = "masked"
-        elif checked == "masked":
-            raise ValueError("masked=False contradicts mode='masked': pass mode alone")
-    return checked, rows
 
 
 def _check_layers(layers: object) -> list[nn.Module]:
@@ -982,80 +605,6 @@ def _check_layers(layers: object) -> list[nn.Module]:
     return found
 
 
-def _check_scale(value: object, residual: bool) -> Scale:
-    scale = cast(Scale, _check_choice("scale", value, _SCALES))
-    if scale == "eval" and not residual:
-        raise ValueError(
-            "scale='eval' multiplies residual branches by 1 - p in evaluation and "
-            "needs residual=True; got residual=False"
-        )
-    return scale
-
-
-def _get_rule(value: str | DropRule) -> DropRule:
-    return get_drop_rule(value) if isinstance(value, str) else check_rule(value)
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
-    expected = f"one of {', '.join(map(repr, choices))}"
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be {expected}, got {describe(value)}")
-    if value not in choices:
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
-    return value
-
-
-def _check_rates(value: object, count: int) -> tuple[float, ...]:
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return (check_probability("drop_rate", value),) * count
-    if isinstance(value, Tensor):
-        value = value.tolist() if value.ndim == 1 else value
-    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-        raise TypeError(
-            f"drop_rate must be a probability or a sequence of {count} probabilities "
-            f"(one per layer), got {describe(value)}"
-        )
-    if len(value) != count:
-        raise ValueError(
-            f"drop_rate must hold one probability per layer ({count}), got {len(value)}: "
-            f"{list(value)!r}"
-        )
-    return tuple(check_probability(f"drop_rate[{i}]", rate) for i, rate in enumerate(value))
-
-
-def _check_eval_layers(value: object, count: int) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-        raise TypeError(
-            f"eval_layers must be None or layer indices in [0, {count - 1}], got {describe(value)}"
-        )
-    indices = [check_int(f"eval_layers[{i}]", v) for i, v in enumerate(value)]
-    wrong = [index for index in indices if index >= count]
-    if wrong:
-        raise ValueError(f"eval_layers must hold layer indices in [0, {count - 1}], got {wrong[0]}")
-    if len(set(indices)) != len(indices):
-        raise ValueError(f"eval_layers must not repeat an index, got {indices}")
-    return tuple(sorted(indices))
-
-
-def _check_row_args(value: object) -> tuple[int | str, ...]:
-    expected = "positions (ints >= 0) and keyword names (strs)"
-    if isinstance(value, str | int):
-        value = (value,)
-    if not isinstance(value, Iterable):
-        raise TypeError(f"row_args must be an iterable of {expected}, got {describe(value)}")
-    result: list[int | str] = []
-    for item in value:
-        if isinstance(item, str):
-            result.append(item)
-        elif isinstance(item, numbers.Integral) and not isinstance(item, bool):
-            result.append(check_int("row_args position", item))
-        else:
-            raise TypeError(f"row_args must hold {expected}, got {describe(item)}")
-    return tuple(result)
-
-
 def _rows(h: Tensor) -> int:
     if h.ndim == 0:
         raise ValueError(
@@ -1064,58 +613,10 @@ def _rows(h: Tensor) -> int:
     return h.shape[0]
 
 
-def _cut_rows(value: Any, kept_rows: Tensor, rows: int, where: str) -> Any:
-    """``value`` with every tensor in it cut to ``kept_rows`` along dimension 0."""
-    if value is None:
-        return None
-    if isinstance(value, Tensor):
-        if value.ndim == 0 or value.shape[0] != rows:
-            raise ValueError(
-                f"row_args: {where} must have {rows} rows along dimension 0 (as h), got a "
-                f"tensor of shape {tuple(value.shape)}"
-            )
-        return value.index_select(0, kept_rows.to(value.device))
-    if isinstance(value, tuple | list):
-        parts = [_cut_rows(item, kept_rows, rows, where) for item in value]
-        return type(value)(parts) if not hasattr(value, "_fields") else type(value)(*parts)
-    if isinstance(value, dict):
-        return {key: _cut_rows(item, kept_rows, rows, where) for key, item in value.items()}
-    raise TypeError(
-        f"row_args: {where} must be a tensor, or a tuple, list or dict of tensors, "
-        f"got {describe(value)}"
-    )
-
-
-def _summary(value: object) -> str:
-    if isinstance(value, tuple | list):
-        return f"a {type(value).__name__} of {len(value)}"
-    return f"a {type(value).__name__}"
-
-
-def _shape_error(index: int, layer: nn.Module, h: Tensor, state: object, read: bool) -> Exception:
-    what = "the state read by output=" if read else "a tensor"
-    name = f"layer {index} ({type(layer).__name__})"
-    if not isinstance(state, Tensor):
-        given = _summary(state) if isinstance(state, tuple | list) else describe(state)
-        hint = (
-            "; pass output= to read the state from a tuple"
-            if isinstance(state, tuple | list)
-            else ""
-        )
-        return TypeError(
-            f"LayerDropList's layers must return {what} of their input's shape, but "
-            f"{name} gave {given}{hint}"
-        )
-    return ValueError(
-        f"LayerDropList's layers must return {what} of their input's shape, but {name} "
-        f"turned an input of shape {tuple(h.shape)} into {tuple(state.shape)}"
-    )
-
-
 def _default_missing_state(
     module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any
 ) -> None:
     """Let a ``state_dict`` without the list's state (plain ``Sequential`` weights) load."""
-    key = prefix + _EXTRA_STATE_KEY
+    key = prefix + "_extra_state"
     if key not in state_dict and isinstance(module, LayerDropList):
         state_dict[key] = {}

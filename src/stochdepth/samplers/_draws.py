@@ -16,9 +16,13 @@ from typing_extensions import Protocol, TypeIs, runtime_checkable
 
 from stochdepth._validation import describe
 
+from ._builtin import FixedDepth, UniformDepth
 from ._protocol import DepthSampler
 
 _INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+# The built-in samplers (these exact types, not subclasses) whose sample() returns an int
+# within [min_depth, max_depth] by construction: their draws skip the bounds check.
+_IN_BOUNDS = frozenset({UniformDepth, FixedDepth})
 
 
 @runtime_checkable
@@ -47,6 +51,8 @@ def draw_one(sampler: DepthSampler) -> int:
         ValueError: The depth is outside the sampler's bounds.
     """
     depth = sampler.sample()
+    if type(sampler) in _IN_BOUNDS:  # their sample() is an int in bounds by construction
+        return depth
     if type(depth) is not int or not sampler.min_depth <= depth <= sampler.max_depth:
         depth = check_drawn(sampler, depth)
     return depth

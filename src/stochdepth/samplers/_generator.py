@@ -64,16 +64,12 @@ class GeneratorSampler:
             self._generator = generator
             self._seed = generator.initial_seed()
             return
-        if seed is None:
-            if required:
-                raise TypeError(
-                    f"{name} needs parameter 'seed' (an int in [0, 2**64 - 1]) or "
-                    f"'generator' (a torch.Generator), got neither"
-                )
-            seed = int(torch.randint(0, 2**62, (), device="cpu"))
-        self._seed = check_seed(seed)
-        self._generator = torch.Generator(device="cpu")
-        self._generator.manual_seed(self._seed)
+        if seed is None and required:
+            raise TypeError(
+                f"{name} needs parameter 'seed' (an int in [0, 2**64 - 1]) or "
+                f"'generator' (a torch.Generator), got neither"
+            )
+        self._seed, self._generator = new_generator(seed)
 
     @property
     def seed(self) -> int:
@@ -128,24 +124,8 @@ class GeneratorSampler:
                 f"got keys {sorted(map(str, state))}"
             )
         seed = check_seed(state["seed"], name="state['seed']")
-        generator_state = state["generator_state"]
-        if not isinstance(generator_state, torch.Tensor):
-            raise TypeError(
-                f"state['generator_state'] must be a torch.ByteTensor, "
-                f"got {describe(generator_state)}"
-            )
-        if generator_state.dtype != torch.uint8:
-            raise ValueError(
-                f"state['generator_state'] must be a torch.ByteTensor (dtype torch.uint8), "
-                f"got a tensor of dtype {generator_state.dtype}"
-            )
         previous = self._generator.get_state()
-        try:
-            self._generator.set_state(generator_state.detach().cpu())
-        except RuntimeError as error:
-            raise ValueError(
-                f"state['generator_state'] is not a CPU generator state: {error}"
-            ) from error
+        restore_generator(self._generator, state["generator_state"])
         try:
             self._load_extra_state(state)
         except BaseException:
@@ -175,6 +155,57 @@ class GeneratorSampler:
     def __repr__(self) -> str:
         params = ", ".join(f"{key}={value!r}" for key, value in self._params().items())
         return f"{type(self).__name__}({params}, seed={self._seed})"
+
+
+def new_generator(seed: object) -> tuple[int, torch.Generator]:
+    """The seed and a new CPU generator started from it: the seeded state's one start.
+
+    Both containers of seeded draws start here: the seeded samplers and
+    :class:`~stochdepth.LayerDropList`.
+
+    Args:
+        seed: An int in ``[0, 2**64 - 1]``, or ``None`` to draw one from torch's global
+            generator (so that ``torch.manual_seed`` makes it reproducible).
+
+    Returns:
+        ``(seed, generator)``; the generator is on the CPU whatever the default device
+            (``from_pretrained`` builds models on ``"meta"``).
+
+    Raises:
+        TypeError: ``seed`` is not an int.
+        ValueError: ``seed`` is out of range.
+    """
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (), device="cpu"))
+    value = check_seed(seed)
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(value)
+    return value, generator
+
+
+def restore_generator(generator: torch.Generator, saved: object) -> None:
+    """Set ``generator`` to a saved ``state['generator_state']``, checked.
+
+    Raises:
+        TypeError: ``saved`` is not a tensor.
+        ValueError: ``saved`` is not of dtype ``torch.uint8``, or the generator rejects it
+            (``generator`` is then left as it was).
+    """
+    if not isinstance(saved, torch.Tensor):
+        raise TypeError(
+            f"state['generator_state'] must be a torch.ByteTensor, got {describe(saved)}"
+        )
+    if saved.dtype != torch.uint8:
+        raise ValueError(
+            f"state['generator_state'] must be a torch.ByteTensor (dtype torch.uint8), "
+            f"got a tensor of dtype {saved.dtype}"
+        )
+    try:
+        generator.set_state(saved.detach().cpu())
+    except RuntimeError as error:
+        raise ValueError(
+            f"state['generator_state'] is not a CPU generator state: {error}"
+        ) from error
 
 
 def generator_to_bytes(generator: torch.Generator) -> bytes:
