@@ -7,7 +7,8 @@ synthetic language: sequences of numbers modulo 11 where each is the sum of the 
 before it plus the one three back (``x[t] = x[t-1] + x[t-2] + x[t-3] mod 11``, from three
 random numbers), the loss on every number after the first three. At every step the
 layer's depth is drawn from Huginn's law, ``1 + Poisson(rate)`` with a log-normal rate
-of mean 8, clipped at 32 (``LogNormalPoissonDepth(8, max_depth=32)``), and the model is
+of mean 8 and scale 1, clipped at 32 (``LogNormalPoissonDepth(8, 1.0, max_depth=32)``:
+depths of mean 8.4, depth 1 drawn 7.5 % of the time, 32 3.5 %), and the model is
 evaluated at 32 (``eval_depth=32``): the repeats are nearly all of a forward pass's
 cost, as in recurrent-depth models. A model trained so is also a family of shallower
 models with the same weights: :func:`stochdepth.speculative_generate` drafts tokens at
@@ -47,7 +48,8 @@ MODULUS = 11
 SEED_TOKENS = 3
 LENGTH = 56
 FULL_DEPTH = 32
-MEAN_DEPTH = 8  # the Poisson rate's mean: training depths average about 9
+MEAN_DEPTH = 8  # the Poisson rate's mean: training depths average 8.4 (after clipping)
+SIGMA = 1.0  # the rate's log-normal scale: depth 1 is drawn 7.5 % of the time, 32 3.5 %
 LOOKAHEAD = 8
 NEW_TOKENS = 48
 DRAFT_DEPTHS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
@@ -97,7 +99,7 @@ def build_model(seed: int = 0) -> LlamaForCausalLM:
     )
     model = LlamaForCausalLM(config)
     layers = model.model.layers
-    sampler = LogNormalPoissonDepth(MEAN_DEPTH, max_depth=FULL_DEPTH, seed=seed)
+    sampler = LogNormalPoissonDepth(MEAN_DEPTH, SIGMA, max_depth=FULL_DEPTH, seed=seed)
     layers[0] = RepeatedBlock(layers[0], sampler, eval_depth=FULL_DEPTH)
     return model
 
