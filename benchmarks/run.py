@@ -60,10 +60,11 @@ Comparisons (A is the reference, B the thing measured; ratio = B / A):
    1.05), and the memory per token of each cheaper cache policy against the exact
    per-repeat cache, with its drift (max logit difference, greedy-token agreement).
 12. speculative decoding (``benchmarks/speculative.py``; needs the ``hf`` extra): the
-   recipe model of ``examples/speculative_decoding.py`` (trained here, about 2 minutes on one core),
-   batch 1: ``speculative_generate`` at draft depths 1, 2 and 4 against full-depth
-   greedy decoding through a ``DepthCache``, identical tokens, time per token (target
-   <= 0.45), with the acceptance rate beside each row.
+   recipe model of ``examples/speculative_decoding.py`` (a looped Llama: one layer repeated,
+   32 repeats in eval; trained here, about 2 minutes on one core), batch 1:
+   ``speculative_generate`` at draft depths 1, 2 and 4 against full-depth greedy decoding
+   through a ``DepthCache``, identical tokens, time per token (target <= 0.45), with the
+   acceptance rate beside each row.
 
 Times are medians over chunks of steps run interleaved (A B A B ...), so that a
 machine's load drifts through both sides alike. Every row is printed even when its

@@ -1,9 +1,10 @@
 """Section 12 of ``benchmarks/run.py``: self-speculative decoding across depth.
 
-The model of ``examples/speculative_decoding.py`` (a tiny Llama, one decoder layer
-repeated, trained at depths uniform over 1..12 on the recipe's synthetic language, eval
-depth 12), trained here from its fixed seed. Rows, batch 1: the time per token of
-:func:`stochdepth.speculative_generate` (greedy, lookahead 6) at draft depths 1, 2 and 4
+The model of ``examples/speculative_decoding.py`` (a tiny looped Llama: its one decoder
+layer repeated, trained at depths drawn from Huginn's law clipped at 32 on the recipe's
+synthetic language, eval depth 32), trained here from its fixed seed. Rows, batch 1: the
+time per token of :func:`stochdepth.speculative_generate` (greedy, the recipe's lookahead,
+8) at draft depths 1, 2 and 4
 against full-depth greedy decoding through a :class:`~stochdepth.DepthCache` (one model
 call per token), on the same prompts, the tokens checked identical first (target <=
 0.45: LayerSkip's best reported speed-up, 2.16x, is 0.46), with the acceptance rate and
@@ -61,7 +62,7 @@ def speculative_rows(bench: Any) -> None:
     lookahead = example.LOOKAHEAD
     references = [example.cached_greedy(model, prompt, new) for prompt in prompts]
     shape = (
-        f"recipe Llama width 64, prelude 1 + core x{example.FULL_DEPTH} + coda 1, trained "
+        f"recipe looped Llama width 64, one layer x{example.FULL_DEPTH} in eval, trained "
         f"{settings.steps} steps at depths 1..{example.FULL_DEPTH}; {len(prompts)} prompts of "
         f"{example.SEED_TOKENS} tokens, {new} new tokens, lookahead {lookahead}"
     )

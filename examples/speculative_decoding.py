@@ -1,17 +1,21 @@
-"""Train a tiny Llama with a random depth, then decode it self-speculatively across depth.
+"""Train a tiny looped Llama with a random depth, then decode it self-speculatively.
 
-A tiny Llama (``LlamaForCausalLM`` from a ``LlamaConfig``, no download: width 64, a
-prelude layer, one decoder layer repeated, a coda layer) is trained on a synthetic
-language: sequences of numbers modulo 11 where each is the sum of the two before it
-plus the one three back (``x[t] = x[t-1] + x[t-2] + x[t-3] mod 11``, from three random
-numbers), the loss on every number after the first three. The repeated layer trains at
-a depth drawn uniformly from 1 to 12 at every step (``SeededDepth(1, 12)``), and is
-evaluated at 12 (``eval_depth=12``). A model trained so is also a family of shallower
-models with the same weights: :func:`stochdepth.speculative_generate` drafts tokens at a
-few repeats and verifies them at 12.
+A tiny Llama (``LlamaForCausalLM`` from a ``LlamaConfig``, no download: width 64) whose
+only decoder layer is a :class:`~stochdepth.RepeatedBlock`, a looped transformer: the
+embedding, one shared layer repeated, the final norm and the head. It is trained on a
+synthetic language: sequences of numbers modulo 11 where each is the sum of the two
+before it plus the one three back (``x[t] = x[t-1] + x[t-2] + x[t-3] mod 11``, from three
+random numbers), the loss on every number after the first three. At every step the
+layer's depth is drawn from Huginn's law, ``1 + Poisson(rate)`` with a log-normal rate
+of mean 8 and scale 1, clipped at 32 (``LogNormalPoissonDepth(8, 1.0, max_depth=32)``:
+depths of mean 8.4, depth 1 drawn 7.5 % of the time, 32 3.5 %), and the model is
+evaluated at 32 (``eval_depth=32``): the repeats are nearly all of a forward pass's
+cost, as in recurrent-depth models. A model trained so is also a family of shallower
+models with the same weights: :func:`stochdepth.speculative_generate` drafts tokens at
+a few repeats and verifies them at 32.
 
 For each draft depth the script prints the acceptance rate of greedy drafts (lookahead
-6, 48 new tokens after prompts of the first 3 numbers) and the new tokens per full-depth
+8, 48 new tokens after prompts of the first 3 numbers) and the new tokens per full-depth
 forward pass, and checks that the tokens are those of full-depth greedy decoding.
 
     python examples/speculative_decoding.py            # about 2 minutes on one core
@@ -37,15 +41,18 @@ import torch
 from torch import Tensor, nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from stochdepth import DepthCache, RepeatedBlock, SeededDepth, speculative_generate
+from stochdepth import DepthCache, LogNormalPoissonDepth, RepeatedBlock, speculative_generate
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULUS = 11
 SEED_TOKENS = 3
 LENGTH = 56
-FULL_DEPTH = 12
-LOOKAHEAD = 6
+FULL_DEPTH = 32
+MEAN_DEPTH = 8  # the Poisson rate's mean: training depths average 8.4 (after clipping)
+SIGMA = 1.0  # the rate's log-normal scale: depth 1 is drawn 7.5 % of the time, 32 3.5 %
+LOOKAHEAD = 8
 NEW_TOKENS = 48
+DRAFT_DEPTHS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,7 @@ class Settings:
     quick: bool
 
 
-FULL = Settings(steps=350, batch=32, prompts=8, seed=0, quick=False)
+FULL = Settings(steps=600, batch=32, prompts=8, seed=0, quick=False)
 QUICK = Settings(steps=4, batch=4, prompts=1, seed=0, quick=True)
 
 
@@ -75,13 +82,13 @@ def sequences(rows: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
 
 
 def build_model(seed: int = 0) -> LlamaForCausalLM:
-    """Prelude, one decoder layer repeated 1..12 times in training (12 in eval), coda."""
+    """One decoder layer, repeated: Huginn's depth law in training (at most 32), 32 in eval."""
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=MODULUS,
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=3,
+        num_hidden_layers=1,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=LENGTH + NEW_TOKENS,
@@ -92,10 +99,16 @@ def build_model(seed: int = 0) -> LlamaForCausalLM:
     )
     model = LlamaForCausalLM(config)
     layers = model.model.layers
-    layers[1] = RepeatedBlock(
-        layers[1], SeededDepth(1, FULL_DEPTH, seed=seed), eval_depth=FULL_DEPTH
-    )
+    sampler = LogNormalPoissonDepth(MEAN_DEPTH, SIGMA, max_depth=FULL_DEPTH, seed=seed)
+    layers[0] = RepeatedBlock(layers[0], sampler, eval_depth=FULL_DEPTH)
     return model
+
+
+def block_of(model: nn.Module) -> RepeatedBlock:
+    """The model's repeated layer."""
+    block = model.model.layers[0]
+    assert isinstance(block, RepeatedBlock)
+    return block
 
 
 def train_model(settings: Settings) -> tuple[LlamaForCausalLM, list[float]]:
@@ -139,7 +152,7 @@ def cached_greedy(model: nn.Module, prompt: Tensor, new: int) -> Tensor:
 @torch.no_grad()
 def accuracy(model: nn.Module, depth: int, batch: tuple[Tensor, Tensor]) -> float:
     """The next-token accuracy at ``depth`` on a held-out batch."""
-    block = model.model.layers[1]
+    block = block_of(model)
     block.eval_depth = depth
     try:
         logits = model(batch[0]).logits[:, :-1]
@@ -156,7 +169,7 @@ def acceptance(model: nn.Module, settings: Settings) -> list[dict[str, Any]]:
     held_out = sequences(64, torch.Generator().manual_seed(2))
     for_prompts = prompts(settings.prompts)
     references = [cached_greedy(model, prompt, NEW_TOKENS) for prompt in for_prompts]
-    for depth in range(1, FULL_DEPTH + 1):
+    for depth in DRAFT_DEPTHS:
         drafted = accepted = passes = new = 0
         exact = True
         for prompt, reference in zip(for_prompts, references, strict=True):
@@ -237,8 +250,10 @@ def draw(rows: list[dict[str, Any]], out: Path, *, dark: bool) -> None:
         ax.set_xlabel(f"draft depth (repeats; verified at {FULL_DEPTH})")
         ax.set_ylabel("fraction")
         ax.set_ylim(0, 1.05)
-        ax.set_xticks(depths)
-        ax.set_title("A tiny Llama trained at depths 1..12: drafts at a shallow depth")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(depths, [str(depth) for depth in depths])
+        ax.minorticks_off()
+        ax.set_title("A looped Llama trained at random depths: drafts at a shallow depth")
         ax.grid(True, alpha=0.3)
         ax.legend(loc="lower right")
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -185,7 +185,12 @@ def speculative_generate(
 
 
 class _Decoder:
-    """One speculative generation: the cache, the choice of tokens, the statistics."""
+    """One speculative generation: the cache, the choice of tokens, the statistics.
+
+    The greedy path keeps the tokens of a round on the model's device: each draft's
+    argmax is fed to the next draft pass as it is, and the drafts and the verifier's
+    choices are read back to the host once a round (one ``tolist``), not once a token.
+    """
 
     def __init__(
         self,
@@ -207,7 +212,7 @@ class _Decoder:
     def logits(self, ids: Tensor) -> Tensor:
         """The next-token logits after each of ``ids`` (one row), ``(len, vocab)``."""
         out = self.model(input_ids=ids, cache=self.cache, use_cache=True)
-        logits: Tensor = out.logits[0].float()
+        logits: Tensor = out.logits[0]
         return logits
 
     @contextlib.contextmanager
@@ -223,13 +228,7 @@ class _Decoder:
                 block.eval_depth = depth
 
     def probabilities(self, logits: Tensor) -> Tensor:
-        return torch.softmax(logits / self.temperature, dim=-1)
-
-    def choose(self, logits: Tensor) -> int:
-        """A token from one position's logits: the argmax, or a sample."""
-        if not self.do_sample:
-            return int(logits.argmax())
-        return self.sample(self.probabilities(logits))
+        return torch.softmax(logits.float() / self.temperature, dim=-1)
 
     def sample(self, probs: Tensor) -> int:
         return int(torch.multinomial(probs, 1, generator=self.generator))
@@ -241,28 +240,27 @@ class _Decoder:
         self, input_ids: Tensor, lookahead: int, max_new_tokens: int, eos: int | None
     ) -> SpeculativeResult:
         result = SpeculativeResult(sequences=input_ids)
-        tokens: list[int] = [self.choose(self.logits(input_ids)[-1])]
+        logits = self.logits(input_ids)[-1:]
         result.full_passes = 1
-        last = tokens[0]
-        while len(tokens) < max_new_tokens and last != eos:
+        if self.do_sample:
+            first = self.sample(self.probabilities(logits[0]))
+            last = torch.tensor([[first]], dtype=input_ids.dtype, device=input_ids.device)
+        else:
+            last = logits.argmax(dim=-1, keepdim=True).to(input_ids.dtype)  # (1, 1)
+        tokens: list[int] = [int(last)]
+        while len(tokens) < max_new_tokens and tokens[-1] != eos:
             base = self.cache.get_seq_length()  # every position but the last token's
             count = min(lookahead, max_new_tokens - len(tokens) - 1)
-            drafts, draft_probs = self.draft(last, count)
-            result.draft_passes += len(drafts)
-            self.cache.crop(base - self.cache.get_seq_length())  # the drafts' entries
-            verify = torch.tensor([[last, *drafts]], device=input_ids.device)
-            logits = self.logits(verify)
+            new, last, kept, drafted = self.round(last, count, base)
+            result.draft_passes += drafted
             result.full_passes += 1
-            kept, extra = self.judge(drafts, draft_probs, logits)
-            result.drafted += len(drafts)
+            result.drafted += drafted
             result.accepted += kept
-            new = [*drafts[:kept], extra]
             # The positions fed and kept: the last token and the accepted drafts.
             self.cache.crop(base + kept + 1 - self.cache.get_seq_length())
             if eos is not None and eos in new:
                 new = new[: new.index(eos) + 1]
             tokens.extend(new)
-            last = tokens[-1]
         tokens = tokens[:max_new_tokens]
         if eos is not None and eos in tokens:
             tokens = tokens[: tokens.index(eos) + 1]
@@ -273,36 +271,62 @@ class _Decoder:
         result.new_tokens = len(tokens)
         return result
 
-    def draft(self, last: int, count: int) -> tuple[list[int], list[Tensor]]:
-        """``count`` draft tokens after ``last``, and the draft's distributions (sampling)."""
+    def round(self, last: Tensor, count: int, base: int) -> tuple[list[int], Tensor, int, int]:
+        """Draft ``count`` tokens after ``last`` (``(1, 1)``) and verify them in one pass.
+
+        Returns:
+            The new tokens (the accepted drafts and the verifier's token), the last of
+            them as a ``(1, 1)`` tensor, the number of drafts accepted and drafted.
+        """
+        if self.do_sample:
+            return self.round_sampled(last, count, base)
+        ids = self.draft_greedy(last, count)
+        self.cache.crop(base - self.cache.get_seq_length())  # the drafts' entries
+        chosen = self.logits(ids).argmax(dim=-1).to(ids.dtype)  # (count + 1,)
+        values = torch.cat([chosen, ids[0, 1:]]).tolist()  # one read back a round
+        choices, drafts = values[: count + 1], values[count + 1 :]
+        kept = 0
+        while kept < count and drafts[kept] == choices[kept]:
+            kept += 1
+        return [*drafts[:kept], choices[kept]], chosen[kept : kept + 1].view(1, 1), kept, count
+
+    def round_sampled(
+        self, last: Tensor, count: int, base: int
+    ) -> tuple[list[int], Tensor, int, int]:
+        """:meth:`round` with sampled drafts and the rejection rule."""
+        drafts, draft_probs = self.draft_sampled(int(last), count)
+        ids = torch.tensor([[int(last), *drafts]], dtype=last.dtype, device=last.device)
+        self.cache.crop(base - self.cache.get_seq_length())  # the drafts' entries
+        kept, extra = self.judge_sampled(drafts, draft_probs, self.logits(ids))
+        return [*drafts[:kept], extra], ids.new_tensor([[extra]]), kept, count
+
+    def draft_greedy(self, last: Tensor, count: int) -> Tensor:
+        """``last`` followed by ``count`` greedy drafts, ``(1, 1 + count)``, on the device."""
+        tokens = [last]
+        with self.drafting():
+            for _ in range(count):
+                logits = self.logits(tokens[-1])
+                tokens.append(logits[-1:].argmax(dim=-1, keepdim=True).to(last.dtype))
+        return torch.cat(tokens, dim=1)
+
+    def draft_sampled(self, last: int, count: int) -> tuple[list[int], list[Tensor]]:
+        """``count`` sampled draft tokens after ``last``, and the draft's distributions."""
         drafts: list[int] = []
         probs: list[Tensor] = []
         token = last
+        device = next(self.model.parameters()).device
         with self.drafting():
             for _ in range(count):
-                logits = self.logits(torch.tensor([[token]], device=self.device))[-1]
-                if self.do_sample:
-                    probs.append(self.probabilities(logits))
-                    token = self.sample(probs[-1])
-                else:
-                    token = int(logits.argmax())
+                logits = self.logits(torch.tensor([[token]], device=device))[-1]
+                probs.append(self.probabilities(logits))
+                token = self.sample(probs[-1])
                 drafts.append(token)
         return drafts, probs
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def judge(
+    def judge_sampled(
         self, drafts: list[int], draft_probs: list[Tensor], logits: Tensor
     ) -> tuple[int, int]:
-        """How many drafts to keep, and the full-depth model's token after them."""
-        if not self.do_sample:
-            chosen = logits.argmax(dim=-1).tolist()
-            kept = 0
-            while kept < len(drafts) and drafts[kept] == chosen[kept]:
-                kept += 1
-            return kept, int(chosen[kept])
+        """How many drafts to keep (the rejection rule), and the token after them."""
         target = self.probabilities(logits)
         for index, token in enumerate(drafts):
             p, q = target[index], draft_probs[index]
