@@ -399,8 +399,11 @@ def test_the_application_to_the_frozen_states_stops_once_the_cache_has_them() ->
     assert depth < 12  # the prompt's pass stopped early: a frozen application followed
     assert len(attention) == depth + 1  # its attention ran up to the cache's update
     assert len(mlp) == depth  # and no further
-    assert cache.layers[1].passes[0].frozen
-    assert cache.slot_count(1) == depth + 1
+    prompt_pass = cache.layers[1].passes[0]
+    assert prompt_pass.frozen
+    # The frozen keys and values are stored once, on the pass, not in a slot of their own.
+    assert cache.slot_count(1) == depth
+    assert prompt_pass.frozen_keys.shape[-2] == 6
 
 
 def test_a_recursified_llama_generates_through_the_cache_at_any_depth() -> None:
