@@ -13,6 +13,7 @@ from torch.utils.hooks import RemovableHandle
 
 from . import _repeats
 from ._cache_guard import check_caches
+from ._cache_writes import depth_zero_for_caches, freeze_for_caches
 from ._depth import DEFAULT_DEPTH_LIMIT, DepthChoice, EvalDepth, check_within_limit, row_count
 from ._extra_state import decode_state, encode_state, read_extra_state
 from ._grad_depth import GradDepth
@@ -27,7 +28,7 @@ from ._layer_call import (
     check_step_kwarg,
     summarize,
 )
-from ._per_token import PerToken, deepest_possible, freeze_for_caches, positions, token_depths
+from ._per_token import PerToken, deepest_possible, positions, token_depths
 from ._repeats import outside_graph
 from ._row_draws import RowDraws, check_row_draws
 from ._tie import tie_skipped_layer
@@ -268,7 +269,8 @@ class RepeatedBlock(nn.Module):
         training = self.training
         if not training and (policy := self._choice.early_exit(depth)) is not None:
             return self._exit_early(policy, call, x)
-        return self._repeats(self._choice, self._grad, x, call, depth, training, self._depth_zero)
+        zero = self._zero_for(call, x)
+        return self._repeats(self._choice, self._grad, x, call, depth, training, zero)
 
     def draw_depth(self, x: Tensor) -> int | Tensor:
         """Draw the depth that the next forward pass on ``x`` would use, without running it.
@@ -327,7 +329,7 @@ class RepeatedBlock(nn.Module):
             raise TypeError("run() needs a depth (an int or a depth tensor), got None")
         call = self._call(x, args, kwargs)
         return self._repeats(
-            self._choice, self._grad, x, call, depth, self.training, self._depth_zero, False
+            self._choice, self._grad, x, call, depth, self.training, self._zero_for(call, x), False
         )
 
     def step(self, state: Tensor, /, *args: Any, repeat: int, **kwargs: Any) -> Tensor:
@@ -497,6 +499,12 @@ class RepeatedBlock(nn.Module):
             ran = int(cast(Tensor, used).max()) if x.numel() else 0
             freeze_for_caches(call, out, ran, deepest_possible(self._choice, False, False))
         return out
+
+    def _zero_for(self, call: LayerCall, x: Tensor) -> _repeats.DepthZero:
+        """The depth-0 path of a pass on ``x``: with extra arguments, one that tells caches."""
+        if call is self._plain_call or self._per_token or torch.compiler.is_compiling():
+            return self._depth_zero  # per_token=True tells caches itself
+        return depth_zero_for_caches(call, x, self._depth_zero)
 
     def _depth_zero(self, x: Tensor) -> Tensor:
         """The output of a pass whose depth is 0 for the whole batch: ``x`` itself.

@@ -117,6 +117,20 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
         if not self.tracker.freezing(self.layer_idx):
             return self._store(key_states, value_states)
         done = self.tracker.stored(self.layer_idx)  # every layer of the block has them
+        if self._policy.exact and not self.tracker.holds(self.layer_idx):
+            # A depth-0 pass of a block without per_token: its positions are recorded,
+            # without entries (a later, deeper pass reading them is refused).
+            current = self._pass(self._repeat(), key_states.shape[-2])
+            if done:
+                raise FrozenKeysStored
+            # Another layer of the block runs on this one's output, for the positions
+            # only: zeros for the earlier keys and values keep the shapes.
+            past = list(key_states.shape)
+            past[-2] = current.start
+            keys = torch.cat([key_states.new_zeros(past), key_states], dim=-2)
+            past[-1] = value_states.shape[-1]
+            values = torch.cat([value_states.new_zeros(past), value_states], dim=-2)
+            return keys, values
         if done and self._policy.exact:
             # Nothing attends to them now: keep them aside, no slot grows.
             current = self._pass(self._repeat(), key_states.shape[-2])
@@ -442,23 +456,33 @@ class DepthCache(Cache):
         return keys, values
 
     @contextlib.contextmanager
-    def frozen_application(self, block: object) -> Iterator[None]:
+    def frozen_application(self, block: object, *, holds: bool = True) -> Iterator[None]:
         """The block's extra application to the frozen states of a pass that stopped early.
 
         A block with ``per_token=True`` applies its layer once more, inside this context,
-        after a pass that stopped before the deepest depth a later pass may reach: the
-        keys and values its layers write hold for every later repeat of this pass's
-        positions (they are those of the frozen states). Once every layer of the block
-        has written them, the cache raises ``FrozenKeysStored`` from ``update``, which
-        the block catches: the rest of the application (attention, MLP) is skipped.
+        after a pass that stopped before the deepest depth a later pass may reach, or
+        that ran no repeat: the keys and values its layers write hold for every later
+        repeat of this pass's positions (they are those of the frozen states). With
+        ``policy="exact"`` they are stored once, outside the slots, and copied into a
+        deeper repeat's slot when a later pass first reads it. Once every layer of the
+        block has written them, the cache raises ``FrozenKeysStored`` from ``update``,
+        which the block catches: the rest of the application (attention, MLP) is
+        skipped.
+
+        A block without ``per_token`` does the same after a pass at depth 0, with
+        ``holds=False``, so that the cache knows the pass's positions: with
+        ``policy="exact"`` a later, deeper pass that would read them is refused (the
+        depth changed between passes), the shared slots of the other policies keep the
+        keys and values of the pass's input.
 
         Args:
             block: The :class:`~stochdepth.RepeatedBlock` whose pass stopped.
+            holds: Whether the entries hold for every later repeat (``per_token=True``).
 
         Yields:
             Nothing; the application runs inside.
         """
-        self._tracker.begin_freeze(block)
+        self._tracker.begin_freeze(block, holds)
         try:
             yield
         finally:
@@ -532,6 +556,7 @@ class _Closed(RepeatTracker):
         self._blocks = set()
         self._repeat = {}
         self._freezing = {}
+        self._recording = set()
 
     def following(self) -> bool:
         """``False``: a closed cache follows nothing."""
