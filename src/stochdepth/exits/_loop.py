@@ -119,7 +119,7 @@ def _token_by_token(apply: Repeat, x: Tensor, policy: ExitWhenConverged) -> tupl
             stop = stop.view(batch, seq)
             if going is not None:
                 stop = stop & going
-            stopped = int(stop.sum())
+            stopped = int(stop.count_nonzero())
             if stopped == running:  # the last positions going stop here
                 if depths is None:
                     return current, torch.full((batch, seq), repeat + 1, dtype=torch.int64)
