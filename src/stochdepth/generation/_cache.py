@@ -141,7 +141,8 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
         # Another layer of the block still needs this one's output (or a shared slot
         # keeps the deepest entries): attend to them as a repeat does.
         keys, values = self._store(key_states, value_states)
-        self.freeze()
+        if self.tracker.holds(self.layer_idx):
+            self.freeze()
         if done:
             raise FrozenKeysStored
         return keys, values
