@@ -7,9 +7,11 @@ a coda layer. Rows:
 * decode time per token with a :class:`~stochdepth.DepthCache` against the unrolled model
   (``depth + 2`` distinct layers with the same weights) with transformers' own
   ``DynamicCache`` (target <= 1.05): what following the repeats costs;
-* with per-token early exit (``per_token=True``, ``ExitWhenConverged`` per token): decode
-  time against fixed depth ``depth``, both with a DepthCache, to compare with the layer
-  applications per step divided by ``depth`` (target: within 0.10 above it);
+* with per-token early exit (``per_token=True``, ``ExitWhenConverged`` per token): the
+  block's decode time against fixed depth ``depth``, both with a DepthCache, to compare
+  with the decoded tokens' mean depth divided by ``depth`` (target: within 0.10 above
+  it); the note gives the layer applications per step, and the mean of each step's
+  deepest token (a step runs as deep as its deepest token);
 * memory per token of each cheaper cache policy against the exact per-repeat cache, with
   its drift from the exact cache on the same tokens (teacher-forced along the exact
   cache's greedy continuation): the largest logit difference and the share of steps whose
@@ -211,6 +213,7 @@ def exit_rows(bench: Any, sizes: DecodeSizes, section: str, shape: str) -> None:
             step = {name: statistics.median(values) for name, values in steps.items()}
             applications = statistics.mean(n for _, n in decoded)
             mean = float(torch.cat([d for d, _ in decoded]).float().mean())
+            deepest = statistics.mean(int(d.max()) for d, _ in decoded)
             row.a, row.b = ms(block["fixed"]), ms(block["exit"])
             row.ratio = block["exit"] / block["fixed"]
             row.target = round(mean / sizes.depth + 0.10, 3)
@@ -218,7 +221,8 @@ def exit_rows(bench: Any, sizes: DecodeSizes, section: str, shape: str) -> None:
                 f"{shape}; ExitWhenConverged({sizes.exit_tol}, max_depth={sizes.depth}) per "
                 f"token; the RepeatedBlock's time per decode step (hooks); target: the decoded "
                 f"tokens' mean depth {mean:.2f} / {sizes.depth} = {mean / sizes.depth:.3f}, "
-                f"+ 0.10; layer applications per step {applications:.2f} / {sizes.depth} = "
+                f"+ 0.10; the steps' deepest token {deepest:.2f} / {sizes.depth}; layer "
+                f"applications per step {applications:.2f} / {sizes.depth} = "
                 f"{applications / sizes.depth:.3f} (the batch's deepest token, + 1 on the "
                 f"frozen states when it stops early, cut short once the cache has their keys "
                 f"and values); whole decode step "

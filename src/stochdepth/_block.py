@@ -25,6 +25,7 @@ from ._block_options import (
     check_mode,
 )
 from ._cache_guard import check_caches
+from ._cache_writes import depth_zero_for_caches, freeze_for_caches
 from ._depth import DEFAULT_DEPTH_LIMIT, DepthChoice, EvalDepth, check_within_limit, row_count
 from ._extra_state import decode_state
 from ._layer_call import (
@@ -37,7 +38,7 @@ from ._layer_call import (
     check_output,
     check_step_kwarg,
 )
-from ._per_token import PerToken, deepest_possible, freeze_for_caches, positions, token_depths
+from ._per_token import PerToken, deepest_possible, positions, token_depths
 from ._repeats import outside_graph
 from ._row_draws import RowDraws, check_row_draws
 from ._tie import tie_skipped_layer
@@ -305,12 +306,8 @@ class RepeatedBlock(BlockOptions):
     ) -> Tensor:
         """Run the pass through the block's strategy."""
         repeats = self._repeats
-        if isinstance(repeats, PerToken):  # it keeps the strategies' earlier signature
-            zero = self._depth_zero
-            return repeats(self._choice, self._grad, x, call, depth, training, zero, record)
-        run = _repeats.Pass(
-            self._choice, self._grad, call, depth, training, self._depth_zero, record
-        )
+        zero = self._zero_for(call, x)
+        run = _repeats.Pass(self._choice, self._grad, call, depth, training, zero, record)
         return repeats(x, run)
 
     def step(self, state: Tensor, /, *args: Any, repeat: int, **kwargs: Any) -> Tensor:
@@ -480,6 +477,12 @@ class RepeatedBlock(BlockOptions):
             ran = int(cast(Tensor, used).max()) if x.numel() else 0
             freeze_for_caches(call, out, ran, deepest_possible(self._choice, False, False))
         return out
+
+    def _zero_for(self, call: LayerCall, x: Tensor) -> _repeats.DepthZero:
+        """The depth-0 path of a pass on ``x``: with extra arguments, one that tells caches."""
+        if call is self._plain_call or self._per_token or torch.compiler.is_compiling():
+            return self._depth_zero  # per_token=True tells caches itself
+        return depth_zero_for_caches(call, x, self._depth_zero)
 
     def _depth_zero(self, x: Tensor) -> Tensor:
         """The output of a pass whose depth is 0 for the whole batch: ``x`` itself.

@@ -15,27 +15,18 @@ A key/value cache that follows the block's repeats (:class:`~stochdepth.DepthCac
 needs, for a later token, the keys and values of a stopped position at the repeats it
 did not run: under these semantics they are those computed from its frozen state, the
 same at every later repeat. So when a pass stops before the deepest repeat a later pass
-may run, the block applies the layer once more to the frozen states (the output is
-discarded; the cache stores the keys and values) inside
-``cache.frozen_application(block)``, which tells the cache that they hold for every later
-repeat, and lets it end the application once it has them (it raises
-:class:`~stochdepth._cache_guard.FrozenKeysStored`, which the block catches).
+may run, or runs no repeat at all, the block applies the layer once more to the frozen
+states for the cache (:func:`~stochdepth._cache_writes.freeze_for_caches`).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterable
-from typing import Any
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ._cache_guard import FrozenKeysStored, is_kv_cache
+from ._cache_writes import freeze_for_caches
 from ._depth import DepthChoice
-from ._grad_depth import GradDepth
-from ._layer_call import LayerCall
-from ._repeats import DepthZero, masked, outside_graph
+from ._repeats import Pass, masked, outside_graph
 from ._validation import check_int
 from .exits._policy import ExitWhenConverged
 from .samplers._draws import draw_batch
@@ -115,53 +106,6 @@ def deepest_possible(choice: DepthChoice, training: bool, given: bool) -> int:
     return int(choice.sampler.max_depth)
 
 
-def tracking_caches(block: nn.Module, call: LayerCall) -> list[Any]:
-    """The key/value caches among the pass's extra arguments that follow ``block``."""
-    values: Iterable[Any] = (*call.args, *call.kwargs.values())
-    found = []
-    for value in values:
-        if value is not None and is_kv_cache(value):
-            tracks = getattr(value, "tracks_block", None)
-            if callable(tracks) and tracks(block):
-                found.append(value)
-    return found
-
-
-def freeze_for_caches(call: LayerCall, state: Tensor, used: int, deepest: int) -> None:
-    """Give the caches following the block (``call.owner``) the frozen states' keys and values.
-
-    After a pass that ran ``used`` repeats, a later pass may run up to ``deepest``: the
-    positions of this pass then need keys and values at repeats ``used`` and on, those
-    of their frozen states. One more application of the layer (repeat ``used``, output
-    discarded, without autograd) writes them, inside ``cache.frozen_application(block)``,
-    which tells each cache that they hold for every later repeat; a cache raises
-    :class:`~stochdepth._cache_guard.FrozenKeysStored` once it has them, which ends the
-    application early.
-    """
-    if used >= deepest:
-        return
-    block = call.owner
-    caches = tracking_caches(block, call)
-    if not caches:
-        return
-    if call.step_kwarg is not None:
-        raise ValueError(
-            f"a DepthCache cannot hold the keys and values of the frozen positions of a "
-            f"per_token=True block with step_kwarg={call.step_kwarg!r}: the layer sees the "
-            f"repeat index, so a stopped position's keys and values differ at each later "
-            f"repeat and one stored copy would be wrong; use a fixed eval_depth (every "
-            f"position at the same depth) or drop step_kwarg"
-        )
-    with contextlib.ExitStack() as stack, torch.no_grad():
-        for cache in caches:
-            frozen = getattr(cache, "frozen_application", None)
-            if callable(frozen):
-                stack.enter_context(frozen(block))
-        # A cache that holds the keys and values raises: the rest of the layer is moot.
-        with contextlib.suppress(FrozenKeysStored):
-            call(state, used, deepest)
-
-
 class PerToken:
     """A depth per position; the layer sees every position at every repeat (``where``).
 
@@ -176,23 +120,21 @@ class PerToken:
         self.checkpointed = checkpoint is not False
         self.every = None if checkpoint is True else int(checkpoint)
 
-    def __call__(
-        self,
-        choice: DepthChoice,
-        grad: GradDepth,
-        x: Tensor,
-        call: LayerCall,
-        depth: object,
-        training: bool,
-        zero: DepthZero,
-        record: bool = True,
-    ) -> Tensor:
+    def __call__(self, x: Tensor, run: Pass) -> Tensor:
         """Choose the positions' depths and apply the frozen-state repeats.
 
         Called as the block's other strategies are (see
-        :class:`~stochdepth._repeats.Skip`); ``grad`` is unused (``grad_depth`` is
+        :class:`~stochdepth._repeats.Pass`); ``run.grad`` is unused (``grad_depth`` is
         refused with ``per_token=True``).
         """
+        choice, call, depth, training, zero, record = (
+            run.choice,
+            run.call,
+            run.depth,
+            run.training,
+            run.zero,
+            run.record,
+        )
         if torch.compiler.is_compiling() and not (self.masked_mode and isinstance(depth, Tensor)):
             depths = _token_depths_outside_graph(choice, x, depth, training, record)
         else:
@@ -209,8 +151,9 @@ class PerToken:
                 checkpointed=self.checkpointed,
                 checkpoint_every=self.every,
             )
-        if not training and not torch.compiler.is_compiling():
-            deepest = deepest_possible(choice, False, depth is not None)
+        if not torch.compiler.is_compiling() and (not training or repeats == 0):
+            # A depth-0 pass tells a cache its positions in training mode too.
+            deepest = 0 if training else deepest_possible(choice, False, depth is not None)
             freeze_for_caches(call, out, repeats, deepest)
         return out
 

@@ -353,6 +353,48 @@ def test_per_token_exit_with_the_cache_gives_the_tokens_and_depths_without_one(
     assert any(p.frozen and p.last + 1 < max(q.last for q in passes) for p in passes)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{"num_beams": 3, "num_return_sequences": 2}, {"prompt_lookup_num_tokens": 3}],
+    ids=["beam search", "prompt lookup"],
+)
+def test_per_token_exit_reorders_and_crops_the_frozen_entries(options: dict[str, int]) -> None:
+    # Beam search reorders the cache's rows (frozen entries included); prompt lookup
+    # crops rejected drafts, some of whose positions were frozen.
+    model = per_token_exit_model()
+    ids, mask = prompts(batch=1, length=12, seed=5)
+    ids[0, 6:] = ids[0, :6]  # a repeated stretch, so that drafts are proposed
+    beams = {key: value for key, value in options.items() if key != "prompt_lookup_num_tokens"}
+    plain = greedy(model, ids, mask, new=8, use_cache=False, **beams)  # lookup: greedy's tokens
+    cache = DepthCache(model)
+    cached = greedy(model, ids, mask, new=8, cache=cache, **options)
+    assert torch.equal(cached.sequences, plain.sequences)
+    layer = cache.layers[1]
+    assert any(p.frozen_keys is not None for p in layer.passes)
+    for held in layer.passes:  # every frozen entry has the pass's positions and rows
+        if held.frozen_keys is not None:
+            assert held.frozen_keys.shape[-2] == held.stop - held.start
+            assert held.frozen_keys.shape[0] == layer.slots[0].keys.shape[0]
+
+
+def test_memory_counts_the_frozen_entries_once() -> None:
+    model = per_token_exit_model()
+    ids, _ = prompts(batch=1, length=6)
+    cache = DepthCache(model)
+    forward(model, ids, cache)
+    layer = cache.layers[1]
+    held = layer.passes[0]
+    slots = sum(t.numel() * t.element_size() for s in layer.slots for t in (s.keys, s.values))
+    frozen = sum(t.numel() * t.element_size() for t in (held.frozen_keys, held.frozen_values))
+    others = sum(
+        t.numel() * t.element_size()
+        for i in (0, 2)
+        for t in (cache.layers[i].keys, cache.layers[i].values)
+    )
+    assert frozen > 0
+    assert cache.memory_bytes() == slots + frozen + others
+
+
 def test_per_token_with_step_kwarg_refuses_to_freeze_into_a_cache() -> None:
     model = per_token_exit_model(step_kwarg="step")
     layer = model.model.layers[1].layer
@@ -399,8 +441,11 @@ def test_the_application_to_the_frozen_states_stops_once_the_cache_has_them() ->
     assert depth < 12  # the prompt's pass stopped early: a frozen application followed
     assert len(attention) == depth + 1  # its attention ran up to the cache's update
     assert len(mlp) == depth  # and no further
-    assert cache.layers[1].passes[0].frozen
-    assert cache.slot_count(1) == depth + 1
+    prompt_pass = cache.layers[1].passes[0]
+    assert prompt_pass.frozen
+    # The frozen keys and values are stored once, on the pass, not in a slot of their own.
+    assert cache.slot_count(1) == depth
+    assert prompt_pass.frozen_keys.shape[-2] == 6
 
 
 def test_a_recursified_llama_generates_through_the_cache_at_any_depth() -> None:

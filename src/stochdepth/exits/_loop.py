@@ -97,30 +97,44 @@ def _row_by_row(apply: Repeat, x: Tensor, policy: ExitWhenConverged) -> tuple[Te
 
 
 def _token_by_token(apply: Repeat, x: Tensor, policy: ExitWhenConverged) -> tuple[Tensor, Tensor]:
-    """Each position stops on its own; a stopped position's state stays as it was."""
+    """Each position stops on its own; a stopped position's state stays as it was.
+
+    One reduction and one host read per repeat asked (how many positions stop); the
+    depths tensor is written only when some positions stop and others go on.
+    """
     batch, seq = x.shape[0], x.shape[1]
-    depths = torch.full((batch, seq), policy.max_depth, dtype=torch.int64)
+    depths: Tensor | None = None  # made when the first positions stop
     going: Tensor | None = None  # None while every position is going (no mask needed)
+    running = batch * seq if x.numel() else 0
     shape = (batch, seq, *([1] * (x.ndim - 2)))
     previous, previous_output = x, None
     for repeat in range(policy.max_depth):
         current = apply(previous, repeat, policy.max_depth)
         if going is not None:
             current = torch.where(going.view(shape), current, previous)
-        if policy.min_depth <= repeat + 1 < policy.max_depth and x.numel():
+        if policy.min_depth <= repeat + 1 < policy.max_depth and running:
             stop, output = _ask(
                 policy, previous.flatten(0, 1), current.flatten(0, 1), repeat, previous_output
             )
             stop = stop.view(batch, seq)
             if going is not None:
                 stop = stop & going
-            if bool(stop.any()):
+            stopped = int(stop.count_nonzero())
+            if stopped == running:  # the last positions going stop here
+                if depths is None:
+                    return current, torch.full((batch, seq), repeat + 1, dtype=torch.int64)
+                depths[stop.cpu()] = repeat + 1
+                return current, depths
+            if stopped:
+                if depths is None:
+                    depths = torch.full((batch, seq), policy.max_depth, dtype=torch.int64)
                 depths[stop.cpu()] = repeat + 1
                 going = ~stop if going is None else going & ~stop
-                if not bool(going.any()):
-                    return current, depths
+                running -= stopped
             previous_output = output
         previous = current
+    if depths is None:
+        depths = torch.full((batch, seq), policy.max_depth, dtype=torch.int64)
     return previous, depths
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -29,25 +29,43 @@ class Pass:
     Attributes:
         start: The first position.
         stop: One past the last.
-        last: The deepest repeat that wrote their keys and values (``-1``: none yet).
-        frozen: Whether the entries of repeat ``last`` hold for every later repeat:
-            the block applied the layer once more to the frozen states
+        last: The deepest repeat whose slot holds their keys and values (``-1``: none).
+        frozen: Whether their keys and values from repeat ``last + 1`` on are those of
+            the frozen states: the block applied the layer once more to the frozen states
             (``per_token=True``), so that a later, deeper pass can read them.
+        frozen_keys: With ``policy="exact"``, those keys, stored once, outside the
+            slots (``None`` when they are in slot ``last``, or the pass is not frozen).
+        frozen_values: The matching values.
     """
 
     start: int
     stop: int
     last: int = -1
     frozen: bool = False
+    frozen_keys: Tensor | None = None
+    frozen_values: Tensor | None = None
+
+    def frozen_tensors(self) -> tuple[Tensor, Tensor] | None:
+        """The frozen keys and values stored outside the slots, or ``None``."""
+        if self.frozen_keys is None or self.frozen_values is None:
+            return None
+        return self.frozen_keys, self.frozen_values
+
+    def map_frozen(self, function: Callable[[Tensor], Tensor]) -> None:
+        """Replace the frozen keys and values by ``function`` of them (rows, devices)."""
+        held = self.frozen_tensors()
+        if held is not None:
+            self.frozen_keys, self.frozen_values = function(held[0]), function(held[1])
 
 
 class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
     """The cache of one layer index inside a block: a :class:`DynamicLayer` per slot.
 
     Every slot holds the same positions once it is read: a slot that lacks the
-    positions of a pass that stopped before reaching it gets them from that pass's
-    deepest slot when the pass was frozen (their keys and values are those of the frozen
-    states); with ``policy="exact"`` an unfrozen pass is refused there.
+    positions of a pass that stopped before reaching it gets them, when the pass was
+    frozen, from the keys and values of its frozen states (with ``policy="exact"``
+    stored once, on the pass, until a deeper repeat first reads them; otherwise in the
+    pass's deepest slot); with ``policy="exact"`` an unfrozen pass is refused there.
 
     Args:
         layer_idx: The layer index, for error messages.
@@ -85,25 +103,63 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
     ) -> tuple[Tensor, Tensor]:
         """Store the running repeat's keys and values; return what it attends to.
 
+        Inside the block's application to the frozen states, the keys and values are
+        those of the frozen states; once every layer of the block has written them the
+        cache raises ``FrozenKeysStored`` (nothing is returned: the block ends the
+        application there). With ``policy="exact"`` the last of them is stored once, on
+        the pass, rather than in a slot.
+
         Raises:
             ValueError: With ``policy="exact"``, the running repeat's slot lacks the
                 positions of an earlier pass that stopped before it and was not frozen
                 (the depth changed between forward passes).
         """
-        keys, values = self._store(key_states, value_states)
-        if self.tracker.freezing(self.layer_idx):
-            self.freeze()
-            if self.tracker.stored(self.layer_idx):  # every layer of the block has them
+        if not self.tracker.freezing(self.layer_idx):
+            return self._store(key_states, value_states)
+        done = self.tracker.stored(self.layer_idx)  # every layer of the block has them
+        if self._policy.exact and not self.tracker.holds(self.layer_idx):
+            # A depth-0 pass of a block without per_token: its positions are recorded,
+            # without entries (a later, deeper pass reading them is refused).
+            current = self._pass(self._repeat(), key_states.shape[-2])
+            if done:
                 raise FrozenKeysStored
+            # Another layer of the block runs on this one's output, for the positions
+            # only: zeros for the earlier keys and values keep the shapes.
+            past = list(key_states.shape)
+            past[-2] = current.start
+            keys = torch.cat([key_states.new_zeros(past), key_states], dim=-2)
+            past[-1] = value_states.shape[-1]
+            values = torch.cat([value_states.new_zeros(past), value_states], dim=-2)
+            return keys, values
+        if done and self._policy.exact:
+            # Nothing attends to them now: keep them aside, no slot grows.
+            current = self._pass(self._repeat(), key_states.shape[-2])
+            current.frozen_keys = _own(key_states)
+            current.frozen_values = _own(value_states)
+            current.frozen = True
+            raise FrozenKeysStored
+        # Another layer of the block still needs this one's output (or a shared slot
+        # keeps the deepest entries): attend to them as a repeat does.
+        keys, values = self._store(key_states, value_states)
+        if self.tracker.holds(self.layer_idx):
+            self.freeze()
+        if done:
+            raise FrozenKeysStored
         return keys, values
 
-    def _store(self, key_states: Tensor, value_states: Tensor) -> tuple[Tensor, Tensor]:
-        repeat = self.tracker.repeat_of(self.layer_idx) or 0
-        new = key_states.shape[-2]
-        if repeat == 0:  # every pass starts with repeat 0 (its frozen one at depth 0)
+    def _repeat(self) -> int:
+        return self.tracker.repeat_of(self.layer_idx) or 0
+
+    def _pass(self, repeat: int, new: int) -> Pass:
+        """The running pass (a new one at repeat 0: every pass starts there)."""
+        if repeat == 0:  # a frozen application at depth 0 starts its pass too
             start = self.get_seq_length()
             self.passes.append(Pass(start, start + new))
-        current = self.passes[-1]
+        return self.passes[-1]
+
+    def _store(self, key_states: Tensor, value_states: Tensor) -> tuple[Tensor, Tensor]:
+        repeat = self._repeat()
+        current = self._pass(repeat, key_states.shape[-2])
         past = current.start
         index = self._policy.slot(repeat)
         self._fill(index, past, repeat)
@@ -126,7 +182,7 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
         return keys, values
 
     def _fill(self, index: int, past: int, repeat: int) -> None:
-        """Give slot ``index`` the positions before ``past`` that it lacks."""
+        """Give slot ``index`` the positions before ``past`` that it lacks (one copy)."""
         while len(self.slots) <= index:
             self.slots.append(_dynamic_layer())
         slot = self.slots[index]
@@ -136,24 +192,32 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
         first = len(self.passes) - 1  # the running pass; the ones before it, backwards
         while first > 0 and self.passes[first - 1].stop > have:
             first -= 1
+        keys: list[Tensor] = []
+        values: list[Tensor] = []
         for earlier in self.passes[first:-1]:
+            lower = max(earlier.start, have)
+            held = earlier.frozen_tensors()
+            if held is not None and earlier.last < index:
+                offset = lower - earlier.start
+                keys.append(held[0][..., offset:, :])
+                values.append(held[1][..., offset:, :])
+                continue
             source = self._policy.slot(earlier.last) if earlier.last >= 0 else -1
             if source >= index or source < 0 or (self._policy.exact and not earlier.frozen):
                 raise ValueError(
                     f"repeat {repeat + 1} of the RepeatedBlock with layer_idx="
                     f"{self.layer_idx} has no keys and values for positions "
-                    f"{max(earlier.start, have)}..{earlier.stop - 1}, which an earlier "
+                    f"{lower}..{earlier.stop - 1}, which an earlier "
                     f"forward pass ran to depth {earlier.last + 1} only: with "
                     f"policy='exact' every pass needs the same depth (a fixed eval_depth), "
                     f"or per_token=True, whose passes leave the keys and values of the "
                     f"frozen states for the later repeats; policy='last' or 'first' shares "
                     f"one slot across depths"
                 )
-            lower = max(earlier.start, have)
-            keys = cast(Tensor, self.slots[source].keys)[..., lower : earlier.stop, :]
-            values = cast(Tensor, self.slots[source].values)[..., lower : earlier.stop, :]
-            slot.update(keys, values)
-            have = earlier.stop
+            keys.append(cast(Tensor, self.slots[source].keys)[..., lower : earlier.stop, :])
+            values.append(cast(Tensor, self.slots[source].values)[..., lower : earlier.stop, :])
+        if keys:
+            slot.update(_joined(keys), _joined(values))
 
     def freeze(self) -> None:
         """Mark the running pass's deepest entries as valid for every later repeat."""
@@ -178,14 +242,20 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
         self.passes = []
 
     def offload(self) -> None:
-        """Move every slot to the CPU."""
+        """Move every slot, and the frozen entries, to the CPU."""
         for slot in self.slots:
             slot.offload()  # type: ignore[no-untyped-call]
+        for held in self.passes:
+            held.map_frozen(lambda tensor: tensor.to("cpu", non_blocking=True))
 
     def prefetch(self) -> None:
-        """Move every slot back to its device."""
+        """Move every slot, and the frozen entries, back to their device."""
         for slot in self.slots:
             slot.prefetch()  # type: ignore[no-untyped-call]
+        device = next((slot.keys.device for slot in self.slots if slot.keys is not None), None)
+        if device is not None:
+            for held in self.passes:
+                held.map_frozen(lambda tensor: tensor.to(device, non_blocking=True))
 
     def crop(self, tokens_to_remove: int) -> None:
         """Remove the last ``-tokens_to_remove`` positions from every slot.
@@ -204,23 +274,43 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
                 slot.keys = cast(Tensor, slot.keys)[..., :keep, :]
                 slot.values = cast(Tensor, slot.values)[..., :keep, :]
         self.passes = [p for p in self.passes if p.start < keep]
-        if self.passes:
-            self.passes[-1].stop = min(self.passes[-1].stop, keep)
+        if self.passes and self.passes[-1].stop > keep:
+            last = self.passes[-1]
+            last.map_frozen(lambda tensor: tensor[..., : keep - last.start, :])
+            last.stop = keep
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        """Reorder every slot's rows (beam search)."""
+        """Reorder every slot's rows (beam search), and the frozen entries'."""
         for slot in self.slots:
             slot.reorder_cache(beam_idx)
+        self._map_rows(lambda tensor: tensor.index_select(0, beam_idx.to(tensor.device)))
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        """Repeat every slot's rows ``repeats`` times."""
+        """Repeat every slot's rows ``repeats`` times, and the frozen entries'."""
         for slot in self.slots:
             slot.batch_repeat_interleave(repeats)
+        self._map_rows(lambda tensor: tensor.repeat_interleave(repeats, dim=0))
 
     def batch_select_indices(self, indices: Tensor) -> None:
-        """Keep the rows ``indices`` of every slot."""
+        """Keep the rows ``indices`` of every slot, and of the frozen entries."""
         for slot in self.slots:
             slot.batch_select_indices(indices)
+        self._map_rows(lambda tensor: tensor[indices, ...])
+
+    def _map_rows(self, function: Callable[[Tensor], Tensor]) -> None:
+        for held in self.passes:
+            held.map_frozen(function)
+
+    def tensors(self) -> Iterator[Tensor]:
+        """Every tensor the layer holds: the slots' keys and values, the frozen entries."""
+        for slot in self.slots:
+            for tensor in (slot.keys, slot.values):
+                if isinstance(tensor, Tensor):
+                    yield tensor
+        for held in self.passes:
+            frozen = held.frozen_tensors()
+            if frozen is not None:
+                yield from frozen
 
 
 def _length(slot: DynamicLayer) -> int:
@@ -229,6 +319,17 @@ def _length(slot: DynamicLayer) -> int:
 
 def _dynamic_layer() -> DynamicLayer:
     return DynamicLayer()  # type: ignore[no-untyped-call]
+
+
+def _joined(pieces: list[Tensor]) -> Tensor:
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-2)
+
+
+def _own(tensor: Tensor) -> Tensor:
+    """``tensor``, copied when it is a view of a larger buffer (which it would keep alive)."""
+    if tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size():
+        return tensor.clone()
+    return tensor
 
 
 class DepthCache(Cache):
@@ -356,23 +457,33 @@ class DepthCache(Cache):
         return keys, values
 
     @contextlib.contextmanager
-    def frozen_application(self, block: object) -> Iterator[None]:
+    def frozen_application(self, block: object, *, holds: bool = True) -> Iterator[None]:
         """The block's extra application to the frozen states of a pass that stopped early.
 
         A block with ``per_token=True`` applies its layer once more, inside this context,
-        after a pass that stopped before the deepest depth a later pass may reach: the
-        keys and values its layers write hold for every later repeat of this pass's
-        positions (they are those of the frozen states). Once every layer of the block
-        has written them, the cache raises ``FrozenKeysStored`` from ``update``, which
-        the block catches: the rest of the application (attention, MLP) is skipped.
+        after a pass that stopped before the deepest depth a later pass may reach, or
+        that ran no repeat: the keys and values its layers write hold for every later
+        repeat of this pass's positions (they are those of the frozen states). With
+        ``policy="exact"`` they are stored once, outside the slots, and copied into a
+        deeper repeat's slot when a later pass first reads it. Once every layer of the
+        block has written them, the cache raises ``FrozenKeysStored`` from ``update``,
+        which the block catches: the rest of the application (attention, MLP) is
+        skipped.
+
+        A block without ``per_token`` does the same after a pass at depth 0, with
+        ``holds=False``, so that the cache knows the pass's positions: with
+        ``policy="exact"`` a later, deeper pass that would read them is refused (the
+        depth changed between passes), the shared slots of the other policies keep the
+        keys and values of the pass's input.
 
         Args:
             block: The :class:`~stochdepth.RepeatedBlock` whose pass stopped.
+            holds: Whether the entries hold for every later repeat (``per_token=True``).
 
         Yields:
             Nothing; the application runs inside.
         """
-        self._tracker.begin_freeze(block)
+        self._tracker.begin_freeze(block, holds)
         try:
             yield
         finally:
@@ -400,11 +511,14 @@ class DepthCache(Cache):
         """
         total = 0
         for layer in self.layers:
-            slots = layer.slots if isinstance(layer, RepeatSlots) else [layer]
-            for slot in cast(list[CacheLayerMixin], slots):
-                for tensor in (slot.keys, slot.values):
-                    if isinstance(tensor, Tensor):
-                        total += tensor.numel() * tensor.element_size()
+            if isinstance(layer, RepeatSlots):
+                tensors: list[object] = list(layer.tensors())
+            else:
+                plain = cast(CacheLayerMixin, layer)
+                tensors = [plain.keys, plain.values]
+            for tensor in tensors:
+                if isinstance(tensor, Tensor):
+                    total += tensor.numel() * tensor.element_size()
         return total
 
     def close(self) -> None:
@@ -443,6 +557,7 @@ class _Closed(RepeatTracker):
         self._blocks = set()
         self._repeat = {}
         self._freezing = {}
+        self._recording = set()
 
     def following(self) -> bool:
         """``False``: a closed cache follows nothing."""

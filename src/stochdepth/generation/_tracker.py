@@ -89,6 +89,8 @@ class RepeatTracker:
         self._repeat: dict[int, int] = {id(block): -1 for block in blocks}
         # For a block inside its frozen application: its layer indices not yet written.
         self._freezing: dict[int, set[int]] = {}
+        # The blocks whose frozen application only records positions (depth 0).
+        self._recording: set[int] = set()
         self._handles: list[RemovableHandle] = []
         reference = weakref.ref(self)
         for block in blocks:
@@ -98,13 +100,19 @@ class RepeatTracker:
     def clone(self) -> RepeatTracker:
         """A new tracker following the same blocks, with hooks of its own."""
         twin = RepeatTracker(self._model)
-        twin.adopt(self._repeat, self._freezing)
+        twin.adopt(self._repeat, self._freezing, self._recording)
         return twin
 
-    def adopt(self, repeats: dict[int, int], freezing: dict[int, set[int]]) -> None:
+    def adopt(
+        self,
+        repeats: dict[int, int],
+        freezing: dict[int, set[int]],
+        recording: set[int] | None = None,
+    ) -> None:
         """Take over another tracker's state (the running repeats, the frozen applications)."""
         self._repeat.update(repeats)
         self._freezing = {key: set(value) for key, value in freezing.items()}
+        self._recording = set(recording or ())
 
     def following(self) -> bool:
         """Whether the tracker still follows its blocks (it was not closed)."""
@@ -137,15 +145,30 @@ class RepeatTracker:
             )
         return repeat
 
-    def begin_freeze(self, block: object) -> None:
-        """``block`` starts its application to the frozen states (``per_token=True``)."""
+    def begin_freeze(self, block: object, holds: bool = True) -> None:
+        """``block`` starts its application to the frozen states.
+
+        Args:
+            block: The block.
+            holds: Whether the keys and values it writes hold for every later repeat
+                (``per_token=True``), or only record the positions (a depth-0 pass
+                of a block without ``per_token``).
+        """
         owned = {index for index, owner in self._owner.items() if owner is block}
         if owned:
             self._freezing[id(block)] = owned
+            if not holds:
+                self._recording.add(id(block))
 
     def end_freeze(self, block: object) -> None:
         """``block``'s application to the frozen states is over."""
         self._freezing.pop(id(block), None)
+        self._recording.discard(id(block))
+
+    def holds(self, layer_idx: int) -> bool:
+        """Whether the running frozen application's entries hold for later repeats."""
+        block = self._owner.get(layer_idx)
+        return block is not None and id(block) not in self._recording
 
     def freezing(self, layer_idx: int) -> bool:
         """Whether the block holding ``layer_idx`` is in its frozen application."""
