@@ -243,12 +243,7 @@ def _loop(
     y: Tensor,
 ) -> None:
     """The article's loop, from the checkpoint's step (or 0) to ``options.steps``."""
-    # foreach: one call per update op for all the parameters instead of one per parameter,
-    # the same update bitwise (test_every_step_equals_the_articles_loop), with fewer
-    # Python calls a step (benchmarks/run.py, section 1).
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=options.lr, momentum=options.momentum, foreach=True
-    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=options.lr, momentum=options.momentum)
     step = _Step(model, blocks, run, optimizer, cuda_graphs=options.cuda_graphs)
     if run is not None:
         x, y = run.x, run.y
