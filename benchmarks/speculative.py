@@ -63,7 +63,8 @@ def speculative_rows(bench: Any) -> None:
     references = [example.cached_greedy(model, prompt, new) for prompt in prompts]
     shape = (
         f"recipe looped Llama width 64, one layer x{example.FULL_DEPTH} in eval, trained "
-        f"{settings.steps} steps at depths 1..{example.FULL_DEPTH}; {len(prompts)} prompts of "
+        f"{settings.steps} steps at LogNormalPoissonDepth({example.MEAN_DEPTH}, {example.SIGMA}, "
+        f"max_depth={example.FULL_DEPTH}) depths; {len(prompts)} prompts of "
         f"{example.SEED_TOKENS} tokens, {new} new tokens, lookahead {lookahead}"
     )
 
