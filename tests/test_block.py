@@ -982,3 +982,17 @@ def test_the_articles_sampler_shows_depths_zero_to_three() -> None:
     for _ in range(200):
         model(torch.randn(3, 5))
     assert set(model.middle.depth_histogram) == {0, 1, 2, 3}
+
+
+def test_a_layer_replaced_past_setattr_is_the_one_that_runs() -> None:
+    # add_module writes _modules directly, past __setattr__ (so do tools that swap layers,
+    # torch.ao's quantize_dynamic among them).
+    torch.manual_seed(0)
+    block = RepeatedBlock(nn.Linear(8, 8), FixedDepth(2))
+    x = torch.randn(4, 8)
+    block(x)  # the block has run (and built its calls) with the first layer
+    new = nn.Linear(8, 8)
+    block.add_module("layer", new)
+    assert torch.equal(block(x), new(new(x)))
+    block.eval_depth = 2
+    assert torch.equal(block.eval()(x), new(new(x)))

@@ -451,3 +451,10 @@ def test_padding_changes_no_real_tokens_output_under_per_sample(
     for r in range(rows):
         alone = block(x[r : r + 1], src_key_padding_mask=padded[r : r + 1], depth=depth[r : r + 1])
         torch.testing.assert_close(out[r : r + 1], alone, **TOL)
+
+
+@pytest.mark.parametrize("spec", [{0: 1, "mask": 2}, {0, 1}])
+def test_row_args_refuses_a_mapping_or_a_set(spec: object) -> None:
+    # A dict would be read as its keys and a set in no fixed order: neither is a spec.
+    with pytest.raises(TypeError, match=r"row_args must be an int, a str, or a sequence"):
+        RepeatedBlock(nn.Linear(4, 4), FixedDepth(1), row_args=spec)

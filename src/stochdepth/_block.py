@@ -222,6 +222,11 @@ class RepeatedBlock(BlockOptions):
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {describe(x)}")
         training = self.training
+        plain = self._plain_call
+        if plain is not None and plain.layer is not self._modules["layer"]:
+            # The layer was replaced through _modules (torch.ao's quantize_dynamic does
+            # that), past __setattr__: call the new one.
+            self._configure()
         fast = self._fast_call
         if (
             fast is not None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import keyword
 import numbers
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Set
 from typing import Any
 
 from torch import Tensor, nn
@@ -64,7 +64,7 @@ class RowArgs:
             entries = ()
         elif isinstance(spec, (int, str)):
             entries = (spec,)
-        elif isinstance(spec, Iterable) and not isinstance(spec, bytes):
+        elif isinstance(spec, Iterable) and not isinstance(spec, (bytes, Mapping, Set)):
             entries = spec
         else:
             raise TypeError(

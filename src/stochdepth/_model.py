@@ -125,12 +125,12 @@ class DynamicNet(nn.Module):
     def _check_input(self, x: object) -> None:
         """Raise the error that names what is wrong with ``x``, if anything is."""
         if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {describe(x)}")
+            raise TypeError(f"x must be a torch.Tensor, got {describe(x)}") from None
         in_features = self.input_linear.in_features
         if x.ndim == 0 or x.shape[-1] != in_features:
             raise ValueError(
                 f"x must have shape (..., D_in) with D_in={in_features}, got shape {tuple(x.shape)}"
-            )
+            ) from None
 
 
 class LinearReLU(nn.Sequential):

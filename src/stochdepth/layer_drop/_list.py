@@ -509,7 +509,7 @@ class LayerDropList(ListOptions):
                 else:
                     kept_rows = keep[index].nonzero().squeeze(1).to(h.device)
                     part = h.index_select(0, kept_rows)
-                    if self._rows:
+                    if self._rows.positions or self._rows.names:  # no __bool__ call here
                         part_args, part_kwargs = self._cut(args, kwargs, kept_rows, rows)
                     else:
                         part_args, part_kwargs = args, kwargs
