@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,18 @@ def test_the_quick_recipe_reports_every_draft_depth_with_exact_tokens(tmp_path: 
         return
     for name in ("speculative-acceptance.svg", "speculative-acceptance-dark.svg"):
         assert (tmp_path / name).read_text().lstrip().startswith("<?xml")
+
+
+def test_the_pages_table_is_the_committed_full_run() -> None:
+    # docs/data/speculative-acceptance.json: `python examples/speculative_decoding.py
+    # --json ...`, the full run whose figure is docs/img/speculative-acceptance*.svg.
+    data = json.loads((ROOT / "docs" / "data" / "speculative-acceptance.json").read_text())
+    page = (ROOT / "docs" / "speculative.md").read_text()
+    rows = {row["draft_depth"]: row for row in data["rows"]}
+    assert all(row["exact"] for row in rows.values())
+    shown = [int(depth) for depth in re.findall(r"^\| (\d+) \| \d\.\d{3} \| \d", page, re.M)]
+    assert shown, "docs/speculative.md has no acceptance table"
+    for depth in shown:
+        row = rows[depth]
+        line = f"| {depth} | {row['acceptance_rate']:.3f} | {row['tokens_per_full_pass']:.2f} |"
+        assert line in page, line
