@@ -6,9 +6,8 @@ import torch
 from torch import Tensor
 from typing_extensions import Protocol, Self
 
-from stochdepth._validation import describe
-
 from ._policy import ExitWhenConverged
+from ._protocol import check_answers
 
 
 class Repeat(Protocol):
@@ -155,15 +154,5 @@ def _ask(
         output = head(current)
         outputs = (previous_output, output)
     stop = policy.exit_criterion(previous, current, repeat, outputs)
-    rows = current.shape[0]
-    if not isinstance(stop, Tensor) or stop.dtype != torch.bool or tuple(stop.shape) != (rows,):
-        shown = (
-            f"a tensor of dtype {stop.dtype} and shape {tuple(stop.shape)}"
-            if isinstance(stop, Tensor)
-            else describe(stop)
-        )
-        raise TypeError(
-            f"the exit criterion {policy.criterion!r} must return a bool tensor of shape "
-            f"({rows},), one answer per row, but returned {shown} at repeat {repeat + 1}"
-        )
+    stop = check_answers(stop, current.shape[0], "the exit criterion", policy.criterion, repeat + 1)
     return stop, output

@@ -1,7 +1,8 @@
-"""The extension point: what an exit criterion is, and the one check made of it."""
+"""The extension point: what an exit criterion is, and the checks made of it and its answers."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 from typing_extensions import Protocol, runtime_checkable
 
@@ -89,3 +90,26 @@ def check_criterion(criterion: object, name: str = "criterion") -> ExitCriterion
 def needs_head(criterion: object) -> bool:
     """Whether ``criterion`` reads a head's outputs (its optional ``needs_head``)."""
     return bool(getattr(criterion, "needs_head", False))
+
+
+def check_answers(
+    answers: object, rows: int, kind: str, source: object, repeat: int | None = None
+) -> Tensor:
+    """``answers`` if it is a bool tensor of shape ``(rows,)``, one per row; else a TypeError.
+
+    The one check of what an exit criterion or a halting rule returns. The error names
+    ``kind`` and ``source`` (``"the exit criterion"``, the criterion) and, when given,
+    the repeat it answered after; the message is built only when the check fails.
+    """
+    if isinstance(answers, Tensor) and answers.dtype == torch.bool and answers.shape == (rows,):
+        return answers
+    shown = (
+        f"a tensor of dtype {answers.dtype} and shape {tuple(answers.shape)}"
+        if isinstance(answers, Tensor)
+        else describe(answers)
+    )
+    at = "" if repeat is None else f" at repeat {repeat}"
+    raise TypeError(
+        f"{kind} {source!r} must return a bool tensor of shape ({rows},), one answer per "
+        f"row, but returned {shown}{at}"
+    )

@@ -25,6 +25,7 @@ from typing_extensions import Protocol, runtime_checkable
 from stochdepth._halting import _TOLERANCE
 from stochdepth._validation import check_int, check_probability, describe
 from stochdepth.exits._policy import ExitWhenConverged
+from stochdepth.exits._protocol import check_answers
 
 from ._act import ACTHalting, ACTRule
 
@@ -81,17 +82,7 @@ class HaltingRule(Protocol):
 
 def check_stop(stop: object, rows: int, rule: object) -> Tensor:
     """``stop`` as a CPU bool tensor of shape ``(rows,)``, or an error naming ``rule``."""
-    if not isinstance(stop, Tensor) or stop.dtype != torch.bool or tuple(stop.shape) != (rows,):
-        shown = (
-            f"a tensor of dtype {stop.dtype} and shape {tuple(stop.shape)}"
-            if isinstance(stop, Tensor)
-            else describe(stop)
-        )
-        raise TypeError(
-            f"the halting rule {rule!r} must return a bool tensor of shape ({rows},), one "
-            f"answer per row, but returned {shown}"
-        )
-    return stop.cpu()
+    return check_answers(stop, rows, "the halting rule", rule).cpu()
 
 
 class RunToMax:
