@@ -36,7 +36,7 @@ from stochdepth import (
 )
 
 from support import ddp_workers
-from support.processes import spawn_ranks
+from support.processes import scenario_result, spawn_ranks
 
 SPAWN_DEADLINE = 180  # seconds for both ranks to run every scenario (about 10 s idle)
 # The distributed run sums each rank's gradient where a single process computes the
@@ -55,16 +55,6 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     return spawn_ranks(ddp_workers.run_scenarios, ddp_workers.WORLD_SIZE, out, SPAWN_DEADLINE)
 
 
-def result(ranks: list[dict[str, Any]], name: str, *, raises: bool = False) -> list[dict[str, Any]]:
-    """One scenario's record on every rank; fails if it raised, or, if ``raises``, did not."""
-    records = [rank_results[name] for rank_results in ranks]
-    for rank, record in enumerate(records):
-        if ("traceback" in record) != raises:
-            what = record.get("traceback", "no error")
-            pytest.fail(f"scenario {name!r} on rank {rank}: {what}")
-    return records
-
-
 def single_process_run() -> tuple[stochdepth.TrainingHistory, torch.Tensor]:
     x, y = ddp_workers.global_batch()
     sampler = SeededDepth(0, 3, seed=ddp_workers.SAMPLER_SEED)
@@ -76,7 +66,7 @@ def single_process_run() -> tuple[stochdepth.TrainingHistory, torch.Tensor]:
 def test_distributed_train_equals_a_single_process_on_the_global_batch(
     ranks: list[dict[str, Any]],
 ) -> None:
-    records = result(ranks, "train")
+    records = scenario_result(ranks, "train")
     history, parameters = single_process_run()
     assert 0 in history.depth_histogram  # depth-0 steps happened
     for record in records:
@@ -91,7 +81,7 @@ def test_distributed_train_equals_a_single_process_on_the_global_batch(
 def test_default_ddp_with_the_tie_keeps_ranks_identical_through_depth_0(
     ranks: list[dict[str, Any]],
 ) -> None:
-    for record in result(ranks, "manual_loop"):
+    for record in scenario_result(ranks, "manual_loop"):
         zeros = [step for step, depth in enumerate(record["depths"]) if depth == 0]
         assert len(record["identical"]) == 4
         assert all(record["identical"])
@@ -109,14 +99,14 @@ def test_ddp_alone_zeroes_the_skipped_layers_grad_and_momentum_moves_it(
     ranks: list[dict[str, Any]],
 ) -> None:
     # What restore_skipped_grads undoes: DDP writes zeros, where a single process has None.
-    for record in result(ranks, "no_restore"):
+    for record in scenario_result(ranks, "no_restore"):
         assert record == {"grad_is_zeros": True, "weight_moved": True, "buffer_decayed": True}
 
 
 def test_plain_ddp_at_depth_0_diverges_silently_then_fails(ranks: list[dict[str, Any]]) -> None:
     # PyTorch's own behaviour, which docs/distributed.md reports; if a new PyTorch
     # changes it, this fails and the page needs updating.
-    for record in result(ranks, "raw_ddp"):
+    for record in scenario_result(ranks, "raw_ddp"):
         assert record["grads_reduced"] == [True, False]  # nothing reduced at depth 0
         assert not record["identical_after_depth_0"]
         assert record["next_forward_error"].startswith(
@@ -139,7 +129,7 @@ def test_plain_ddp_in_a_users_own_loop_trains_through_depth_0(
 ) -> None:
     depths, reference = ddp_workers.plain_reference(momentum)
     assert 0 in depths
-    records = result(ranks, name)
+    records = scenario_result(ranks, name)
     for record in records:
         assert record["identical"]
         assert record["depths"] == depths
@@ -163,14 +153,14 @@ def test_ranks_that_disagree_fail_together_with_a_clear_error(
         f"ranks disagree on the depth at step {step}: rank 0 drew {draws[0][step]}; "
         f"rank 1 drew {draws[1][step]}. DDP needs the same depth on every rank"
     )
-    for record in result(ranks, "disagreeing_train", raises=True):
+    for record in scenario_result(ranks, "disagreeing_train", raises=True):
         assert record["error_type"] == "DepthMismatchError"
         assert record["error"].startswith(expected)
         assert "BroadcastDepth" in record["error"]
 
 
 def test_check_depth_agreement_names_the_ranks_and_depths(ranks: list[dict[str, Any]]) -> None:
-    for record in result(ranks, "disagreeing_check", raises=True):
+    for record in scenario_result(ranks, "disagreeing_check", raises=True):
         assert record["error_type"] == "DepthMismatchError"
         assert record["error"].startswith(
             "ranks disagree on the depth at step 7: rank 0 drew 1; rank 1 drew 2."
@@ -182,7 +172,7 @@ def test_broadcast_depth_makes_every_rank_use_rank_0s_draws(
 ) -> None:
     random.seed(100)  # rank 0's seed; rank 1's random was seeded with 101
     expected = [random.randint(0, 3) for _ in range(ddp_workers.STEPS)]
-    for record in result(ranks, "broadcast"):
+    for record in scenario_result(ranks, "broadcast"):
         assert record["depths"] == expected
         assert record["identical"]
 
@@ -190,7 +180,7 @@ def test_broadcast_depth_makes_every_rank_use_rank_0s_draws(
 def test_fsdp2_trains_through_depth_0_like_a_single_process(ranks: list[dict[str, Any]]) -> None:
     # What docs/distributed.md says of FSDP2: no tie needed, None gradients kept.
     reference = ddp_workers.fsdp_reference()
-    for record in result(ranks, "fsdp2"):
+    for record in scenario_result(ranks, "fsdp2"):
         assert record["grad_none"] == [True, True, True]
         assert torch.allclose(record["parameters"], reference, rtol=RTOL, atol=ATOL)
 
@@ -198,7 +188,7 @@ def test_fsdp2_trains_through_depth_0_like_a_single_process(ranks: list[dict[str
 def test_a_batch_too_small_to_split_is_refused_on_every_rank(
     ranks: list[dict[str, Any]],
 ) -> None:
-    for record in result(ranks, "too_few_rows", raises=True):
+    for record in scenario_result(ranks, "too_few_rows", raises=True):
         assert record["error_type"] == "ValueError"
         assert record["error"] == (
             "distributed=True splits the batch x along its first dimension across 2 "
@@ -209,7 +199,7 @@ def test_a_batch_too_small_to_split_is_refused_on_every_rank(
 def test_a_non_finite_loss_stops_every_rank_at_the_same_step(
     ranks: list[dict[str, Any]],
 ) -> None:
-    records = result(ranks, "diverging", raises=True)
+    records = scenario_result(ranks, "diverging", raises=True)
     assert [record["error_type"] for record in records] == ["NonFiniteError"] * 2
     steps = {re.search(r"at step (\d+)", record["error"]).group(1) for record in records}  # type: ignore[union-attr]
     assert len(steps) == 1, records
@@ -227,7 +217,7 @@ def test_per_sample_distributed_training_equals_a_single_process(
     half = x.shape[0] // 2
     # some steps had one rank's rows all at depth 0 and the other's not: the tie's case
     assert any(bool(r[:half].any()) != bool(r[half:].any()) for r in rows)
-    records = result(ranks, "per_sample")
+    records = scenario_result(ranks, "per_sample")
     for record in records:
         assert record["identical"]
         assert [torch.equal(a, b) for a, b in zip(record["rows"], rows, strict=True)] == [
@@ -248,7 +238,7 @@ def test_distributed_training_through_grad_depth_0_equals_a_single_process(
     model = ddp_workers.grad_depth_model()
     history = train(model, x, y, steps=ddp_workers.STEPS, log_every=None)
     parameters = ddp_workers.flat_parameters(model)
-    for record in result(ranks, "grad_depth_zero"):
+    for record in scenario_result(ranks, "grad_depth_zero"):
         assert record["identical"]
         assert record["losses"] == pytest.approx([r.loss for r in history], rel=RTOL)
         assert torch.allclose(record["parameters"], parameters, rtol=RTOL, atol=ATOL)
@@ -265,14 +255,14 @@ def test_plain_ddp_trains_through_grad_depth_0_with_layers_before_the_block(
     drawn = ddp_workers.upstream_grad_depth_run(model, model, x, y)
     assert 0 in drawn
     reference = ddp_workers.flat_parameters(model)
-    for record in result(ranks, "plain_ddp_grad_depth_zero"):
+    for record in scenario_result(ranks, "plain_ddp_grad_depth_zero"):
         assert record["drawn"] == drawn
         assert record["identical"]
         assert torch.allclose(record["parameters"], reference, rtol=RTOL, atol=ATOL)
 
 
 def test_distributed_checkpoints_resume_exactly(ranks: list[dict[str, Any]]) -> None:
-    for record in result(ranks, "checkpoint"):
+    for record in scenario_result(ranks, "checkpoint"):
         assert record["same_history"]
         assert record["same_parameters"]
         assert record["identical"]
@@ -282,7 +272,7 @@ def test_distributed_checkpoints_resume_exactly(ranks: list[dict[str, Any]]) -> 
 
 
 def test_a_checkpoint_error_on_rank_0_stops_every_rank(ranks: list[dict[str, Any]]) -> None:
-    records = result(ranks, "checkpoint_missing", raises=True)
+    records = scenario_result(ranks, "checkpoint_missing", raises=True)
     assert [record["error_type"] for record in records] == ["CheckpointError"] * 2
     assert records[0]["error"] == records[1]["error"]
     assert records[0]["error"].endswith("missing.ckpt' does not exist")

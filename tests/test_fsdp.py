@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from support import fsdp_workers as workers
-from support.processes import run_python, spawn_ranks
+from support.processes import run_python, scenario_result, spawn_ranks
 
 SPAWN_DEADLINE = 300  # seconds: a hang fails the test instead of stalling the run
 
@@ -24,14 +24,6 @@ SPAWN_DEADLINE = 300  # seconds: a hang fails the test instead of stalling the r
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("fsdp")
     return spawn_ranks(workers.run_scenarios, workers.WORLD_SIZE, out, SPAWN_DEADLINE)
-
-
-def result(ranks: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    records = [rank_results[name] for rank_results in ranks]
-    for rank, record in enumerate(records):
-        if "traceback" in record:
-            pytest.fail(f"scenario {name!r} on rank {rank}: {record['traceback']}")
-    return records
 
 
 def single_process(name: str) -> dict[str, Any]:
@@ -68,7 +60,7 @@ EQUAL_TO_ONE_PROCESS = [name for name in workers.SCENARIOS if name != "drop_row_
 def test_sharded_training_equals_one_process_on_the_global_batch(
     ranks: list[dict[str, Any]], name: str
 ) -> None:
-    records = result(ranks, name)
+    records = scenario_result(ranks, name)
     assert all(record["params_identical"] for record in records)
     # the generators, samplers and telemetry: replicated, the same on every rank
     assert all(record["states_identical"] for record in records)
@@ -89,7 +81,7 @@ def unshards(record: dict[str, Any], step: int, unit: str) -> int:
 
 
 def test_a_block_at_depth_0_does_not_unshard_its_layer(ranks: list[dict[str, Any]]) -> None:
-    records = result(ranks, "depth0")
+    records = scenario_result(ranks, "depth0")
     depths = [int(records[0]["records"][step]["drawn"][0]) for step in range(workers.STEPS)]
     assert depths.count(0) >= 3
     for step, depth in enumerate(depths):
@@ -102,7 +94,7 @@ def test_a_block_at_depth_0_does_not_unshard_its_layer(ranks: list[dict[str, Any
 def test_a_block_whose_grad_depth_records_no_repeat_leaves_its_layer_without_gradient(
     ranks: list[dict[str, Any]],
 ) -> None:
-    records = result(ranks, "grad_depth")
+    records = scenario_result(ranks, "grad_depth")
     want = single_process("grad_depth")
     sampler = workers.SeededDepth(0, 1, seed=4)
     recorded = [sampler.sample() for _ in range(workers.STEPS)]  # grad_depth's draws
@@ -122,7 +114,7 @@ def test_a_block_whose_grad_depth_records_no_repeat_leaves_its_layer_without_gra
 def test_per_row_blocks_make_the_same_layer_calls_on_every_rank(
     ranks: list[dict[str, Any]], name: str
 ) -> None:
-    records = result(ranks, name)
+    records = scenario_result(ranks, name)
     own_rows_idle = 0
     for step in range(workers.STEPS):
         counts = [unshards(record, step, "unit0") for record in records]
@@ -137,7 +129,7 @@ def test_per_row_blocks_make_the_same_layer_calls_on_every_rank(
 
 
 def test_dropped_layers_are_not_unsharded_in_batch_mode(ranks: list[dict[str, Any]]) -> None:
-    records = result(ranks, "drop_batch")
+    records = scenario_result(ranks, "drop_batch")
     everything_dropped = 0
     for step in range(workers.STEPS):
         keep = records[0]["records"][step]["drawn"][0]
@@ -150,7 +142,7 @@ def test_dropped_layers_are_not_unsharded_in_batch_mode(ranks: list[dict[str, An
 
 
 def test_a_layer_no_row_keeps_is_not_unsharded_in_row_mode(ranks: list[dict[str, Any]]) -> None:
-    records = result(ranks, "drop_row")
+    records = scenario_result(ranks, "drop_row")
     dropped_everywhere = kept_by_one_rank = 0
     for step in range(workers.STEPS):
         keep = global_draws(records, step)[0]  # (layers, global rows)
@@ -168,7 +160,7 @@ def test_a_layer_no_row_keeps_is_not_unsharded_in_row_mode(ranks: list[dict[str,
 
 def test_local_row_draws_repeat_one_pattern_on_every_rank(ranks: list[dict[str, Any]]) -> None:
     """``row_draws="local"``: what row draws did before; row ``i`` of every rank alike."""
-    records = result(ranks, "drop_row_local")
+    records = scenario_result(ranks, "drop_row_local")
     want = single_process("drop_row_local")
     differs = 0
     for step in range(workers.STEPS):

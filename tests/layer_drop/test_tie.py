@@ -11,7 +11,7 @@ from torch import nn
 from stochdepth import LayerDropList
 
 from support import layer_drop_workers as workers
-from support.processes import spawn_ranks
+from support.processes import scenario_result, spawn_ranks
 
 SPAWN_DEADLINE = 240  # seconds: a hang fails the test instead of stalling the run
 
@@ -20,14 +20,6 @@ SPAWN_DEADLINE = 240  # seconds: a hang fails the test instead of stalling the r
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("layer_drop_ddp")
     return spawn_ranks(workers.run_scenarios, workers.WORLD_SIZE, out, SPAWN_DEADLINE)
-
-
-def result(ranks: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    records = [rank_results[name] for rank_results in ranks]
-    for rank, record in enumerate(records):
-        if "traceback" in record:
-            pytest.fail(f"scenario {name!r} on rank {rank}: {record['traceback']}")
-    return records
 
 
 def single_process(mode: str, momentum: float) -> torch.Tensor:
@@ -41,7 +33,7 @@ def single_process(mode: str, momentum: float) -> torch.Tensor:
 def test_plain_ddp_trains_through_dropped_layers_with_identical_ranks(
     ranks: list[dict[str, Any]], name: str
 ) -> None:
-    records = result(ranks, name)
+    records = scenario_result(ranks, name)
     assert all(record["identical"] for record in records)
     assert torch.isfinite(records[0]["params"]).all()
     keeps = records[0]["keeps"]
@@ -61,7 +53,7 @@ def test_plain_ddp_trains_through_dropped_layers_with_identical_ranks(
 def test_seeded_ranks_draw_the_same_layers_and_equal_one_process_on_the_global_batch(
     ranks: list[dict[str, Any]],
 ) -> None:
-    records = result(ranks, "batch")
+    records = scenario_result(ranks, "batch")
     for step in range(workers.STEPS):
         assert torch.equal(records[0]["keeps"][step], records[1]["keeps"][step]), step
     want = single_process("batch", 0.0)
@@ -72,7 +64,7 @@ def test_row_draws_under_ddp_are_those_of_the_global_batch_and_equal_one_process
     ranks: list[dict[str, Any]],
 ) -> None:
     """Each rank keeps its chunk of the global batch's mask (``row_draws="global"``)."""
-    records = result(ranks, "row")
+    records = scenario_result(ranks, "row")
     model = workers.make_model("row", workers.SEED)
     x, y = workers.global_batch()
     keeps = workers.train(model, x, y, 0.0)
@@ -88,7 +80,7 @@ def test_row_draws_under_ddp_are_those_of_the_global_batch_and_equal_one_process
 def test_ranks_with_their_own_seeds_draw_differently_yet_stay_identical(
     ranks: list[dict[str, Any]],
 ) -> None:
-    records = result(ranks, "own_seeds")
+    records = scenario_result(ranks, "own_seeds")
     differ = sum(
         not torch.equal(records[0]["keeps"][step], records[1]["keeps"][step])
         for step in range(workers.STEPS)
@@ -99,7 +91,7 @@ def test_ranks_with_their_own_seeds_draw_differently_yet_stay_identical(
 
 def test_without_the_tie_plain_ddp_fails(ranks: list[dict[str, Any]]) -> None:
     """The control that shows the scenarios above test something."""
-    for record in result(ranks, "untied"):
+    for record in scenario_result(ranks, "untied"):
         assert record["error"] is not None
         assert "Expected to have finished reduction" in record["error"]
 

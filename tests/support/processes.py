@@ -152,3 +152,19 @@ def run_rank(
     finally:
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
         dist.destroy_process_group()
+
+
+def scenario_result(
+    ranks: list[dict[str, Any]], name: str, *, raises: bool = False
+) -> list[dict[str, Any]]:
+    """One scenario's record on every rank; fails if it raised, or, if ``raises``, did not.
+
+    ``ranks`` is what :func:`spawn_ranks` returned for workers that record each scenario
+    under its name, with a ``"traceback"`` entry when it raised.
+    """
+    records = [rank_results[name] for rank_results in ranks]
+    for rank, record in enumerate(records):
+        if ("traceback" in record) != raises:
+            what = record.get("traceback", "no error")
+            pytest.fail(f"scenario {name!r} on rank {rank}: {what}")
+    return records
