@@ -17,7 +17,8 @@ a coda layer. Rows:
   cache's greedy continuation): the largest logit difference and the share of steps whose
   greedy token agrees.
 
-Times are per decoded token, prefill excluded, medians over decodes run interleaved.
+Times are per decoded token, prefill excluded, medians over decodes run interleaved (the
+per-token exit rows: each pair of decodes in lockstep, a step of each in turn).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class DecodeSizes:
     new: int = 64
     batches: tuple[int, ...] = (1, 8)
     vocab: int = 512
-    reps: int = 5  # decodes a side
+    reps: int = 9  # decodes a side
     exit_tol: float = 0.4  # ExitWhenConverged's tolerance for the per-token exit rows
 
 
@@ -139,7 +140,10 @@ def decode_rows(bench: Any) -> None:
             times = interleaved(runs, sizes.reps)
             row.a, row.b = ms(times["unrolled"]), ms(times["depth"])
             row.ratio = times["depth"] / times["unrolled"]
-            row.note = f"{shape}; median of {sizes.reps} decodes a side, prefill excluded"
+            row.note = (
+                f"{shape}; median of {sizes.reps} decodes a side, prefill excluded; median "
+                f"of the paired decodes' ratios {times['depth/unrolled']:.3f}"
+            )
     exit_rows(bench, sizes, section, shape)
     policy_rows(bench, model, sizes, section, shape)
 
@@ -177,38 +181,31 @@ class BlockClock:
 
 
 def exit_rows(bench: Any, sizes: DecodeSizes, section: str, shape: str) -> None:
-    """Per-token early exit against fixed depth ``depth``, both with a DepthCache."""
+    """Per-token early exit against fixed depth ``depth``, both with a DepthCache.
+
+    A third model runs alongside at the fixed depth nearest the exit's mean depth (from
+    an untimed decode first): what a per-token exit that cost nothing but its repeats
+    would take, shown in the note.
+    """
     fixed, _ = build(sizes, bench.device)
     adaptive, _ = build(sizes, bench.device, per_token=True)
     adaptive.model.layers[1].eval_depth = ExitWhenConverged(sizes.exit_tol, max_depth=sizes.depth)
-    clocks = {
-        "fixed": BlockClock(bench, fixed.model.layers[1]),
-        "exit": BlockClock(bench, adaptive.model.layers[1]),
-    }
-    models = {"fixed": fixed, "exit": adaptive}
+    floor, _ = build(sizes, bench.device)
+    models = {"fixed": fixed, "exit": adaptive, "floor": floor}
+    clocks = {name: BlockClock(bench, model.model.layers[1]) for name, model in models.items()}
     generator = torch.Generator().manual_seed(2)
     for batch in sizes.batches:
         ids = torch.randint(3, sizes.vocab, (batch, sizes.prompt), generator=generator)
         ids = ids.to(bench.device)
         what = f"batch {batch}: per-token exit vs fixed depth {sizes.depth}, block per token"
         with bench.row(section, what) as row, torch.no_grad():
-            steps: dict[str, list[float]] = {"fixed": [], "exit": []}
-            blocks: dict[str, list[float]] = {"fixed": [], "exit": []}
-            decoded: list[tuple[Tensor, int]] = []
-            for index in range(sizes.reps):
-                for name in ("fixed", "exit") if index % 2 == 0 else ("exit", "fixed"):
-                    model, clock = models[name], clocks[name]
-                    cache = DepthCache(model)
-                    token = prefill(model, ids, cache)
-                    clock.seconds, clock.passes = 0.0, []
-                    bench.sync()
-                    start = bench.clock()
-                    decode(model, token, cache, sizes.new)
-                    bench.sync()
-                    steps[name].append((bench.clock() - start) / sizes.new)
-                    blocks[name].append(clock.seconds / sizes.new)
-                    if name == "exit":
-                        decoded.extend(clock.passes)
+            clocks["exit"].passes = []  # an untimed decode: the exit's mean depth
+            warm = DepthCache(adaptive)
+            decode(adaptive, prefill(adaptive, ids, warm), warm, sizes.new)
+            warm_depths = torch.cat([d for d, _ in clocks["exit"].passes[1:]]).float()
+            floor_depth = max(1, round(float(warm_depths.mean())))
+            floor.model.layers[1].eval_depth = floor_depth
+            steps, blocks, decoded = lockstep(bench, models, clocks, ids, sizes)
             block = {name: statistics.median(values) for name, values in blocks.items()}
             step = {name: statistics.median(values) for name, values in steps.items()}
             applications = statistics.mean(n for _, n in decoded)
@@ -216,6 +213,7 @@ def exit_rows(bench: Any, sizes: DecodeSizes, section: str, shape: str) -> None:
             deepest = statistics.mean(int(d.max()) for d, _ in decoded)
             row.a, row.b = ms(block["fixed"]), ms(block["exit"])
             row.ratio = block["exit"] / block["fixed"]
+            pairs = [b / a for a, b in zip(blocks["fixed"], blocks["exit"], strict=True)]
             row.target = round(mean / sizes.depth + 0.10, 3)
             row.note = (
                 f"{shape}; ExitWhenConverged({sizes.exit_tol}, max_depth={sizes.depth}) per "
@@ -223,12 +221,53 @@ def exit_rows(bench: Any, sizes: DecodeSizes, section: str, shape: str) -> None:
                 f"tokens' mean depth {mean:.2f} / {sizes.depth} = {mean / sizes.depth:.3f}, "
                 f"+ 0.10; the steps' deepest token {deepest:.2f} / {sizes.depth}; layer "
                 f"applications per step {applications:.2f} / {sizes.depth} = "
-                f"{applications / sizes.depth:.3f} (the batch's deepest token, + 1 on the "
-                f"frozen states when it stops early, cut short once the cache has their keys "
-                f"and values); whole decode step "
+                f"{applications / sizes.depth:.3f} (the batch's deepest token, + 1 on earlier "
+                f"tokens' frozen states when a deeper repeat first reads them, cut short once "
+                f"the cache has their keys and values); fixed depth {floor_depth} (the "
+                f"nearest to the mean) vs fixed depth {sizes.depth}, the same clock: "
+                f"{block['floor'] / block['fixed']:.3f}; whole decode step "
                 f"{ms(step['fixed'])} vs {ms(step['exit'])} = "
-                f"{step['exit'] / step['fixed']:.3f}; median of {sizes.reps} decodes a side"
+                f"{step['exit'] / step['fixed']:.3f}; median of {sizes.reps} decodes a side, the "
+                f"three in lockstep (a step of each in turn); median of the paired decodes' "
+                f"ratios {statistics.median(pairs):.3f}"
             )
+
+
+def lockstep(
+    bench: Any, models: dict[str, Any], clocks: dict[str, BlockClock], ids: Tensor, sizes: Any
+) -> tuple[dict[str, list[float]], dict[str, list[float]], list[tuple[Tensor, int]]]:
+    """``sizes.reps`` greedy decodes of each model, run in lockstep.
+
+    A step of each model in turn, the order rotating from step to step, so that a
+    drifting machine slows them alike. Returns, per model, the seconds per decoded token
+    of each decode (whole step, and inside the block), and the exit model's passes.
+    """
+    names = list(models)
+    steps: dict[str, list[float]] = {name: [] for name in names}  # decode i: a tuple
+    blocks: dict[str, list[float]] = {name: [] for name in names}
+    decoded: list[tuple[Tensor, int]] = []
+    for _ in range(sizes.reps):
+        caches = {name: DepthCache(model) for name, model in models.items()}
+        tokens = {name: prefill(models[name], ids, caches[name]) for name in names}
+        spent = dict.fromkeys(names, 0.0)
+        for clock in clocks.values():
+            clock.seconds, clock.passes = 0.0, []
+        for index in range(sizes.new):
+            shift = index % len(names)
+            for name in names[shift:] + names[:shift]:
+                bench.sync()
+                start = bench.clock()
+                logits = models[name](
+                    input_ids=tokens[name], cache=caches[name], use_cache=True
+                ).logits
+                tokens[name] = logits[:, -1].argmax(-1, keepdim=True)
+                bench.sync()
+                spent[name] += bench.clock() - start
+        for name, clock in clocks.items():
+            steps[name].append(spent[name] / sizes.new)
+            blocks[name].append(clock.seconds / sizes.new)
+        decoded.extend(clocks["exit"].passes)
+    return steps, blocks, decoded
 
 
 def policy_rows(bench: Any, model: Any, sizes: DecodeSizes, section: str, shape: str) -> None:
@@ -297,13 +336,22 @@ def timed_decode(
 
 
 def interleaved(runs: dict[str, Callable[[], float]], reps: int) -> dict[str, float]:
-    """Median of each run's result over ``reps`` rounds, the order alternating."""
+    """Median of each run's result over ``reps`` rounds, the order alternating.
+
+    Also, under ``"b/a"`` (the second run's name over the first's), the median of the
+    ratios of the two runs of each round, a second estimate that a drifting load
+    disturbs less.
+    """
     names = list(runs)
     results: dict[str, list[float]] = {name: [] for name in names}
     for index in range(reps):
         for name in names if index % 2 == 0 else names[::-1]:
             results[name].append(runs[name]())
-    return {name: statistics.median(values) for name, values in results.items()}
+    medians = {name: statistics.median(values) for name, values in results.items()}
+    first, second = names[0], names[1]
+    pairs = [b / a for a, b in zip(results[first], results[second], strict=True)]
+    medians[f"{second}/{first}"] = statistics.median(pairs)
+    return medians
 
 
 def ms(seconds: float) -> str:

@@ -16,12 +16,19 @@ inside ``cache.frozen_application(block, holds=...)``, and the cache ends the
 application once every layer of the block wrote (it raises
 :class:`~stochdepth._cache_guard.FrozenKeysStored`, caught here): the attention and the
 MLP after the last ``cache.update`` do not run.
+
+After a per-token pass that ran at least one repeat, a cache may keep that application
+for later instead (``cache.defer_frozen(block, application)``, a
+:class:`FrozenApplication`: the frozen states and the pass's layer call): it runs it
+when a later, deeper repeat first reads these positions, and never when no later pass
+goes deeper, so that the repeats the positions skipped cost nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -42,6 +49,71 @@ def tracking_caches(block: nn.Module, call: LayerCall) -> list[Any]:
             if callable(tracks) and tracks(block):
                 found.append(value)
     return found
+
+
+class FrozenApplication:
+    """A per-token pass's application to its frozen states, kept for later by a cache.
+
+    Calling it applies repeat ``repeat`` of the pass's layer call to ``state`` inside the
+    caches' frozen application, as :func:`freeze_for_caches` does at once: the same
+    extra arguments (the positions' rotary embeddings, say), so the same keys and values.
+    It holds the caches weakly (the cache holds it: no reference cycle keeps a dropped
+    cache, and the hooks it put on the blocks, alive); once one is gone it does nothing.
+
+    Args:
+        call: The pass's layer call (its extra arguments bound).
+        caches: The caches to write to, among the call's extra arguments.
+        state: The pass's frozen states (detached).
+        repeat: The repeats the pass ran: the application is repeat ``repeat``.
+        deepest: The deepest repeat count a later pass may run.
+    """
+
+    def __init__(
+        self, call: LayerCall, caches: list[Any], state: Tensor, repeat: int, deepest: int
+    ) -> None:
+        held = {id(cache): _Held(cache) for cache in caches}
+        self._caches = list(held.values())
+        self._call = call.with_arguments(
+            tuple(held.get(id(value), value) for value in call.args),
+            {key: held.get(id(value), value) for key, value in call.kwargs.items()},
+        )
+        self.state = state
+        self.repeat = repeat
+        self.deepest = deepest
+
+    @property
+    def block(self) -> nn.Module:
+        """The block whose pass this is."""
+        return self._call.owner
+
+    def __call__(self) -> None:
+        """Run the application: each cache stores the frozen keys and values."""
+        caches = [held.get() for held in self._caches]
+        if any(cache is None for cache in caches):
+            return
+
+        def back(value: Any) -> Any:
+            return value.get() if isinstance(value, _Held) else value
+
+        call = self._call.with_arguments(
+            tuple(back(value) for value in self._call.args),
+            {key: back(value) for key, value in self._call.kwargs.items()},
+        )
+        _apply_for_caches(call, caches, self.state, self.repeat, self.deepest, holds=True)
+
+
+class _Held:
+    """A cache held weakly where it can be (strongly otherwise)."""
+
+    def __init__(self, cache: Any) -> None:
+        try:
+            self._reference: Callable[[], Any] = weakref.ref(cache)
+        except TypeError:  # a cache class without __weakref__
+            self._reference = lambda: cache
+
+    def get(self) -> Any:
+        """The cache, or ``None`` once it is gone."""
+        return self._reference()
 
 
 def _apply_for_caches(
@@ -67,7 +139,9 @@ def freeze_for_caches(call: LayerCall, state: Tensor, used: int, deepest: int) -
     ``used`` and on, those of their frozen states. One more application of the layer
     (repeat ``used``) writes them, and tells each cache that they hold for every later
     repeat. A pass at depth 0 always does it (even when ``deepest`` is 0), so that the
-    cache knows its positions.
+    cache knows its positions. After a pass that ran a repeat, a single cache may keep
+    the application for later (its ``defer_frozen(block, application)`` returns
+    ``True``), to run it if and when a deeper repeat reads these positions.
 
     Raises:
         ValueError: The block has ``step_kwarg``: the frozen keys and values would
@@ -86,7 +160,12 @@ def freeze_for_caches(call: LayerCall, state: Tensor, used: int, deepest: int) -
             f"repeat and one stored copy would be wrong; use a fixed eval_depth (every "
             f"position at the same depth) or drop step_kwarg"
         )
-    _apply_for_caches(call, caches, state, used, deepest, holds=True)
+    application = FrozenApplication(call, caches, state.detach(), used, deepest)
+    if used > 0 and len(caches) == 1:
+        defer = getattr(caches[0], "defer_frozen", None)
+        if callable(defer) and defer(call.owner, application):
+            return
+    application()
 
 
 def depth_zero_for_caches(call: LayerCall, x: Tensor, zero: DepthZero) -> DepthZero:

@@ -285,7 +285,10 @@ class LayerCall:
     def _with_rows(self, function: Callable[[Tensor], Tensor]) -> LayerCall:
         if not self.rows:
             return self
-        args, kwargs = cut_row_aligned(self.rows, self.args, self.kwargs, function)
+        return self.with_arguments(*cut_row_aligned(self.rows, self.args, self.kwargs, function))
+
+    def with_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LayerCall:
+        """This call with other extra arguments (everything else the same)."""
         return LayerCall(
             self.layer,
             args,

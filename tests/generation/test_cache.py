@@ -121,9 +121,22 @@ def test_prompt_lookup_decoding_crops_the_cache_and_stays_exact(model: nn.Module
     assert torch.equal(drafted.sequences, plain.sequences)
 
 
-def forward(model: nn.Module, ids: torch.Tensor, cache: DepthCache) -> torch.Tensor:
-    with torch.no_grad():
-        logits: torch.Tensor = model(input_ids=ids, cache=cache, use_cache=True).logits
+def forward(
+    model: nn.Module, ids: torch.Tensor, cache: DepthCache, depth: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The logits of ``ids`` after the cached positions; ``depth``: the block's, given."""
+
+    def give(module: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> object:
+        return args, {**kwargs, "depth": depth}
+
+    block = model.model.layers[1]
+    handle = None if depth is None else block.register_forward_pre_hook(give, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            logits: torch.Tensor = model(input_ids=ids, cache=cache, use_cache=True).logits
+    finally:
+        if handle is not None:
+            handle.remove()
     return logits
 
 
@@ -384,13 +397,19 @@ def test_memory_counts_the_frozen_entries_once() -> None:
     forward(model, ids, cache)
     layer = cache.layers[1]
     held = layer.passes[0]
-    slots = sum(t.numel() * t.element_size() for s in layer.slots for t in (s.keys, s.values))
-    frozen = sum(t.numel() * t.element_size() for t in (held.frozen_keys, held.frozen_values))
-    others = sum(
-        t.numel() * t.element_size()
-        for i in (0, 2)
-        for t in (cache.layers[i].keys, cache.layers[i].values)
-    )
+
+    def size(tensors: object) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    slots = size(t for s in layer.slots for t in (s.keys, s.values))
+    others = size(t for i in (0, 2) for t in (cache.layers[i].keys, cache.layers[i].values))
+    # Until a deeper repeat reads them, the pass keeps its frozen states, not their entries.
+    assert held.pending is not None
+    assert held.frozen_keys is None
+    assert cache.memory_bytes() == slots + size([held.pending.state]) + others
+    layer.settle()
+    frozen = size((held.frozen_keys, held.frozen_values))
+    assert held.pending is None
     assert frozen > 0
     assert cache.memory_bytes() == slots + frozen + others
 
@@ -428,24 +447,103 @@ def test_a_per_sample_block_in_skip_mode_is_refused() -> None:
         DepthCache(model)
 
 
-def test_the_application_to_the_frozen_states_stops_once_the_cache_has_them() -> None:
+def test_the_application_to_the_frozen_states_waits_until_a_deeper_repeat_reads_them() -> None:
     model = per_token_exit_model()
     block = model.model.layers[1]
     attention, mlp = [], []
     block.layer.self_attn.register_forward_pre_hook(lambda module, args: attention.append(1))
     block.layer.mlp.register_forward_pre_hook(lambda module, args: mlp.append(1))
-    ids, _ = prompts(batch=1, length=6)
+    ids, _ = prompts(batch=1, length=7)
     cache = DepthCache(model)
-    forward(model, ids, cache)
+    forward(model, ids[:, :6], cache)
     depth = int(block.last_depth.max())
-    assert depth < 12  # the prompt's pass stopped early: a frozen application followed
-    assert len(attention) == depth + 1  # its attention ran up to the cache's update
-    assert len(mlp) == depth  # and no further
+    assert depth < 12  # the prompt's pass stopped early: its frozen states wait
+    assert len(attention) == len(mlp) == depth  # no application to them yet
     prompt_pass = cache.layers[1].passes[0]
     assert prompt_pass.frozen
+    assert prompt_pass.pending is not None
+    # A pass no deeper reads no entry of the frozen states: the application never runs.
+    forward(model, ids[:, 6:], cache, depth=torch.full((1, 1), depth))
+    assert len(attention) == len(mlp) == 2 * depth
+    assert prompt_pass.pending is not None
+    # A deeper pass: repeat depth + 1 reads them, and the application runs first, once,
+    # up to the cache's update (its attention starts, its MLP does not).
+    forward(model, ids[:, 6:], crop_to(cache, 6), depth=torch.full((1, 1), depth + 2))
+    assert len(attention) == 2 * depth + (depth + 2) + 1
+    assert len(mlp) == 2 * depth + (depth + 2)
+    assert prompt_pass.pending is None
     # The frozen keys and values are stored once, on the pass, not in a slot of their own.
-    assert cache.slot_count(1) == depth
+    assert cache.slot_count(1) == depth + 2
     assert prompt_pass.frozen_keys.shape[-2] == 6
+
+
+def crop_to(cache: DepthCache, positions: int) -> DepthCache:
+    cache.crop(positions - cache.get_seq_length())
+    return cache
+
+
+class EagerCache(DepthCache):
+    """A DepthCache that keeps no application for later: the block runs each at once."""
+
+    def defer_frozen(self, block: object, application: object) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_the_application_kept_for_later_stores_what_one_at_once_stores(batch: int) -> None:
+    model = per_token_exit_model(seed=3)
+    ids, mask = prompts(batch=batch, length=7, seed=6)
+    eager, deferred = EagerCache(model), DepthCache(model)
+    want = greedy(model, ids, mask, new=10, cache=eager)
+    got = greedy(model, ids, mask, new=10, cache=deferred)
+    assert torch.equal(got.sequences, want.sequences)
+    for mine, theirs in zip(got.scores, want.scores, strict=True):
+        assert torch.equal(mine, theirs)  # the same keys and values: bitwise
+    layer, reference = deferred.layers[1], eager.layers[1]
+    assert any(p.pending is not None for p in layer.passes)  # some were never needed
+    assert any(p.pending is None and p.frozen_keys is not None for p in layer.passes)
+    layer.settle()
+    for mine, theirs in zip(layer.passes, reference.passes, strict=True):
+        assert (mine.start, mine.stop, mine.last) == (theirs.start, theirs.stop, theirs.last)
+        if theirs.frozen_keys is not None:
+            assert torch.equal(mine.frozen_keys, theirs.frozen_keys)
+            assert torch.equal(mine.frozen_values, theirs.frozen_values)
+    for mine, theirs in zip(layer.slots, reference.slots, strict=True):
+        assert torch.equal(mine.keys, theirs.keys)
+
+
+def test_cropping_into_a_waiting_pass_stores_its_entries_first() -> None:
+    model = per_token_exit_model()
+    ids, _ = prompts(batch=1, length=9, seed=2)
+    cache, reference = DepthCache(model), EagerCache(model)
+    for target in (cache, reference):
+        forward(model, ids[:, :6], target)
+        target.crop(-2)  # into the prompt's pass: positions 0..3 stay
+    held, want = cache.layers[1].passes[0], reference.layers[1].passes[0]
+    assert held.pending is None
+    assert held.stop == 4
+    assert torch.equal(held.frozen_keys, want.frozen_keys)
+    deeper = torch.full((1, 5), 12)
+    assert torch.equal(
+        forward(model, ids[:, 4:], cache, depth=deeper),
+        forward(model, ids[:, 4:], reference, depth=deeper),
+    )
+
+
+def test_a_copy_of_the_cache_stores_the_waiting_entries_first() -> None:
+    model = per_token_exit_model()
+    ids, _ = prompts(batch=1, length=8, seed=2)
+    cache = DepthCache(model)
+    forward(model, ids[:, :6], cache)
+    assert cache.layers[1].passes[0].pending is not None
+    twin = copy.deepcopy(cache)
+    assert cache.layers[1].passes[0].pending is None  # settled, then copied
+    assert twin.layers[1].passes[0].pending is None
+    deeper = torch.full((1, 2), 12)
+    assert torch.equal(
+        forward(model, ids[:, 6:], twin, depth=deeper),
+        forward(model, ids[:, 6:], cache, depth=deeper),
+    )
 
 
 def test_a_recursified_llama_generates_through_the_cache_at_any_depth() -> None:
@@ -466,3 +564,40 @@ def test_a_recursified_llama_generates_through_the_cache_at_any_depth() -> None:
     plain = greedy(model, ids, mask, new=6, use_cache=False)
     cached = greedy(model, ids, mask, new=6, cache=DepthCache(model))
     assert torch.equal(cached.sequences, plain.sequences)
+
+
+def test_a_dropped_cache_with_waiting_passes_frees_itself_and_its_hooks() -> None:
+    # The waiting application holds the cache weakly: no reference cycle keeps a dropped
+    # cache, and the repeat hook it put on the block, alive until a garbage collection.
+    import gc
+    import weakref
+
+    model = per_token_exit_model()
+    block = model.model.layers[1]
+    ids, _ = prompts(batch=1, length=6)
+    gc.disable()
+    try:
+        cache = DepthCache(model)
+        forward(model, ids, cache)
+        assert cache.layers[1].passes[0].pending is not None
+        assert block.has_repeat_hooks
+        dropped = weakref.ref(cache)
+        del cache
+        assert dropped() is None
+        assert not block.has_repeat_hooks
+    finally:
+        gc.enable()
+
+
+def test_closing_the_cache_stores_the_waiting_entries_first() -> None:
+    model = per_token_exit_model()
+    ids, _ = prompts(batch=1, length=6)
+    cache, reference = DepthCache(model), EagerCache(model)
+    forward(model, ids, cache)
+    forward(model, ids, reference)
+    cache.close()  # afterwards the cache no longer knows the block's repeats
+    held, want = cache.layers[1].passes[0], reference.layers[1].passes[0]
+    assert held.pending is None
+    assert torch.equal(held.frozen_keys, want.frozen_keys)
+    cache.crop(-2)  # still works on what it holds
+    assert cache.get_seq_length() == 4

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
 
 from stochdepth._cache_guard import FrozenKeysStored
+from stochdepth._cache_writes import FrozenApplication
 
 from ._policy import CachePolicy, PolicyName
 from ._tracker import RepeatTracker
@@ -32,10 +33,15 @@ class Pass:
         last: The deepest repeat whose slot holds their keys and values (``-1``: none).
         frozen: Whether their keys and values from repeat ``last + 1`` on are those of
             the frozen states: the block applied the layer once more to the frozen states
-            (``per_token=True``), so that a later, deeper pass can read them.
+            (``per_token=True``), or left that application for later (``pending``), so
+            that a later, deeper pass can read them.
         frozen_keys: With ``policy="exact"``, those keys, stored once, outside the
-            slots (``None`` when they are in slot ``last``, or the pass is not frozen).
+            slots (``None`` when they are in slot ``last``, the pass is not frozen, or
+            they are not computed yet).
         frozen_values: The matching values.
+        pending: With ``policy="exact"``, the block's application to the frozen states,
+            kept for later: it computes ``frozen_keys`` and ``frozen_values`` when a
+            deeper repeat first reads them (``None`` once run, or when there is none).
     """
 
     start: int
@@ -44,6 +50,7 @@ class Pass:
     frozen: bool = False
     frozen_keys: Tensor | None = None
     frozen_values: Tensor | None = None
+    pending: FrozenApplication | None = None
 
     def frozen_tensors(self) -> tuple[Tensor, Tensor] | None:
         """The frozen keys and values stored outside the slots, or ``None``."""
@@ -67,6 +74,13 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
     stored once, on the pass, until a deeper repeat first reads them; otherwise in the
     pass's deepest slot); with ``policy="exact"`` an unfrozen pass is refused there.
 
+    With ``policy="exact"`` and a block whose layer writes one layer index, the block's
+    application to a pass's frozen states waits on the pass (``Pass.pending``) until a
+    deeper repeat first reads them: decoding whose later tokens stop no deeper never
+    runs it. Cropping those positions, moving rows (beam search) or devices, and copying
+    the cache run it first: it holds the pass's own arguments, which only the layer can
+    read.
+
     Args:
         layer_idx: The layer index, for error messages.
         tracker: Tells the 0-based repeat running now.
@@ -84,6 +98,7 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
         self._policy = policy
         self.slots: list[DynamicLayer] = []
         self.passes: list[Pass] = []
+        self._target: Pass | None = None  # the pass whose pending application runs
 
     @property
     def keys(self) -> Tensor | None:  # type: ignore[override]
@@ -151,7 +166,12 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
         return self.tracker.repeat_of(self.layer_idx) or 0
 
     def _pass(self, repeat: int, new: int) -> Pass:
-        """The running pass (a new one at repeat 0: every pass starts there)."""
+        """The running pass (a new one at repeat 0: every pass starts there).
+
+        Inside a pending application to an earlier pass's frozen states, that pass.
+        """
+        if self._target is not None:
+            return self._target
         if repeat == 0:  # a frozen application at depth 0 starts its pass too
             start = self.get_seq_length()
             self.passes.append(Pass(start, start + new))
@@ -196,6 +216,8 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
         values: list[Tensor] = []
         for earlier in self.passes[first:-1]:
             lower = max(earlier.start, have)
+            if earlier.pending is not None and earlier.last < index:
+                self._settle(earlier)
             held = earlier.frozen_tensors()
             if held is not None and earlier.last < index:
                 offset = lower - earlier.start
@@ -224,6 +246,54 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
         if self.passes:
             self.passes[-1].frozen = True
 
+    def defer(self, application: FrozenApplication) -> bool:
+        """Keep the running pass's application to its frozen states for later.
+
+        Args:
+            application: The application; it ran ``application.repeat`` repeats.
+
+        Returns:
+            Whether the pass keeps it (``False``: the block runs it now). Only
+            ``policy="exact"`` keeps one, on a pass that wrote its repeats here.
+        """
+        current = self.passes[-1] if self.passes else None
+        if (
+            not self._policy.exact
+            or current is None
+            or current.frozen
+            or current.last != application.repeat - 1
+        ):
+            return False
+        current.pending = application
+        current.frozen = True
+        return True
+
+    def settle(self) -> None:
+        """Run every pass's pending application: their frozen keys and values are stored."""
+        for held in self.passes:
+            if held.pending is not None:
+                self._settle(held)
+
+    def _settle(self, held: Pass) -> None:
+        application = held.pending
+        if application is None:
+            return
+        held.pending = None
+        block = application.block
+        running = self.tracker.running(block)  # the repeat hook fires inside
+        self._target = held
+        try:
+            application()
+        finally:
+            self._target = None
+            self.tracker.set_repeat(block, running)
+        if held.frozen_tensors() is None:
+            raise RuntimeError(
+                f"the layer of the RepeatedBlock with layer_idx={self.layer_idx} did not "
+                f"write the keys and values of positions {held.start}..{held.stop - 1} "
+                f"when applied to their frozen states (does it call cache.update?)"
+            )
+
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         """The key length and offset for the attention mask, as a ``DynamicLayer``'s."""
         return self.get_seq_length() + query_length, 0
@@ -243,6 +313,7 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
 
     def offload(self) -> None:
         """Move every slot, and the frozen entries, to the CPU."""
+        self.settle()
         for slot in self.slots:
             slot.offload()  # type: ignore[no-untyped-call]
         for held in self.passes:
@@ -269,6 +340,9 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
                 f"crop takes minus the number of positions to remove, got {tokens_to_remove}"
             )
         keep = max(self.get_seq_length() + tokens_to_remove, 0)
+        for held in self.passes:
+            if held.start < keep < held.stop:
+                self._settle(held)  # its arguments cannot be cut: store its entries first
         for slot in self.slots:
             if _length(slot) > keep:
                 slot.keys = cast(Tensor, slot.keys)[..., :keep, :]
@@ -281,18 +355,21 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Reorder every slot's rows (beam search), and the frozen entries'."""
+        self.settle()  # a pending application's arguments keep their rows
         for slot in self.slots:
             slot.reorder_cache(beam_idx)
         self._map_rows(lambda tensor: tensor.index_select(0, beam_idx.to(tensor.device)))
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         """Repeat every slot's rows ``repeats`` times, and the frozen entries'."""
+        self.settle()  # a pending application's arguments keep their rows
         for slot in self.slots:
             slot.batch_repeat_interleave(repeats)
         self._map_rows(lambda tensor: tensor.repeat_interleave(repeats, dim=0))
 
     def batch_select_indices(self, indices: Tensor) -> None:
         """Keep the rows ``indices`` of every slot, and of the frozen entries."""
+        self.settle()  # a pending application's arguments keep their rows
         for slot in self.slots:
             slot.batch_select_indices(indices)
         self._map_rows(lambda tensor: tensor[indices, ...])
@@ -311,6 +388,8 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
             frozen = held.frozen_tensors()
             if frozen is not None:
                 yield from frozen
+            if held.pending is not None:
+                yield held.pending.state
 
 
 def _length(slot: DynamicLayer) -> int:
@@ -489,6 +568,33 @@ class DepthCache(Cache):
         finally:
             self._tracker.end_freeze(block)
 
+    def defer_frozen(self, block: object, application: FrozenApplication) -> bool:
+        """Keep a per-token pass's application to its frozen states until it is needed.
+
+        The block calls this after a ``per_token=True`` pass that ran at least one
+        repeat and stopped before the deepest a later pass may run, instead of applying
+        its layer to the frozen states at once. With ``policy="exact"`` and a block
+        whose layer writes one layer index, the cache keeps ``application`` on the pass
+        and runs it when a later, deeper repeat first reads these positions (or before
+        cropping them, moving the cache's rows or devices, or copying it): a decode
+        whose later tokens stop no deeper never runs it. The keys and values are those
+        the application would have written at once.
+
+        Args:
+            block: The :class:`~stochdepth.RepeatedBlock` whose pass it is.
+            application: The application (the frozen states, the pass's layer call).
+
+        Returns:
+            Whether the cache keeps it; ``False``: the block runs it now.
+        """
+        if not self._policy.exact:
+            return False
+        indices = [index for index, owner in self._tracker.owned().items() if owner is block]
+        if len(indices) != 1 or indices[0] >= len(self.layers):
+            return False
+        layer = self.layers[indices[0]]
+        return isinstance(layer, RepeatSlots) and layer.defer(application)
+
     def slot_count(self, layer_idx: int) -> int:
         """How many slots the layer index holds: a repeated layer's, or 1 for another.
 
@@ -524,8 +630,13 @@ class DepthCache(Cache):
     def close(self) -> None:
         """Remove the hooks this cache put on the model's blocks.
 
-        The cache then no longer knows which repeat runs: a block refuses it.
+        The cache then no longer knows which repeat runs: a block refuses it. Waiting
+        applications to frozen states run first, while the cache still follows the
+        blocks.
         """
+        for layer in self.layers:
+            if isinstance(layer, RepeatSlots):
+                layer.settle()
         self._tracker.close()
         self._tracker = _Closed()
 
@@ -535,6 +646,9 @@ class DepthCache(Cache):
         The model's blocks are shared, not copied (``copy.deepcopy`` of the tracker would
         copy them, and its hooks would stay on the originals).
         """
+        for layer in self.layers:  # a pending application holds the model's layer
+            if isinstance(layer, RepeatSlots):
+                layer.settle()
         twin = DepthCache.__new__(DepthCache)
         memo[id(self)] = twin
         tracker = self._tracker.clone() if self._tracker.following() else _Closed()

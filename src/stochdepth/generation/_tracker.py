@@ -182,7 +182,11 @@ class RepeatTracker:
         remaining.discard(layer_idx)
         return not remaining
 
-    def set_repeat(self, block: RepeatedBlock, repeat: int) -> None:
+    def running(self, block: object) -> int:
+        """The repeat ``block`` last said it runs (``-1``: none yet)."""
+        return self._repeat.get(id(block), -1)
+
+    def set_repeat(self, block: object, repeat: int) -> None:
         """Record that ``block`` is about to run repeat ``repeat`` (0-based)."""
         self._repeat[id(block)] = repeat
 

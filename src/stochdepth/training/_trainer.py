@@ -25,6 +25,7 @@ from ._distributed_run import DistributedRun, repeats_applied
 from ._finite import check_fits
 from ._history import TrainingHistory
 from ._report import Report, progress_bar_class
+from ._sgd import sgd_step
 
 
 def train(
@@ -272,7 +273,7 @@ class _Step:
         model: nn.Module,
         blocks: list[RepeatedBlock],
         run: DistributedRun | None,
-        optimizer: torch.optim.Optimizer,
+        optimizer: torch.optim.SGD,
         *,
         cuda_graphs: bool = False,
     ) -> None:
@@ -314,7 +315,7 @@ class _Step:
         loss.backward()  # type: ignore[no-untyped-call]
         if self._run is not None:
             self._run.tie.restore_skipped_grads()
-        self._optimizer.step()
+        sgd_step(self._optimizer)  # optimizer.step(), bitwise, without its wrappers
 
 
 def _total_depth(blocks: list[RepeatedBlock]) -> int | None:
