@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ._cache_guard import FrozenKeysStored, is_kv_cache
-from ._layer_call import LayerCall
+from ._layer_call import LayerCall, tensor_leaves
 from ._repeats import DepthZero
 
 
@@ -80,6 +80,15 @@ class FrozenApplication:
         self.state = state
         self.repeat = repeat
         self.deepest = deepest
+
+    def tensors(self) -> Iterator[Tensor]:
+        """Every tensor it holds, once each: the frozen states, the call's arguments."""
+        seen: set[int] = set()
+        for value in (self.state, *self._call.args, *self._call.kwargs.values()):
+            for leaf in tensor_leaves(value):
+                if id(leaf) not in seen:
+                    seen.add(id(leaf))
+                    yield leaf
 
     @property
     def block(self) -> nn.Module:
@@ -160,12 +169,24 @@ def freeze_for_caches(call: LayerCall, state: Tensor, used: int, deepest: int) -
             f"repeat and one stored copy would be wrong; use a fixed eval_depth (every "
             f"position at the same depth) or drop step_kwarg"
         )
-    application = FrozenApplication(call, caches, state.detach(), used, deepest)
-    if used > 0 and len(caches) == 1:
+    if used > 0 and len(caches) == 1 and all(follows_repeats(h) for h in call.hooks.values()):
+        # A copy of the states: the model may change the block's output in place.
+        application = FrozenApplication(call, caches, state.detach().clone(), used, deepest)
         defer = getattr(caches[0], "defer_frozen", None)
         if callable(defer) and defer(call.owner, application):
             return
-    application()
+    _apply_for_caches(call, caches, state, used, deepest, holds=True)
+
+
+def follows_repeats(hook: object) -> bool:
+    """Whether a repeat hook only tells a cache which repeat runs (``hook.follows_repeats``).
+
+    A waiting application to frozen states runs the block's repeat hooks in the middle
+    of a later repeat; a cache's hook is told the right repeat again afterwards, another
+    hook (one that selects per-repeat weights, say) would not be: with one, the block
+    applies the layer to the frozen states at once.
+    """
+    return getattr(hook, "follows_repeats", False) is True
 
 
 def depth_zero_for_caches(call: LayerCall, x: Tensor, zero: DepthZero) -> DepthZero:

@@ -211,6 +211,13 @@ def _leaves(value: Any) -> Iterator[Any]:
         yield value
 
 
+def tensor_leaves(value: Any) -> Iterator[Tensor]:
+    """The tensors of a nested tuple, list or dict."""
+    for leaf in _leaves(value):
+        if isinstance(leaf, Tensor):
+            yield leaf
+
+
 class LayerCall:
     """Calls ``layer(x, *args, **kwargs)`` for one repeat and returns the next state.
 

@@ -406,7 +406,9 @@ def test_memory_counts_the_frozen_entries_once() -> None:
     # Until a deeper repeat reads them, the pass keeps its frozen states, not their entries.
     assert held.pending is not None
     assert held.frozen_keys is None
-    assert cache.memory_bytes() == slots + size([held.pending.state]) + others
+    waiting = list(held.pending.tensors())  # the states and the pass's arguments' tensors
+    assert any(t is not held.pending.state for t in waiting)
+    assert cache.memory_bytes() == slots + size(waiting) + others
     layer.settle()
     frozen = size((held.frozen_keys, held.frozen_values))
     assert held.pending is None
@@ -601,3 +603,65 @@ def test_closing_the_cache_stores_the_waiting_entries_first() -> None:
     assert torch.equal(held.frozen_keys, want.frozen_keys)
     cache.crop(-2)  # still works on what it holds
     assert cache.get_seq_length() == 4
+
+
+def test_a_block_with_a_repeat_hook_of_its_own_applies_the_layer_at_once() -> None:
+    # A waiting application runs the block's repeat hooks in the middle of a later
+    # repeat; a hook that is not a cache's (per-repeat weights, say) would be left
+    # pointing at the wrong repeat: the block applies the layer to the frozen states now.
+    model = per_token_exit_model()
+    block = model.model.layers[1]
+    seen: list[int] = []
+    handle = block.register_repeat_hook(lambda module, repeat: seen.append(repeat))
+    ids, _ = prompts(batch=1, length=6)
+    cache, reference = DepthCache(model), EagerCache(model)
+    forward(model, ids, cache)
+    handle.remove()
+    forward(model, ids, reference)
+    held, want = cache.layers[1].passes[0], reference.layers[1].passes[0]
+    assert held.pending is None
+    assert torch.equal(held.frozen_keys, want.frozen_keys)
+    assert seen[-1] == len(seen) - 1  # the application to the frozen states: one repeat on
+
+
+def test_a_waiting_application_that_fails_waits_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stochdepth._cache_writes import FrozenApplication
+
+    model = per_token_exit_model()
+    ids, _ = prompts(batch=1, length=6)
+    cache = DepthCache(model)
+    forward(model, ids, cache)
+    layer = cache.layers[1]
+    held = layer.passes[0]
+    run = FrozenApplication.__call__
+
+    def interrupted(self: FrozenApplication) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FrozenApplication, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        layer.settle()
+    assert held.pending is not None  # still waiting, the repeat told again
+    assert layer.tracker.running(model.model.layers[1]) >= 0
+    monkeypatch.setattr(FrozenApplication, "__call__", run)
+    layer.settle()
+    assert held.frozen_keys is not None
+
+
+def test_an_application_that_writes_nothing_leaves_the_positions_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stochdepth._cache_writes import FrozenApplication
+
+    model = per_token_exit_model()
+    ids, _ = prompts(batch=1, length=7)
+    cache = DepthCache(model)
+    forward(model, ids[:, :6], cache)
+    depth = int(model.model.layers[1].last_depth.max())
+    monkeypatch.setattr(FrozenApplication, "__call__", lambda self: None)
+    with pytest.raises(RuntimeError, match=r"did not write the keys and values of positions 0"):
+        cache.layers[1].settle()
+    assert not cache.layers[1].passes[0].frozen
+    # A deeper pass would read keys the cache does not have: refused, not served stale ones.
+    with pytest.raises(ValueError, match=r"has no keys and values for positions 0\.\.5"):
+        forward(model, ids[:, 6:], cache, depth=torch.full((1, 1), depth + 1))

@@ -74,8 +74,9 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
     stored once, on the pass, until a deeper repeat first reads them; otherwise in the
     pass's deepest slot); with ``policy="exact"`` an unfrozen pass is refused there.
 
-    With ``policy="exact"`` and a block whose layer writes one layer index, the block's
-    application to a pass's frozen states waits on the pass (``Pass.pending``) until a
+    With ``policy="exact"``, a block whose layer writes one layer index and no repeat
+    hooks but the caches', the block's application to a pass's frozen states waits on the
+    pass (``Pass.pending``) until a
     deeper repeat first reads them: decoding whose later tokens stop no deeper never
     runs it. Cropping those positions, moving rows (beam search) or devices, and copying
     the cache run it first: it holds the pass's own arguments, which only the layer can
@@ -278,16 +279,20 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
         application = held.pending
         if application is None:
             return
-        held.pending = None
+        held.pending = None  # no second run from inside this one
         block = application.block
         running = self.tracker.running(block)  # the repeat hook fires inside
         self._target = held
         try:
             application()
+        except BaseException:
+            held.pending = application  # still waiting: a later read tries again
+            raise
         finally:
             self._target = None
             self.tracker.set_repeat(block, running)
         if held.frozen_tensors() is None:
+            held.frozen = False  # a later, deeper read is refused, not served stale keys
             raise RuntimeError(
                 f"the layer of the RepeatedBlock with layer_idx={self.layer_idx} did not "
                 f"write the keys and values of positions {held.start}..{held.stop - 1} "
@@ -379,7 +384,10 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
             held.map_frozen(function)
 
     def tensors(self) -> Iterator[Tensor]:
-        """Every tensor the layer holds: the slots' keys and values, the frozen entries."""
+        """Every tensor the layer holds: slots, frozen entries, waiting applications' tensors.
+
+        A waiting application holds a copy of the frozen states and its call's tensors.
+        """
         for slot in self.slots:
             for tensor in (slot.keys, slot.values):
                 if isinstance(tensor, Tensor):
@@ -389,7 +397,7 @@ class RepeatSlots(CacheLayerMixin):  # type: ignore[no-untyped-call]
             if frozen is not None:
                 yield from frozen
             if held.pending is not None:
-                yield held.pending.state
+                yield from held.pending.tensors()
 
 
 def _length(slot: DynamicLayer) -> int:
@@ -573,8 +581,9 @@ class DepthCache(Cache):
 
         The block calls this after a ``per_token=True`` pass that ran at least one
         repeat and stopped before the deepest a later pass may run, instead of applying
-        its layer to the frozen states at once. With ``policy="exact"`` and a block
-        whose layer writes one layer index, the cache keeps ``application`` on the pass
+        its layer to the frozen states at once (only when the block has no repeat hooks
+        but the caches'). With ``policy="exact"`` and a block whose layer writes one
+        layer index, the cache keeps ``application`` on the pass
         and runs it when a later, deeper repeat first reads these positions (or before
         cropping them, moving the cache's rows or devices, or copying it): a decode
         whose later tokens stop no deeper never runs it. The keys and values are those

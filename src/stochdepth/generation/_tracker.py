@@ -203,6 +203,8 @@ def _hook(block: RepeatedBlock, tracker: weakref.ref[RepeatTracker]) -> list[Rem
         if target is not None:
             target.set_repeat(module, repeat)
 
+    on_repeat.follows_repeats = True  # type: ignore[attr-defined]  # see follows_repeats
+
     return [block.register_repeat_hook(on_repeat)]
 
 

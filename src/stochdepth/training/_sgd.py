@@ -19,7 +19,9 @@ from torch.optim.sgd import sgd
 def sgd_step(optimizer: torch.optim.SGD) -> None:
     """One step of ``optimizer``, as ``optimizer.step()`` takes it (no closure, no hooks).
 
-    For the trainer's own optimizer, which no caller sees: it has no step hooks. The
+    For the trainer's own optimizer, which no caller sees: it has no step hooks of its
+    own; hooks registered for every optimizer (``torch.optim.optimizer.
+    register_optimizer_step_pre_hook`` and ``..._post_hook``) do not run either. The
     parameter groups and the state are read at each call, so a ``load_state_dict``
     (resuming a checkpoint) is seen.
 
