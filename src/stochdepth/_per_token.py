@@ -16,7 +16,9 @@ needs, for a later token, the keys and values of a stopped position at the repea
 did not run: under these semantics they are those computed from its frozen state, the
 same at every later repeat. So when a pass stops before the deepest repeat a later pass
 may run, or runs no repeat at all, the block applies the layer once more to the frozen
-states for the cache (:func:`~stochdepth._cache_writes.freeze_for_caches`).
+states for the cache (:func:`~stochdepth._cache_writes.freeze_for_caches`), or, after a
+pass that ran a repeat, hands that application to the cache, which runs it when a later,
+deeper repeat first reads those positions.
 """
 
 from __future__ import annotations
