@@ -31,6 +31,11 @@ def twins(options: dict[str, Any]) -> tuple[nn.Module, Any, nn.Module, Any]:
     )
 
 
+def assert_same_parameters(model: nn.Module, twin: nn.Module) -> None:
+    for mine, theirs in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(mine, theirs)
+
+
 def backward(model: nn.Module, x: torch.Tensor, skip_last: bool) -> None:
     for param in model.parameters():
         param.grad = None
@@ -50,8 +55,7 @@ def test_sgd_step_is_optimizer_step_bitwise(options: dict[str, Any]) -> None:
         backward(twin, x, skip_last)
         sgd_step(optimizer)
         reference.step()
-        for mine, theirs in zip(model.parameters(), twin.parameters(), strict=True):
-            assert torch.equal(mine, theirs)
+        assert_same_parameters(model, twin)
         mine_state, their_state = optimizer.state_dict(), reference.state_dict()
         assert mine_state["param_groups"] == their_state["param_groups"]
         assert mine_state["state"].keys() == their_state["state"].keys()
@@ -76,5 +80,4 @@ def test_sgd_step_reads_a_loaded_state() -> None:
         backward(twin, x, False)
         sgd_step(optimizer)
         reference.step()
-    for mine, theirs in zip(model.parameters(), twin.parameters(), strict=True):
-        assert torch.equal(mine, theirs)
+    assert_same_parameters(model, twin)

@@ -3,9 +3,8 @@
 ``torch.optim.SGD.step`` gathers the parameters that have gradients and their momentum
 buffers, calls ``torch.optim.sgd.sgd`` (the functional form, public in
 ``torch.optim.sgd``) and stores the buffers back in ``optimizer.state``. Around that it
-opens a profiler range, runs the step hooks and switches the grad mode: about 25 us of
-the article model's 91 us step on a 2-core CPU (measured with ``timeit``; section 1 of
-``benchmarks/run.py`` shows the whole training step). :func:`sgd_step` does the same
+opens a profiler range, runs the step hooks and switches the grad mode (section 1 of
+``benchmarks/run.py`` shows what that costs the whole training step). :func:`sgd_step` does the same
 gathering and the same call, without the wrappers: the parameters, buffers and
 ``state_dict`` come out bitwise the same.
 """
