@@ -1,6 +1,7 @@
 """The time of each repeat of a decode pass: the first repeats cost more than the later.
 
     python benchmarks/repeat_times.py [--decodes 3] [--batch 1]
+    python benchmarks/repeat_times.py --alone [--gap-ms 2] [--batch 1]
 
 Section 11's model (``benchmarks/decoding.py``: a tiny Llama, its core layer repeated 8
 times in a RepeatedBlock at a fixed depth) decodes 64 greedy tokens through a
@@ -9,6 +10,12 @@ DepthCache, ``--decodes`` times; a repeat hook on the block stamps the CPU time
 prints the median time of each repeat over the decode steps. Between two passes of the
 block the model runs its other layers, whose weights displace the repeated layer's from
 the CPU's caches, so a pass that stops at half the depth saves less than half its time.
+
+With ``--alone`` no model runs around the layer: the core layer's MLP (no cache, no
+attention) is applied 8 times in a row to a ``(batch, 1, 256)`` state, 300 times, each
+time after a busy wait of ``--gap-ms`` milliseconds that touches no tensor (``0``: none).
+On a machine whose caches other work shares, the first applications after the gap are
+slower too: the effect is not the other layers' doing alone.
 """
 
 from __future__ import annotations
@@ -25,34 +32,24 @@ from stochdepth import DepthCache
 
 
 def main() -> None:
-    """Decode, stamp every repeat, print the medians."""
+    """Decode (or apply the MLP alone), stamp every repeat, print the medians."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decodes", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--alone", action="store_true", help="the core layer's MLP alone")
+    parser.add_argument("--gap-ms", type=float, default=2.0, help="with --alone: the wait")
     args = parser.parse_args()
     torch.set_num_threads(1)
     sizes = DecodeSizes()
     model, _ = build(sizes, torch.device("cpu"))
-    block = model.model.layers[1]
-    marks: list[tuple[int, float]] = []  # (repeat, CPU time); -1: the pass ended
-    block.register_repeat_hook(lambda module, repeat: marks.append((repeat, time.process_time())))
-    block.register_forward_hook(lambda module, args, out: marks.append((-1, time.process_time())))
-    generator = torch.Generator().manual_seed(2)
-    ids = torch.randint(3, sizes.vocab, (args.batch, sizes.prompt), generator=generator)
-    seconds: dict[int, list[float]] = {repeat: [] for repeat in range(sizes.depth)}
     with torch.no_grad():
-        for _ in range(args.decodes):
-            cache = DepthCache(model)
-            token = prefill(model, ids, cache)
-            marks.clear()
-            decode(model, token, cache, sizes.new)
-            for (repeat, start), (_, stop) in itertools.pairwise(marks):
-                if repeat >= 0:
-                    seconds[repeat].append(stop - start)
-    print(
-        f"batch {args.batch}, depth {sizes.depth}, {sizes.new} new tokens, "
-        f"{args.decodes} decodes, 1 thread; median ms per repeat:"
-    )
+        if args.alone:
+            seconds = alone(model.model.layers[1].layer.mlp, sizes, args.batch, args.gap_ms)
+            what = f"the core layer's MLP alone, after a {args.gap_ms:g} ms busy wait"
+        else:
+            seconds = in_decode(model, sizes, args.batch, args.decodes)
+            what = f"{sizes.new} new tokens, {args.decodes} decodes"
+    print(f"batch {args.batch}, depth {sizes.depth}, {what}, 1 thread; median ms per repeat:")
     total = sum(statistics.median(values) for values in seconds.values())
     running = 0.0
     for repeat, values in seconds.items():
@@ -62,6 +59,41 @@ def main() -> None:
             f"repeat {repeat + 1}: {median * 1e3:.3f} ms (repeats 1..{repeat + 1}: "
             f"{running / total:.3f} of the pass)"
         )
+
+
+def in_decode(model: torch.nn.Module, sizes: DecodeSizes, batch: int, decodes: int) -> dict:
+    """Each repeat's CPU times in the decode passes of ``decodes`` greedy decodes."""
+    block = model.model.layers[1]
+    marks: list[tuple[int, float]] = []  # (repeat, CPU time); -1: the pass ended
+    block.register_repeat_hook(lambda module, repeat: marks.append((repeat, time.process_time())))
+    block.register_forward_hook(lambda module, args, out: marks.append((-1, time.process_time())))
+    generator = torch.Generator().manual_seed(2)
+    ids = torch.randint(3, sizes.vocab, (batch, sizes.prompt), generator=generator)
+    seconds: dict[int, list[float]] = {repeat: [] for repeat in range(sizes.depth)}
+    for _ in range(decodes):
+        cache = DepthCache(model)
+        token = prefill(model, ids, cache)
+        marks.clear()
+        decode(model, token, cache, sizes.new)
+        for (repeat, start), (_, stop) in itertools.pairwise(marks):
+            if repeat >= 0:
+                seconds[repeat].append(stop - start)
+    return seconds
+
+
+def alone(mlp: torch.nn.Module, sizes: DecodeSizes, batch: int, gap_ms: float) -> dict:
+    """Each of ``sizes.depth`` applications' CPU times, after a busy wait, 300 times."""
+    state = torch.randn(batch, 1, sizes.width)
+    seconds: dict[int, list[float]] = {repeat: [] for repeat in range(sizes.depth)}
+    for _ in range(300):
+        until = time.perf_counter() + gap_ms / 1e3
+        while time.perf_counter() < until:
+            pass
+        for repeat in range(sizes.depth):
+            start = time.process_time()
+            mlp(state)
+            seconds[repeat].append(time.process_time() - start)
+    return seconds
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from support.processes import run_python
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
@@ -96,3 +98,15 @@ def test_the_cuda_graph_section_needs_cuda() -> None:
     result = run_python(SCRIPT, "--quick", "--sections", "6", check=False)
     assert result.returncode == 2
     assert "--sections 6 (CUDA graphs) needs --device cuda" in result.stderr
+
+
+def test_the_repeat_times_script_prints_each_repeat_and_the_running_share() -> None:
+    pytest.importorskip("transformers", reason="repeat_times.py builds a Llama (the hf extra)")
+    script = SCRIPT.parent / "repeat_times.py"
+    result = run_python(script, "--alone", "--gap-ms", "0", check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("repeat ")]
+    assert [line.split(":")[0] for line in lines] == [f"repeat {r}" for r in range(1, 9)]
+    shares = [float(line.rsplit(": ", 1)[1].split()[0]) for line in lines]
+    assert shares == sorted(shares)
+    assert shares[-1] == 1.0

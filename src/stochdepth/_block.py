@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -43,7 +43,7 @@ from ._repeats import outside_graph
 from ._row_draws import RowDraws, check_row_draws
 from ._tie import tie_skipped_layer
 from ._validation import check_bool, check_int, describe
-from .exits._loop import until_converged
+from .exits._loop import token_by_token, until_converged
 from .exits._policy import ExitWhenConverged
 from .samplers._protocol import DepthSampler
 
@@ -472,15 +472,16 @@ class RepeatedBlock(BlockOptions):
     @outside_graph  # the depth depends on the values: run eagerly under compile
     def _exit_early(self, policy: ExitWhenConverged, call: LayerCall, x: Tensor) -> Tensor:
         """Eval mode with ``eval_depth=ExitWhenConverged(...)``: repeat until converged."""
-        if self._per_sample:
-            row_count(x)
         if self._per_token:
             positions(x)
-        out, used = until_converged(call, x, policy, self._per_sample, self._per_token)
-        self._choice.last = used
-        if self._per_token:
-            ran = int(cast(Tensor, used).max()) if x.numel() else 0
+            out, depths, ran = token_by_token(call, x, policy)
+            self._choice.last = depths
             freeze_for_caches(call, out, ran, deepest_possible(self._choice, False, False))
+            return out
+        if self._per_sample:
+            row_count(x)
+        out, used = until_converged(call, x, policy, self._per_sample)
+        self._choice.last = used
         return out
 
     def _zero_for(self, call: LayerCall, x: Tensor) -> _repeats.DepthZero:

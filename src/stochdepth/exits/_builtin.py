@@ -61,8 +61,11 @@ class LatentChange:
 
     def _norms(self, previous: Tensor, current: Tensor) -> tuple[Tensor, Tensor]:
         """Every row's ``||current - previous||`` and ``||current||``."""
-        step = torch.linalg.vector_norm((current - previous).flatten(1), self.ord, dim=1)
-        return step, torch.linalg.vector_norm(current.flatten(1), self.ord, dim=1)
+        difference = current - previous
+        if current.ndim != 2:  # rows of one dimension need no flattening (one op less)
+            difference, current = difference.flatten(1), current.flatten(1)
+        step = torch.linalg.vector_norm(difference, self.ord, dim=1)
+        return step, torch.linalg.vector_norm(current, self.ord, dim=1)
 
     def __call__(
         self,

@@ -34,15 +34,15 @@ def until_converged(
         per_row: Stop each row on its own, running later repeats only on the rows
             still going; otherwise the batch stops when every row may.
         per_token: Stop each position ``(b, t)`` of a ``(batch, seq, ...)`` state on
-            its own: its state is frozen from then on, while the layer keeps running on
-            every position until all have stopped.
+            its own (:func:`token_by_token`).
 
     Returns:
         The output and the depth used: an int, or with ``per_row`` a CPU int64 tensor
         of the rows' depths, with ``per_token`` one of shape ``(batch, seq)``.
     """
     if per_token:
-        return _token_by_token(apply, x, policy)
+        out, depths, _ = token_by_token(apply, x, policy)
+        return out, depths
     if per_row:
         return _row_by_row(apply, x, policy)
     return _whole_batch(apply, x, policy)
@@ -95,46 +95,71 @@ def _row_by_row(apply: Repeat, x: Tensor, policy: ExitWhenConverged) -> tuple[Te
     return torch.cat(pieces).index_select(0, inverse), depths
 
 
-def _token_by_token(apply: Repeat, x: Tensor, policy: ExitWhenConverged) -> tuple[Tensor, Tensor]:
-    """Each position stops on its own; a stopped position's state stays as it was.
+def token_by_token(
+    apply: Repeat, x: Tensor, policy: ExitWhenConverged
+) -> tuple[Tensor, Tensor, int]:
+    """Each position of a ``(batch, seq, ...)`` state stops on its own, its state then frozen.
 
-    One reduction and one host read per repeat asked (how many positions stop); the
-    depths tensor is written only when some positions stop and others go on.
+    The layer keeps running on every position until all have stopped; a stopped
+    position's state stays as it was. Per repeat asked: the criterion on the positions
+    as rows (the state after the previous repeat flattened once), and one host read of
+    how many stop; the depths tensor is written only when some positions stop and others
+    go on, the ``where`` that freezes them runs only from then on.
+
+    Returns:
+        The output; the positions' depths, a CPU int64 tensor of shape ``(batch, seq)``;
+        and the repeats run, the deepest depth (``0`` for a state without elements).
     """
     batch, seq = x.shape[0], x.shape[1]
     depths: Tensor | None = None  # made when the first positions stop
     going: Tensor | None = None  # None while every position is going (no mask needed)
+    going_rows: Tensor | None = None  # going, one entry per position
     running = batch * seq if x.numel() else 0
     shape = (batch, seq, *([1] * (x.ndim - 2)))
     previous, previous_output = x, None
+    previous_rows: Tensor | None = None  # previous, flattened to positions as rows
     for repeat in range(policy.max_depth):
         current = apply(previous, repeat, policy.max_depth)
         if going is not None:
             current = torch.where(going.view(shape), current, previous)
+        current_rows = None
         if policy.min_depth <= repeat + 1 < policy.max_depth and running:
-            stop, output = _ask(
-                policy, previous.flatten(0, 1), current.flatten(0, 1), repeat, previous_output
-            )
-            stop = stop.view(batch, seq)
-            if going is not None:
-                stop = stop & going
-            stopped = int(stop.count_nonzero())
+            if previous_rows is None:
+                previous_rows = previous.flatten(0, 1)
+            current_rows = current.flatten(0, 1)
+            stop, output = _ask(policy, previous_rows, current_rows, repeat, previous_output)
+            if going_rows is not None:
+                stop = stop & going_rows
+            stopped = _count(stop)
             if stopped == running:  # the last positions going stop here
                 if depths is None:
-                    return current, torch.full((batch, seq), repeat + 1, dtype=torch.int64)
-                depths[stop.cpu()] = repeat + 1
-                return current, depths
+                    depths = torch.full((batch, seq), repeat + 1, dtype=torch.int64)
+                else:
+                    depths[stop.view(batch, seq).cpu()] = repeat + 1
+                return current, depths, repeat + 1
             if stopped:
+                grid = stop.view(batch, seq)
                 if depths is None:
                     depths = torch.full((batch, seq), policy.max_depth, dtype=torch.int64)
-                depths[stop.cpu()] = repeat + 1
-                going = ~stop if going is None else going & ~stop
+                depths[grid.cpu()] = repeat + 1
+                going = ~grid if going is None else going & ~grid
+                going_rows = going.view(-1)
                 running -= stopped
             previous_output = output
-        previous = current
+        previous, previous_rows = current, current_rows
     if depths is None:
         depths = torch.full((batch, seq), policy.max_depth, dtype=torch.int64)
-    return previous, depths
+    return previous, depths, policy.max_depth if running else 0
+
+
+_FEW = 64  # up to this many answers, a list is a cheaper host read than a reduction
+
+
+def _count(stop: Tensor) -> int:
+    """How many of the criterion's (checked, bool) answers are ``True``: one host read."""
+    if stop.numel() <= _FEW:
+        return sum(stop.tolist())
+    return int(stop.count_nonzero())
 
 
 def _ask(
