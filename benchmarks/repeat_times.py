@@ -1,4 +1,4 @@
-"""The time of each repeat of a decode pass: the first repeats cost more than the later.
+"""The time of each repeat of a pass: the first repeats cost more than the later ones.
 
     python benchmarks/repeat_times.py [--decodes 3] [--batch 1]
     python benchmarks/repeat_times.py --alone [--gap-ms 2] [--batch 1]
@@ -7,15 +7,16 @@ Section 11's model (``benchmarks/decoding.py``: a tiny Llama, its core layer rep
 times in a RepeatedBlock at a fixed depth) decodes 64 greedy tokens through a
 DepthCache, ``--decodes`` times; a repeat hook on the block stamps the CPU time
 (``time.process_time``) as each repeat starts, and a forward hook as the pass ends. It
-prints the median time of each repeat over the decode steps. Between two passes of the
-block the model runs its other layers, whose weights displace the repeated layer's from
-the CPU's caches, so a pass that stops at half the depth saves less than half its time.
+prints the median time of each repeat over the decode steps. The first repeats of a pass
+cost more than the later ones, so a pass that stops at half the depth saves less than
+half its time. Between two passes the model runs its other layers, whose weights may
+displace the repeated layer's from the CPU's caches, but that is not the whole cause:
 
 With ``--alone`` no model runs around the layer: the core layer's MLP (no cache, no
 attention) is applied 8 times in a row to a ``(batch, 1, 256)`` state, 300 times, each
 time after a busy wait of ``--gap-ms`` milliseconds that touches no tensor (``0``: none).
-On a machine whose caches other work shares, the first applications after the gap are
-slower too: the effect is not the other layers' doing alone.
+On the shared machine of docs/generation.md the first applications after the wait were
+slower too, and all 8 took the same time without it.
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def main() -> None:
         )
 
 
-def in_decode(model: torch.nn.Module, sizes: DecodeSizes, batch: int, decodes: int) -> dict:
+def in_decode(
+    model: torch.nn.Module, sizes: DecodeSizes, batch: int, decodes: int
+) -> dict[int, list[float]]:
     """Each repeat's CPU times in the decode passes of ``decodes`` greedy decodes."""
     block = model.model.layers[1]
     marks: list[tuple[int, float]] = []  # (repeat, CPU time); -1: the pass ended
@@ -81,7 +84,9 @@ def in_decode(model: torch.nn.Module, sizes: DecodeSizes, batch: int, decodes: i
     return seconds
 
 
-def alone(mlp: torch.nn.Module, sizes: DecodeSizes, batch: int, gap_ms: float) -> dict:
+def alone(
+    mlp: torch.nn.Module, sizes: DecodeSizes, batch: int, gap_ms: float
+) -> dict[int, list[float]]:
     """Each of ``sizes.depth`` applications' CPU times, after a busy wait, 300 times."""
     state = torch.randn(batch, 1, sizes.width)
     seconds: dict[int, list[float]] = {repeat: [] for repeat in range(sizes.depth)}

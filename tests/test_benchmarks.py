@@ -100,13 +100,13 @@ def test_the_cuda_graph_section_needs_cuda() -> None:
     assert "--sections 6 (CUDA graphs) needs --device cuda" in result.stderr
 
 
-def test_the_repeat_times_script_prints_each_repeat_and_the_running_share() -> None:
+@pytest.mark.parametrize("mode", [["--alone", "--gap-ms", "0"], ["--decodes", "1"]])
+def test_the_repeat_times_script_prints_every_repeat(mode: list[str]) -> None:
     pytest.importorskip("transformers", reason="repeat_times.py builds a Llama (the hf extra)")
-    script = SCRIPT.parent / "repeat_times.py"
-    result = run_python(script, "--alone", "--gap-ms", "0", check=False)
+    result = run_python(SCRIPT.parent / "repeat_times.py", *mode, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("repeat ")]
     assert [line.split(":")[0] for line in lines] == [f"repeat {r}" for r in range(1, 9)]
-    shares = [float(line.rsplit(": ", 1)[1].split()[0]) for line in lines]
-    assert shares == sorted(shares)
-    assert shares[-1] == 1.0
+    for line in lines:  # "repeat 3: 0.408 ms (repeats 1..3: 0.440 of the pass)"
+        assert float(line.split()[2]) > 0, line
+    assert lines[-1].endswith("(repeats 1..8: 1.000 of the pass)")

@@ -171,8 +171,7 @@ def freeze_for_caches(call: LayerCall, state: Tensor, used: int, deepest: int) -
         )
     if used > 0 and len(caches) == 1 and all(follows_repeats(h) for h in call.hooks.values()):
         # A copy of the states: the model may change the block's output in place.
-        states = (state.detach() if state.requires_grad else state).clone()
-        application = FrozenApplication(call, caches, states, used, deepest)
+        application = FrozenApplication(call, caches, state.detach().clone(), used, deepest)
         defer = getattr(caches[0], "defer_frozen", None)
         if callable(defer) and defer(call.owner, application):
             return

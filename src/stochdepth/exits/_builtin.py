@@ -62,8 +62,11 @@ class LatentChange:
     def _norms(self, previous: Tensor, current: Tensor) -> tuple[Tensor, Tensor]:
         """Every row's ``||current - previous||`` and ``||current||``."""
         difference = current - previous
-        if current.ndim != 2:  # rows of one dimension need no flattening (one op less)
-            difference, current = difference.flatten(1), current.flatten(1)
+        # Rows of one dimension need no flattening (an operation less each).
+        if difference.ndim != 2:
+            difference = difference.flatten(1)
+        if current.ndim != 2:
+            current = current.flatten(1)
         step = torch.linalg.vector_norm(difference, self.ord, dim=1)
         return step, torch.linalg.vector_norm(current, self.ord, dim=1)
 

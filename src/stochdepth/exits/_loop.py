@@ -23,9 +23,11 @@ class Repeat(Protocol):
 
 
 def until_converged(
-    apply: Repeat, x: Tensor, policy: ExitWhenConverged, per_row: bool, per_token: bool = False
+    apply: Repeat, x: Tensor, policy: ExitWhenConverged, per_row: bool
 ) -> tuple[Tensor, int | Tensor]:
     """Repeat ``apply`` on ``x`` until ``policy``'s criterion stops it, or ``max_depth``.
+
+    A depth per position (``per_token=True``) is :func:`token_by_token`'s.
 
     Args:
         apply: One repeat.
@@ -33,16 +35,11 @@ def until_converged(
         policy: The criterion, the head and the depth bounds.
         per_row: Stop each row on its own, running later repeats only on the rows
             still going; otherwise the batch stops when every row may.
-        per_token: Stop each position ``(b, t)`` of a ``(batch, seq, ...)`` state on
-            its own (:func:`token_by_token`).
 
     Returns:
         The output and the depth used: an int, or with ``per_row`` a CPU int64 tensor
-        of the rows' depths, with ``per_token`` one of shape ``(batch, seq)``.
+        of the rows' depths.
     """
-    if per_token:
-        out, depths, _ = token_by_token(apply, x, policy)
-        return out, depths
     if per_row:
         return _row_by_row(apply, x, policy)
     return _whole_batch(apply, x, policy)
@@ -106,6 +103,11 @@ def token_by_token(
     how many stop; the depths tensor is written only when some positions stop and others
     go on, the ``where`` that freezes them runs only from then on.
 
+    Args:
+        apply: One repeat.
+        x: The input, of shape ``(batch, seq, ...)``.
+        policy: The criterion, the head and the depth bounds.
+
     Returns:
         The output; the positions' depths, a CPU int64 tensor of shape ``(batch, seq)``;
         and the repeats run, the deepest depth (``0`` for a state without elements).
@@ -152,7 +154,7 @@ def token_by_token(
     return previous, depths, policy.max_depth if running else 0
 
 
-_FEW = 64  # up to this many answers, a list is a cheaper host read than a reduction
+_FEW = 64  # a list is a cheaper host read than a reduction for a few answers, not many
 
 
 def _count(stop: Tensor) -> int:
