@@ -6,6 +6,7 @@ import copy
 import doctest
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 import torch
@@ -334,6 +335,15 @@ def per_token_exit_model(seed: int = 0, **options: object) -> nn.Module:
     return model
 
 
+def one_waiting_pass(model: nn.Module) -> tuple[DepthCache, Any, Any]:
+    """A 6-token prompt through ``model`` into a new cache: the cache, layer 1's slots, its pass."""
+    ids, _ = prompts(batch=1, length=6)
+    cache = DepthCache(model)
+    forward(model, ids, cache)
+    layer = cache.layers[1]
+    return cache, layer, layer.passes[0]
+
+
 def depths_of_each_pass(block: nn.Module) -> tuple[list[torch.Tensor], object]:
     seen: list[torch.Tensor] = []
 
@@ -391,12 +401,7 @@ def test_per_token_exit_reorders_and_crops_the_frozen_entries(options: dict[str,
 
 
 def test_memory_counts_the_frozen_entries_once() -> None:
-    model = per_token_exit_model()
-    ids, _ = prompts(batch=1, length=6)
-    cache = DepthCache(model)
-    forward(model, ids, cache)
-    layer = cache.layers[1]
-    held = layer.passes[0]
+    cache, layer, held = one_waiting_pass(per_token_exit_model())
 
     def size(tensors: object) -> int:
         return sum(t.numel() * t.element_size() for t in tensors)
@@ -628,11 +633,7 @@ def test_a_waiting_application_that_fails_waits_again(monkeypatch: pytest.Monkey
     from stochdepth._cache_writes import FrozenApplication
 
     model = per_token_exit_model()
-    ids, _ = prompts(batch=1, length=6)
-    cache = DepthCache(model)
-    forward(model, ids, cache)
-    layer = cache.layers[1]
-    held = layer.passes[0]
+    _, layer, held = one_waiting_pass(model)
     run = FrozenApplication.__call__
 
     def interrupted(self: FrozenApplication) -> None:
