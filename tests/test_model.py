@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from stochdepth import DynamicNet, FixedDepth, RepeatedBlock, SeededDepth, UniformDepth
@@ -80,6 +80,7 @@ def test_the_articles_state_dict_loads_and_gives_the_same_outputs_and_gradients(
 ) -> None:
     torch.manual_seed(seed)
     theirs = article9.DynamicNet(6, 4, 3)
+    zeros = article9.watch_zero_pre_activations(theirs)
     ours = DynamicNet(6, 4, 3)
     result = ours.load_state_dict(theirs.state_dict())  # strict by default
     assert not result.missing_keys
@@ -89,6 +90,7 @@ def test_the_articles_state_dict_loads_and_gives_the_same_outputs_and_gradients(
     out_ours = ours(x, depth=depth)
     out_theirs = article_forward(theirs, x, depth)
     assert torch.equal(out_ours, out_theirs)
+    assume(not any(zeros))  # there clamp passes a gradient that ReLU does not
 
     out_ours.square().sum().backward()
     out_theirs.square().sum().backward()

@@ -3,7 +3,7 @@
 ``DynamicNet`` below is the article's class verbatim. ``run`` is the article's script
 with one addition: ``torch.manual_seed(seed)`` and ``random.seed(seed)`` first, when a
 seed is given. Run as a script (``python tests/support/article9.py [SEED]``) it prints the
-article's five lines.
+article's five lines. ``watch_zero_pre_activations`` is ours, for the comparisons.
 """
 
 from __future__ import annotations
@@ -50,6 +50,19 @@ def run(seed: int | None = None, steps: int = 500) -> list[str]:
         loss.backward()
         optimizer.step()
     return lines
+
+
+def watch_zero_pre_activations(model: DynamicNet) -> list[bool]:
+    """Record, per call of ``model``'s linear layers before a clamp, whether an output is 0.
+
+    The article's ``clamp(min=0)`` passes the gradient at a pre-activation of exactly
+    zero, where ReLU (stochdepth's ``DynamicNet``) passes none: the one place the two
+    models' training may differ. Returns the list the forward hooks append to.
+    """
+    seen: list[bool] = []
+    for linear in (model.input_linear, model.middle_linear):
+        linear.register_forward_hook(lambda module, args, out: seen.append(bool((out == 0).any())))
+    return seen
 
 
 if __name__ == "__main__":

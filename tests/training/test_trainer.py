@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from torch import nn
 
@@ -27,10 +27,13 @@ def make_data(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, d_in), torch.randn(n, d_out)
 
 
-def article_loop(seed: int, steps: int) -> tuple[list[float], list[torch.Tensor]]:
-    """The article's model and loop by hand; every step's loss, and the final weights."""
+def article_loop(seed: int, steps: int) -> tuple[list[float], list[torch.Tensor], bool]:
+    """The article's model and loop by hand: every step's loss, the final weights, and
+    whether a pre-activation was exactly zero (where ``clamp`` passes a gradient that
+    ReLU does not: the one place ``DynamicNet`` may differ, see its docstring)."""
     x, y = make_data(seed)
     model = article9.DynamicNet(*SIZES[1:])
+    zeros = article9.watch_zero_pre_activations(model)
     criterion = nn.MSELoss(reduction="sum")
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     losses = []
@@ -40,13 +43,14 @@ def article_loop(seed: int, steps: int) -> tuple[list[float], list[torch.Tensor]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return losses, [p.detach().clone() for p in model.parameters()]
+    return losses, [p.detach().clone() for p in model.parameters()], any(zeros)
 
 
 @given(seed=st.integers(min_value=0, max_value=2**32 - 1))
 def test_every_step_equals_the_articles_loop(seed: int) -> None:
     steps = 60
-    expected_losses, expected_weights = article_loop(seed, steps)
+    expected_losses, expected_weights, zero = article_loop(seed, steps)
+    assume(not zero)  # test_a_pre_activation_of_exactly_zero_is_where_relu_and_clamp_differ
     random.seed(seed)
     expected_depths = [random.randint(0, 3) for _ in range(steps)]
 
@@ -59,6 +63,25 @@ def test_every_step_equals_the_articles_loop(seed: int) -> None:
     assert [record.depth for record in history] == expected_depths
     for mine, theirs in zip(model.parameters(), expected_weights, strict=True):
         assert torch.equal(mine, theirs)
+
+
+def test_a_pre_activation_of_exactly_zero_is_where_relu_and_clamp_differ(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Seed 3518 (found by a random-seed run): at step 15 one pre-activation is exactly
+    # 0.0. The article's clamp(min=0) passes the gradient there, ReLU does not, so the
+    # losses part from step 16; the article's loop with ReLU is train()'s, bitwise.
+    seed, steps = 3518, 20
+    expected_losses, _, zero = article_loop(seed, steps)
+    assert zero
+    x, y = make_data(seed)
+    history = train(DynamicNet(*SIZES[1:]), x, y, steps=steps, log_every=None)
+    losses = [record.loss for record in history]
+    assert losses[:16] == expected_losses[:16]
+    assert losses[16] != expected_losses[16]
+    monkeypatch.setattr(torch.Tensor, "clamp", lambda self, min=None: self.relu())
+    with_relu, _, _ = article_loop(seed, steps)
+    assert losses == with_relu
 
 
 def test_history_records_are_step_loss_depth() -> None:
